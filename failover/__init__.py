@@ -1,0 +1,1 @@
+"""vmha failover package."""

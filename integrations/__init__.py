@@ -1,0 +1,1 @@
+"""vmha integrations package."""

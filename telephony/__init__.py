@@ -1,0 +1,1 @@
+"""vmha telephony package."""
