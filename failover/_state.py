@@ -1,0 +1,64 @@
+"""Shared vocabulary of the supervisor: roles, states, modes.  Pure: no I/O."""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Role(IntEnum):
+    PRIMARY = 0
+    SECONDARY = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class State(IntEnum):
+    STARTING = 0
+    INACTIVE = 1
+    ACTIVATING = 2
+    ACTIVE = 3
+    DRAINING = 4
+    STOPPED = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class ServiceHealth(IntEnum):
+    STOPPED = 0
+    STARTING = 1
+    RUNNING = 2
+    FAILED = 3  # restart budget exhausted
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Mode(IntEnum):
+    AUTOMATIC = 0
+    MANUAL = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class FailbackType(IntEnum):
+    MANUAL = 0
+    SCHEDULED = 1
+
+
+def term_parity(role: Role) -> int:
+    """Primary terms are even, secondary terms odd: two nodes never share a term."""
+    return 0 if role is Role.PRIMARY else 1
+
+
+def next_term(role: Role, highest_seen: int) -> int:
+    """Smallest term of ``role``'s parity strictly above ``highest_seen``."""
+    t = highest_seen + 1
+    if t % 2 != term_parity(role):
+        t += 1
+    return t
