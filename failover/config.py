@@ -1,0 +1,735 @@
+"""One node's configuration: a TOML file read into frozen dataclasses.
+
+``load_config(path)`` reads a file, ``parse_config(data, source)`` checks an already-parsed dict.
+The schema is a table (``SCHEMA``): section -> key -> (check, default).  Every unknown key and
+every bad value is a :class:`ConfigError` naming the file, the dotted key and what was expected;
+nothing else escapes.  All problems found in one pass are reported together.
+
+docs/configuration.md documents every key; tests check that the page names every key of SCHEMA.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from ._state import FailbackType, Mode, Role
+
+__all__ = [
+    "Address", "ConfigError", "Problem", "NodeConfig", "NodeSection", "LinkSection",
+    "FailoverSection", "FailbackSection", "LicenceSection", "ServiceSection", "LoopbackPorts",
+    "PortsSection", "AdminSection", "LogSection", "Profile", "PROFILES", "GuideSetting",
+    "guide_settings", "SCHEMA", "DEFAULT_LINK_PORT", "load_config", "parse_config",
+    "parse_address", "check_node_name", "settings_that_must_match", "MUST_MATCH",
+]
+
+DEFAULT_LINK_PORT = 3653  # the guide's Node Manager port
+_SUN_PATH_MAX = 107  # bytes usable in sockaddr_un.sun_path (108 with the NUL)
+_EPS = 1e-9  # float slack when comparing products of seconds
+
+
+# ============================================================================ errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # dotted key ("failover.ping_interval"), "" when the problem is the file itself
+    message: str
+
+
+class ConfigError(Exception):
+    """A configuration problem.  ``str()`` gives one line per problem: ``FILE: KEY: message``."""
+
+    def __init__(self, source: str | os.PathLike, problems: list[Problem] | str, key: str = ""):
+        self.source = str(source)
+        if isinstance(problems, str):
+            problems = [Problem(key, problems)]
+        self.problems = tuple(problems)
+        super().__init__("\n".join(
+            f"{self.source}: {p.key}: {p.message}" if p.key else f"{self.source}: {p.message}"
+            for p in self.problems))
+
+    @property
+    def key(self) -> str:
+        """The dotted key of the first problem ("" for a file-level problem)."""
+        return self.problems[0].key if self.problems else ""
+
+
+class _Bad(Exception):
+    """Raised by a check: the message says what was expected."""
+
+
+def _got(v: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+            dict: "table"}.get(type(v), type(v).__name__)
+    text = repr(v)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"got {text} ({kind})"
+
+
+# ============================================================================ value types
+
+
+@dataclass(frozen=True)
+class Address:
+    """A ``host:port`` pair; IPv6 hosts are written ``[v6]:port``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_ADDR = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>\d{1,5})|(?P<host>[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+def parse_address(text: str, *, min_port: int = 1, wildcard: bool = True) -> Address:
+    """Parse ``host:port`` or ``[v6]:port``; raises ``ValueError`` saying what is wrong."""
+    m = _ADDR.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError('expected "host:port" (IPv6: "[addr]:port")')
+    host = m["v6"] if m["v6"] is not None else m["host"]
+    port = int(m["p6"] if m["v6"] is not None else m["port"])
+    if m["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+    elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} is not a valid host name")
+    if not min_port <= port <= 65535:
+        raise ValueError(f"port must be {min_port}..65535")
+    addr = Address(host, port)
+    if not wildcard and addr.is_wildcard:
+        raise ValueError(f"{host} is a wildcard address; give the peer's real address")
+    return addr
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def check_node_name(text: object) -> str:
+    """A node name: 1..32 ASCII letters, digits, '_', '.', '-'.  Raises ``ValueError``."""
+    if not isinstance(text, str) or not _NAME.fullmatch(text):
+        raise ValueError("expected a node name: 1 to 32 characters from A-Z a-z 0-9 _ . -")
+    return text
+
+
+# ============================================================================ checks (schema cells)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    base_dir: Path  # relative paths are taken from here (the TOML file's directory)
+
+
+class _Num:
+    def __init__(self, lo: float, hi: float, *, integer: bool = False, unit: str = "seconds"):
+        self.lo, self.hi, self.integer, self.unit = lo, hi, integer, unit
+
+    @property
+    def expected(self) -> str:
+        what = "an integer" if self.integer else f"a number of {self.unit}"
+        return f"{what} from {self.lo:g} to {self.hi:g}"
+
+    def __call__(self, v: Any, ctx: _Ctx) -> float | int:
+        ok_type = int if self.integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, ok_type):
+            raise _Bad(f"expected {self.expected}, {_got(v)}")
+        if not (math.isfinite(v) and self.lo <= v <= self.hi):
+            raise _Bad(f"expected {self.expected}, {_got(v)}")
+        return int(v) if self.integer else float(v)
+
+
+class _Choice:
+    def __init__(self, options: dict[str, Any]):
+        self.options = options
+
+    def __call__(self, v: Any, ctx: _Ctx) -> Any:
+        if not isinstance(v, str) or v not in self.options:
+            raise _Bad("expected one of " + ", ".join(f'"{o}"' for o in self.options) + f", {_got(v)}")
+        return self.options[v]
+
+
+def _bool(v: Any, ctx: _Ctx) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"expected true or false, {_got(v)}")
+    return v
+
+
+def _name(v: Any, ctx: _Ctx) -> str:
+    try:
+        return check_node_name(v)
+    except ValueError as e:
+        raise _Bad(f"{e}, {_got(v)}") from None
+
+
+class _Addr:
+    def __init__(self, *, wildcard: bool = True):
+        self.wildcard = wildcard
+
+    def __call__(self, v: Any, ctx: _Ctx) -> Address:
+        if not isinstance(v, str):
+            raise _Bad(f'expected "host:port", {_got(v)}')
+        try:
+            return parse_address(v, wildcard=self.wildcard)
+        except ValueError as e:
+            raise _Bad(f"{e}, {_got(v)}") from None
+
+
+def _path(v: Any, ctx: _Ctx) -> Path:
+    if not isinstance(v, str) or not v or "\0" in v:
+        raise _Bad(f"expected a path (string), {_got(v)}")
+    if v.startswith("~"):
+        raise _Bad(f"'~' is not expanded: give an absolute path or one relative to the file, {_got(v)}")
+    return Path(os.path.normpath(ctx.base_dir / v))
+
+
+_HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+def _clock(v: Any, ctx: _Ctx) -> _dt.time:
+    if isinstance(v, _dt.time) and v.tzinfo is None:
+        return v
+    m = _HHMM.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise _Bad(f'expected a local time "HH:MM" (00:00 to 23:59), {_got(v)}')
+    return _dt.time(int(m[1]), int(m[2]))
+
+
+def _command(v: Any, ctx: _Ctx) -> tuple[str, ...]:
+    if not (isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)):
+        raise _Bad(f"expected a non-empty array of non-empty strings, {_got(v)}")
+    return tuple(v)
+
+
+_REQUIRED = object()
+
+
+class _K(NamedTuple):
+    check: Callable[[Any, _Ctx], Any]
+    default: Any = _REQUIRED  # _REQUIRED, None (absent = derived later) or a raw TOML value
+
+
+def _enum(e) -> _Choice:
+    return _Choice({m.name.lower(): m for m in e})
+
+
+# ============================================================================ profiles
+
+
+@dataclass(frozen=True)
+class Profile:
+    ping_interval: float
+    missed_pings: int
+    realtime_priority: int
+    why: str
+
+    @property
+    def peer_timeout(self) -> float:
+        return self.ping_interval * self.missed_pings
+
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile(0.1, 6, 0, "fails over 0.6 s after the last heartbeat; safe on any "
+                       "switched LAN without special scheduling"),
+    "fast": Profile(0.02, 5, 10, "fails over 0.1 s after the last heartbeat; needs a quiet "
+                    "dedicated link and real-time scheduling so a busy CPU does not miss pings"),
+    "guide": Profile(1.0, 30, 0, "the guide's defaults (Ping Interval 1000 ms, Missed Pings "
+                     "Before Failover 30): fails over after 30 s, tolerates long network blips"),
+}
+
+
+class GuideSetting(NamedTuple):
+    guide: str  # the setting's name in the guide (Failover Monitor / Node Manager)
+    key: str  # our dotted key
+    guide_value: str  # the guide's default or the guide-compatible value
+    value: Any  # the same, as our TOML value
+    note: str
+
+
+def guide_settings() -> tuple[GuideSetting, ...]:
+    """The guide's failover settings mapped to our keys, with guide-compatible values."""
+    return (
+        GuideSetting("Ping Interval (ms)", "failover.ping_interval", "1000", 1.0,
+                     "our unit is seconds"),
+        GuideSetting("Missed Pings Before Failover", "failover.missed_pings", "30", 30,
+                     "1000 ms x 30 = the guide's 30-second failover delay"),
+        GuideSetting("Failback Type", "failback.type", "Manual / Scheduled", "manual",
+                     '"manual" or "scheduled"'),
+        GuideSetting("Scheduled Failback Start", "failback.window_start", "(time of day)", "22:00",
+                     'local time "HH:MM"; only with type = "scheduled"'),
+        GuideSetting("Scheduled Failback End", "failback.window_end", "(time of day)", "23:00",
+                     "may be earlier than the start: the window then crosses midnight"),
+        GuideSetting("Node Manager manual mode", "failover.mode", "automatic", "automatic",
+                     '"manual": no automatic failover or failback, only commands'),
+        GuideSetting("Node Manager TCP port", "link.listen", "3653", "<cluster-ip>:3653",
+                     "the peer's link.peer uses the same port"),
+        GuideSetting("Licence: secondary never in contact with its primary", "licence.no_contact_limit", "4 hours",
+                     14400, "seconds"),
+        GuideSetting("Licence: since the last contact with the primary", "licence.after_contact_limit", "60 days",
+                     5184000, "seconds"),
+    )
+
+
+# ============================================================================ the schema
+
+SCHEMA: dict[str, dict[str, _K]] = {
+    "node": {
+        "name": _K(_name),
+        "role": _K(_enum(Role)),
+        "data_dir": _K(_path),
+        "key_file": _K(_path, None),  # <data_dir>/link.key
+    },
+    "link": {
+        "listen": _K(_Addr(), f"0.0.0.0:{DEFAULT_LINK_PORT}"),
+        "peer": _K(_Addr(wildcard=False)),
+        "peer_name": _K(_name),
+        "connect_timeout": _K(_Num(0.01, 300), 1.0),
+        "reconnect_min": _K(_Num(0.001, 60), 0.05),
+        "reconnect_max": _K(_Num(0.001, 3600), 2.0),
+    },
+    "failover": {
+        "profile": _K(_Choice({p: p for p in PROFILES}), "default"),
+        "ping_interval": _K(_Num(0.005, 10), None),  # from the profile
+        "missed_pings": _K(_Num(2, 1000, integer=True), None),  # from the profile
+        "lease": _K(_Num(0.001, 10000), None),  # ping_interval * (missed_pings - 1)
+        "startup_wait": _K(_Num(0, 86400), None),  # ping_interval * missed_pings
+        "mode": _K(_enum(Mode), "automatic"),
+        "call_takeover": _K(_bool, True),
+        "handover_timeout": _K(_Num(0.01, 3600), 2.0),
+        "drain_timeout": _K(_Num(0, 86400), 300.0),
+        "realtime_priority": _K(_Num(0, 99, integer=True), None),  # from the profile
+    },
+    "failback": {
+        "type": _K(_enum(FailbackType), "manual"),
+        "window_start": _K(_clock, None),
+        "window_end": _K(_clock, None),
+    },
+    "licence": {
+        "no_contact_limit": _K(_Num(1, 10 * 365 * 86400), 4 * 3600.0),
+        "after_contact_limit": _K(_Num(1, 10 * 365 * 86400), 60 * 86400.0),
+    },
+    "service": {
+        "health_interval": _K(_Num(0.001, 10), 0.02),
+        "health_timeout": _K(_Num(0.01, 300), 1.0),
+        "start_timeout": _K(_Num(0.1, 3600), 10.0),
+        "max_restarts": _K(_Num(0, 1000, integer=True), 5),
+        "restart_window": _K(_Num(1, 86400), 60.0),
+        "offer_hold": _K(_Num(0, 60), 2.0),
+        "command": _K(_command, None),
+    },
+    "ports.loopback": {
+        "enabled": _K(_bool, True),
+        "listen": _K(_Addr(), None),  # required when enabled: no ephemeral port for a real node
+        "count": _K(_Num(1, 256, integer=True), 4),
+    },
+    "admin": {
+        "socket": _K(_path, None),  # <data_dir>/run/admin.sock
+    },
+    "log": {
+        "level": _K(_Choice({s: s for s in ("debug", "info", "warning", "error")}), "info"),
+        "console": _K(_bool, True),
+    },
+}
+
+
+def _schema_tree() -> dict:
+    """SCHEMA's dotted section names as nested dicts; leaves are the sections' key tables."""
+    tree: dict = {}
+    for dotted, keys in SCHEMA.items():
+        *parents, last = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = keys
+    return tree
+
+
+_TREE = _schema_tree()
+
+
+# ============================================================================ dataclasses
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str
+    role: Role
+    data_dir: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class LinkSection:
+    listen: Address
+    peer: Address
+    peer_name: str
+    connect_timeout: float
+    reconnect_min: float
+    reconnect_max: float
+
+
+@dataclass(frozen=True)
+class FailoverSection:
+    profile: str
+    ping_interval: float
+    missed_pings: int
+    lease: float | None  # as written; None = derived (see NodeConfig.lease_s)
+    startup_wait: float | None  # as written; None = derived (see NodeConfig.startup_wait_s)
+    mode: Mode
+    call_takeover: bool
+    handover_timeout: float
+    drain_timeout: float
+    realtime_priority: int
+
+    @property
+    def peer_timeout(self) -> float:
+        return self.ping_interval * self.missed_pings
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease if self.lease is not None else self.peer_timeout - self.ping_interval
+
+    @property
+    def startup_wait_s(self) -> float:
+        return self.startup_wait if self.startup_wait is not None else self.peer_timeout
+
+
+def _seconds(t: _dt.time) -> float:
+    return t.hour * 3600.0 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
+@dataclass(frozen=True)
+class FailbackSection:
+    type: FailbackType
+    window_start: _dt.time | None
+    window_end: _dt.time | None
+
+    @property
+    def window_seconds(self) -> tuple[float, float] | None:
+        """(start, end) in seconds after local midnight; end < start crosses midnight."""
+        if self.window_start is None or self.window_end is None:
+            return None
+        return _seconds(self.window_start), _seconds(self.window_end)
+
+    def in_window(self, local_seconds: float) -> bool:
+        w = self.window_seconds
+        if self.type is not FailbackType.SCHEDULED or w is None:
+            return False
+        start, end = w
+        return start <= local_seconds < end if start <= end else (local_seconds >= start or local_seconds < end)
+
+
+@dataclass(frozen=True)
+class LicenceSection:
+    no_contact_limit: float
+    after_contact_limit: float
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    health_interval: float
+    health_timeout: float
+    start_timeout: float
+    max_restarts: int
+    restart_window: float
+    offer_hold: float
+    command: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class LoopbackPorts:
+    enabled: bool
+    listen: Address | None  # None only when disabled
+    count: int
+
+
+@dataclass(frozen=True)
+class PortsSection:
+    loopback: LoopbackPorts
+
+
+@dataclass(frozen=True)
+class AdminSection:
+    socket: Path
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str
+    console: bool
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    source: str
+    node: NodeSection
+    link: LinkSection
+    failover: FailoverSection
+    failback: FailbackSection
+    licence: LicenceSection
+    service: ServiceSection
+    ports: PortsSection
+    admin: AdminSection
+    log: LogSection
+
+    @property
+    def peer_timeout(self) -> float:
+        """Silence after which the peer counts as gone: ping_interval * missed_pings."""
+        return self.failover.peer_timeout
+
+    @property
+    def lease_s(self) -> float:
+        return self.failover.lease_s
+
+    @property
+    def startup_wait_s(self) -> float:
+        return self.failover.startup_wait_s
+
+    @property
+    def run_dir(self) -> Path:
+        return self.node.data_dir / "run"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run_dir / "control.sock"
+
+    def supervisor_config(self):
+        """The pure supervisor's settings (``failover._supervisor.SupervisorConfig``)."""
+        from ._supervisor import SupervisorConfig
+
+        f = self.failover
+        return SupervisorConfig(
+            node=self.node.name, role=self.node.role, peer_name=self.link.peer_name,
+            ping_interval=f.ping_interval, missed_pings=f.missed_pings, lease=f.lease_s,
+            startup_wait=f.startup_wait_s, mode=f.mode, call_takeover=f.call_takeover,
+            handover_timeout=f.handover_timeout, drain_timeout=f.drain_timeout,
+            failback_type=self.failback.type, failback_window=self.failback.window_seconds,
+            licence_no_contact=self.licence.no_contact_limit,
+            licence_after_contact=self.licence.after_contact_limit,
+            health_timeout=self.service.health_timeout, start_timeout=self.service.start_timeout,
+            max_restarts=self.service.max_restarts, restart_window=self.service.restart_window,
+        )
+
+
+# ============================================================================ loading
+
+
+def load_config(path: str | os.PathLike) -> NodeConfig:
+    """Read and check one node's TOML file.  Raises only :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:  # the message ends "(at line N, column M)"
+        raise ConfigError(p, f"invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(p, f"invalid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(p, f"cannot read: {e.strerror or e}") from None
+    return parse_config(data, str(p), base_dir=p.absolute().parent)
+
+
+def parse_config(data: dict, source: str, *, base_dir: str | os.PathLike | None = None) -> NodeConfig:
+    """Check an already-parsed TOML document.  Relative paths are taken from ``base_dir``
+    (default: the directory of ``source``).  Raises only :class:`ConfigError`."""
+    source = str(source)
+    ctx = _Ctx(Path(base_dir).absolute() if base_dir is not None else Path(source).absolute().parent)
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise ConfigError(source, "expected a TOML document (a table)")
+    raw: dict[str, dict[str, Any]] = {}
+    _walk(data, _TREE, "", raw, problems)
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        out = values[section] = {}
+        for key, spec in keys.items():
+            dotted = f"{section}.{key}"
+            if key in given:
+                v = given[key]
+            elif spec.default is _REQUIRED:
+                problems.append(Problem(dotted, "required key is missing"))
+                continue
+            elif spec.default is None:
+                out[key] = None
+                continue
+            else:
+                v = spec.default
+            try:
+                out[key] = spec.check(v, ctx)
+            except _Bad as e:
+                problems.append(Problem(dotted, str(e)))
+    if problems:
+        raise ConfigError(source, problems)
+    cfg = _build(values, source)
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def _walk(data: dict, tree: dict, prefix: str, raw: dict, problems: list[Problem]) -> None:
+    for k in data:
+        if k not in tree:
+            dotted = prefix + str(k)
+            where = f"in [{prefix[:-1]}]" if prefix else "sections"
+            problems.append(Problem(dotted, f"unknown key (known {where}: {', '.join(tree)})"))
+    for name, sub in tree.items():
+        dotted = prefix + name
+        if name not in data:
+            continue
+        table = data[name]
+        if not isinstance(table, dict):
+            problems.append(Problem(dotted, f"expected a table [{dotted}], {_got(table)}"))
+            continue
+        if all(isinstance(v, _K) for v in sub.values()):  # a section's key table
+            raw[dotted] = table
+            for k in table:
+                if k not in sub:
+                    problems.append(Problem(f"{dotted}.{k}", "unknown key (known in "
+                                            f"[{dotted}]: {', '.join(sub)})"))
+        else:
+            _walk(table, sub, dotted + ".", raw, problems)
+
+
+def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
+    n, f = v["node"], v["failover"]
+    prof = PROFILES[f["profile"]]
+    data_dir = n["data_dir"]
+    return NodeConfig(
+        source=source,
+        node=NodeSection(n["name"], n["role"], data_dir, n["key_file"] or data_dir / "link.key"),
+        link=LinkSection(**v["link"]),
+        failover=FailoverSection(**{
+            **f,
+            "ping_interval": f["ping_interval"] if f["ping_interval"] is not None else prof.ping_interval,
+            "missed_pings": f["missed_pings"] if f["missed_pings"] is not None else prof.missed_pings,
+            "realtime_priority": (f["realtime_priority"] if f["realtime_priority"] is not None
+                                  else prof.realtime_priority),
+        }),
+        failback=FailbackSection(**v["failback"]),
+        licence=LicenceSection(**v["licence"]),
+        service=ServiceSection(**v["service"]),
+        ports=PortsSection(LoopbackPorts(**v["ports.loopback"])),
+        admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
+        log=LogSection(**v["log"]),
+    )
+
+
+def _cross_checks(c: NodeConfig) -> list[Problem]:
+    """Rules between keys.  Each problem names the key the operator should change."""
+    out: list[Problem] = []
+    f = c.failover
+    if c.link.peer_name == c.node.name:
+        out.append(Problem("link.peer_name", f"must differ from node.name ({c.node.name!r})"))
+    if c.link.reconnect_min > c.link.reconnect_max:
+        out.append(Problem("link.reconnect_min",
+                           f"{c.link.reconnect_min:g} is above link.reconnect_max ({c.link.reconnect_max:g})"))
+    if not f.ping_interval - _EPS <= f.lease_s < f.peer_timeout - _EPS:  # _EPS: 0.1 * 6 > 0.6
+        key = "failover.lease" if f.lease is not None else "failover.missed_pings"
+        out.append(Problem(key, f"the lease ({f.lease_s:g} s) must be at least ping_interval "
+                                f"({f.ping_interval:g} s) and shorter than ping_interval x missed_pings "
+                                f"({f.peer_timeout:g} s), so the service fences itself before "
+                                "the peer takes over"))
+    s = c.service
+    if s.health_timeout <= s.health_interval:
+        out.append(Problem("service.health_timeout", f"{s.health_timeout:g} s must be longer "
+                           f"than service.health_interval ({s.health_interval:g} s)"))
+    fb = c.failback
+    if fb.type is FailbackType.SCHEDULED:
+        for k in ("window_start", "window_end"):
+            if getattr(fb, k) is None:
+                out.append(Problem(f"failback.{k}", 'required when failback.type = "scheduled"'))
+        if fb.window_start is not None and fb.window_start == fb.window_end:
+            out.append(Problem("failback.window_end", "equals window_start: the window would be empty"))
+    else:
+        for k in ("window_start", "window_end"):
+            if getattr(fb, k) is not None:
+                out.append(Problem(f"failback.{k}", 'only allowed with failback.type = "scheduled" '
+                                   '(with "manual" it would never be used)'))
+    lb = c.ports.loopback
+    if lb.enabled and lb.listen is None:
+        out.append(Problem("ports.loopback.listen", 'required when ports.loopback.enabled = true: '
+                           '"127.0.0.1:PORT" with an explicit port'))
+    elif lb.listen is not None and lb.listen.port == 0:
+        out.append(Problem("ports.loopback.listen", "port 0 (ephemeral) is not allowed: "
+                           "give an explicit port from 1 to 65535"))
+    for key, sock in (("admin.socket", c.admin.socket), ("node.data_dir", c.control_socket)):
+        if len(os.fsencode(str(sock))) > _SUN_PATH_MAX:
+            out.append(Problem(key, f"the socket path {str(sock)!r} is longer than "
+                                    f"{_SUN_PATH_MAX} bytes, the limit for a Unix socket"))
+    return out
+
+
+# ============================================================================ the pair
+
+MUST_MATCH: tuple[str, ...] = (
+    "failover.ping_interval", "failover.missed_pings", "failback.type", "failback.window_start",
+    "failback.window_end", "licence.no_contact_limit", "licence.after_contact_limit",
+)
+
+
+def _get(c: NodeConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    v = getattr(getattr(c, section), key)
+    if isinstance(v, (Role, Mode, FailbackType)):
+        return v.name.lower()
+    if isinstance(v, _dt.time):
+        return v.strftime("%H:%M")
+    return v
+
+
+def settings_that_must_match(a: NodeConfig, b: NodeConfig) -> list[str]:
+    """Problems that stop ``a`` and ``b`` working as a pair, one ``"KEY: detail"`` string each.
+
+    Empty list = a valid pair.  Checks that the roles differ, that each ``link.peer_name`` is the
+    other's ``node.name``, that each ``link.peer`` port is the other's ``link.listen`` port (and
+    host, when both are IP literals and the listener is not a wildcard), and that every key in
+    ``MUST_MATCH`` is equal.  ``failover.mode`` may differ: it is each node manager's start-up
+    mode and can be changed at run time on one node."""
+    out: list[str] = []
+    an, bn = a.node.name, b.node.name
+    if a.node.role is b.node.role:
+        out.append(f"node.role: both {an} and {bn} are {a.node.role.label}: one must be primary, "
+                   "the other secondary")
+    for x, y in ((a, b), (b, a)):
+        if x.link.peer_name != y.node.name:
+            out.append(f"link.peer_name: {x.node.name} expects its peer to be "
+                       f"{x.link.peer_name!r} but the other node is {y.node.name!r}")
+        dial, lis = x.link.peer, y.link.listen
+        if dial.port != lis.port or (dial.is_ip and lis.is_ip and not lis.is_wildcard
+                                     and ipaddress.ip_address(dial.host) != ipaddress.ip_address(lis.host)):
+            out.append(f"link.peer: {x.node.name} dials {dial} but {y.node.name} listens on {lis}")
+    for key in MUST_MATCH:
+        va, vb = _get(a, key), _get(b, key)
+        if va != vb:
+            out.append(f"{key}: {an} has {va!r}, {bn} has {vb!r}")
+    return out

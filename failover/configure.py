@@ -1,0 +1,326 @@
+"""The pairing wizard: write both nodes' TOML files and the link's pre-shared key.
+
+``make_pair(...)`` is pure (text in, text out); ``write_pair(out_dir, ...)`` writes the three
+files atomically and never overwrites unless ``force=True``; ``load_key(path)`` reads the key
+back and refuses one that others can read; ``configure_main(argv)`` is ``vmha configure``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import tomli_w
+
+from .config import (
+    DEFAULT_LINK_PORT, PROFILES, ConfigError, check_node_name, load_config, parse_address,
+    parse_config, settings_that_must_match,
+)
+
+__all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "PairFiles", "make_pair", "write_pair",
+           "load_key", "configure_main"]
+
+KEY_BYTES = 32
+KEY_FILE_NAME = "link.key"
+DEFAULT_LOOPBACK_PORTS = (3671, 3672)  # (primary, secondary) [ports.loopback] listen ports
+
+
+# ============================================================================ make_pair (pure)
+
+
+def _node_doc(name: str, role: str, addr: str, peer_name: str, peer_addr: str, data_root: str,
+              loopback_port: int | None, profile: str, failback: str,
+              window: tuple[str, str] | None) -> dict:
+    doc: dict = {
+        "node": {"name": name, "role": role, "data_dir": str(Path(data_root) / name),
+                 "key_file": KEY_FILE_NAME},
+        "link": {"listen": addr, "peer": peer_addr, "peer_name": peer_name},
+        "failover": {"profile": profile},
+        "failback": {"type": failback},
+    }
+    if window is not None:
+        doc["failback"]["window_start"], doc["failback"]["window_end"] = window
+    if loopback_port is None:
+        doc["ports"] = {"loopback": {"enabled": False}}
+    else:
+        doc["ports"] = {"loopback": {"enabled": True, "listen": f"127.0.0.1:{loopback_port}"}}
+    return doc
+
+
+def _header(role: str, name: str, peer: str) -> str:
+    return (f"# vmha node configuration: {name} ({role}); its peer is {peer}.\n"
+            "# Written by `vmha configure`.  Keys not listed take their defaults:\n"
+            "# see docs/configuration.md.  link.key (the pre-shared key) must be copied to\n"
+            "# the peer with mode 0600; it is never sent over the network.\n\n")
+
+
+def make_pair(primary_name: str, secondary_name: str, primary_addr: str, secondary_addr: str,
+              data_root: str | os.PathLike = "data", *,
+              loopback_ports: tuple[int, int] | None = DEFAULT_LOOPBACK_PORTS,
+              profile: str = "default", failback: str = "manual",
+              window: tuple[str, str] | None = None,
+              key: bytes | None = None,
+              base_dir: str | os.PathLike = "/") -> tuple[str, str, bytes]:
+    """Return ``(primary_toml_text, secondary_toml_text, key_bytes)``.
+
+    ``*_addr`` are each node's cluster-interface ``host:port``: it is that node's
+    ``link.listen`` and the other node's ``link.peer``.  Each ``node.data_dir`` is
+    ``<data_root>/<name>`` (a relative ``data_root`` is taken from the TOML file's directory);
+    ``node.key_file`` is ``link.key`` next to the TOML files.  ``loopback_ports=None`` disables
+    the loopback ports.  ``failback="scheduled"`` needs ``window=("HH:MM", "HH:MM")``.
+    ``key`` defaults to 32 fresh random bytes.  ``base_dir`` is where the files will live (only
+    used to check the resulting paths, e.g. the Unix socket length limit).  Raises
+    :class:`ConfigError` for bad input: the output is checked with ``parse_config`` and as a
+    pair before it is returned."""
+    if key is None:
+        key = secrets.token_bytes(KEY_BYTES)
+    if len(key) != KEY_BYTES:
+        raise ConfigError("make_pair", f"the key must be {KEY_BYTES} bytes, not {len(key)}")
+    if window is not None and failback != "scheduled":
+        raise ConfigError("make_pair", 'a failback window needs failback="scheduled"', "failback.type")
+    lb = loopback_ports if loopback_ports is not None else (None, None)
+    docs = {
+        "primary": _node_doc(primary_name, "primary", primary_addr, secondary_name, secondary_addr,
+                             str(data_root), lb[0], profile, failback, window),
+        "secondary": _node_doc(secondary_name, "secondary", secondary_addr, primary_name,
+                               primary_addr, str(data_root), lb[1], profile, failback, window),
+    }
+    # check both documents exactly as the node manager will read them
+    cfgs = {role: parse_config(doc, f"{role}.toml", base_dir=base_dir) for role, doc in docs.items()}
+    problems = settings_that_must_match(cfgs["primary"], cfgs["secondary"])
+    if problems:
+        raise ConfigError("make_pair", "; ".join(problems))
+    texts = [_header(role, doc["node"]["name"], doc["link"]["peer_name"]) + tomli_w.dumps(doc)
+             for role, doc in docs.items()]
+    return texts[0], texts[1], key
+
+
+# ============================================================================ files
+
+
+class PairFiles(NamedTuple):
+    primary: Path
+    secondary: Path
+    key: Path
+
+
+def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write ``data`` to a fresh temp file (O_CREAT|O_EXCL, ``mode``), fsync, then move it to
+    ``path``: ``os.replace`` with ``force``, else ``os.link`` (fails if ``path`` exists)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exact mode whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic no-clobber
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_pair(out_dir: str | os.PathLike, primary_name: str, secondary_name: str,
+               primary_addr: str, secondary_addr: str, data_root: str | os.PathLike = "data", *,
+               force: bool = False, **kwargs) -> PairFiles:
+    """Write ``primary.toml``, ``secondary.toml`` (0644) and ``link.key`` (0600, 64 hex digits
+    and a newline) into ``out_dir`` (created 0700 if missing).  Refuses, before writing
+    anything, if any of them exists unless ``force``.  ``kwargs`` go to :func:`make_pair`.
+    Raises :class:`ConfigError`."""
+    out = Path(out_dir)
+    files = PairFiles(out / "primary.toml", out / "secondary.toml", out / KEY_FILE_NAME)
+    p_text, s_text, key = make_pair(primary_name, secondary_name, primary_addr, secondary_addr,
+                                    data_root, base_dir=out.absolute(), **kwargs)
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not force:
+            existing = [str(f) for f in files if os.path.lexists(f)]
+            if existing:
+                raise ConfigError(out, "refusing to overwrite " + ", ".join(existing)
+                                  + " (use --force / force=True)")
+        # the key first: a TOML file without its key is useless, a key without TOML is harmless
+        _write_atomic(files.key, key.hex().encode() + b"\n", 0o600, force)
+        _write_atomic(files.primary, p_text.encode(), 0o644, force)
+        _write_atomic(files.secondary, s_text.encode(), 0o644, force)
+        _fsync_dir(out)
+    except FileExistsError as e:  # lost a race with another writer
+        raise ConfigError(out, f"refusing to overwrite {e.filename} (it appeared while writing)") from None
+    except OSError as e:
+        raise ConfigError(getattr(e, "filename", None) or out, f"cannot write: {e.strerror or e}") from None
+    return files
+
+
+def load_key(path: str | os.PathLike) -> bytes:
+    """Read the link's pre-shared key (64 hex digits).  Raises :class:`ConfigError` if the file
+    is missing, not a regular file, readable or writable by group/other, or not 32 bytes."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", "node.key_file") from None
+    try:
+        st = os.fstat(fd)  # check the file we opened, not the name
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(p, "the key file is not a regular file", "node.key_file")
+        if st.st_mode & 0o077:
+            raise ConfigError(p, f"the key file has mode {stat.S_IMODE(st.st_mode):04o}: "
+                              f"group and others must have no access (chmod 600 {p})", "node.key_file")
+        raw = os.read(fd, 4 * KEY_BYTES + 16)
+    except OSError as e:
+        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", "node.key_file") from None
+    finally:
+        os.close(fd)
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES or len(text) != 2 * KEY_BYTES:
+        raise ConfigError(p, f"the key file must hold {KEY_BYTES} bytes as {2 * KEY_BYTES} hex "
+                          "digits", "node.key_file")
+    return key
+
+
+# ============================================================================ CLI
+
+
+def _node_arg(text: str) -> tuple[str, str]:
+    """``NAME@HOST[:PORT]`` -> (name, "host:port"); the port defaults to 3653."""
+    name, sep, addr = text.partition("@")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME@HOST:PORT")
+    try:
+        check_node_name(name)
+        if ":" not in addr or addr.endswith("]"):  # no port given
+            addr = f"{addr}:{DEFAULT_LINK_PORT}"
+        a = parse_address(addr, wildcard=False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return name, str(a)
+
+
+def _window_arg(text: str) -> tuple[str, str]:
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HH:MM-HH:MM")
+    return start.strip(), end.strip()
+
+
+def _ports_arg(text: str) -> tuple[int, int] | None:
+    if text == "none":
+        return None
+    try:
+        p, s = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PRIMARY,SECONDARY ports or none") from None
+    return p, s
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vmha configure",
+        description="Write a node pair's TOML files and pre-shared key, or check two files.")
+    ap.add_argument("--out", metavar="DIR", help="directory for primary.toml, secondary.toml, link.key")
+    ap.add_argument("--primary", metavar="NAME@HOST:PORT", type=_node_arg,
+                    help="primary node name and cluster-interface address (port default 3653)")
+    ap.add_argument("--secondary", metavar="NAME@HOST:PORT", type=_node_arg)
+    ap.add_argument("--profile", choices=list(PROFILES), default="default")
+    ap.add_argument("--failback", choices=["manual", "scheduled"], default="manual")
+    ap.add_argument("--window", metavar="HH:MM-HH:MM", type=_window_arg,
+                    help="scheduled failback window (local time; may cross midnight)")
+    ap.add_argument("--data-root", metavar="DIR", default="data",
+                    help="each node's data_dir is DIR/NAME; relative = next to the TOML file "
+                         "(default: data)")
+    ap.add_argument("--loopback-ports", metavar="P,S", type=_ports_arg, default=DEFAULT_LOOPBACK_PORTS,
+                    help="[ports.loopback] listen ports on 127.0.0.1 for primary,secondary, or "
+                         "'none' to disable (default: %(default)s)")
+    ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    ap.add_argument("--check", nargs=2, metavar=("A.toml", "B.toml"),
+                    help="print the settings that must match on both nodes but differ; exit 1 if any")
+    return ap
+
+
+def configure_main(argv: Sequence[str]) -> int:
+    """``vmha configure``.  Exit 0 = done / pair OK, 1 = --check found differences,
+    2 = usage or configuration error."""
+    ap = _parser()
+    try:
+        args = ap.parse_args(list(argv))
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        if args.check:
+            if args.out or args.primary or args.secondary:
+                print("vmha configure: error: --check cannot be combined with --out/--primary/"
+                      "--secondary", file=sys.stderr)
+                return 2
+            return _check(*args.check)
+        missing = [o for o in ("out", "primary", "secondary") if getattr(args, o) is None]
+        if missing:
+            ap.print_usage(sys.stderr)
+            print("vmha configure: error: needs " + ", ".join("--" + m for m in missing)
+                  + " (or --check A.toml B.toml)", file=sys.stderr)
+            return 2
+        if args.failback == "scheduled" and args.window is None:
+            print("vmha configure: error: --failback scheduled needs --window HH:MM-HH:MM", file=sys.stderr)
+            return 2
+        if args.window is not None and args.failback != "scheduled":
+            print("vmha configure: error: --window needs --failback scheduled", file=sys.stderr)
+            return 2
+        (pn, pa), (sn, sa) = args.primary, args.secondary
+        files = write_pair(args.out, pn, sn, pa, sa, args.data_root, force=args.force,
+                           loopback_ports=args.loopback_ports, profile=args.profile,
+                           failback=args.failback, window=args.window)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"wrote {files.primary}\nwrote {files.secondary}\nwrote {files.key} (mode 0600)\n"
+          f"Copy {files.secondary.name} and {files.key.name} to the secondary (keep mode 0600), "
+          f"then start each node with: vmha node --config FILE")
+    return 0
+
+
+def _check(a_path: str, b_path: str) -> int:
+    a, b = load_config(a_path), load_config(b_path)
+    problems = settings_that_must_match(a, b)
+    # the pre-shared keys must be equal too; compared only where both files are present here
+    ka, kb = a.node.key_file, b.node.key_file
+    if ka.exists() and kb.exists():
+        try:
+            if load_key(ka) != load_key(kb):
+                problems.append(f"node.key_file: {ka} and {kb} hold different keys")
+        except ConfigError as e:
+            problems.append(f"node.key_file: {e}")
+    else:
+        print(f"note: key files not compared ({ka if not ka.exists() else kb} is not here)",
+              file=sys.stderr)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} difference(s): {a_path} and {b_path} do not form a working pair",
+              file=sys.stderr)
+        return 1
+    print(f"OK: {a.node.name} ({a.node.role.label}) and {b.node.name} ({b.node.role.label}) "
+          "form a pair; shared settings match")
+    return 0
