@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: data)")
     ap.add_argument("--loopback-ports", metavar="P,S", type=_ports_arg, default=DEFAULT_LOOPBACK_PORTS,
                     help="[ports.loopback] listen ports on 127.0.0.1 for primary,secondary, or "
-                         "'none' to disable (default: %(default)s)")
+                         "'none' to disable (default: 3671,3672)")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")
     ap.add_argument("--check", nargs=2, metavar=("A.toml", "B.toml"),
                     help="print the settings that must match on both nodes but differ; exit 1 if any")
