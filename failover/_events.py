@@ -1,0 +1,195 @@
+"""Events the supervisor consumes and actions it returns.  Frozen dataclasses, no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._state import Mode, Role, ServiceHealth, State
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A timer fired.  ``wall`` is the epoch time, ``local_seconds`` seconds since local midnight
+    (both only used for the failback window and the licence clock; never compared with the peer)."""
+
+    wall: float
+    local_seconds: float
+
+
+@dataclass(frozen=True)
+class PeerHeartbeat:
+    node: str
+    role: Role
+    state: State
+    term: int
+    service: ServiceHealth
+    mode: Mode = Mode.AUTOMATIC
+    eligible: bool = True
+    licensed: bool = True
+    hold: bool = False
+    shutting_down: bool = False
+    calls: int = 0
+
+
+@dataclass(frozen=True)
+class PeerCommand:
+    kind: str  # "step_down" | "yield" (step down and hold) | "take_over"
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServiceStarted:
+    """The messaging service connected to the control channel and said hello."""
+
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceHealthReport:
+    state: str  # the service's own view: inactive | active | draining | fenced
+    term: int | None
+    calls: int
+
+
+@dataclass(frozen=True)
+class ServiceActivated:
+    term: int
+
+
+@dataclass(frozen=True)
+class ServiceDeactivated:
+    term: int
+    calls: int
+
+
+@dataclass(frozen=True)
+class ServiceFenced:
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServiceExited:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallOffered:
+    call_id: str
+    port: str
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class AdminRequest:
+    request_id: int
+    kind: str  # "failover" | "failback" | "mode"
+    arg: str = ""
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ShutdownRequested:
+    signal: str = "SIGTERM"
+
+
+@dataclass(frozen=True)
+class ActionFailed:
+    action: object
+    error: str
+
+
+Event = (
+    Tick | PeerHeartbeat | PeerCommand | ServiceStarted | ServiceHealthReport | ServiceActivated
+    | ServiceDeactivated | ServiceFenced | ServiceExited | CallOffered | AdminRequest
+    | ShutdownRequested | ActionFailed
+)
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class SendStatus:
+    """Send a heartbeat with the supervisor's current status now."""
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    kind: str
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PersistState:
+    """Write term and licence contact durably (fsync) before the next action runs."""
+
+    term: int
+    last_contact_wall: float | None
+
+
+@dataclass(frozen=True)
+class StartService:
+    reason: str
+
+
+@dataclass(frozen=True)
+class KillService:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShutdownService:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ActivateService:
+    term: int
+    lease: float
+
+
+@dataclass(frozen=True)
+class RenewLease:
+    term: int
+    lease: float
+
+
+@dataclass(frozen=True)
+class DeactivateService:
+    term: int
+    drain: bool
+
+
+@dataclass(frozen=True)
+class RefuseCall:
+    call_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AdminReply:
+    request_id: int
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # debug | info | warning | error
+    event: str
+    message: str
+    fields: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+
+
+Action = (
+    SendStatus | SendCommand | PersistState | StartService | KillService | ShutdownService
+    | ActivateService | RenewLease | DeactivateService | RefuseCall | AdminReply | Log | Exit
+)

@@ -1,0 +1,654 @@
+"""The failover supervisor: a pure state machine.
+
+``Supervisor.handle(event, now) -> list[Action]`` and ``next_deadline()``.  No I/O and no clock
+reads: ``now`` is a monotonic time passed in by the driver, wall time arrives in ``Tick``.
+Actions are returned in the order the driver must run them (``PersistState`` before
+``ActivateService``: a term is durable before the node acts on it).
+
+Decisions are level-triggered (Patroni's lesson): after every event the rules in
+``_reconcile`` look at the whole view (own state, service, peer, mode, clocks) and decide.
+The rules come from the failover guide; docs/failover-rules.md maps each rule to its test.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, replace
+
+from . import _events as ev
+from ._state import FailbackType, Mode, Role, ServiceHealth, State, next_term
+
+ACTIVE_STATES = (State.ACTIVATING, State.ACTIVE)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    node: str
+    role: Role
+    peer_name: str
+    ping_interval: float = 0.1
+    missed_pings: int = 6
+    lease: float | None = None  # default: peer_timeout - ping_interval
+    startup_wait: float | None = None  # default: peer_timeout
+    mode: Mode = Mode.AUTOMATIC
+    call_takeover: bool = True
+    handover_timeout: float = 2.0
+    drain_timeout: float = 300.0
+    failback_type: FailbackType = FailbackType.MANUAL
+    failback_window: tuple[float, float] | None = None  # (start, end) seconds after local midnight
+    licence_no_contact: float = 4 * 3600.0
+    licence_after_contact: float = 60 * 86400.0
+    health_timeout: float = 1.0
+    start_timeout: float = 10.0
+    max_restarts: int = 5
+    restart_window: float = 60.0
+
+    @property
+    def peer_timeout(self) -> float:
+        return self.ping_interval * self.missed_pings
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease if self.lease is not None else self.peer_timeout - self.ping_interval
+
+    @property
+    def startup_wait_s(self) -> float:
+        return self.startup_wait if self.startup_wait is not None else self.peer_timeout
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lease_s < self.peer_timeout:
+            raise ValueError("lease must be positive and shorter than ping_interval * missed_pings")
+
+
+@dataclass(frozen=True)
+class Persisted:
+    term: int = 0
+    last_contact_wall: float | None = None  # secondary only: last time the primary was heard
+
+
+@dataclass(frozen=True)
+class StatusView:
+    node: str
+    role: Role
+    state: State
+    term: int
+    service: ServiceHealth
+    mode: Mode
+    eligible: bool
+    licensed: bool
+    hold: bool
+    shutting_down: bool
+    calls: int
+    uptime: float
+    peer_reachable: bool
+    peer_state: State | None
+    peer_term: int | None
+    peer_heartbeat_age: float | None
+    cause: str
+
+
+class Supervisor:
+    def __init__(self, cfg: SupervisorConfig, *, now: float, persisted: Persisted = Persisted()):
+        self.cfg = cfg
+        self.state = State.STARTING
+        self.term = persisted.term  # the highest term this node has taken
+        self.highest_seen = persisted.term  # the highest term seen anywhere
+        self.mode = cfg.mode
+        self.cause = "starting"
+        self._start = now
+        self._startup_deadline = now + cfg.startup_wait_s
+        self._last_now = now
+        # peer view
+        self.peer: ev.PeerHeartbeat | None = None
+        self._peer_heard: float | None = None
+        self._peer_ever_heard = False
+        # local service
+        self.service = ServiceHealth.STOPPED
+        self._service_deadline: float | None = None  # start or health timeout
+        self._restarts: deque[float] = deque()
+        self.calls = 0
+        # activity
+        self._lease_expiry: float | None = None
+        self._next_renew: float | None = None
+        self._activation: tuple[str, float, str] | None = None  # (cause, started at, kind)
+        self._activation_deadline: float | None = None
+        self._quiet_until: float | None = None  # after a handover: let the peer take over
+        self._drain_deadline: float | None = None
+        self._drain_confirmed = False
+        self._next_stepdown: float = 0.0
+        self._settle_until: float | None = None
+        self.hold = False
+        self.shutting_down = False
+        # clocks from Tick
+        self._wall: float | None = None
+        self._wall_at: float = now
+        self._local_seconds: float | None = None
+        self._last_contact_wall = persisted.last_contact_wall
+        self._contact_persisted_wall = persisted.last_contact_wall
+        self._next_heartbeat = now
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def peer_timeout(self) -> float:
+        return self.cfg.peer_timeout
+
+    def peer_fresh(self, now: float) -> bool:
+        return self._peer_heard is not None and now < self._peer_heard + self.peer_timeout
+
+    def licensed(self, now: float) -> bool:
+        if self.cfg.role is Role.PRIMARY:
+            return True
+        if not self._peer_ever_heard and self._last_contact_wall is None:
+            return now < self._start + self.cfg.licence_no_contact
+        if self._last_contact_wall is not None and self._wall is not None:
+            wall_now = self._wall + (now - self._wall_at)
+            return wall_now - self._last_contact_wall < self.cfg.licence_after_contact
+        return True
+
+    def eligible(self, now: float) -> bool:
+        return (
+            self.service is ServiceHealth.RUNNING
+            and self.licensed(now)
+            and not self.shutting_down
+            and self.state is not State.STOPPED
+        )
+
+    def status(self, now: float) -> StatusView:
+        p = self.peer
+        return StatusView(
+            node=self.cfg.node, role=self.cfg.role, state=self.state, term=self.term,
+            service=self.service, mode=self.mode, eligible=self.eligible(now),
+            licensed=self.licensed(now), hold=self.hold, shutting_down=self.shutting_down,
+            calls=self.calls, uptime=now - self._start, peer_reachable=self.peer_fresh(now),
+            peer_state=p.state if p else None, peer_term=p.term if p else None,
+            peer_heartbeat_age=None if self._peer_heard is None else now - self._peer_heard,
+            cause=self.cause,
+        )
+
+    def next_deadline(self) -> float | None:
+        if self.state is State.STOPPED:
+            return None
+        cands = [self._service_deadline, self._next_renew, self._activation_deadline, self._settle_until,
+                 self._quiet_until, self._drain_deadline, self._lease_expiry]
+        if self.state in (State.STARTING, State.INACTIVE, State.DRAINING):
+            cands.append(self._peer_deadline())
+        if self.cfg.role is Role.SECONDARY and self._last_contact_wall is None:
+            cands.append(self._start + self.cfg.licence_no_contact)
+        # a deadline at or before the last handled instant has been acted on already
+        return min([self._next_heartbeat] + [d for d in cands if d is not None and d > self._last_now])
+
+    def _peer_deadline(self) -> float:
+        if self._peer_heard is None:
+            return self._startup_deadline
+        return self._peer_heard + self.peer_timeout
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, event: ev.Event, now: float) -> list[ev.Action]:
+        if self.state is State.STOPPED:
+            return []
+        acts: list[ev.Action] = []
+        self._check_stall(now, acts)
+        self._check_lease(now, acts)
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        if handler is None:
+            raise TypeError(f"unknown event {event!r}")
+        handler(event, now, acts)
+        if self.state is not State.STOPPED:
+            self._check_service_deadline(now, acts)
+            self._reconcile(now, acts)
+            self._timers(now, acts)
+        self._last_now = now
+        return acts
+
+    # ------------------------------------------------------------------ guards run first
+
+    def _check_stall(self, now: float, acts: list) -> None:
+        """A node manager that was frozen (SIGSTOP, swap, starved CPU) must not read its own
+        silence as the peer's: give the link two ping intervals to deliver what is queued."""
+        gap = now - self._last_now
+        if gap > max(3 * self.cfg.ping_interval, self.peer_timeout / 2):
+            acts.append(ev.Log("warning", "stall", f"node manager was stalled for {gap:.3f}s",
+                               {"stall_s": round(gap, 3)}))
+            # What the link queued while we were frozen is old news: read it all before
+            # deciding anything from it (only self-fencing acts at once).
+            self._settle_until = now + 2 * self.cfg.ping_interval
+            grace = now - self.peer_timeout + 2 * self.cfg.ping_interval
+            if self._peer_heard is not None:
+                self._peer_heard = max(self._peer_heard, grace)
+            self._startup_deadline = max(self._startup_deadline, now + 2 * self.cfg.ping_interval)
+
+    def _check_lease(self, now: float, acts: list) -> None:
+        if self.state in ACTIVE_STATES and self._lease_expiry is not None and now >= self._lease_expiry:
+            late = now - self._lease_expiry
+            self._go_inactive(
+                now, acts, f"lease lapsed: the node manager renewed {late:.3f}s too late, "
+                "the service fenced itself", drain=True, level="error")
+
+    # ------------------------------------------------------------------ event handlers
+
+    def _on_Tick(self, e: ev.Tick, now: float, acts: list) -> None:
+        self._wall, self._wall_at, self._local_seconds = e.wall, now, e.local_seconds
+
+    def _on_PeerHeartbeat(self, e: ev.PeerHeartbeat, now: float, acts: list) -> None:
+        if e.node != self.cfg.peer_name or e.role is self.cfg.role:
+            acts.append(ev.Log("error", "peer_mismatch",
+                               f"heartbeat from {e.node!r} ({e.role.label}) ignored: expected "
+                               f"{self.cfg.peer_name!r} with the other role"))
+            return
+        first = self._peer_heard is None or not self.peer_fresh(now)
+        self.peer, self._peer_heard, self._peer_ever_heard = e, now, True
+        self.highest_seen = max(self.highest_seen, e.term)
+        if first:
+            acts.append(ev.Log("info", "peer_up", f"peer {e.node} reachable: {e.state.label}, term {e.term}"))
+        if self.cfg.role is Role.SECONDARY and self._wall is not None:
+            wall_now = self._wall + (now - self._wall_at)
+            self._last_contact_wall = wall_now
+            if self._contact_persisted_wall is None or wall_now - self._contact_persisted_wall > 3600:
+                self._contact_persisted_wall = wall_now
+                acts.append(ev.PersistState(self.term, wall_now))
+
+    def _on_PeerCommand(self, e: ev.PeerCommand, now: float, acts: list) -> None:
+        if e.kind in ("step_down", "yield"):
+            if e.term <= self.term:
+                acts.append(ev.Log("warning", "stale_command",
+                                   f"{e.kind} in term {e.term} refused: this node is in term {self.term}"))
+                return
+            self.highest_seen = max(self.highest_seen, e.term)
+            if e.kind == "yield":
+                self.hold = True
+            if self.state in ACTIVE_STATES:
+                self._go_inactive(now, acts, f"peer took over in term {e.term}: {e.reason}", drain=True)
+                self._quiet_until = now + self.cfg.handover_timeout
+        elif e.kind == "take_over":
+            known = self.peer.term if self.peer else 0
+            if e.term < known:
+                acts.append(ev.Log("warning", "stale_command",
+                                   f"take_over in term {e.term} refused: peer is known in term {known}"))
+                return
+            if self.state in ACTIVE_STATES:
+                return
+            if not self.eligible(now):
+                acts.append(ev.Log("error", "handover_refused",
+                                   f"peer asked this node to take over ({e.reason}) but it is not eligible"))
+                return
+            self._activate(now, acts, f"handover from peer: {e.reason}")
+        else:
+            acts.append(ev.Log("error", "bad_command", f"unknown peer command {e.kind!r} ignored"))
+
+    def _on_ServiceStarted(self, e: ev.ServiceStarted, now: float, acts: list) -> None:
+        self.service = ServiceHealth.RUNNING
+        self._service_deadline = now + self.cfg.health_timeout
+        acts.append(ev.Log("info", "service_up", f"messaging service running (pid {e.pid})"))
+
+    def _on_ServiceHealthReport(self, e: ev.ServiceHealthReport, now: float, acts: list) -> None:
+        if self.service is not ServiceHealth.RUNNING:
+            return
+        self._service_deadline = now + self.cfg.health_timeout
+        self.calls = e.calls
+        if e.state != "active":
+            self._drain_confirmed = True
+        if e.state == "active" and self.state is State.INACTIVE and e.term is not None:
+            # the service thinks it is active in a term we left: bring it back in line
+            acts.append(ev.DeactivateService(e.term, drain=True))
+
+    def _on_ServiceActivated(self, e: ev.ServiceActivated, now: float, acts: list) -> None:
+        if self.state is not State.ACTIVATING or e.term != self.term:
+            return
+        self.state = State.ACTIVE
+        self.hold = False
+        self._activation_deadline = None
+        cause, started, what = self._activation or ("?", now, "activation")
+        took = now - started
+        self._activation = None
+        acts.append(ev.Log("warning", what, f"{what}: {self.cfg.node} active in term {self.term} "
+                           f"after {took * 1000:.1f} ms; cause: {cause}",
+                           {"cause": cause, "took_ms": round(took * 1000, 3), "term": self.term}))
+        acts.append(ev.SendStatus())
+
+    def _on_ServiceDeactivated(self, e: ev.ServiceDeactivated, now: float, acts: list) -> None:
+        self.calls = e.calls
+        self._drain_confirmed = True
+
+    def _on_ServiceFenced(self, e: ev.ServiceFenced, now: float, acts: list) -> None:
+        if self.state in ACTIVE_STATES and e.term == self.term:
+            self._go_inactive(now, acts, f"service fenced itself: {e.reason}", drain=True, level="error")
+
+    def _on_ServiceExited(self, e: ev.ServiceExited, now: float, acts: list) -> None:
+        if self.service is ServiceHealth.STOPPED and self._service_deadline is None:
+            return
+        self.service = ServiceHealth.STOPPED
+        self._service_deadline = None
+        lost = self.calls
+        self.calls = 0
+        if self.shutting_down:
+            self._stop(acts, f"messaging service stopped ({e.reason})")
+            return
+        acts.append(ev.Log("error", "service_down", f"messaging service stopped: {e.reason}"
+                           + (f"; {lost} calls in progress dropped" if lost else "")))
+        if self.state in ACTIVE_STATES or self.state is State.DRAINING:
+            self._go_inactive(now, acts, f"messaging service stopped: {e.reason}", drain=False,
+                              tell_service=False)
+        acts.append(ev.SendStatus())  # the peer learns at once that this node cannot serve
+        self._maybe_restart(now, acts, e.reason)
+
+    def _on_CallOffered(self, e: ev.CallOffered, now: float, acts: list) -> None:
+        if self.state in ACTIVE_STATES:
+            return  # the service answers it once it is (or was already) active
+        why = self._call_takeover_blocked(now)
+        if why:
+            acts.append(ev.RefuseCall(e.call_id, why))
+            acts.append(ev.Log("info", "call_refused", f"call {e.call_id} on {e.port} refused: {why}"))
+            return
+        self._activate(now, acts, f"call {e.call_id} offered on inactive port {e.port}",
+                       tell_peer="step_down")
+
+    def _call_takeover_blocked(self, now: float) -> str:
+        if self.state is State.STARTING:
+            return "node is starting"
+        if self.state is State.DRAINING:
+            return "node is handing over"
+        if not self.eligible(now):
+            return "node is not eligible to be active"
+        if self.mode is Mode.MANUAL:
+            return "node manager is in manual mode"
+        if not self.cfg.call_takeover:
+            return "call takeover is disabled"
+        if self.hold:
+            return "node was handed over by the operator or schedule (hold)"
+        return ""
+
+    def _on_AdminRequest(self, e: ev.AdminRequest, now: float, acts: list) -> None:
+        if e.kind == "mode":
+            try:
+                self.mode = Mode[e.arg.upper()]
+            except KeyError:
+                acts.append(ev.AdminReply(e.request_id, False, f"unknown mode {e.arg!r}: automatic or manual"))
+                return
+            acts.append(ev.Log("warning", "mode", f"node manager mode set to {self.mode.label}"))
+            acts.append(ev.AdminReply(e.request_id, True, f"mode {self.mode.label}"))
+            acts.append(ev.SendStatus())
+            return
+        if e.kind not in ("failover", "failback"):
+            acts.append(ev.AdminReply(e.request_id, False, f"unknown request {e.kind!r}"))
+            return
+        target = Role.SECONDARY if e.kind == "failover" else Role.PRIMARY
+        peer_ok = self.peer_fresh(now)
+        if target is self.cfg.role:  # make this node active
+            if self.state in ACTIVE_STATES:
+                acts.append(ev.AdminReply(e.request_id, True, f"{self.cfg.node} is already active"))
+                return
+            if not self.eligible(now):
+                acts.append(ev.AdminReply(e.request_id, False, f"{self.cfg.node} is not eligible "
+                                          f"(service {self.service.label}, licensed {self.licensed(now)})"))
+                return
+            if not peer_ok and not e.force:
+                acts.append(ev.AdminReply(e.request_id, False, "peer is not reachable; a takeover now "
+                                          "could leave two active nodes (use --force)"))
+                return
+            self._activate(now, acts, f"operator {e.kind}", tell_peer="yield")
+            acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: {self.cfg.node} activating in term {self.term}"))
+            return
+        # make the peer active
+        if self.state not in ACTIVE_STATES:
+            if self.peer and self.peer.state in ACTIVE_STATES and peer_ok:
+                acts.append(ev.AdminReply(e.request_id, True, f"{self.cfg.peer_name} is already active"))
+            else:
+                acts.append(ev.AdminReply(e.request_id, False, f"{self.cfg.node} is not active; "
+                                          f"run {e.kind} on {self.cfg.peer_name}"))
+            return
+        if not (peer_ok and self.peer and self.peer.eligible):
+            acts.append(ev.AdminReply(e.request_id, False, f"peer {self.cfg.peer_name} is not reachable "
+                                      "or not eligible; nothing changed"))
+            return
+        self._hand_over(now, acts, f"operator {e.kind}")
+        acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: handing over to {self.cfg.peer_name}"))
+
+    def _on_ShutdownRequested(self, e: ev.ShutdownRequested, now: float, acts: list) -> None:
+        if self.shutting_down:
+            return
+        acts.append(ev.Log("warning", "shutdown", f"shutdown requested ({e.signal})"))
+        peer_ok = self.peer_fresh(now) and self.peer is not None and self.peer.eligible
+        self.shutting_down = True
+        if self.state in ACTIVE_STATES and peer_ok:
+            self._hand_over(now, acts, f"{self.cfg.node} shutting down")
+        elif self.state in ACTIVE_STATES:
+            self._go_inactive(now, acts, "shutting down, no peer to hand over to", drain=True)
+        if self.state is State.DRAINING:
+            self._drain_deadline = now + self.cfg.drain_timeout
+        else:
+            self._stop(acts, "shutdown")
+
+    def _on_ActionFailed(self, e: ev.ActionFailed, now: float, acts: list) -> None:
+        acts.append(ev.Log("error", "action_failed", f"{type(e.action).__name__} failed: {e.error}"))
+        if isinstance(e.action, (ev.PersistState, ev.ActivateService)) and self.state in ACTIVE_STATES:
+            self._go_inactive(now, acts, f"activation aborted: {e.error}", drain=True)
+
+    # ------------------------------------------------------------------ transitions
+
+    def _activate(self, now: float, acts: list, cause: str, tell_peer: str | None = None,
+                  kind: str | None = None) -> None:
+        """Take a new term (durable first), tell the peer if asked, then activate the service."""
+        new = next_term(self.cfg.role, max(self.term, self.highest_seen))
+        self.term = self.highest_seen = new
+        acts.append(ev.PersistState(new, self._last_contact_wall))
+        if tell_peer:
+            acts.append(ev.SendCommand(tell_peer, new, cause))
+        was_active = self.state in ACTIVE_STATES
+        self.state = State.ACTIVE if was_active else State.ACTIVATING
+        self.cause = cause
+        self._quiet_until = None
+        self._drain_deadline = None
+        self._lease_expiry = now + self.cfg.lease_s
+        self._next_renew = now + self.cfg.ping_interval
+        acts.append(ev.ActivateService(new, self.cfg.lease_s))
+        if was_active:
+            acts.append(ev.Log("warning", "reterm", f"{self.cfg.node} stays active in new term {new}: {cause}"))
+        else:
+            kind = kind or ("failback" if self.cfg.role is Role.PRIMARY else "failover")
+            self._activation = (cause, now, kind)
+            self._activation_deadline = now + self.cfg.health_timeout
+            acts.append(ev.Log("warning", "activating", f"{self.cfg.node} activating in term {new}: {cause}",
+                               {"cause": cause, "term": new}))
+        acts.append(ev.SendStatus())
+
+    def _go_inactive(self, now: float, acts: list, cause: str, *, drain: bool,
+                     tell_service: bool = True, level: str = "warning") -> None:
+        if tell_service and self.service is ServiceHealth.RUNNING:
+            acts.append(ev.DeactivateService(self.term, drain=drain))
+        draining = drain and tell_service and self.service is ServiceHealth.RUNNING
+        self.state = State.DRAINING if draining else State.INACTIVE
+        self._drain_confirmed = False
+        self.cause = cause
+        self._lease_expiry = self._next_renew = self._activation_deadline = None
+        self._activation = None
+        if self.state is State.DRAINING:
+            self._drain_deadline = now + self.cfg.drain_timeout
+        acts.append(ev.Log(level, "deactivated", f"{self.cfg.node} inactive: {cause}",
+                           {"cause": cause, "term": self.term}))
+        acts.append(ev.SendStatus())
+
+    def _hand_over(self, now: float, acts: list, cause: str) -> None:
+        """Planned move to the peer: stop new work here, then ask the peer to take over."""
+        self._go_inactive(now, acts, f"handing over to {self.cfg.peer_name}: {cause}", drain=True)
+        acts.append(ev.SendCommand("take_over", self.term, cause))
+        self.hold = True
+        self._quiet_until = now + self.cfg.handover_timeout
+
+    def _stop(self, acts: list, cause: str) -> None:
+        if self.service is not ServiceHealth.STOPPED:
+            acts.append(ev.ShutdownService(cause))
+        self.state = State.STOPPED
+        self.cause = cause
+        acts.append(ev.SendStatus())
+        acts.append(ev.Log("warning", "stopped", f"{self.cfg.node} stopped: {cause}"))
+        acts.append(ev.Exit(0))
+
+    def _maybe_restart(self, now: float, acts: list, reason: str) -> None:
+        while self._restarts and now - self._restarts[0] > self.cfg.restart_window:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.cfg.max_restarts:
+            self.service = ServiceHealth.FAILED
+            acts.append(ev.Log("error", "service_failed",
+                               f"messaging service failed {len(self._restarts)} times in "
+                               f"{self.cfg.restart_window:.0f}s; not restarting"))
+            return
+        self._restarts.append(now)
+        self.service = ServiceHealth.STARTING
+        self._service_deadline = now + self.cfg.start_timeout
+        acts.append(ev.StartService(f"restart after: {reason}"))
+
+    def start(self, now: float) -> list[ev.Action]:
+        """Actions to run once at start-up."""
+        self.service = ServiceHealth.STARTING
+        self._service_deadline = now + self.cfg.start_timeout
+        return [ev.Log("info", "starting", f"{self.cfg.node} ({self.cfg.role.label}) starting in term "
+                       f"{self.term}"), ev.StartService("node start")]
+
+    # ------------------------------------------------------------------ level-triggered rules
+
+    def _check_service_deadline(self, now: float, acts: list) -> None:
+        if self._service_deadline is None or now < self._service_deadline:
+            return
+        if self.service is ServiceHealth.STARTING:
+            reason = f"service did not start within {self.cfg.start_timeout:.1f}s"
+        elif self.service is ServiceHealth.RUNNING:
+            reason = f"no health report for {self.cfg.health_timeout:.3f}s"
+        else:
+            return
+        self._service_deadline = None
+        acts.append(ev.KillService(reason))
+        self._on_ServiceExited(ev.ServiceExited(reason), now, acts)
+
+    def _reconcile(self, now: float, acts: list) -> None:
+        st = self.state
+        if self._settle_until is not None:
+            if now < self._settle_until:
+                return
+            self._settle_until = None
+        peer_ok = self.peer_fresh(now)
+        peer = self.peer if peer_ok else None
+
+        if st is State.ACTIVATING and self._activation_deadline is not None and now >= self._activation_deadline:
+            self._go_inactive(now, acts, "service did not confirm activation", drain=False)
+            return
+
+        if st in ACTIVE_STATES:
+            if self.cfg.role is Role.SECONDARY and not self.licensed(now):
+                self._go_inactive(now, acts, "licence: secondary has not reached its primary in time",
+                                  drain=True, level="error")
+                return
+            if peer and peer.state in ACTIVE_STATES:
+                self._both_active(now, acts, peer)
+                return
+            if (st is State.ACTIVE and self.cfg.role is Role.SECONDARY and peer
+                    and self._failback_due() and self.mode is Mode.AUTOMATIC
+                    and peer.eligible and peer.state is State.INACTIVE):
+                self._hand_over(now, acts, "scheduled failback window")
+            return
+
+        if st is State.DRAINING:
+            drained = self._drain_confirmed and self.calls == 0
+            if drained or (self._drain_deadline is not None and now >= self._drain_deadline):
+                if self.calls and self.service is ServiceHealth.RUNNING:
+                    acts.append(ev.DeactivateService(self.term, drain=False))
+                    acts.append(ev.Log("warning", "drain_timeout", f"{self.calls} calls still in progress "
+                                       "after the drain timeout: hung up"))
+                self.calls = 0
+                self._drain_deadline = None
+                if self.shutting_down:
+                    self._stop(acts, "shutdown after draining")
+                    return
+                self.state = State.INACTIVE
+                acts.append(ev.SendStatus())
+                st = State.INACTIVE
+            elif self.shutting_down:
+                return
+
+        if st is State.STARTING:
+            if self.service is not ServiceHealth.RUNNING:
+                return
+            if peer is None and now < self._peer_deadline():
+                return  # wait to hear the peer (or for startup_wait) before deciding
+            self.state = st = State.INACTIVE
+            self.cause = "started"
+            acts.append(ev.SendStatus())
+
+        if st in (State.INACTIVE, State.DRAINING) and self.eligible(now):
+            quiet = self._quiet_until is not None and now < self._quiet_until
+            if self._quiet_until is not None and not quiet:
+                self._quiet_until = None
+                if peer is None or peer.state not in ACTIVE_STATES:
+                    acts.append(ev.Log("error", "handover_failed",
+                                       "peer did not take over within the handover timeout"))
+            if peer is None:
+                if not self._peer_ever_heard:
+                    if now >= self._peer_deadline():
+                        self._activate(now, acts, f"first node started: peer not heard for "
+                                       f"{self.cfg.startup_wait_s:.2f}s", kind="startup")
+                elif self.mode is Mode.AUTOMATIC:
+                    self._activate(now, acts, f"peer silent for {now - self._peer_heard:.3f}s "
+                                   f"({self.cfg.missed_pings} missed pings)")
+                return
+            if peer.state in ACTIVE_STATES or quiet:
+                return
+            # the peer is reachable and nobody is active
+            if self._preferred(peer):
+                why = ("peer service " + peer.service.label) if not peer.eligible else "no node active"
+                kind = "startup" if peer.state is State.STARTING or self.term == 0 else None
+                self._activate(now, acts, f"{why}: {peer.node} is {peer.state.label}", kind=kind)
+
+    def _preferred(self, peer: ev.PeerHeartbeat) -> bool:
+        """With nobody active, the primary takes over unless it cannot or was handed over."""
+        if (peer.state is State.STARTING and self.cfg.role is Role.SECONDARY
+                and peer.service in (ServiceHealth.STARTING, ServiceHealth.RUNNING)):
+            return False  # let a starting primary finish starting: it is preferred
+        if not peer.eligible or peer.shutting_down:
+            return True
+        if self.cfg.role is Role.PRIMARY:
+            return not self.hold or peer.hold
+        return peer.hold and not self.hold
+
+    def _both_active(self, now: float, acts: list, peer: ev.PeerHeartbeat) -> None:
+        """Heal rule: the primary stays active, the secondary steps down."""
+        if self.cfg.role is Role.SECONDARY:
+            # A primary heartbeat older than our own takeover (lower term) is still in flight;
+            # the primary answers a real conflict by taking a higher term and a step_down.
+            if peer.term > self.term:
+                self._go_inactive(now, acts, f"primary {peer.node} is active (term {peer.term}): "
+                                  "the secondary steps down", drain=True)
+            return
+        if now < self._next_stepdown:
+            return
+        self._next_stepdown = now + 2 * self.cfg.ping_interval
+        if peer.term > self.term:
+            self._activate(now, acts, f"both nodes active (peer term {peer.term}): primary stays active")
+        acts.append(ev.SendCommand("step_down", self.term, "both nodes active: primary stays active"))
+
+    def _failback_due(self) -> bool:
+        if self.cfg.failback_type is not FailbackType.SCHEDULED or self.cfg.failback_window is None:
+            return False
+        if self._local_seconds is None:
+            return False
+        start, end = self.cfg.failback_window
+        t = self._local_seconds
+        return start <= t < end if start <= end else (t >= start or t < end)
+
+    # ------------------------------------------------------------------ timers
+
+    def _timers(self, now: float, acts: list) -> None:
+        if self.state in ACTIVE_STATES and self._next_renew is not None and now >= self._next_renew:
+            self._lease_expiry = now + self.cfg.lease_s
+            self._next_renew = now + self.cfg.ping_interval
+            acts.append(ev.RenewLease(self.term, self.cfg.lease_s))
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.cfg.ping_interval
+            if not any(isinstance(a, ev.SendStatus) for a in acts):
+                acts.append(ev.SendStatus())
+        if self._quiet_until is not None and now >= self._quiet_until and self.state in ACTIVE_STATES:
+            self._quiet_until = None
+
+    # ------------------------------------------------------------------ test helpers
+
+    def with_config(self, **changes) -> SupervisorConfig:
+        return replace(self.cfg, **changes)

@@ -1,0 +1,352 @@
+"""The supervisor core, deterministic: hand-stepped time and the two-node simulator.
+Each test names the rule of the failover guide it checks (see docs/failover-rules.md)."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+from failover import _events as ev
+from failover._state import FailbackType, Mode, Role, ServiceHealth, State, next_term
+from failover._supervisor import Persisted, Supervisor, SupervisorConfig
+
+from .sim import Sim, make_config
+
+PING = 0.1
+TIMEOUT = PING * 6
+
+
+def booted(**kw) -> Sim:
+    sim = Sim(**kw)
+    sim.run_until(2.0)
+    return sim
+
+
+# ----------------------------------------------------------------------------- terms
+
+
+def test_terms_have_role_parity_and_only_grow():
+    assert next_term(Role.PRIMARY, 0) == 2
+    assert next_term(Role.SECONDARY, 0) == 1
+    assert next_term(Role.PRIMARY, 7) == 8
+    assert next_term(Role.SECONDARY, 8) == 9
+    assert next_term(Role.SECONDARY, 9) == 11
+
+
+def test_lease_must_be_shorter_than_takeover_timeout():
+    with pytest.raises(ValueError):
+        SupervisorConfig(node="a", role=Role.PRIMARY, peer_name="b", lease=0.7)
+
+
+def test_activation_persists_term_before_activating():
+    sup = Supervisor(make_config(Role.PRIMARY), now=0.0, persisted=Persisted(term=6))
+    sup.start(0.0)
+    sup.handle(ev.ServiceStarted(1), 0.1)
+    acts = []
+    while sup.state is State.STARTING:  # nobody heard since start: timers only
+        now = sup.next_deadline()
+        acts = sup.handle(ev.Tick(0, 0), now)
+        if sup.state is State.INACTIVE:
+            acts += sup.handle(ev.ServiceHealthReport("inactive", None, 0), now)
+    kinds = [type(a) for a in acts]
+    i, j = kinds.index(ev.PersistState), kinds.index(ev.ActivateService)
+    assert i < j
+    assert acts[i].term == acts[j].term == 8
+    assert sup.state is State.ACTIVATING
+
+
+# ----------------------------------------------------------------------------- start-up order
+
+
+def test_primary_started_first_becomes_active():
+    sim = Sim(start_b_at=5.0)
+    sim.run_until(4.0)
+    assert sim.actives() == ["a"]
+    assert sim.nodes["a"].sup.cause.startswith("first node started")
+    sim.run_until(8.0)
+    assert sim.actives() == ["a"] and sim.state("b") is State.INACTIVE
+
+
+def test_secondary_started_first_becomes_active_and_stays():
+    sim = Sim(start_a_at=5.0)
+    sim.run_until(4.0)
+    assert sim.actives() == ["b"]
+    sim.run_until(8.0)
+    assert sim.actives() == ["b"] and sim.state("a") is State.INACTIVE
+
+
+def test_started_together_primary_wins():
+    sim = booted()
+    assert sim.actives() == ["a"]
+    assert sim.state("b") is State.INACTIVE
+
+
+# ----------------------------------------------------------------------------- failover triggers
+
+
+def test_peer_silent_only_the_inactive_node_initiates():
+    sim = booted()
+    sim.link_up = False
+    sim.run_until(2.0 + TIMEOUT + 0.2)
+    # the secondary (inactive) takes over; the primary (active) does nothing on missed pings
+    assert sim.actives() == ["a", "b"]
+    assert sim.nodes["b"].sup.cause.startswith("peer silent")
+    assert not sim.logs("a", "deactivated")
+
+
+def test_peer_silent_takeover_time_is_the_configured_timeout():
+    sim = booted()
+    sim.link_up = False
+    t0 = sim.now
+    sim.run_until(t0 + 3)
+    act = [lg for lg in sim.logs("b", "activating")][0]
+    done = [lg for lg in sim.logs("b", "failover")][0]
+    assert "peer silent" in act.fields["cause"]
+    # the last heartbeat left a at most one ping before the cut: detection within timeout + ping
+    assert done.fields["took_ms"] < 5
+
+
+def test_active_service_crash_fails_over_at_once():
+    sim = booted()
+    sim.at(2.5, "a", "crash_service")
+    sim.run_until(2.5 + 0.01)
+    assert sim.state("b") is State.ACTIVE
+    assert sim.state("a") is State.INACTIVE
+    assert "peer service" in sim.nodes["b"].sup.cause
+    # a restarts its service locally as inactive, and stays inactive
+    sim.run_until(4.0)
+    assert sim.nodes["a"].sup.service is ServiceHealth.RUNNING
+    assert sim.actives() == ["b"]
+
+
+def test_inactive_service_crash_restarts_locally_with_bounded_retries():
+    sim = booted(max_restarts=3, restart_window=60.0)
+    for k in range(5):
+        sim.at(2.1 + k * 0.2, "b", "crash_service")
+    sim.run_until(3.5)
+    assert sim.actives() == ["a"]
+    assert sim.nodes["b"].sup.service is ServiceHealth.FAILED
+    assert sim.logs("b", "service_failed")
+
+
+def test_service_hang_is_detected_by_missed_health_reports():
+    cfg = make_config(Role.PRIMARY, health_timeout=0.1)
+    sup = Supervisor(cfg, now=0.0)
+    sup.start(0.0)
+    sup.handle(ev.ServiceStarted(1), 0.05)
+    acts = sup.handle(ev.Tick(0, 0), 0.16)
+    assert any(isinstance(a, ev.KillService) for a in acts)
+    assert any(isinstance(a, ev.StartService) for a in acts)
+
+
+def test_call_offered_at_inactive_node_fails_over_immediately():
+    sim = booted()
+    t0 = sim.now
+    sim.call("b", "call-42")
+    sim.run_until(t0 + 0.01)
+    assert sim.actives() == ["b"]
+    assert sim.state("a") is State.INACTIVE
+    a_log = sim.logs("a", "deactivated")[-1]
+    assert "peer took over" in a_log.message and "call-42" in a_log.message
+    # order: the secondary told the primary to step down before activating
+    b_acts = [lg for lg in sim.logs("b", "activating")]
+    assert "call call-42" in b_acts[-1].fields["cause"]
+
+
+def test_call_takeover_order_step_down_then_activate():
+    sup = Supervisor(make_config(Role.SECONDARY), now=0.0)
+    sup.start(0.0)
+    sup.handle(ev.ServiceStarted(1), 0.05)
+    sup.handle(ev.PeerHeartbeat("a", Role.PRIMARY, State.ACTIVE, 2, ServiceHealth.RUNNING), 0.06)
+    assert sup.state is State.INACTIVE
+    acts = sup.handle(ev.CallOffered("c9", "p1"), 0.07)
+    kinds = [type(a).__name__ for a in acts if not isinstance(a, ev.Log)]
+    assert kinds[:3] == ["PersistState", "SendCommand", "ActivateService"]
+    assert acts[1].kind == "step_down" and acts[1].term == 3
+
+
+def test_call_at_inactive_node_refused_in_manual_mode():
+    sim = booted(mode=Mode.MANUAL)
+    sim.call("b", "c1")
+    sim.run_until(sim.now + 0.1)
+    assert sim.actives() == ["a"]
+    assert sim.nodes["b"].refused == ["c1"]
+
+
+def test_stale_step_down_is_refused():
+    sim = booted()
+    a = sim.nodes["a"].sup
+    acts = a.handle(ev.PeerCommand("step_down", a.term - 1, "old"), sim.now)
+    assert a.state is State.ACTIVE
+    assert any(isinstance(x, ev.Log) and x.event == "stale_command" for x in acts)
+
+
+# ----------------------------------------------------------------------------- failback
+
+
+def test_manual_failover_and_failback_with_calls_in_progress():
+    sim = booted()
+    sim.set_calls("a", 3)
+    sim.run_until(sim.now + 0.1)
+    reply = sim.admin("a", "failover")
+    assert reply.ok, reply.message
+    sim.run_until(sim.now + 0.05)
+    assert sim.actives() == ["b"]
+    assert sim.state("a") is State.DRAINING  # calls in progress keep going
+    assert sim.nodes["a"].sup.hold
+    sim.set_calls("a", 0)
+    sim.run_until(sim.now + 0.2)
+    assert sim.state("a") is State.INACTIVE
+    # the held primary does not grab a stray call back
+    sim.call("a", "stray")
+    assert sim.actives() == ["b"] and "stray" in sim.nodes["a"].refused
+    reply = sim.admin("a", "failback")  # asked on the inactive target: it takes over
+    assert reply.ok
+    sim.run_until(sim.now + 0.05)
+    assert sim.actives() == ["a"]
+    assert sim.nodes["b"].sup.hold
+
+
+def test_failover_refused_when_peer_unreachable():
+    sim = booted()
+    sim.link_up = False
+    sim.run_until(sim.now + TIMEOUT + 0.05)
+    reply = sim.admin("a", "failover")
+    assert not reply.ok and "not reachable" in reply.message
+
+
+def test_scheduled_failback_inside_window_only():
+    # local clock: the sim's 'now' is seconds after 01:00; window 02:00-03:00
+    sim = Sim(start_a_at=10.0, failback_type=FailbackType.SCHEDULED,
+              failback_window=(7200.0, 10800.0), _local_offset=3600.0)
+    sim.run_until(20.0)  # b started first: b active, a inactive
+    assert sim.actives() == ["b"]
+    sim.run_until(3599.0)  # 01:59:59 local
+    assert sim.actives() == ["b"]
+    sim.run_until(3601.0)  # 02:00:01 local, primary healthy
+    assert sim.actives() == ["a"]
+    assert any("scheduled failback" in lg.message for lg in sim.logs("b", "deactivated"))
+
+
+def test_no_scheduled_failback_when_failback_is_manual():
+    sim = Sim(start_a_at=10.0, _local_offset=7200.0)
+    sim.run_until(100.0)
+    assert sim.actives() == ["b"]
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_of_active_hands_over_and_drains():
+    sim = booted()
+    sim.set_calls("a", 2)
+    sim.run_until(sim.now + 0.1)
+    sim._feed("a", ev.ShutdownRequested())
+    sim.run_until(sim.now + 0.05)
+    assert sim.actives() == ["b"]
+    assert sim.state("a") is State.DRAINING and not sim.nodes["a"].exited
+    sim.set_calls("a", 0)
+    sim.run_until(sim.now + 0.2)
+    assert sim.nodes["a"].exited
+
+
+def test_sigterm_of_inactive_stops_at_once():
+    sim = booted()
+    sim._feed("b", ev.ShutdownRequested())
+    assert sim.nodes["b"].exited
+    assert sim.actives() == ["a"]
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def test_partition_both_active_then_heal_primary_stays():
+    sim = booted()
+    a_term = sim.nodes["a"].sup.term
+    sim.link_up = False
+    sim.run_until(sim.now + 2)
+    assert sim.actives() == ["a", "b"]
+    b_term = sim.nodes["b"].sup.term
+    assert b_term > a_term
+    a_deact = len(sim.logs("a", "deactivated"))
+    sim.link_up = True
+    sim.run_until(sim.now + 0.5)
+    assert sim.actives() == ["a"]
+    assert len(sim.logs("a", "deactivated")) == a_deact  # no interruption on the primary
+    assert sim.nodes["a"].sup.term > b_term  # the primary moved above the secondary's term
+    assert sim.state("b") in (State.INACTIVE, State.DRAINING)
+
+
+def test_stalled_active_node_manager_fences_and_converges():
+    sim = booted()
+    sim.freeze("a", 3.0)  # SIGSTOP of the active node manager
+    sim.run_until(sim.now + 2.0)
+    assert sim.state("b") is State.ACTIVE
+    assert not sim.nodes["a"].service.answering(sim.now)  # a's service fenced itself
+    sim.run_until(sim.now + 2.0)  # SIGCONT
+    assert sim.actives() == ["b"]
+    assert sim.logs("a", "stall")
+
+
+def test_stalled_inactive_node_manager_does_not_false_failover():
+    sim = booted()
+    sim.freeze("b", 3.0)
+    sim.run_until(sim.now + 5.0)
+    assert sim.actives() == ["a"]
+    assert not sim.logs("b", "activating")[1:] if sim.logs("b", "activating") else True
+    assert sim.logs("b", "stall")
+
+
+# ----------------------------------------------------------------------------- licensing
+
+
+def test_secondary_alone_stops_answering_after_licence_limit():
+    sim = Sim(start_a_at=10_000.0, licence_no_contact=100.0)
+    sim.run_until(50.0)
+    assert sim.actives() == ["b"]
+    sim.run_until(101.0)
+    assert sim.actives() == []
+    assert any("licence" in lg.message for lg in sim.logs("b", "deactivated"))
+
+
+def test_secondary_licence_after_contact_uses_wall_clock():
+    cfg = make_config(Role.SECONDARY, licence_after_contact=1000.0)
+    sup = Supervisor(cfg, now=0.0, persisted=Persisted(term=3, last_contact_wall=1_000_000.0))
+    sup.handle(ev.Tick(wall=1_000_500.0, local_seconds=0), 1.0)
+    assert sup.licensed(1.0)
+    sup.handle(ev.Tick(wall=1_001_001.0, local_seconds=0), 2.0)
+    assert not sup.licensed(2.0)
+    sup.handle(ev.PeerHeartbeat("a", Role.PRIMARY, State.ACTIVE, 2, ServiceHealth.RUNNING), 2.1)
+    assert sup.licensed(2.1)
+
+
+def test_primary_has_no_licence_limit():
+    sim = Sim(start_b_at=1e9, licence_no_contact=10.0)
+    sim.run_until(50.0)
+    assert sim.actives() == ["a"]
+
+
+# ----------------------------------------------------------------------------- mode and admin
+
+
+def test_manual_mode_does_not_fail_over_on_silence():
+    sim = booted(mode=Mode.MANUAL)
+    sim.link_up = False
+    sim.run_until(sim.now + 3)
+    assert sim.actives() == ["a"]
+
+
+def test_mode_can_be_switched_at_run_time():
+    sim = booted()
+    r = sim.admin("b", "mode", "manual")
+    assert r.ok and sim.nodes["b"].sup.mode is Mode.MANUAL
+    assert not sim.admin("b", "mode", "sometimes").ok
+
+
+def test_core_imports_nothing_that_does_io():
+    for name in ("_supervisor.py", "_events.py", "_state.py"):
+        tree = ast.parse((pathlib.Path(__file__).parents[2] / "failover" / name).read_text())
+        mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not mods & {"trio", "socket", "time", "threading", "os", "asyncio", "random"}, name
