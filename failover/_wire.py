@@ -45,8 +45,9 @@ class FrameType(IntEnum):
 
 
 class CommandKind(IntEnum):
-    STEP_DOWN = 1
-    TAKE_OVER = 2
+    STEP_DOWN = 1  # the sender took over in a newer term: stop being active
+    TAKE_OVER = 2  # the sender (active) hands over: become active
+    YIELD = 3  # like STEP_DOWN, and stay on hold (operator or scheduled move)
 
 
 class _EnumField(Adapter):
