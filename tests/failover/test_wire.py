@@ -293,7 +293,7 @@ def test_dialer_drops_status_and_command():
     (0, b"x", "type"),
     (FrameType.STATUS, b"", "parse"),
     (FrameType.COMMAND, b"\x01" + bytes(8) + b"\x02ok" + b"!", "parse"),  # trailing byte
-    (FrameType.COMMAND, b"\x03" + bytes(8) + b"\x00", "parse"),           # unknown kind
+    (FrameType.COMMAND, b"\x09" + bytes(8) + b"\x00", "parse"),           # unknown kind
     (FrameType.COMMAND, b"\x01" + bytes(8) + b"\x02\xff\xfe", "parse"),   # not utf-8
     (FrameType.COMMAND, b"\x01" + bytes(8) + b"\x79" + b"r" * 121, "parse"),  # reason > 120
 ])
