@@ -581,6 +581,8 @@ class Supervisor:
                 if peer is None or peer.state not in ACTIVE_STATES:
                     acts.append(ev.Log("error", "handover_failed",
                                        "peer did not take over within the handover timeout"))
+            if quiet:
+                return  # the peer is taking over from us: give it handover_timeout
             if peer is None:
                 if not self._peer_ever_heard:
                     if now >= self._peer_deadline():
@@ -590,12 +592,12 @@ class Supervisor:
                     self._activate(now, acts, f"peer silent for {now - self._peer_heard:.3f}s "
                                    f"({self.cfg.missed_pings} missed pings)")
                 return
-            if peer.state in ACTIVE_STATES or quiet:
+            if peer.state in ACTIVE_STATES:
                 return
             # the peer is reachable and nobody is active
             if self._preferred(peer):
                 why = ("peer service " + peer.service.label) if not peer.eligible else "no node active"
-                kind = "startup" if peer.state is State.STARTING or self.term == 0 else None
+                kind = "startup" if peer.state is State.STARTING else None
                 self._activate(now, acts, f"{why}: {peer.node} is {peer.state.label}", kind=kind)
 
     def _preferred(self, peer: ev.PeerHeartbeat) -> bool:

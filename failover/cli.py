@@ -1,0 +1,161 @@
+"""``vmha``: the operator's command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+EXIT_NOT_RUNNING = 3
+
+
+def _config(args) -> "object":
+    path = args.config or os.environ.get("VMHA_CONFIG")
+    if not path:
+        raise SystemExit("vmha: error: no node configuration: pass --config FILE or set VMHA_CONFIG")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise SystemExit(f"vmha: configuration error:\n{e}")
+
+
+def _admin(cfg, request: dict) -> dict | None:
+    from .admin import admin_request
+
+    try:
+        return admin_request(cfg.admin.socket, request)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"vmha: admin socket {cfg.admin.socket}: {e}")
+
+
+def cmd_node(args) -> int:
+    from .node import main_node
+
+    cfg = _config(args)
+    try:
+        return main_node(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, OSError) as e:
+        print(f"vmha node: {e}", file=sys.stderr)
+        return 1
+
+
+def format_status(st: dict) -> str:
+    n, p = st["node"], st["peer"]
+    hb = p["last_heartbeat_age_s"]
+    rows = [("NODE", "ROLE", "STATE", "TERM", "SERVICE", "MODE", "CALLS", "REACHABLE", "HEARTBEAT"),
+            (f"{n['name']} (this)", n["role"], n["state"], str(n["term"]), n["service"], n["mode"],
+             str(st["calls_in_progress"]), "-", "-"),
+            (f"{p['name']} (peer)", "secondary" if n["role"] == "primary" else "primary",
+             p["state"] or "?", "?" if p["term"] is None else str(p["term"]), p["service"] or "?",
+             p["mode"] or "?", "?" if p["calls"] is None else str(p["calls"]),
+             "yes" if p["reachable"] else "NO", "never" if hb is None else f"{hb:.2f} s ago")]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    ports = ", ".join(f"{x['name']} {x['state']}" for x in st["ports"]) or "none reported"
+    s = st["settings"]
+    flags = [f for f in ("hold", "shutting_down") if n.get(f)] + ([] if n["licensed"] else ["UNLICENSED"])
+    lines += ["", f"last change: {n['cause']}" + (f"   [{', '.join(flags)}]" if flags else ""),
+              f"ports: {ports}",
+              f"peer link: {'connected' if p['link'].get('out_connected') else 'down'} out, "
+              f"{p['link'].get('in_connections', 0)} in; dropped frames: "
+              f"{sum(v for k, v in p['link'].items() if k.startswith('dropped_'))}",
+              f"failover after {s['takeover_after_s']} s of silence ({s['missed_pings']} x "
+              f"{s['ping_interval_s'] * 1000:.0f} ms), lease {s['lease_s']} s, failback {s['failback']}"]
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    cfg = _config(args)
+    reply = _admin(cfg, {"op": "status"})
+    if reply is None:
+        msg = {"node": {"name": cfg.node.name, "role": cfg.node.role.label, "state": "stopped",
+                        "service": "unknown"}, "error": "node manager is not running"}
+        print(json.dumps(msg, indent=2) if args.json else
+              f"{cfg.node.name}: node manager is not running (no admin socket at {cfg.admin.socket})")
+        return EXIT_NOT_RUNNING
+    print(json.dumps(reply["status"], indent=2) if args.json else format_status(reply["status"]))
+    return 0
+
+
+def cmd_move(args) -> int:
+    cfg = _config(args)
+    req = {"op": args.cmd, "force": args.force} if args.cmd != "mode" else {"op": "mode", "mode": args.mode}
+    reply = _admin(cfg, req)
+    if reply is None:
+        print(f"vmha {args.cmd}: node manager of {cfg.node.name} is not running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    print(reply.get("message") or reply.get("error"))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_events(args) -> int:
+    from .eventlog import format_record, read_events
+
+    cfg = _config(args)
+    path = cfg.node.data_dir / "events.jsonl"
+    if not path.exists():
+        print(f"vmha events: no event log at {path} yet", file=sys.stderr)
+        return 1
+    try:
+        for rec in read_events(path, follow=args.follow):
+            print(json.dumps(rec) if args.json else format_record(rec), flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_configure(args, rest: list[str]) -> int:
+    from .configure import configure_main
+
+    return configure_main(rest)
+
+
+def cmd_demo(args) -> int:
+    from .demo import main_demo
+
+    return main_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vmha", description="voice-messaging high availability pair")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    conf = argparse.ArgumentParser(add_help=False)
+    conf.add_argument("-c", "--config", help="the node's TOML file (default: $VMHA_CONFIG)")
+    sub.add_parser("node", parents=[conf], help="run the node manager and its messaging service")
+    p = sub.add_parser("status", parents=[conf], help="the Failover Monitor view of both nodes")
+    p.add_argument("--json", action="store_true")
+    for name, what in (("failover", "make the secondary active"), ("failback", "make the primary active")):
+        p = sub.add_parser(name, parents=[conf], help=what)
+        p.add_argument("--force", action="store_true", help="even if the peer cannot be reached")
+    p = sub.add_parser("mode", parents=[conf], help="switch the node manager to manual or automatic")
+    p.add_argument("mode", choices=("manual", "automatic"))
+    p = sub.add_parser("events", parents=[conf], help="show the event log")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("configure", add_help=False, help="pairing wizard: write both nodes' TOML and the key "
+                   "(see vmha configure --help)")
+    p = sub.add_parser("demo", help="run a pair on loopback with simulated calls and a takeover")
+    p.add_argument("--dir", help="working directory (default: a new temporary one)")
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (default: until Ctrl-C)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["configure"]:
+        return cmd_configure(None, argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"node": cmd_node, "status": cmd_status, "failover": cmd_move, "failback": cmd_move,
+                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo}
+    return handlers[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

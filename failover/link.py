@@ -1,0 +1,208 @@
+"""Trio driver of the node link (the codec is ``_wire.LinkConnection``).
+
+Each node manager dials its peer and sends its frames on that connection; it accepts the
+peer's connection and receives frames on it (docs/design.md, "Node link").  Frames that the
+codec drops are counted and logged, never acted on; a connection whose stream is unusable is
+closed and the dialer reconnects with exponential backoff.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import trio
+
+from . import _events as ev
+from ._wire import (NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection,
+                    LinkError, Status)
+from .config import NodeConfig
+from .eventlog import EventLog
+
+COMMAND_NAMES = {CommandKind.STEP_DOWN: "step_down", CommandKind.TAKE_OVER: "take_over",
+                 CommandKind.YIELD: "yield"}
+
+
+class PeerLink:
+    def __init__(self, cfg: NodeConfig, psk: bytes, inbox: trio.MemorySendChannel, events: EventLog):
+        self.cfg = cfg
+        self.psk = psk
+        self.inbox = inbox
+        self.events = events
+        self._out_send, self._out_recv = trio.open_memory_channel(256)
+        self.out_connected = False
+        self.inbound: set[int] = set()
+        self._inbound_gen = 0
+        self.counters: Counter[str] = Counter()
+        self._last_log: dict[str, float] = {}
+        self._redial = trio.Event()  # set when the peer dials us: it is up, dial it now
+
+    # ------------------------------------------------------------------ API for the node manager
+
+    def send(self, msg: Status | Command, important: bool = False) -> None:
+        """Queue a frame for the peer.  Heartbeats are only queued while connected (an old
+        heartbeat is worth nothing); a command that cannot be queued is logged."""
+        if not self.out_connected:
+            if important:
+                self._log_limited("warning", "link_send", f"{type(msg).__name__} not sent: link to "
+                                  f"{self.cfg.link.peer_name} is down")
+            return
+        try:
+            self._out_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self.counters["out_overflow"] += 1
+            if important:
+                self.events.write("warning", "link_send", "command not sent: link send queue full")
+
+    def stats(self) -> dict:
+        return {"out_connected": self.out_connected, "in_connections": len(self.inbound),
+                **{k: v for k, v in sorted(self.counters.items())}}
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        addr = self.cfg.link.listen
+        listeners = await trio.open_tcp_listeners(addr.port, host=addr.host or None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._accepted, listeners)
+            nursery.start_soon(self._dial_loop)
+            task_status.started()
+
+    def _log_limited(self, level: str, event: str, message: str, every: float = 30.0) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(event, -1e9) >= every:
+            self._last_log[event] = now
+            self.events.write(level, event, message)
+
+    async def _dial_loop(self) -> None:
+        link = self.cfg.link
+        backoff = link.reconnect_min
+        was_up = False
+        while True:
+            stream = None
+            try:
+                with trio.fail_after(link.connect_timeout):
+                    stream = await trio.open_tcp_stream(link.peer.host, link.peer.port)
+                conn = LinkConnection(psk=self.psk, node=self.cfg.node.name, role=self.cfg.node.role,
+                                      dialer=True, nonce=os.urandom(16), expected_peer=link.peer_name)
+                await stream.send_all(conn.hello())
+                with trio.fail_after(link.connect_timeout):
+                    await self._await_hello(stream, conn)
+                backoff = link.reconnect_min
+                self._drain_queue()
+                self.out_connected = True
+                self.counters["connects"] += 1
+                if not was_up:
+                    self.events.write("info", "link_up", f"connected to {link.peer_name} at {link.peer}")
+                was_up = True
+                await self._pump(stream, conn)
+                reason = "peer closed the connection"
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, LinkError) as e:
+                reason = f"{type(e).__name__}: {e}"
+            finally:
+                self.out_connected = False
+                if stream is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
+            if was_up:
+                self.events.write("warning", "link_down", f"link to {link.peer_name} lost: {reason}")
+                was_up = False
+            else:
+                self._log_limited("info", "link_retry", f"cannot reach {link.peer_name} at {link.peer}: "
+                                  f"{reason}; retrying")
+            with trio.move_on_after(backoff):
+                await self._redial.wait()
+            if self._redial.is_set():
+                self._redial = trio.Event()
+                backoff = link.reconnect_min
+            else:
+                backoff = min(backoff * 2, link.reconnect_max)
+
+    def _drain_queue(self) -> None:
+        while True:
+            try:
+                self._out_recv.receive_nowait()
+            except trio.WouldBlock:
+                return
+
+    async def _await_hello(self, stream: trio.SocketStream, conn: LinkConnection) -> Hello:
+        while True:
+            e = conn.next_event()
+            if isinstance(e, Hello):
+                return e
+            if e is NEED_DATA:
+                conn.receive_data(await stream.receive_some(4096))
+                continue
+            if isinstance(e, Closed):
+                raise trio.BrokenResourceError("peer closed during the handshake")
+            self._dropped(e)
+
+    async def _pump(self, stream: trio.SocketStream, conn: LinkConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                # the acceptor never sends after its hello: anything it sends is dropped,
+                # and EOF or an error ends this connection
+                while True:
+                    data = await stream.receive_some(4096)
+                    conn.receive_data(data)
+                    while (e := conn.next_event()) is not NEED_DATA:
+                        if isinstance(e, Closed):
+                            nursery.cancel_scope.cancel()
+                            return
+                        self._dropped(e)
+            nursery.start_soon(watch)
+            async for msg in self._out_recv:
+                data = conn.send(msg)
+                await stream.send_all(data)
+                self.counters["frames_out"] += 1
+
+    async def _accepted(self, stream: trio.SocketStream) -> None:
+        link = self.cfg.link
+        conn = LinkConnection(psk=self.psk, node=self.cfg.node.name, role=self.cfg.node.role,
+                              dialer=False, nonce=os.urandom(16), expected_peer=link.peer_name)
+        self._inbound_gen += 1
+        gen = self._inbound_gen
+        try:
+            with trio.fail_after(link.connect_timeout):
+                await self._await_hello(stream, conn)
+            await stream.send_all(conn.hello())
+            if not self.out_connected:
+                self._redial.set()
+            self.inbound = {gen}  # a newer connection from the peer replaces older ones
+            while gen in self.inbound:
+                data = await stream.receive_some(4096)
+                conn.receive_data(data)
+                while (e := conn.next_event()) is not NEED_DATA:
+                    if isinstance(e, Closed):
+                        return
+                    await self._deliver(e)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, LinkError) as e:
+            self.counters["in_rejected"] += 1
+            self._log_limited("warning", "link_reject", f"inbound link connection closed: "
+                              f"{type(e).__name__}: {e}", every=5.0)
+        finally:
+            self.inbound.discard(gen)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _deliver(self, e) -> None:
+        if isinstance(e, Status):
+            self.counters["heartbeats_in"] += 1
+            await self.inbox.send(ev.PeerHeartbeat(
+                node=e.node, role=e.role, state=e.state, term=e.term, service=e.service, mode=e.mode,
+                eligible=e.eligible, licensed=e.licensed, hold=e.hold, shutting_down=e.shutting_down,
+                calls=e.calls))
+        elif isinstance(e, Command):
+            self.counters["commands_in"] += 1
+            await self.inbox.send(ev.PeerCommand(COMMAND_NAMES[e.kind], e.term, e.reason))
+        else:
+            self._dropped(e)
+
+    def _dropped(self, e) -> None:
+        if isinstance(e, Dropped):
+            self.counters[f"dropped_{e.reason}"] += 1
+            self._log_limited("warning", f"link_drop_{e.reason}",
+                              f"dropped a {e.size}-byte frame from the link: {e.reason} "
+                              f"(total {self.counters[f'dropped_{e.reason}']})", every=5.0)
+        else:
+            self.counters["dropped_unexpected"] += 1

@@ -1,0 +1,241 @@
+"""The node manager: the Trio driver around the pure supervisor.
+
+One main task owns the supervisor: it waits for the next event or the supervisor's next
+deadline (aioquic's timer pattern), calls ``handle(event, now)`` and runs the returned actions
+in order.  Everything else — the node link (``link.py``), the messaging-service child
+(``service_proc.py``) and the admin socket (``admin.py``) — only turns I/O into events on the
+inbox channel or carries out actions.  Only this module and those drivers read the clock.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from . import _events as ev
+from ._state import State
+from ._supervisor import Supervisor
+from ._wire import CommandKind, Status
+from .admin import serve_admin
+from .config import NodeConfig
+from .configure import load_key
+from .eventlog import EventLog
+from .link import PeerLink
+from .service_proc import ServiceRunner
+from .statefile import load_state, save_state
+
+log = logging.getLogger("vmha.node")
+
+COMMAND_KINDS = {"step_down": CommandKind.STEP_DOWN, "take_over": CommandKind.TAKE_OVER,
+                 "yield": CommandKind.YIELD}
+COMMAND_NAMES = {v: k for k, v in COMMAND_KINDS.items()}
+
+
+def local_clock() -> ev.Tick:
+    wall = time.time()
+    lt = time.localtime(wall)
+    return ev.Tick(wall=wall, local_seconds=lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + wall % 1)
+
+
+@dataclass
+class NodeManager:
+    cfg: NodeConfig
+    events: EventLog
+    sup: Supervisor = field(init=False)
+    inbox_send: trio.MemorySendChannel = field(init=False)
+    inbox: trio.MemoryReceiveChannel = field(init=False)
+    exit_code: int | None = None
+
+    def __post_init__(self) -> None:
+        self.state_path = self.cfg.node.data_dir / "state.json"
+        persisted = load_state(self.state_path)
+        self.sup = Supervisor(self.cfg.supervisor_config(), now=trio.current_time(), persisted=persisted)
+        self.inbox_send, self.inbox = trio.open_memory_channel(1024)
+        self.link = PeerLink(self.cfg, load_key(self.cfg.node.key_file), self.inbox_send, self.events)
+        self.service = ServiceRunner(self.cfg, self.inbox_send, self.events)
+        self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
+        self._next_request = 0
+        self.started_wall = time.time()
+
+    # ------------------------------------------------------------------ public API (admin)
+
+    async def request(self, kind: str, arg: str = "", force: bool = False) -> ev.AdminReply:
+        self._next_request += 1
+        rid = self._next_request
+        send, recv = trio.open_memory_channel(1)
+        self._admin_waiters[rid] = send
+        await self.inbox_send.send(ev.AdminRequest(rid, kind, arg, force))
+        with trio.move_on_after(5) as scope:
+            reply = await recv.receive()
+        self._admin_waiters.pop(rid, None)
+        if scope.cancelled_caught:
+            return ev.AdminReply(rid, False, "node manager did not answer in 5 s")
+        return reply
+
+    def status_dict(self) -> dict:
+        now = trio.current_time()
+        s = self.sup.status(now)
+        peer = self.sup.peer
+        return {
+            "node": {"name": s.node, "role": s.role.label, "state": s.state.label, "term": s.term,
+                     "service": s.service.label, "mode": s.mode.label, "eligible": s.eligible,
+                     "licensed": s.licensed, "hold": s.hold, "shutting_down": s.shutting_down,
+                     "cause": s.cause, "uptime_s": round(s.uptime, 3), "pid": os.getpid()},
+            "peer": {"name": self.cfg.link.peer_name, "address": str(self.cfg.link.peer),
+                     "reachable": s.peer_reachable,
+                     "state": s.peer_state.label if s.peer_state is not None else None,
+                     "term": s.peer_term,
+                     "service": peer.service.label if peer else None,
+                     "mode": peer.mode.label if peer else None,
+                     "calls": peer.calls if peer else None,
+                     "last_heartbeat_age_s": None if s.peer_heartbeat_age is None
+                     else round(s.peer_heartbeat_age, 3),
+                     "link": self.link.stats()},
+            "replication": {"position": 0, "peer_position": None, "lag_changes": None,
+                            "note": "replication arrives with issue 3"},
+            "ports": self.service.ports,
+            "calls_in_progress": s.calls,
+            "settings": {"ping_interval_s": self.cfg.failover.ping_interval,
+                         "missed_pings": self.cfg.failover.missed_pings,
+                         "takeover_after_s": round(self.cfg.peer_timeout, 3),
+                         "lease_s": round(self.cfg.lease_s, 3),
+                         "failback": self.cfg.failback.type.name.lower()},
+        }
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> int:
+        self._set_priority()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(self.link.run)
+            await nursery.start(self.service.serve_control)
+            await nursery.start(serve_admin, self)
+            await self._run_actions(self.sup.start(trio.current_time()))
+            task_status.started(self)
+            await self._loop()
+            nursery.cancel_scope.cancel()
+        return self.exit_code or 0
+
+    async def _loop(self) -> None:
+        await self._dispatch(local_clock())
+        while self.exit_code is None:
+            deadline = self.sup.next_deadline()
+            deadline = math.inf if deadline is None else deadline
+            event = None
+            with trio.move_on_at(deadline):
+                event = await self.inbox.receive()
+            if event is None:
+                # aioquic's clamp: the core never sees a timer fire early
+                await self._dispatch(local_clock(), now=max(deadline, trio.current_time()))
+            else:
+                await self._dispatch(event)
+
+    async def _dispatch(self, event: ev.Event, now: float | None = None) -> None:
+        now = trio.current_time() if now is None else now
+        if isinstance(event, ev.PeerCommand):
+            self.events.write("info", "peer_command", f"peer sent {event.kind} (term {event.term}): "
+                              f"{event.reason}")
+        actions = self.sup.handle(event, now)
+        await self._run_actions(actions)
+
+    async def _run_actions(self, actions: list[ev.Action]) -> None:
+        for i, a in enumerate(actions):
+            try:
+                await self._run(a)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                # the rest of this batch depended on it (e.g. activate after persisting a term)
+                rest = [x for x in actions[i + 1:] if isinstance(x, ev.Log)]
+                await self._run_actions(rest)
+                followup = self.sup.handle(ev.ActionFailed(a, str(e)), trio.current_time())
+                await self._run_actions(followup)
+                return
+
+    async def _run(self, a: ev.Action) -> None:
+        if isinstance(a, ev.SendStatus):
+            self.link.send(self._status_frame())
+        elif isinstance(a, ev.SendCommand):
+            from ._wire import Command
+
+            self.link.send(Command(COMMAND_KINDS[a.kind], a.term, a.reason[:120]), important=True)
+        elif isinstance(a, ev.PersistState):
+            save_state(self.state_path, self._persisted(a))
+        elif isinstance(a, ev.ActivateService):
+            await self.service.send({"op": "activate", "term": a.term, "lease": a.lease})
+        elif isinstance(a, ev.RenewLease):
+            await self.service.send({"op": "renew", "term": a.term, "lease": a.lease})
+        elif isinstance(a, ev.DeactivateService):
+            await self.service.send({"op": "deactivate", "term": a.term, "drain": a.drain})
+        elif isinstance(a, ev.RefuseCall):
+            await self.service.send({"op": "refuse_call", "call_id": a.call_id, "reason": a.reason})
+        elif isinstance(a, ev.StartService):
+            self.nursery.start_soon(self.service.start, a.reason)
+        elif isinstance(a, ev.KillService):
+            self.service.kill(a.reason)
+        elif isinstance(a, ev.ShutdownService):
+            await self.service.shutdown(a.reason)
+        elif isinstance(a, ev.AdminReply):
+            waiter = self._admin_waiters.pop(a.request_id, None)
+            if waiter is not None:
+                waiter.send_nowait(a)
+        elif isinstance(a, ev.Log):
+            self.events.write(a.level, a.event, a.message, a.fields or None)
+        elif isinstance(a, ev.Exit):
+            self.exit_code = a.code
+        else:  # pragma: no cover - a new action without a driver is a bug
+            raise TypeError(f"no driver for action {a!r}")
+
+    def _persisted(self, a: ev.PersistState):
+        from ._supervisor import Persisted
+
+        return Persisted(term=a.term, last_contact_wall=a.last_contact_wall)
+
+    def _status_frame(self) -> Status:
+        s = self.sup.status(trio.current_time())
+        return Status(node=s.node, role=s.role, state=s.state, term=s.term, service=s.service,
+                      mode=s.mode, eligible=s.eligible, licensed=s.licensed, hold=s.hold,
+                      shutting_down=s.shutting_down, calls=min(s.calls, 65535),
+                      ports=min(len(self.service.ports), 65535), repl_pos=0,
+                      ping_interval_ms=int(self.cfg.failover.ping_interval * 1000),
+                      uptime_ms=int(s.uptime * 1000))
+
+    def _set_priority(self) -> None:
+        prio = self.cfg.failover.realtime_priority
+        if prio <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(prio))
+            self.events.write("info", "priority", f"node manager runs SCHED_RR priority {prio}")
+        except (PermissionError, OSError) as e:
+            self.events.write("warning", "priority", f"cannot set SCHED_RR priority {prio}: {e}; "
+                              "running with normal scheduling")
+
+
+async def run_node(cfg: NodeConfig) -> int:
+    events = EventLog(cfg.node.data_dir / "events.jsonl", cfg.node.name, level=cfg.log.level,
+                      console=__import__("sys").stderr if cfg.log.console else None)
+    try:
+        nm = NodeManager(cfg, events)
+        async with trio.open_nursery() as nursery:
+            async def signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for sig in sigs:
+                        await nm.inbox_send.send(ev.ShutdownRequested(signal.Signals(sig).name))
+            nursery.start_soon(signals)
+            code = await nm.run()
+            nursery.cancel_scope.cancel()
+        return code
+    finally:
+        events.close()
+
+
+def main_node(cfg: NodeConfig) -> int:
+    return trio.run(run_node, cfg)
+
+
+__all__ = ["NodeManager", "run_node", "main_node", "State"]

@@ -1,0 +1,189 @@
+"""Starts and watches the messaging-service child process and speaks the local control channel
+(docs/design.md).  A crash is seen at once: the control socket reaches EOF and the process
+exit is reported by the kernel; each start is a new *generation*, so the exit of a process the
+supervisor already gave up on is never reported twice."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from telephony._control import (NEED_DATA, Closed, ControlConnection, ControlError,
+                                ControlProtocolError, FieldError, FROM_SERVICE, validate)
+
+from . import _events as ev
+from .config import NodeConfig
+from .eventlog import EventLog
+
+
+class ServiceRunner:
+    def __init__(self, cfg: NodeConfig, inbox: trio.MemorySendChannel, events: EventLog):
+        self.cfg = cfg
+        self.inbox = inbox
+        self.events = events
+        self.generation = 0
+        self.proc: trio.Process | None = None
+        self._reported: set[int] = set()
+        self._stream: trio.SocketStream | None = None
+        self._stream_gen = 0
+        self._codec = ControlConnection()
+        self._send_lock = trio.Lock()
+        self.ports: list[dict] = []
+        self.pid: int | None = None
+
+    # ------------------------------------------------------------------ process
+
+    def command(self) -> list[str]:
+        c = self.cfg
+        base = list(c.service.command) if c.service.command else [sys.executable, "-m", "telephony.service"]
+        args = ["--control", str(c.control_socket), "--node", c.node.name,
+                "--health-interval", repr(c.service.health_interval),
+                "--offer-hold", repr(c.service.offer_hold), "--log-level", c.log.level]
+        lb = c.ports.loopback
+        if lb.enabled and lb.listen is not None:
+            args += ["--loopback-host", lb.listen.host, "--loopback-port", str(lb.listen.port),
+                     "--ports", str(lb.count)]
+        return base + args
+
+    async def start(self, reason: str) -> None:
+        self.generation += 1
+        gen = self.generation
+        self.ports = []
+        cmd = self.command()
+        self.events.write("info", "service_start", f"starting messaging service ({reason})")
+        try:
+            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            await self._report_exit(gen, f"could not start: {e}")
+            return
+        self.proc, self.pid = proc, proc.pid
+        rc = await proc.wait()
+        desc = f"exited with code {rc}" if rc >= 0 else f"killed by signal {-rc}"
+        await self._report_exit(gen, f"process {proc.pid} {desc}")
+
+    async def _report_exit(self, gen: int, reason: str) -> None:
+        if gen in self._reported or gen != self.generation:
+            return
+        self._reported.add(gen)
+        self.ports = []
+        await self.inbox.send(ev.ServiceExited(reason))
+
+    def kill(self, reason: str) -> None:
+        self._reported.add(self.generation)  # the supervisor already handled this loss
+        if self.proc is not None and self.proc.returncode is None:
+            self.events.write("error", "service_kill", f"killing messaging service pid {self.proc.pid}: {reason}")
+            self.proc.kill()
+
+    async def shutdown(self, reason: str) -> None:
+        self._reported.add(self.generation)
+        proc = self.proc
+        try:
+            await self.send({"op": "shutdown"})
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        if proc is not None:
+            with trio.move_on_after(5):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await proc.wait()
+
+    # ------------------------------------------------------------------ control channel
+
+    async def send(self, msg: dict) -> None:
+        stream = self._stream
+        if stream is None or self._stream_gen != self.generation:
+            raise trio.BrokenResourceError("messaging service is not connected")
+        data = self._codec.send(msg)
+        async with self._send_lock:
+            await stream.send_all(data)
+
+    async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        path: Path = self.cfg.control_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(8)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._connection, [listener])
+        finally:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        codec = ControlConnection()
+        gen = None
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                codec.receive_data(data)
+                while (msg := codec.next_event()) is not NEED_DATA:
+                    if isinstance(msg, Closed):
+                        return
+                    if isinstance(msg, ControlError):
+                        self.events.write("warning", "control_bad", f"bad control line from the "
+                                          f"service dropped: {msg.reason}")
+                        continue
+                    try:
+                        validate(msg, FROM_SERVICE)
+                    except FieldError as e:
+                        self.events.write("warning", "control_bad", f"control message refused: {e}")
+                        continue
+                    if gen is None:
+                        if msg["op"] != "hello" or msg["pid"] != self.pid:
+                            self.events.write("warning", "control_stale", "control connection from a "
+                                              f"process that is not the current service (pid "
+                                              f"{msg.get('pid')}) closed")
+                            return
+                        gen = self.generation
+                        self._stream, self._stream_gen = stream, gen
+                        self.ports = [{"name": p, "kind": "?", "state": "starting"} for p in msg["ports"]]
+                        await self.inbox.send(ev.ServiceStarted(msg["pid"]))
+                        continue
+                    await self._handle(msg)
+        except (trio.BrokenResourceError, OSError, ControlProtocolError) as e:
+            self.events.write("warning", "control_lost", f"control channel error: {e}")
+        finally:
+            if gen is not None:
+                if self._stream is stream:
+                    self._stream = None
+                await self._report_exit(gen, "control channel closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _handle(self, msg: dict) -> None:
+        op = msg["op"]
+        if op == "health":
+            self.ports = msg["ports"]
+            await self.inbox.send(ev.ServiceHealthReport(msg["state"], msg["term"], msg["calls"]))
+        elif op == "activated":
+            await self.inbox.send(ev.ServiceActivated(msg["term"]))
+        elif op == "deactivated":
+            await self.inbox.send(ev.ServiceDeactivated(msg["term"], msg["calls"]))
+        elif op == "fenced":
+            await self.inbox.send(ev.ServiceFenced(msg["term"], msg["reason"]))
+        elif op == "call_offered":
+            call = msg["call"]
+            await self.inbox.send(ev.CallOffered(call["call_id"], call["port"],
+                                                 f"{call.get('calling', '')}->{call.get('called', '')}"))
+        elif op == "call":
+            call = msg["call"]
+            self.events.write("info", f"call_{msg['event']}",
+                              f"call {call['call_id']} on {call['port']} {msg['event']}"
+                              + (f" in term {msg['term']}" if msg.get("term") is not None else ""),
+                              {"call": call})
+        elif op == "error":
+            self.events.write("warning", "service_refused", f"service refused {msg.get('ref')}: {msg['message']}")
