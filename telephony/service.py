@@ -1,0 +1,503 @@
+"""The messaging service: the node manager's child process that owns the telephony ports.
+
+::
+
+    python -m telephony.service --control PATH --node NAME --loopback-port N [--ports 4]
+                                [--health-interval 0.02] [--offer-hold 2.0]
+    python -m telephony.service --control PATH --config NODE.toml   (flags override the file)
+
+It connects to the node manager's control socket, says ``hello``, reports ``health`` every
+health interval, and answers calls only while activated with a live lease (docs/design.md,
+"Local control channel").  When the lease runs out it stops answering and reports ``fenced``.
+When the control socket closes, the node manager is gone: the service stops answering at once,
+hangs up its calls and exits 0.  ``shutdown`` and SIGTERM exit 0 the same way.
+
+This module is the thin Trio driver; the decisions live in the pure cores
+:mod:`telephony._activation` (the lease) and :mod:`telephony._control` (the framing), and in
+:class:`telephony.ports.CallDesk` (the offer/hold path).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._activation import Activation, ActivationError
+from ._control import (
+    NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, ControlProtocolError,
+    FieldError, make, validate,
+)
+from .events import CallArrival
+from .ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry
+
+log = logging.getLogger("telephony.service")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class MessagingService:
+    """The control-channel side of the service, driving the activation core.
+
+    ``control`` is a connected stream to the node manager (a Unix socket in production, a
+    memory stream in tests).  ``drivers`` are the port drivers; they are registered at once
+    and started by :meth:`run`.  Drivers reach the service through :meth:`offer` and
+    :meth:`end_call`.
+    """
+
+    def __init__(self, *, node: str, control: trio.abc.Stream, drivers: Sequence[PortDriver] = (),
+                 health_interval: float = 0.02, offer_hold: float = 2.0,
+                 send_timeout: float = 5.0, hello_extra: dict[str, Any] | None = None,
+                 pid: int | None = None) -> None:
+        self.node = node
+        self.health_interval = health_interval
+        self.send_timeout = send_timeout
+        self.registry = PortRegistry()
+        self.drivers = list(drivers)
+        for d in self.drivers:
+            d.register(self.registry)
+        self.activation = Activation()
+        self.desk = CallDesk(registry=self.registry, answering=self._answering,
+                             notify=self._notify, offer_hold=offer_hold,
+                             on_idle=self.activation.drained)
+        self._control = control
+        self._conn = ControlConnection()
+        self._send_lock = trio.StrictFIFOLock()
+        self._control_ok = True
+        self._control_scope = trio.CancelScope()
+        self._hello_extra = dict(hello_extra or {})
+        self._pid = os.getpid() if pid is None else pid
+        self._seq = 0
+        self.stop_reason: str | None = None
+        self.exit_code = EXIT_OK
+
+    # ------------------------------------------------------------------ driver API
+
+    async def offer(self, call: CallArrival) -> Decision:
+        return await self.desk.offer(call)
+
+    async def end_call(self, call: ActiveCall, event: str = "ended") -> None:
+        await self.desk.end_call(call, event)
+
+    def _answering(self) -> int | None:
+        if self._control_ok and self.activation.may_answer(trio.current_time()):
+            return self.activation.term
+        return None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def request_stop(self, reason: str, code: int = EXIT_OK) -> None:
+        """Stop the service (signal, broken channel).  Safe to call from any task, any time."""
+        if self.stop_reason is None:
+            self.stop_reason, self.exit_code = reason, code
+        self._control_scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> int:
+        """Serve until shutdown, the channel closes or :meth:`request_stop`; returns the exit code."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._notify(make("hello", pid=self._pid, node=self.node,
+                                        ports=self.registry.names(), **self._hello_extra))
+                for d in self.drivers:
+                    await nursery.start(d.run, self)
+                nursery.start_soon(self._health_loop)
+                log.info("running with %d ports: %s", len(self.registry),
+                         ", ".join(self.registry.names()) or "none")
+                task_status.started()
+                outcome: tuple[str, int] | None = None
+                with self._control_scope:
+                    outcome = await self._control_loop()
+                if outcome is not None and self.stop_reason is None:
+                    self.stop_reason, self.exit_code = outcome
+                # from here on the service never answers again
+                self.activation.stop()
+                log.log(logging.INFO if self.exit_code == EXIT_OK else logging.ERROR,
+                        "stopping: %s", self.stop_reason)
+                await self.desk.close()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._control_ok = False
+            self.activation.stop()
+            with trio.CancelScope(shield=True):
+                await self._control.aclose()
+        return self.exit_code
+
+    # ------------------------------------------------------------------ control channel
+
+    async def _control_loop(self) -> tuple[str, int]:
+        while True:
+            await self._check_timer()
+            try:
+                ev = self._conn.next_event()
+            except ControlProtocolError as exc:
+                self.activation.stop()
+                return f"control channel protocol error: {exc}", EXIT_FAILED
+            if ev is NEED_DATA:
+                deadline = self.activation.next_deadline()
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    try:
+                        data = await self._control.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    self._conn.receive_data(data)
+                continue
+            if isinstance(ev, Closed):
+                self.activation.stop()  # the node manager is gone: stop answering at once
+                return "control channel closed: the node manager is gone", EXIT_OK
+            if isinstance(ev, ControlError):
+                log.warning("control line dropped: %s: %r", ev.reason, ev.raw[:200])
+                continue
+            if await self._handle(ev):
+                return "shutdown requested by the node manager", EXIT_OK
+
+    async def _handle(self, msg: dict) -> bool:
+        """Carry out one command; True for shutdown."""
+        op = msg["op"]
+        try:
+            validate(msg, TO_SERVICE)
+        except FieldError as exc:
+            log.warning("control %s refused: %s", _ref(op), exc)
+            await self._error(str(exc), op)
+            return False
+        now = trio.current_time()
+        try:
+            if op == "activate":
+                self.activation.activate(msg["term"], msg["lease"], now)
+                log.info("activated in term %d (lease %.3fs)", msg["term"], msg["lease"])
+                await self._notify(make("activated", term=msg["term"]))
+                self.desk.wake()
+            elif op == "renew":
+                self.activation.renew(msg["term"], msg["lease"], now)
+                log.debug("lease of term %d renewed for %.3fs", msg["term"], msg["lease"])
+            elif op == "deactivate":
+                self.activation.deactivate(msg["term"], msg["drain"], now)
+                if not msg["drain"]:
+                    await self.desk.drop_all()
+                if self.desk.calls_in_progress == 0:
+                    self.activation.drained()
+                log.info("deactivated in term %d (%s, %d calls in progress)", msg["term"],
+                         "drain" if msg["drain"] else "no drain", self.desk.calls_in_progress)
+                await self._notify(make("deactivated", term=msg["term"],
+                                        calls=self.desk.calls_in_progress))
+            elif op == "refuse_call":
+                if not self.desk.refuse(msg["call_id"], msg["reason"]):
+                    log.info("refuse_call for %s: no such call is waiting", msg["call_id"])
+            elif op == "shutdown":
+                return True
+        except ActivationError as exc:
+            log.warning("control %s refused: %s", op, exc)
+            await self._error(str(exc), op)
+        return False
+
+    async def _check_timer(self) -> None:
+        fenced = self.activation.on_timer(trio.current_time())
+        if fenced is not None:
+            log.error("fenced: %s; no new calls until activated again", fenced.reason)
+            await self._notify(make("fenced", term=fenced.term, reason=fenced.reason[:200]))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self._check_timer()
+            self._seq += 1
+            a = self.activation
+            await self._notify(make("health", seq=self._seq, state=str(a.state), term=a.term,
+                                    calls=self.desk.calls_in_progress,
+                                    ports=self.registry.status()))
+            await trio.sleep(self.health_interval)
+
+    async def _error(self, message: str, ref: Any) -> None:
+        await self._notify(make("error", message=_printable(message)[:1000], ref=_ref(ref)))
+
+    async def _notify(self, msg: dict) -> None:
+        """Send one message to the node manager.  Never raises: a channel that fails or blocks
+        longer than ``send_timeout`` stops the service (and it stops answering at once)."""
+        if not self._control_ok:
+            return
+        data = self._conn.send(msg)
+        failure = None
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.send_timeout
+            try:
+                async with self._send_lock:
+                    if self._control_ok:
+                        await self._control.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failure = f"control channel broken: {exc or type(exc).__name__}"
+        if scope.cancelled_caught:
+            failure = f"control channel blocked for {self.send_timeout:g}s"
+        if failure is not None and self._control_ok:
+            self._control_ok = False
+            self.activation.stop()
+            self.request_stop(failure, EXIT_OK)
+
+
+def _printable(text: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text)
+
+
+def _ref(op: Any) -> str:
+    return _printable(op if isinstance(op, str) else repr(op))[:64]
+
+
+# ============================================================================ process
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    control: str
+    node: str
+    loopback: tuple[str, int] | None  # None: no loopback trunk
+    ports: int = 4
+    health_interval: float = 0.02
+    offer_hold: float = 2.0
+    log_level: str = "info"
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def _number(lo: float, hi: float, *, integer: bool = False, what: str = "seconds"):
+    def parse(text: str):
+        try:
+            v = int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else f"a number of {what}"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not (lo <= v <= hi) or (not integer and not math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {text}")
+        return v
+    return parse
+
+
+def _node_name(text: str) -> str:
+    if not _NODE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a node name: 1 to 32 characters from A-Z a-z 0-9 _ . -, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m telephony.service",
+        description="vmha messaging service: owns the telephony ports, answers calls only "
+                    "while its node manager keeps it activated.")
+    p.add_argument("--control", required=True, metavar="PATH",
+                   help="the node manager's control socket (Unix stream socket)")
+    p.add_argument("--config", metavar="FILE", type=Path,
+                   help="the node's TOML file: node.name, service.health_interval, "
+                        "service.offer_hold, ports.loopback.{enabled,listen,count}, log.level "
+                        "(flags given on the command line win)")
+    p.add_argument("--node", type=_node_name, help="this node's name")
+    p.add_argument("--loopback-host", default=None, metavar="HOST",
+                   help="address of the loopback test trunk (default 127.0.0.1)")
+    p.add_argument("--loopback-port", type=_number(0, 65535, integer=True), metavar="N",
+                   help="TCP port of the loopback test trunk (0: any free port, reported in "
+                        "hello and the log)")
+    p.add_argument("--ports", type=_number(1, 256, integer=True), metavar="N",
+                   help="number of loopback ports (default 4)")
+    p.add_argument("--health-interval", type=_number(0.001, 10), metavar="SECONDS",
+                   help="seconds between health messages (default 0.02)")
+    p.add_argument("--offer-hold", type=_number(0, 60), metavar="SECONDS",
+                   help="how long a call offered while inactive waits for activation "
+                        "(default 2.0)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="default info")
+    return p
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The few keys of the node's TOML file the service needs (the node manager validates
+    the whole file).  Raises ValueError naming the key and the file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+
+    def get(dotted: str, check, default=None):
+        node: Any = doc
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        try:
+            return check(node)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {dotted}: {exc}") from None
+
+    def typed(t, inner):
+        def check(v):
+            if isinstance(v, bool) or not isinstance(v, t):
+                raise ValueError(f"expected {t.__name__ if isinstance(t, type) else 'a number'}, "
+                                 f"got {v!r}")
+            return inner(str(v))
+        return check
+
+    def boolean(v):
+        if not isinstance(v, bool):
+            raise ValueError(f"expected true or false, got {v!r}")
+        return v
+
+    def address(v):
+        m = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s]+)):(?P<port>\d{1,5})",
+                         v) if isinstance(v, str) else None
+        if m is None or int(m["port"]) > 65535:
+            raise ValueError(f'expected "host:port", got {v!r}')
+        return (m["v6"] or m["host"], int(m["port"]))
+
+    out: dict[str, Any] = {
+        "node": get("node.name", typed(str, _node_name)),
+        "health_interval": get("service.health_interval", typed((int, float), _number(0.001, 10))),
+        "offer_hold": get("service.offer_hold", typed((int, float), _number(0, 60))),
+        "loopback_enabled": get("ports.loopback.enabled", boolean, True),
+        "loopback": get("ports.loopback.listen", address),
+        "ports": get("ports.loopback.count", typed(int, _number(1, 256, integer=True))),
+        "log_level": get("log.level", typed(str, lambda s: s)),
+    }
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServiceOptions:
+    """Parse the command line (and --config); exits 2 with a message on bad arguments."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    conf: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            conf = _read_config(args.config)
+        except ValueError as exc:
+            parser.error(str(exc))
+    node = args.node or conf.get("node")
+    if node is None:
+        parser.error("--node is required (or node.name in --config)")
+    loopback: tuple[str, int] | None
+    if args.loopback_port is not None:
+        loopback = (args.loopback_host or "127.0.0.1", args.loopback_port)
+    elif conf.get("loopback") is not None and conf.get("loopback_enabled", True):
+        host, port = conf["loopback"]
+        loopback = (args.loopback_host or host, port)
+    elif args.config is not None and not conf.get("loopback_enabled", True):
+        loopback = None
+    else:
+        parser.error("--loopback-port is required (or ports.loopback.listen in --config)")
+    if len(args.control.encode()) > 107:
+        parser.error(f"--control path is {len(args.control.encode())} bytes long; Unix socket "
+                     "paths are limited to 107 bytes")
+
+    def pick(name: str, default: Any) -> Any:
+        v = getattr(args, name)
+        if v is None:
+            v = conf.get(name)
+        return default if v is None else v
+
+    level = pick("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        parser.error(f"{args.config}: log.level: expected debug, info, warning or error")
+    return ServiceOptions(control=args.control, node=node, loopback=loopback,
+                          ports=pick("ports", 4), health_interval=pick("health_interval", 0.02),
+                          offer_hold=pick("offer_hold", 2.0), log_level=level)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = self.formatTime(record, "%Y-%m-%d %H:%M:%S")
+        msg = record.getMessage().replace("\n", " | ")
+        line = (f"{ts}.{int(record.msecs):03d} {record.levelname:<7} "
+                f"service[{self.node} {record.process}] {record.name}: {msg}")
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+def setup_logging(node: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(node))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def serve(opts: ServiceOptions) -> int:
+    """The whole process: signals, loopback listener, control connection, service."""
+    box: dict[str, Any] = {"service": None, "signal": None, "code": EXIT_OK}
+
+    async with trio.open_nursery() as nursery:
+
+        async def signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                task_status.started()
+                async for signum in received:
+                    name = signal.Signals(signum).name
+                    if box["service"] is None:  # still starting: nothing to hang up
+                        box["signal"] = name
+                        nursery.cancel_scope.cancel()
+                    else:
+                        box["service"].request_stop(f"{name} received")
+
+        await nursery.start(signals)
+        box["code"] = await _start_and_run(opts, box)
+        nursery.cancel_scope.cancel()
+    if box["signal"] is not None:
+        log.info("%s received during start-up: exiting", box["signal"])
+        return EXIT_OK
+    log.info("exit %d", box["code"])
+    return box["code"]
+
+
+async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
+    from .loopback import LoopbackTrunk
+
+    drivers: list[PortDriver] = []
+    extra: dict[str, Any] = {}
+    if opts.loopback is not None:
+        trunk = LoopbackTrunk(host=opts.loopback[0], port=opts.loopback[1], count=opts.ports)
+        try:
+            host, port = await trunk.open()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d for the loopback trunk: %s",
+                      *opts.loopback, exc.strerror or exc)
+            return EXIT_FAILED
+        drivers.append(trunk)
+        extra["loopback"] = f"{host}:{port}"
+    try:
+        control = await trio.open_unix_socket(opts.control)
+    except OSError as exc:
+        log.error("cannot connect to the control socket %s: %s", opts.control,
+                  exc.strerror or exc)
+        return EXIT_FAILED
+    service = MessagingService(node=opts.node, control=control, drivers=drivers,
+                               health_interval=opts.health_interval,
+                               offer_hold=opts.offer_hold, hello_extra=extra)
+    box["service"] = service
+    return await service.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    setup_logging(opts.node, opts.log_level)
+    try:
+        return trio.run(serve, opts)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The messaging service's Trio driver on an in-memory control channel, in virtual time
+(``autojump_clock``): hello/health, the offer/hold/activate path, lease lapse, drain, shutdown.
+Every test runs under ``fail_after`` on the virtual clock."""
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from telephony.ports import PortState
+from telephony.service import EXIT_FAILED, EXIT_OK, MessagingService
+
+from .helpers import DirectTrunk, running_service
+
+HOLD = 2.0
+
+
+async def test_hello_then_health_reports(autojump_clock):
+    trunk = DirectTrunk(count=2)
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk], health_interval=0.05) as (svc, mgr, _):
+            hello = mgr.received[0]
+            assert hello == {"op": "hello", "pid": 4242, "node": "a",
+                             "ports": ["direct-1", "direct-2"]}
+            h1 = await mgr.expect("health")
+            t1 = trio.current_time()
+            h2 = await mgr.expect("health")
+            assert trio.current_time() - t1 == pytest.approx(0.05)
+            assert h2["seq"] == h1["seq"] + 1
+            assert h2["state"] == "inactive" and h2["term"] is None and h2["calls"] == 0
+            assert h2["ports"] == [{"name": "direct-1", "kind": "direct", "state": "idle"},
+                                   {"name": "direct-2", "kind": "direct", "state": "idle"}]
+
+
+async def test_active_service_answers_at_once(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=10.0)
+            await mgr.expect("activated", term=2)
+            t0 = trio.current_time()
+            d = await trunk.offer("c1")
+            assert trio.current_time() == t0
+            assert d.answered and d.term == 2 and d.call.arrival.port == "direct-1"
+            ev = await mgr.expect("call", event="answered")
+            assert ev["term"] == 2 and ev["call"]["call_id"] == "c1"
+            h = await mgr.expect("health")
+            assert h["state"] == "active" and h["term"] == 2 and h["calls"] == 1
+            assert h["ports"][0]["state"] == "in_call"
+            await svc.end_call(d.call)
+            ev = await mgr.expect("call", event="ended")
+            assert ev["term"] == 2
+            assert trunk.registry.get("direct-1").state is PortState.IDLE
+
+
+async def test_call_on_inactive_port_is_held_until_activation(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk], offer_hold=HOLD) as (svc, mgr, _):
+            async with trio.open_nursery() as n:
+                result = {}
+
+                async def call():
+                    result["d"] = await trunk.offer("c1", calling="4021", reason="busy")
+
+                n.start_soon(call)
+                offered = await mgr.expect("call_offered")
+                assert offered["call"] == {"node": "a", "port": "direct-1", "call_id": "c1",
+                                           "calling": "4021", "called": "5000",
+                                           "forwarding": "", "reason": "busy",
+                                           "integration": "direct"}
+                h = await mgr.expect("health")
+                assert h["ports"][0]["state"] == "ringing"
+                await trio.sleep(0.5)  # the node manager takes its time, within the hold
+                assert "d" not in result
+                await mgr.send("activate", term=3, lease=10.0)
+                await mgr.expect("activated", term=3)
+                ev = await mgr.expect("call", event="answered")
+                assert ev["term"] == 3
+            assert result["d"].answered and result["d"].term == 3
+
+
+async def test_refused_call_is_rejected_and_the_port_freed(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk], offer_hold=HOLD) as (svc, mgr, _):
+            async with trio.open_nursery() as n:
+                result = {}
+
+                async def call():
+                    result["d"] = await trunk.offer("c1")
+                    result["at"] = trio.current_time()
+
+                n.start_soon(call)
+                await mgr.expect("call_offered")
+                t0 = trio.current_time()
+                await mgr.send("refuse_call", call_id="c1", reason="manual mode")
+                ev = await mgr.expect("call", event="rejected")
+                assert ev["term"] is None and ev["reason"] == "refused"
+            assert not result["d"].answered and result["d"].reason == "refused"
+            assert result["at"] == t0
+            assert trunk.registry.get("direct-1").state is PortState.IDLE
+
+
+async def test_unanswered_offer_times_out_after_offer_hold(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk], offer_hold=HOLD) as (svc, mgr, _):
+            t0 = trio.current_time()
+            d = await trunk.offer("c1")
+            assert trio.current_time() - t0 == pytest.approx(HOLD)
+            assert not d.answered and d.reason == "timeout"
+            assert trunk.registry.get("direct-1").state is PortState.IDLE
+            await mgr.expect("call", event="rejected")
+
+
+async def test_refuse_for_an_unknown_call_changes_nothing(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("refuse_call", call_id="nope", reason="x")
+            await mgr.send("activate", term=2, lease=5.0)
+            assert (await mgr.expect_not_health())["op"] == "activated"
+
+
+async def test_lease_lapse_fences_at_the_deadline_and_later_calls_are_held(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk], offer_hold=HOLD) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=0.5)
+            await mgr.expect("activated")
+            t0 = trio.current_time()
+            await trio.sleep(0.3)
+            await mgr.send("renew", term=2, lease=0.5)
+            fenced = await mgr.expect("fenced")
+            assert trio.current_time() - t0 == pytest.approx(0.8)
+            assert fenced["term"] == 2 and "ran out" in fenced["reason"]
+            h = await mgr.expect("health")
+            assert h["state"] == "fenced"
+            # a late renewal does not revive the term
+            await mgr.send("renew", term=2, lease=0.5)
+            err = await mgr.expect("error")
+            assert err["ref"] == "renew"
+            assert not svc.activation.may_answer(trio.current_time())
+            d = await trunk.offer("c2")
+            assert not d.answered and d.reason == "timeout"
+            offered = await mgr.expect("call_offered")
+            assert offered["call"]["call_id"] == "c2"
+
+
+async def test_calls_in_progress_survive_a_fence(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=0.5)
+            await mgr.expect("activated")
+            d = await trunk.offer("c1")
+            await mgr.expect("fenced")
+            assert not d.call.dropped.is_set()
+            h = await mgr.expect("health")
+            assert h["calls"] == 1
+
+
+async def test_stale_and_bad_commands_get_an_error_and_change_nothing(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=6, lease=5.0)
+            await mgr.expect("activated", term=6)
+            for op, fields, fragment in [
+                ("activate", {"term": 4, "lease": 5.0}, "stale term 4"),
+                ("deactivate", {"term": 4, "drain": False}, "stale term 4"),
+                ("renew", {"term": 8, "lease": 5.0}, "active in term 6"),
+                ("activate", {"term": "8", "lease": 5.0}, "term must be an integer"),
+                ("deactivate", {"term": 6}, "drain is missing"),
+                ("teleport", {}, "unknown op"),
+            ]:
+                await mgr.send(op, **fields)
+                err = await mgr.expect_not_health()
+                assert err["op"] == "error" and err["ref"] == op
+                assert fragment in err["message"]
+            assert svc.activation.may_answer(trio.current_time())
+            assert svc.activation.term == 6
+
+
+async def test_unparseable_lines_are_dropped_and_the_next_line_works(autojump_clock):
+    with trio.fail_after(5):
+        async with running_service() as (svc, mgr, _):
+            await mgr.send_raw(b"garbage\n[1]\n{\"no\": \"op\"}\n")
+            await mgr.send("activate", term=2, lease=5.0)
+            assert (await mgr.expect_not_health()) == {"op": "activated", "term": 2}
+
+
+async def test_over_long_control_line_closes_the_channel(autojump_clock):
+    with trio.fail_after(5):
+        async with running_service() as (svc, mgr, result):
+            await mgr.send_raw(b"x" * 70000)
+            await mgr.drain_until_closed()
+            await result["done"].wait()
+            assert result["code"] == EXIT_FAILED
+            assert not svc.activation.may_answer(trio.current_time())
+
+
+async def test_deactivate_with_drain_lets_calls_finish(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=5.0)
+            await mgr.expect("activated")
+            d = await trunk.offer("c1")
+            await mgr.send("deactivate", term=2, drain=True)
+            assert await mgr.expect("deactivated") == {"op": "deactivated", "term": 2, "calls": 1}
+            assert (await mgr.expect("health"))["state"] == "draining"
+            assert not d.call.dropped.is_set()
+            t0 = trio.current_time()
+            d2 = await trunk.offer("c2")  # no new calls: it is held, then times out
+            assert not d2.answered and trio.current_time() - t0 == pytest.approx(2.0)
+            await svc.end_call(d.call)
+            await mgr.expect("call", event="ended")
+            h = await mgr.expect("health")
+            assert h["state"] == "inactive" and h["calls"] == 0
+
+
+async def test_deactivate_without_drain_drops_calls(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=5.0)
+            await mgr.expect("activated")
+            d = await trunk.offer("c1")
+            await mgr.send("deactivate", term=2, drain=False)
+            ev = await mgr.expect("call", event="dropped")
+            assert ev["term"] == 2 and ev["call"]["call_id"] == "c1"
+            assert await mgr.expect("deactivated") == {"op": "deactivated", "term": 2, "calls": 0}
+            assert d.call.dropped.is_set()
+            assert trunk.registry.get("direct-1").state is PortState.IDLE
+            assert (await mgr.expect("health"))["state"] == "inactive"
+
+
+async def test_duplicate_call_id_is_rejected(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=5.0)
+            await mgr.expect("activated")
+            d1 = await trunk.offer("c1")
+            d2 = await trunk.offer("c1")
+            assert d1.answered and not d2.answered and d2.reason == "duplicate"
+            assert trunk.registry.get("direct-2").state is PortState.IDLE
+            assert svc.desk.calls_in_progress == 1
+
+
+async def test_shutdown_rejects_held_calls_drops_calls_and_exits_0(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk], offer_hold=HOLD) as (svc, mgr, result):
+            await mgr.send("activate", term=2, lease=5.0)
+            await mgr.expect("activated")
+            d1 = await trunk.offer("c1")
+            await mgr.send("deactivate", term=2, drain=True)
+            await mgr.expect("deactivated")
+            held = {}
+
+            async def call():
+                held["d"] = await trunk.offer("c2")
+
+            async with trio.open_nursery() as n:
+                n.start_soon(call)
+                await mgr.expect("call_offered")
+                await mgr.send("shutdown")
+            assert held["d"].reason == "shutdown"
+            await mgr.drain_until_closed()
+            await result["done"].wait()
+            assert d1.call.dropped.is_set()
+            assert result["code"] == EXIT_OK
+            events = {(m["event"], m["call"]["call_id"]) for m in mgr.received if m["op"] == "call"}
+            assert {("rejected", "c2"), ("dropped", "c1")} <= events
+
+
+async def test_control_eof_stops_answering_at_once_and_exits(autojump_clock):
+    trunk = DirectTrunk()
+    with trio.fail_after(5):
+        async with running_service(drivers=[trunk]) as (svc, mgr, result):
+            await mgr.send("activate", term=2, lease=60.0)
+            await mgr.expect("activated")
+            d = await trunk.offer("c1")
+            await mgr.stream.send_eof()
+            t0 = trio.current_time()
+            await result["done"].wait()
+            assert result["done_at"] == t0  # no virtual time passes: it stops at once
+            assert result["code"] == EXIT_OK
+            assert not svc.activation.may_answer(trio.current_time())
+            assert d.call.dropped.is_set()
+            assert svc.desk.closing
+
+
+async def test_request_stop_is_a_clean_exit(autojump_clock):
+    with trio.fail_after(5):
+        async with running_service() as (svc, mgr, result):
+            svc.request_stop("SIGTERM received")
+            await result["done"].wait()
+            assert result["code"] == EXIT_OK and svc.stop_reason == "SIGTERM received"
+
+
+async def test_blocked_control_channel_stops_the_service(autojump_clock):
+    """A node manager that stops reading (frozen) is treated as gone after send_timeout."""
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    svc = MessagingService(node="a", control=ours, send_timeout=1.0, pid=1)
+    with trio.fail_after(5):
+        code = await svc.run()  # nobody ever reads: hello blocks
+    assert code == EXIT_OK and "blocked" in svc.stop_reason
+    assert trio.current_time() == pytest.approx(1.0)
+
+
+async def test_manager_receives_every_message_well_formed(autojump_clock):
+    """FakeManager validates everything against FROM_SERVICE; run a busy scenario through it."""
+    trunk = DirectTrunk(count=3)
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk], offer_hold=0.5) as (svc, mgr, _):
+            d = await trunk.offer("c0")  # times out
+            await mgr.send("activate", term=2, lease=1.0)
+            await mgr.expect("activated")
+            calls = [await trunk.offer(f"c{i}") for i in range(1, 4)]
+            assert [c.answered for c in calls] == [True] * 3
+            assert await trunk.offer("c4") is None  # every port in use
+            await mgr.expect("fenced")
+            await mgr.send("deactivate", term=2, drain=False)
+            await mgr.expect("deactivated", calls=0)
+            seen = {m["op"] for m in mgr.received}
+            assert {"hello", "health", "call_offered", "call", "activated", "fenced",
+                    "deactivated"} <= seen
+            assert not d.answered
