@@ -581,19 +581,17 @@ class Supervisor:
                 if peer is None or peer.state not in ACTIVE_STATES:
                     acts.append(ev.Log("error", "handover_failed",
                                        "peer did not take over within the handover timeout"))
-            if quiet:
-                return  # the peer is taking over from us: give it handover_timeout
             if peer is None:
                 if not self._peer_ever_heard:
-                    if now >= self._peer_deadline():
+                    if not quiet and now >= self._peer_deadline():
                         self._activate(now, acts, f"first node started: peer not heard for "
                                        f"{self.cfg.startup_wait_s:.2f}s", kind="startup")
                 elif self.mode is Mode.AUTOMATIC:
                     self._activate(now, acts, f"peer silent for {now - self._peer_heard:.3f}s "
                                    f"({self.cfg.missed_pings} missed pings)")
                 return
-            if peer.state in ACTIVE_STATES:
-                return
+            if peer.state in ACTIVE_STATES or quiet:
+                return  # quiet: the peer is taking over from us, give it handover_timeout
             # the peer is reachable and nobody is active
             if self._preferred(peer):
                 why = ("peer service " + peer.service.label) if not peer.eligible else "no node active"
