@@ -146,12 +146,18 @@ class MessagingService:
                 return f"control channel protocol error: {exc}", EXIT_FAILED
             if ev is NEED_DATA:
                 deadline = self.activation.next_deadline()
-                with trio.move_on_at(math.inf if deadline is None else deadline):
+                with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                     try:
                         data = await self._control.receive_some(65536)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         data = b""
                     self._conn.receive_data(data)
+                if scope.cancelled_caught:
+                    # The lease deadline passed.  If this process was starved, a renewal sent in
+                    # time may be waiting unread: read what is queued before judging the lease.
+                    pending = _read_queued(self._control)
+                    if pending is not None:
+                        self._conn.receive_data(pending)
                 continue
             if isinstance(ev, Closed):
                 self.activation.stop()  # the node manager is gone: stop answering at once
@@ -241,6 +247,20 @@ class MessagingService:
             self._control_ok = False
             self.activation.stop()
             self.request_stop(failure, EXIT_OK)
+
+
+def _read_queued(stream: trio.abc.Stream) -> bytes | None:
+    """Bytes already queued on a socket stream, without waiting (None: nothing, or not a
+    socket).  The socket is non-blocking under Trio, so a plain read never blocks."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        return os.read(sock.fileno(), 65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _printable(text: str) -> str:
