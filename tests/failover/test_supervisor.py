@@ -350,3 +350,36 @@ def test_core_imports_nothing_that_does_io():
         mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not mods & {"trio", "socket", "time", "threading", "os", "asyncio", "random"}, name
+
+
+def test_peer_silence_after_a_step_down_fails_over_at_the_normal_timeout():
+    """The quiet period after a handover must not delay failover when the new active dies."""
+    sim = booted()
+    sim.call("b", "c1")  # b takes over, a steps down and goes quiet for handover_timeout
+    sim.run_until(sim.now + 0.05)
+    assert sim.actives() == ["b"]
+    sim.link_up = False
+    t0 = sim.now
+    sim.run_until(t0 + 1.5)  # handover_timeout is 2.0 s: well before it ends
+    assert sorted(sim.actives()) == ["a", "b"]
+    act = sim.logs("a", "activating")[-1]
+    assert "peer silent" in act.message
+
+
+def test_step_down_without_a_heartbeat_does_not_trigger_the_startup_rule():
+    """A step_down that arrives before any heartbeat proves the peer is up."""
+    sup = Supervisor(make_config(Role.SECONDARY), now=0.0)
+    sup.start(0.0)
+    sup.handle(ev.ServiceStarted(1), 0.05)
+    t = 0.05
+    while sup.state is State.STARTING:
+        t = sup.next_deadline()
+        sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
+    assert sup.state is State.ACTIVATING  # nobody heard: first node started
+    sup.handle(ev.ServiceActivated(sup.term), t)
+    sup.handle(ev.PeerCommand("step_down", 2, "both active"), t + 0.01)
+    for _ in range(10):
+        t = sup.next_deadline()
+        sup.handle(ev.Tick(0, 0), t)
+        sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
+        assert sup.state in (State.DRAINING, State.INACTIVE), sup.cause
