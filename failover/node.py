@@ -166,9 +166,13 @@ class NodeManager:
         elif isinstance(a, ev.PersistState):
             save_state(self.state_path, self._persisted(a))
         elif isinstance(a, ev.ActivateService):
-            await self.service.send({"op": "activate", "term": a.term, "lease": a.lease})
+            # the lease's end on the host's monotonic clock: a service that reads this late
+            # (starved of CPU) can never answer past it
+            await self.service.send({"op": "activate", "term": a.term, "lease": a.lease,
+                                     "until": time.monotonic() + a.lease})
         elif isinstance(a, ev.RenewLease):
-            await self.service.send({"op": "renew", "term": a.term, "lease": a.lease})
+            await self.service.send({"op": "renew", "term": a.term, "lease": a.lease,
+                                     "until": time.monotonic() + a.lease})
         elif isinstance(a, ev.DeactivateService):
             await self.service.send({"op": "deactivate", "term": a.term, "drain": a.drain})
         elif isinstance(a, ev.RefuseCall):

@@ -21,7 +21,12 @@ Rules:
   (deactivated or fenced) is never answered in again.
 * ``renew`` only extends the lease of the active term while that lease is still running; a
   renewal that arrives after the deadline is refused: the lease has lapsed and only a new
-  activation (new term) brings the service back.
+  activation (new term) brings the service back.  Exception: a renewal whose deadline is
+  *absolute* (``absolute=True``: the node manager stated when its lease ends on the host's
+  monotonic clock, and that moment is still ahead) is accepted as long as the term is still
+  active here, i.e. the lapse has not been acted on by :meth:`on_timer`.  A service that was
+  starved of CPU then reads the renewals sent in time instead of fencing on them, and it can
+  never answer past the node manager's own deadline.
 * :meth:`may_answer` is the one gate every new call and MWI job goes through.  It checks the
   deadline itself, so the service never answers after the lease lapsed even if the timer that
   reports the fence (:meth:`on_timer`) runs late.
@@ -86,7 +91,7 @@ class Activation:
         self.term = self.highest = term
         self._extend(lease, now)
 
-    def renew(self, term: int, lease: float, now: float) -> None:
+    def renew(self, term: int, lease: float, now: float, *, absolute: bool = False) -> None:
         """Extend the lease of the active term to ``now + lease``.  Raises ActivationError."""
         self._check_lease(lease)
         self._check_not_stale("renew", term)
@@ -94,7 +99,7 @@ class Activation:
             where = f"active in term {self.term}" if self.state is ActivationState.ACTIVE \
                 else f"{self.state}"
             raise ActivationError(f"renew for term {term} refused: the service is {where}")
-        if not self._running(now):
+        if not self._running(now) and not absolute:
             assert self._expiry is not None
             raise ActivationError(f"renew for term {term} refused: its lease ran out "
                                   f"{now - self._expiry:.3f}s ago; a new activation is needed")

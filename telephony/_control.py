@@ -258,14 +258,23 @@ def _show(v: Any) -> str:
 
 
 _TERM = _int(0, MAX_TERM)
+
+
+def _opt_until(name: str, v: Any) -> None:
+    """Optional absolute lease deadline (seconds on the host's CLOCK_MONOTONIC)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e12):
+        raise FieldError(f"{name} must be a positive number of seconds, got {_show(v)}")
+
+
+_opt_until.may_be_absent = True  # type: ignore[attr-defined]
 _COUNT = _int(0, 2**31 - 1)
 _NAME = _text(64, nonempty=True)
 _PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME})
 
 #: node manager -> service: op -> {field: check}
 TO_SERVICE: Final[dict[str, dict[str, Check]]] = {
-    "activate": {"term": _TERM, "lease": _lease},
-    "renew": {"term": _TERM, "lease": _lease},
+    "activate": {"term": _TERM, "lease": _lease, "until": _opt_until},
+    "renew": {"term": _TERM, "lease": _lease, "until": _opt_until},
     "deactivate": {"term": _TERM, "drain": _bool},
     "refuse_call": {"call_id": _text(64, nonempty=True), "reason": _text(200)},
     "shutdown": {},
@@ -288,6 +297,8 @@ FROM_SERVICE: Final[dict[str, dict[str, Check]]] = {
 def _check_fields(msg: dict, schema: dict[str, Check], prefix: str = "") -> None:
     for name, check in schema.items():
         if name not in msg:
+            if getattr(check, "may_be_absent", False):
+                continue
             raise FieldError(f"{prefix}{name} is missing")
         check(prefix + name, msg[name])
 

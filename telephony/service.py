@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,13 +139,14 @@ class MessagingService:
 
     async def _control_loop(self) -> tuple[str, int]:
         while True:
-            await self._check_timer()
             try:
                 ev = self._conn.next_event()
             except ControlProtocolError as exc:
                 self.activation.stop()
                 return f"control channel protocol error: {exc}", EXIT_FAILED
             if ev is NEED_DATA:
+                # judge the lease only once every queued command has been handled
+                await self._check_timer()
                 deadline = self.activation.next_deadline()
                 with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                     try:
@@ -180,12 +182,14 @@ class MessagingService:
         now = trio.current_time()
         try:
             if op == "activate":
-                self.activation.activate(msg["term"], msg["lease"], now)
+                lease = _lease_left(msg)
+                self.activation.activate(msg["term"], lease, now)
                 log.info("activated in term %d (lease %.3fs)", msg["term"], msg["lease"])
                 await self._notify(make("activated", term=msg["term"]))
                 self.desk.wake()
             elif op == "renew":
-                self.activation.renew(msg["term"], msg["lease"], now)
+                lease = _lease_left(msg)
+                self.activation.renew(msg["term"], lease, now, absolute="until" in msg)
                 log.debug("lease of term %d renewed for %.3fs", msg["term"], msg["lease"])
             elif op == "deactivate":
                 self.activation.deactivate(msg["term"], msg["drain"], now)
@@ -215,7 +219,6 @@ class MessagingService:
 
     async def _health_loop(self) -> None:
         while True:
-            await self._check_timer()
             self._seq += 1
             a = self.activation
             await self._notify(make("health", seq=self._seq, state=str(a.state), term=a.term,
@@ -247,6 +250,20 @@ class MessagingService:
             self._control_ok = False
             self.activation.stop()
             self.request_stop(failure, EXIT_OK)
+
+
+def _lease_left(msg: dict) -> float:
+    """The lease of an activate/renew: with ``until`` (the node manager's deadline on the host's
+    CLOCK_MONOTONIC, shared by every process) it is the time left until then, so a command
+    read late never extends the lease past what the node manager intended."""
+    until = msg.get("until")
+    if until is None:
+        return msg["lease"]
+    left = min(msg["lease"], until - time.monotonic())
+    if left <= 0:
+        raise ActivationError(f"{msg['op']} for term {msg['term']} arrived {-left:.3f}s after "
+                              "its deadline")
+    return left
 
 
 def _read_queued(stream: trio.abc.Stream) -> bytes | None:

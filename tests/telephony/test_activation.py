@@ -233,3 +233,18 @@ def test_may_answer_never_outlives_its_lease_or_its_term(steps):
                 assert a.state is S.ACTIVE
         if highest is not None and a.highest is not None:
             assert a.highest == highest  # terms only move forward, never past what was sent
+
+
+def test_absolute_renewal_read_late_is_accepted_until_the_lapse_is_acted_on():
+    """A starved service reads renewals the node manager sent in time (their absolute deadline
+    is still ahead): it keeps its term instead of fencing on them."""
+    a = Activation()
+    a.activate(2, 0.5, now=0.0)
+    assert not a.may_answer(0.6)  # the deadline passed: nothing is answered meanwhile
+    a.renew(2, 0.2, now=0.6, absolute=True)  # sent at 0.3 with 'until' 0.8: 0.2 s left
+    assert a.may_answer(0.7) and not a.may_answer(0.8)
+    assert a.on_timer(0.7) is None
+    fenced = a.on_timer(0.8)
+    assert fenced is not None and fenced.term == 2
+    with pytest.raises(ActivationError):  # once fenced, only a new term brings it back
+        a.renew(2, 0.5, now=0.81, absolute=True)

@@ -181,3 +181,34 @@ def test_missing_control_socket_exits_1():
                           cwd=ROOT, capture_output=True, text=True, timeout=GUARD)
     assert proc.returncode == 1
     assert "cannot connect to the control socket" in proc.stderr
+
+
+async def test_starved_service_reads_renewals_sent_in_time_instead_of_fencing():
+    """SIGSTOP the active service while its manager keeps renewing (absolute deadlines): on
+    SIGCONT it handles the queued renewals and keeps its term.  Renewals that stop do fence it."""
+    import time as _time
+
+    async with service_process() as (proc, mgr, hello, log_path):
+        await mgr.send("activate", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+        with trio.fail_after(GUARD):
+            await mgr.expect("activated", term=2)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(10):  # 1 s of renewals queue up in the socket
+                await trio.sleep(0.1)
+                await mgr.send("renew", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        for _ in range(3):
+            await trio.sleep(0.1)
+            await mgr.send("renew", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+        for _ in range(3):  # the service is running again and has read its queue
+            await mgr.expect("health")
+        assert not [m for m in mgr.received if m["op"] == "fenced"], mgr.received[-5:]
+        host, port = loopback_address(hello)
+        out = await place_call(host, port, "after-stop", hold=0.0, reply_timeout=GUARD)
+        assert out.answered and out.term == 2
+        # now the renewals stop: the lease runs out and the service fences itself
+        with trio.fail_after(GUARD):
+            fenced = await mgr.expect("fenced")
+        assert fenced["term"] == 2
