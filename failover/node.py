@@ -50,14 +50,18 @@ class NodeManager:
     inbox_send: trio.MemorySendChannel = field(init=False)
     inbox: trio.MemoryReceiveChannel = field(init=False)
     exit_code: int | None = None
+    link: object = None  # PeerLink; tests may pass a stand-in with send()/stats()/run()
+    service: object = None  # ServiceRunner; likewise
 
     def __post_init__(self) -> None:
         self.state_path = self.cfg.node.data_dir / "state.json"
         persisted = load_state(self.state_path)
         self.sup = Supervisor(self.cfg.supervisor_config(), now=trio.current_time(), persisted=persisted)
         self.inbox_send, self.inbox = trio.open_memory_channel(1024)
-        self.link = PeerLink(self.cfg, load_key(self.cfg.node.key_file), self.inbox_send, self.events)
-        self.service = ServiceRunner(self.cfg, self.inbox_send, self.events)
+        if self.link is None:
+            self.link = PeerLink(self.cfg, load_key(self.cfg.node.key_file), self.inbox_send, self.events)
+        if self.service is None:
+            self.service = ServiceRunner(self.cfg, self.inbox_send, self.events)
         self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
         self._next_request = 0
         self.started_wall = time.time()
