@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 MAX_REQUEST = 4096
 
 
-async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    path: Path = nm.cfg.admin.socket
+async def open_unix_listener(path: Path, backlog: int = 16) -> trio.SocketListener:
+    """A Unix stream socket at ``path`` (a stale one is replaced), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.unlink()
@@ -28,7 +28,13 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(str(path))
     os.chmod(path, 0o600)
-    sock.listen(16)
+    sock.listen(backlog)
+    return trio.SocketListener(sock)
+
+
+async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    path: Path = nm.cfg.admin.socket
+    listener = await open_unix_listener(path)
     task_status.started()
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -51,7 +57,7 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
             await trio.aclose_forcefully(stream)
 
     try:
-        await trio.serve_listeners(handle, [trio.SocketListener(sock)])
+        await trio.serve_listeners(handle, [listener])
     finally:
         try:
             path.unlink()

@@ -4,7 +4,6 @@ exit is reported by the kernel; each start is a new *generation*, so the exit of
 supervisor already gave up on is never reported twice."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,17 +102,10 @@ class ServiceRunner:
             await stream.send_all(data)
 
     async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from .admin import open_unix_listener
+
         path: Path = self.cfg.control_socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(str(path))
-        os.chmod(path, 0o600)
-        sock.listen(8)
-        listener = trio.SocketListener(sock)
+        listener = await open_unix_listener(path, backlog=8)
         task_status.started()
         try:
             await trio.serve_listeners(self._connection, [listener])
