@@ -1,0 +1,715 @@
+#!/usr/bin/env python3
+"""Failover benchmark of a real vmha pair on loopback (docs/benchmarks.md, "Failover").
+
+::
+
+    python bench/failover.py --runs 100 --json results.json                     # default profile
+    python bench/failover.py --runs 100 --soak 600 --stress --json default.json
+    python bench/failover.py --runs 100 --soak 600 --stress --profile fast --json fast.json
+    python bench/failover.py --runs 20 --profile both --json both.json          # default, then fast
+
+Scenarios (each in its own fresh pair, started with failover.testing.Pair):
+
+crash  kill -9 of the active node's messaging service.  Timed from ``time.time()`` taken just
+       before ``os.kill`` to the ``ts`` of the peer's event-log record that completes the
+       activation (``failover``/``failback``/``startup``).  Directions alternate by themselves:
+       after each run the killed node's service is restarted and the node stays inactive.
+link   ``pair.cut()`` (the node link relay stops forwarding, both directions) with the primary
+       active.  Timed from ``time.time()`` just before the cut to the ``ts`` of the secondary's
+       completed activation.  Then ``pair.heal()``; the pair must converge (primary active,
+       secondary inactive, both see each other) within 10 s or the run counts as an error.
+call   a call offered on the loopback trunk of the inactive node.  Timed on the client with
+       ``time.perf_counter()`` from just before the offer line is sent to the ``answered`` reply
+       (the TCP connect is outside the timing).  The nodes alternate by themselves: the called
+       node becomes active and the other steps down.
+soak   (``--soak SECONDS``) the pair idles, primary active, with a call placed every second on
+       the active node; optionally both CPUs are loaded with ``stress-ng --cpu 2``
+       (``--stress``).  The node link is direct TCP here (no cut is needed), unless
+       ``--soak-relay``.  Every ``activating``/``deactivated``/``stall`` record in either event log
+       and every state change seen by status polling after the initial convergence counts as
+       a false failover (the benchmark causes none of them).
+
+Event-log timestamps are ``time.time()`` of the node manager on the same machine, so they are
+directly comparable with the benchmark's ``time.time()``.
+
+Keys: results of the ``default`` profile are unprefixed (``crash_p50_s``, ``false_failovers``
+...); results of the ``fast`` profile carry the prefix ``fast_`` (``fast_link_p95_s``,
+``fast_false_failovers`` ...).  ``--profile both`` runs default and then fast into one file.
+
+Every process the benchmark starts is stopped by its PID: the nodes by the Pair context
+manager, stress-ng by the Popen object (its own process group, SIGTERM then SIGKILL), also on
+errors and on SIGINT/SIGTERM.  Everything listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# This file is called failover.py: its own directory on sys.path would shadow the failover
+# package.  Take it off and put the repository first.
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT))
+
+import trio  # noqa: E402
+
+from failover.config import load_config  # noqa: E402
+from failover.testing import Node, Pair  # noqa: E402
+from telephony.loopback_client import LoopbackCall, LoopbackClientError  # noqa: E402
+
+HOST = "127.0.0.1"
+COMPLETED = ("failover", "failback", "startup")  # records that end an activation
+ANOMALIES = ("activating", "deactivated", "stall")  # false-failover records in the soak
+RUN_TIMEOUT = 10.0  # a trigger without a completed activation within this is an error
+HEAL_TIMEOUT = 10.0  # the brief: a heal that does not converge in 10 s is an error
+STRESS_CMD = "stress-ng"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def percentile(samples: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (no interpolation): the smallest sample with at least p % of
+    the samples at or below it.  With fewer than 100 samples p99 is the maximum."""
+    if not samples:
+        return None
+    s = sorted(samples)
+    k = max(1, math.ceil(p / 100.0 * len(s)))
+    return s[k - 1]
+
+
+def summary(prefix: str, samples: list[float], out: dict, *, digits: int = 6) -> None:
+    out[f"{prefix}_n"] = len(samples)
+    for p in (50, 95, 99):
+        v = percentile(samples, p)
+        out[f"{prefix}_p{p}_s"] = None if v is None else round(v, digits)
+    out[f"{prefix}_max_s"] = round(max(samples), digits) if samples else None
+    out[f"{prefix}_min_s"] = round(min(samples), digits) if samples else None
+    out[f"{prefix}_mean_s"] = round(sum(samples) / len(samples), digits) if samples else None
+
+
+class EventTail:
+    """Reads a node's JSON-lines event log incrementally (complete lines only)."""
+
+    def __init__(self, node: Node):
+        self.path = load_config(node.config).node.data_dir / "events.jsonl"
+        self.offset = 0
+        self.records: list[dict] = []
+
+    def poll(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        new = []
+        for line in data[: end + 1].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                new.append(rec)
+        self.records.extend(new)
+        return new
+
+    def since(self, ts: float) -> list[dict]:
+        self.poll()
+        return [r for r in self.records if r.get("ts", 0) >= ts]
+
+
+def wait_activation(tail: EventTail, since: float, timeout: float = RUN_TIMEOUT) -> tuple[dict, dict]:
+    """The first ``activating`` record at or after ``since`` and the record that completes it.
+    Raises RuntimeError if the activation is aborted or does not complete in time."""
+    end = time.monotonic() + timeout
+    while True:
+        act = done = None
+        for r in tail.since(since):
+            e = r.get("event")
+            if act is None and e == "activating":
+                act = r
+            elif act is not None and e in COMPLETED:
+                done = r
+                break
+            elif act is not None and e == "deactivated":
+                raise RuntimeError(f"activation aborted: {r.get('message')}")
+        if done is not None:
+            return act, done
+        if time.monotonic() > end:
+            raise RuntimeError("no completed activation within "
+                               f"{timeout:.0f}s (activating seen: {act is not None})")
+        time.sleep(0.005)
+
+
+def breakdown(t_trigger: float, act: dict, done: dict) -> dict:
+    """Split trigger -> active using the completion record's ``took_ms`` (the node manager's
+    own decision -> confirmed time, monotonic clock):
+
+    detect   trigger -> the supervisor's decision (done.ts - took_ms)
+    persist  decision -> the ``activating`` record, which is written *after* the new term was
+             fsynced (state.json + directory) and ``activate`` was sent to the service
+    confirm  ``activating`` record -> the completion record (service said ``activated``)
+    """
+    took = (done.get("fields") or {}).get("took_ms")
+    decided = done["ts"] - took / 1000.0 if isinstance(took, (int, float)) else act["ts"]
+    return {"detect": decided - t_trigger, "persist": act["ts"] - decided,
+            "confirm": done["ts"] - act["ts"]}
+
+
+def add_parts(res: dict, parts: dict) -> None:
+    for k, v in parts.items():
+        res.setdefault("parts", {}).setdefault(k, []).append(v)
+
+
+def fmt_parts(parts: dict) -> str:
+    return ", ".join(f"{k} {v * 1000:.1f}" for k, v in parts.items()) + " ms"
+
+
+def wait_for(pred, timeout: float, poll: float = 0.01):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(poll)
+    return None
+
+
+def view(node: Node) -> dict | None:
+    st = node.status()
+    if st is None:
+        return None
+    return {"state": st["node"]["state"], "service": st["node"]["service"],
+            "eligible": st["node"]["eligible"], "hold": st["node"]["hold"],
+            "term": st["node"]["term"], "peer_reachable": st["peer"]["reachable"],
+            "peer_state": st["peer"]["state"], "age": st["peer"]["last_heartbeat_age_s"]}
+
+
+def settled(pair: Pair, active: str | None = None, no_hold: bool = False) -> str | None:
+    """Name of the active node if the pair is quiet: one node active, the other inactive with
+    its service running and eligible, each seeing the other in that state.  With ``active``
+    the active node must be that one; with ``no_hold`` the inactive node must not be on hold
+    (a node handed over by an operator refuses call takeover until it is active again)."""
+    va, vb = view(pair.a), view(pair.b)
+    if va is None or vb is None:
+        return None
+    for name, me, other in (("a", va, vb), ("b", vb, va)):
+        if (me["state"] == "active" and other["state"] == "inactive"
+                and other["service"] == "running" and other["eligible"]
+                and not (no_hold and other["hold"])
+                and me["peer_reachable"] and other["peer_reachable"]
+                and me["peer_state"] == "inactive" and other["peer_state"] == "active"):
+            if active is None or active == name:
+                return name
+    return None
+
+
+def other(name: str) -> str:
+    return "b" if name == "a" else "a"
+
+
+def all_events(pair: Pair, since: float) -> list[dict]:
+    out = [r for n in (pair.a, pair.b) for r in n.events() if r.get("ts", 0) >= since]
+    return sorted(out, key=lambda r: r.get("ts", 0))
+
+
+def unexpected_activations(pair: Pair, since: float, caused: int) -> int:
+    """``activating`` records in either log since ``since`` beyond the ``caused`` ones (each
+    successful run causes exactly one).  Called before the pair is stopped: the shutdown
+    hand-over at the end is not counted."""
+    n = sum(1 for r in all_events(pair, since) if r.get("event") == "activating")
+    return max(0, n - caused)
+
+
+def priority_report(pair: Pair) -> dict:
+    """What the node managers said about SCHED_RR (fast profile)."""
+    out = {}
+    for n in (pair.a, pair.b):
+        recs = [r for r in n.events() if r.get("event") == "priority"]
+        out[n.name] = recs[-1]["message"] if recs else "normal scheduling (realtime_priority 0)"
+    return out
+
+
+class Stress:
+    """stress-ng --cpu N, started by PID in its own process group and stopped by that PID."""
+
+    def __init__(self, cpus: int, seconds: float, workdir: Path):
+        self.cpus, self.seconds, self.workdir = cpus, seconds, workdir
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Stress":
+        exe = shutil.which(STRESS_CMD)
+        if exe is None:
+            raise SystemExit("stress-ng not found (needed for --stress)")
+        self._log = open(self.workdir / "stress-ng.log", "ab")
+        self.proc = subprocess.Popen(
+            [exe, "--cpu", str(self.cpus), "--timeout", f"{max(1, math.ceil(self.seconds))}s"],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log(f"stress-ng --cpu {self.cpus} started, pid {self.proc.pid}")
+        time.sleep(0.5)  # let the workers spin up
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"stress-ng exited at once with {self.proc.returncode}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)  # stress-ng stops its own workers on SIGTERM
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # the group we created: workers left behind, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        log(f"stress-ng pid {p.pid} stopped (rc {p.returncode})")
+
+
+class NoStress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+# --------------------------------------------------------------------------- one call
+
+
+async def _offer(port: int, call_id: str, hold: float) -> dict:
+    """Connect, then time offer -> reply with perf_counter; hang up after ``hold``."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        call = LoopbackCall(stream, reply_timeout=10.0)
+        wall = time.time()
+        t0 = time.perf_counter()
+        reply = await call.offer(call_id, calling="4021", called="5000")
+        t1 = time.perf_counter()
+        if call.in_progress:
+            if hold:
+                with trio.move_on_after(hold):
+                    await call.wait_dropped()
+            if call.in_progress:
+                try:
+                    await call.hangup()
+                except (LoopbackClientError, trio.TooSlowError):
+                    pass
+    return {"latency": t1 - t0, "wall": wall, "reply": reply}
+
+
+def place(port: int, call_id: str, hold: float = 0.0) -> dict:
+    try:
+        return trio.run(_offer, port, call_id, hold)
+    except (OSError, LoopbackClientError, trio.TooSlowError) as e:
+        return {"latency": None, "wall": time.time(), "reply": {"ev": "error", "message": repr(e)}}
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def start_pair(workdir: Path, profile: str, extra: dict | None = None, relay: bool = True) -> Pair:
+    pair = Pair(workdir, relay=relay, profile=profile, extra=extra)
+    pair.start()
+    return pair
+
+
+def converge(pair: Pair, active: str | None = "a", timeout: float = 20.0) -> str:
+    got = wait_for(lambda: settled(pair, active), timeout, poll=0.02)
+    if not got:
+        raise RuntimeError(f"pair did not converge in {timeout:.0f}s: {pair.states()}")
+    return got
+
+
+def start_converged(pair: Pair, primary: bool = False) -> str:
+    """Wait until the freshly started pair settles.  With ``primary`` and the secondary active
+    (with the fast profile the secondary often activates as "first node started" before the
+    link is up, startup_wait being 0.1 s, and the primary then finds it active and stays
+    inactive), move the active role to the primary with an operator failback: the link
+    scenario and the soak start from "a active".  Not part of any timing."""
+    active = converge(pair, None)
+    if primary and active == "b":
+        log("start-up left the secondary active: failback to a (operator request, not timed)")
+        reply = pair.a.admin({"op": "failback"})
+        if not reply or not reply.get("ok"):
+            raise RuntimeError(f"failback to a refused: {reply}")
+        active = converge(pair, "a")
+    return active
+
+
+def jitter(profile_interval: float) -> None:
+    """A random pause before each trigger, so it falls at a random phase of the heartbeat."""
+    time.sleep(0.2 + random.uniform(0, max(0.1, 2 * profile_interval)))
+
+
+def bench_crash(workdir: Path, profile: str, runs: int, ping: float) -> dict:
+    # max_restarts: each node's service is killed every other run; the default budget
+    # (5 restarts in 60 s) would mark it failed after a few runs.  No effect on timing.
+    pair = start_pair(workdir, profile, {"service": {"max_restarts": 1000}})
+    res: dict = {"samples": [], "errors": [], "directions": []}
+    with pair:
+        active = start_converged(pair)
+        t_conv = time.time()
+        tails = {"a": EventTail(pair.a), "b": EventTail(pair.b)}
+        for i in range(runs):
+            jitter(ping)
+            try:
+                active = converge(pair, None, timeout=15.0)
+                peer = other(active)
+                pid = pair.node(active).service_pid()
+                if pid is None:
+                    raise RuntimeError(f"no messaging service found under node {active}")
+                t_kill = time.time()
+                os.kill(pid, signal.SIGKILL)
+                act, done = wait_activation(tails[peer], t_kill)
+                took, parts = done["ts"] - t_kill, breakdown(t_kill, act, done)
+                res["samples"].append(took)
+                add_parts(res, parts)
+                res["directions"].append(f"{active}->{peer}")
+                log(f"crash {i + 1}/{runs}: {active}->{peer} {took * 1000:.1f} ms ({fmt_parts(parts)})")
+                converge(pair, peer, timeout=15.0)  # the killed node's service restarted, inactive
+            except RuntimeError as e:
+                res["errors"].append(f"run {i + 1}: {e}")
+                log(f"crash {i + 1}/{runs}: ERROR {e}")
+        res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
+        res["priority"] = priority_report(pair)
+    return res
+
+
+def bench_link(workdir: Path, profile: str, runs: int, ping: float) -> dict:
+    pair = start_pair(workdir, profile)
+    res: dict = {"samples": [], "errors": [], "heal": [], "heal_errors": 0}
+    with pair:
+        start_converged(pair, primary=True)
+        t_conv = time.time()
+        tail_b = EventTail(pair.b)
+        for i in range(runs):
+            jitter(ping)
+            if not wait_for(lambda: settled(pair, "a"), 15.0, poll=0.02):
+                res["errors"].append(f"run {i + 1}: pair not converged before the cut: {pair.states()}")
+                log(f"link {i + 1}/{runs}: ERROR not converged; skipped")
+                continue
+            t_cut = time.time()
+            pair.cut()
+            try:
+                act, done = wait_activation(tail_b, t_cut)
+                took, parts = done["ts"] - t_cut, breakdown(t_cut, act, done)
+                res["samples"].append(took)
+                add_parts(res, parts)
+                msg = f"{took * 1000:.1f} ms ({fmt_parts(parts)})"
+            except RuntimeError as e:
+                res["errors"].append(f"run {i + 1}: {e}")
+                msg = f"ERROR {e}"
+            t_heal = time.monotonic()
+            pair.heal()
+            ok = wait_for(lambda: settled(pair, "a"), HEAL_TIMEOUT, poll=0.01)
+            if ok:
+                res["heal"].append(time.monotonic() - t_heal)
+                log(f"link {i + 1}/{runs}: {msg}; healed in {res['heal'][-1] * 1000:.0f} ms")
+            else:
+                res["heal_errors"] += 1
+                res["errors"].append(f"run {i + 1}: heal did not converge in {HEAL_TIMEOUT:.0f}s: "
+                                     f"{pair.states()}")
+                log(f"link {i + 1}/{runs}: {msg}; ERROR heal did not converge: {pair.states()}")
+                wait_for(lambda: settled(pair, "a"), 30.0, poll=0.05)
+        res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
+        res["priority"] = priority_report(pair)
+    return res
+
+
+def bench_call(workdir: Path, profile: str, runs: int, ping: float) -> dict:
+    pair = start_pair(workdir, profile)
+    res: dict = {"samples": [], "errors": [], "directions": []}
+    with pair:
+        start_converged(pair)
+        t_conv = time.time()
+        tails = {"a": EventTail(pair.a), "b": EventTail(pair.b)}
+        for i in range(runs):
+            jitter(ping)
+            active = wait_for(lambda: settled(pair, no_hold=True), 15.0, poll=0.02)
+            if not active:
+                res["errors"].append(f"run {i + 1}: pair not settled: {pair.states()}")
+                log(f"call {i + 1}/{runs}: ERROR pair not settled; skipped")
+                continue
+            target = other(active)
+            r = place(pair.loop_port(target), f"bench-{i + 1}")
+            reply = r["reply"]
+            if reply.get("ev") != "answered" or reply.get("node") != target:
+                res["errors"].append(f"run {i + 1}: call on {target}: {reply}")
+                log(f"call {i + 1}/{runs}: ERROR {reply}")
+                continue
+            res["samples"].append(r["latency"])
+            res["directions"].append(target)
+            extra = ""
+            try:
+                act, done = wait_activation(tails[target], r["wall"], timeout=2.0)
+                parts = breakdown(r["wall"], act, done)
+                add_parts(res, parts)
+                extra = f" (node side: {fmt_parts(parts)})"
+            except RuntimeError:
+                pass
+            log(f"call {i + 1}/{runs}: on {target} answered in {r['latency'] * 1000:.1f} ms{extra}")
+        res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
+        res["priority"] = priority_report(pair)
+    return res
+
+
+def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: int,
+               relay: bool = False) -> dict:
+    # No cut is needed, so by default the nodes talk directly (relay=False): heartbeats then do
+    # not pass through a Python thread of this process, which runs with normal scheduling.
+    pair = start_pair(workdir, profile, relay=relay)
+    res: dict = {"seconds": seconds, "stress": stress, "relay": relay}
+    calls: list[dict] = []
+    ages: dict[str, list[float]] = {"a": [], "b": []}
+    max_age = {"a": 0.0, "b": 0.0}
+    states_seen: list[tuple[float, dict]] = []
+    status_failures = 0
+    stop = threading.Event()
+    current_active = {"name": "a"}
+
+    with pair:
+        start_converged(pair, primary=True)
+        t0 = time.time()
+        baseline = {"a": "active", "b": "inactive"}
+        log(f"soak: converged (a active); {seconds:.0f}s{' under stress-ng' if stress else ''}")
+
+        def poller() -> None:
+            nonlocal status_failures
+            last = dict(baseline)
+            while not stop.is_set():
+                for n in (pair.a, pair.b):
+                    st = n.status()
+                    if st is None:
+                        status_failures += 1
+                        continue
+                    age = st["peer"]["last_heartbeat_age_s"]
+                    if age is not None:
+                        ages[n.name].append(age)
+                        max_age[n.name] = max(max_age[n.name], age)
+                    s = st["node"]["state"]
+                    if s != last[n.name]:
+                        states_seen.append((time.time(), {"node": n.name, "from": last[n.name], "to": s}))
+                        last[n.name] = s
+                    if s == "active":
+                        current_active["name"] = n.name
+                stop.wait(0.05)
+
+        th = threading.Thread(target=poller, name="status-poller", daemon=True)
+        with (Stress(cpus, seconds + 30, workdir) if stress else NoStress()):
+            th.start()
+            try:
+                end = t0 + seconds
+                k = 0
+                while time.time() < end:
+                    k += 1
+                    name = current_active["name"]
+                    r = place(pair.loop_port(name), f"soak-{k}")
+                    calls.append({"node": name, "latency": r["latency"], "ev": r["reply"].get("ev"),
+                                  "reason": r["reply"].get("reason") or r["reply"].get("message")})
+                    nxt = t0 + k  # one call per second, on the second
+                    time.sleep(max(0.0, min(nxt, end) - time.time()))
+            finally:
+                stop.set()
+                th.join(timeout=10)
+        t_end = time.time()
+        recs = all_events(pair, t0)
+        res["scheduling"] = priority_report(pair)
+
+    counts: dict[str, int] = {}
+    notable: dict[str, int] = {}
+    first: list[str] = []
+    for r in recs:
+        e = r.get("event", "?")
+        if e in ANOMALIES:
+            counts[e] = counts.get(e, 0) + 1
+            if len(first) < 10:
+                first.append(f"{r.get('ts', 0) - t0:.3f}s {r.get('node')} {e}: {r.get('message')}")
+        if r.get("level") in ("warning", "error"):
+            notable[e] = notable.get(e, 0) + 1
+    answered = [c for c in calls if c["ev"] == "answered"]
+    lat = [c["latency"] for c in answered if c["latency"] is not None]
+    res.update({
+        "elapsed_s": round(t_end - t0, 3),
+        "anomaly_records": counts,
+        "state_changes": len(states_seen),
+        "state_change_list": [{"t_s": round(t - t0, 3), **d} for t, d in states_seen[:20]],
+        "first_anomalies": first,
+        "warning_events": notable,
+        "false_failovers": sum(counts.values()) + len(states_seen),
+        "calls_placed": len(calls),
+        "calls_answered": len(answered),
+        "calls_failed": [c for c in calls if c["ev"] != "answered"][:20],
+        "call_latencies": lat,
+        "max_heartbeat_age_s": round(max(max_age.values()), 4),
+        "max_heartbeat_age_by_node_s": {k: round(v, 4) for k, v in max_age.items()},
+        "heartbeat_age_p99_s": round(percentile(ages["a"] + ages["b"], 99) or 0.0, 4),
+        "status_polls": len(ages["a"]) + len(ages["b"]),
+        "status_failures": status_failures,
+    })
+    return res
+
+
+# --------------------------------------------------------------------------- one profile
+
+
+PING = {"default": 0.1, "fast": 0.02}
+
+
+def run_profile(profile: str, args, workdir: Path) -> dict:
+    prefix = "" if profile == "default" else f"{profile}_"
+    ping = PING[profile]
+    out: dict = {}
+    wd = workdir / profile
+    wd.mkdir(parents=True, exist_ok=True)
+    runs_stress = Stress(args.stress_cpus, 24 * 3600, wd) if args.stress_runs else NoStress()
+    unexpected = 0
+    if args.runs > 0:
+        with runs_stress:
+            for name, fn in (("crash", bench_crash), ("link", bench_link), ("call", bench_call)):
+                if name not in args.only:
+                    continue
+                log(f"--- {profile}: {name} x {args.runs}")
+                try:
+                    r = fn(wd / name, profile, args.runs, ping)
+                except RuntimeError as e:  # the pair never converged: no runs at all
+                    log(f"{name}: FAILED {e}")
+                    out[f"{prefix}{name}_failed"] = str(e)
+                    continue
+                summary(f"{prefix}{name}", r["samples"], out)
+                out[f"{prefix}{name}_samples_s"] = [round(x, 6) for x in r["samples"]]
+                out[f"{prefix}{name}_errors"] = len(r["errors"])
+                out[f"{prefix}{name}_error_list"] = r["errors"][:20]
+                for part, xs in r.get("parts", {}).items():
+                    summary(f"{prefix}{name}_{part}", xs, out)
+                if "heal" in r:
+                    summary(f"{prefix}{name}_heal", r["heal"], out, digits=3)
+                    out[f"{prefix}link_heal_errors"] = r["heal_errors"]
+                if "directions" in r:
+                    out[f"{prefix}{name}_directions"] = r["directions"]
+                out[f"{prefix}scheduling"] = r["priority"]
+                out[f"{prefix}{name}_unexpected_activations"] = r["unexpected"]
+                unexpected += r["unexpected"]
+        out[f"{prefix}runs_unexpected_activations"] = unexpected
+    if args.soak:
+        log(f"--- {profile}: soak {args.soak:.0f}s, stress={args.stress}")
+        s = bench_soak(wd / "soak", profile, args.soak, args.stress, args.stress_cpus,
+                       relay=args.soak_relay)
+        lat = s.pop("call_latencies")
+        summary(f"{prefix}soak_call", lat, out)
+        for k, v in s.items():
+            out[f"{prefix}soak_{k}"] = v
+        out[f"{prefix}false_failovers"] = s["false_failovers"]
+        out[f"{prefix}false_failovers_source"] = f"soak {args.soak:.0f}s" + (" stressed" if args.stress else "")
+    elif args.runs > 0:
+        out[f"{prefix}false_failovers"] = out[f"{prefix}runs_unexpected_activations"]
+        out[f"{prefix}false_failovers_source"] = "runs (no soak): activations the runs did not cause"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20, help="runs of each scenario (0: none)")
+    ap.add_argument("--json", required=True, type=Path, help="write the results here")
+    ap.add_argument("--profile", choices=("default", "fast", "both"), default="default",
+                    help="timing profile; fast results carry the prefix fast_; both = default then fast")
+    ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                    help="after the runs, idle the pair this long with a call every second")
+    ap.add_argument("--stress", action="store_true", help="load the CPUs with stress-ng during the soak")
+    ap.add_argument("--stress-runs", action="store_true", help="also load the CPUs during the runs")
+    ap.add_argument("--soak-relay", action="store_true",
+                    help="soak with the node link through the harness relay (default: direct TCP)")
+    ap.add_argument("--stress-cpus", type=int, default=2, help="stress-ng --cpu N (default 2)")
+    ap.add_argument("--only", default="crash,link,call",
+                    help="comma-separated subset of crash,link,call (default all)")
+    ap.add_argument("--workdir", type=Path, help="keep the pairs' files here (default: a temp dir, removed)")
+    ap.add_argument("--seed", type=int, help="seed of the random pause before each trigger")
+    args = ap.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if bad := set(args.only) - {"crash", "link", "call"}:
+        ap.error(f"--only: unknown scenario(s) {sorted(bad)}")
+    if args.stress and not args.soak:
+        ap.error("--stress loads the CPUs during the soak: give --soak SECONDS (or use --stress-runs)")
+    if args.runs < 0 or args.soak < 0:
+        ap.error("--runs and --soak must not be negative")
+    if args.seed is not None:
+        random.seed(args.seed)
+
+    def on_term(signum, frame):  # run the finally blocks: every process is stopped by PID
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    keep = args.workdir is not None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vmha-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    profiles = ["default", "fast"] if args.profile == "both" else [args.profile]
+    out: dict = {
+        "benchmark": "failover",
+        "profile": args.profile,
+        "runs": args.runs,
+        "soak_s": args.soak,
+        "stress": args.stress,
+        "stress_runs": args.stress_runs,
+        "soak_relay": args.soak_relay,
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_start": list(os.getloadavg())},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "percentile_method": "nearest rank",
+    }
+    try:
+        for prof in profiles:
+            out.update(run_profile(prof, args, workdir))
+    except BaseException as e:
+        out["error"] = f"{type(e).__name__}: {e}"  # results of this profile are lost
+        raise
+    finally:
+        out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        out["machine"]["loadavg_end"] = list(os.getloadavg())
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        log(f"results written to {args.json}")
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    headline = {k: out.get(k) for k in out if k.endswith(("_p50_s", "_p95_s", "_p99_s", "_max_s",
+                                                           "false_failovers", "_errors"))
+                and not any(x in k for x in ("_detect", "_persist", "_confirm", "heal_", "soak_"))}
+    print(json.dumps(headline, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
