@@ -217,6 +217,8 @@ class Supervisor:
             if self._peer_heard is not None:
                 self._peer_heard = max(self._peer_heard, grace)
             self._startup_deadline = max(self._startup_deadline, now + 2 * self.cfg.ping_interval)
+            if self._service_deadline is not None:  # its health reports are queued too
+                self._service_deadline = max(self._service_deadline, self._settle_until)
 
     def _check_lease(self, now: float, acts: list) -> None:
         if self.state in ACTIVE_STATES and self._lease_expiry is not None and now >= self._lease_expiry:

@@ -166,15 +166,20 @@ class PeerLink:
             with trio.fail_after(link.connect_timeout):
                 await self._await_hello(stream, conn)
             await stream.send_all(conn.hello())
-            if not self.out_connected:
-                self._redial.set()
-            self.inbound = {gen}  # a newer connection from the peer replaces older ones
-            while gen in self.inbound:
+            authentic = False
+            while authentic is False or gen in self.inbound:
                 data = await stream.receive_some(4096)
                 conn.receive_data(data)
                 while (e := conn.next_event()) is not NEED_DATA:
                     if isinstance(e, Closed):
                         return
+                    if not authentic and isinstance(e, (Status, Command)):
+                        # Only a connection that has proved the session key (a replayed HELLO
+                        # cannot) replaces the older ones from the peer.
+                        authentic = True
+                        self.inbound = {gen}
+                        if not self.out_connected:
+                            self._redial.set()
                     await self._deliver(e)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, LinkError) as e:
             self.counters["in_rejected"] += 1

@@ -383,3 +383,18 @@ def test_step_down_without_a_heartbeat_does_not_trigger_the_startup_rule():
         sup.handle(ev.Tick(0, 0), t)
         sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
         assert sup.state in (State.DRAINING, State.INACTIVE), sup.cause
+
+
+def test_stall_does_not_kill_a_service_whose_health_reports_are_queued():
+    """After a freeze longer than the health timeout, the queued health reports are read
+    before the service is judged silent."""
+    sup = Supervisor(make_config(Role.PRIMARY, health_timeout=1.0), now=0.0)
+    sup.start(0.0)
+    sup.handle(ev.ServiceStarted(1), 0.05)
+    sup.handle(ev.ServiceHealthReport("inactive", None, 0), 0.1)
+    acts = sup.handle(ev.Tick(0, 0), 3.1)  # frozen for 3 s: the timer is the first event seen
+    assert not any(isinstance(a, ev.KillService) for a in acts)
+    acts = sup.handle(ev.ServiceHealthReport("inactive", None, 0), 3.101)  # the queued report
+    assert sup.service is ServiceHealth.RUNNING
+    acts = sup.handle(ev.Tick(0, 0), 3.5)
+    assert not any(isinstance(a, ev.KillService) for a in acts)
