@@ -75,6 +75,7 @@ COMPLETED = ("failover", "failback", "startup")  # records that end an activatio
 ANOMALIES = ("activating", "deactivated", "stall")  # false-failover records in the soak
 RUN_TIMEOUT = 10.0  # a trigger without a completed activation within this is an error
 HEAL_TIMEOUT = 10.0  # the brief: a heal that does not converge in 10 s is an error
+STARTUP_SETTLE = 2.5  # > failover.handover_timeout (2 s default): see start_converged
 STRESS_CMD = "stress-ng"
 
 
@@ -364,7 +365,11 @@ def start_converged(pair: Pair, primary: bool = False) -> str:
         if not reply or not reply.get("ok"):
             raise RuntimeError(f"failback to a refused: {reply}")
         active = converge(pair, "a")
-    return active
+    # A node told to step down during the start-up race (or by the failback above) stays
+    # "quiet" for handover_timeout (2 s) and, in that time, does not take over from a peer
+    # whose service fails.  Let that pass so start-up does not leak into run 1.
+    time.sleep(STARTUP_SETTLE)
+    return converge(pair, active)
 
 
 def jitter(profile_interval: float) -> None:
@@ -399,8 +404,8 @@ def bench_crash(workdir: Path, profile: str, runs: int, ping: float) -> dict:
                 log(f"crash {i + 1}/{runs}: {active}->{peer} {took * 1000:.1f} ms ({fmt_parts(parts)})")
                 converge(pair, peer, timeout=15.0)  # the killed node's service restarted, inactive
             except RuntimeError as e:
-                res["errors"].append(f"run {i + 1}: {e}")
-                log(f"crash {i + 1}/{runs}: ERROR {e}")
+                res["errors"].append(f"run {i + 1} ({active}->{other(active)}): {e}")
+                log(f"crash {i + 1}/{runs}: ERROR {active}->{other(active)}: {e}")
         res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
         res["priority"] = priority_report(pair)
     return res
