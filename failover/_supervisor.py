@@ -28,7 +28,7 @@ class SupervisorConfig:
     ping_interval: float = 0.1
     missed_pings: int = 6
     lease: float | None = None  # default: peer_timeout - ping_interval
-    startup_wait: float | None = None  # default: peer_timeout
+    startup_wait: float | None = None  # default: max(peer_timeout, 1 s)
     mode: Mode = Mode.AUTOMATIC
     call_takeover: bool = True
     handover_timeout: float = 2.0
@@ -52,7 +52,7 @@ class SupervisorConfig:
 
     @property
     def startup_wait_s(self) -> float:
-        return self.startup_wait if self.startup_wait is not None else self.peer_timeout
+        return self.startup_wait if self.startup_wait is not None else max(self.peer_timeout, 1.0)
 
     def __post_init__(self) -> None:
         if not 0 < self.lease_s < self.peer_timeout:
@@ -257,6 +257,7 @@ class Supervisor:
                                    f"{e.kind} in term {e.term} refused: this node is in term {self.term}"))
                 return
             self.highest_seen = max(self.highest_seen, e.term)
+            self._peer_said(now, State.ACTIVATING, e.term)
             if e.kind == "yield":
                 self.hold = True
             if self.state in ACTIVE_STATES:
@@ -268,6 +269,7 @@ class Supervisor:
                 acts.append(ev.Log("warning", "stale_command",
                                    f"take_over in term {e.term} refused: peer is known in term {known}"))
                 return
+            self._peer_said(now, State.DRAINING, e.term)
             if self.state in ACTIVE_STATES:
                 return
             if not self.eligible(now):
@@ -277,6 +279,15 @@ class Supervisor:
             self._activate(now, acts, f"handover from peer: {e.reason}")
         else:
             acts.append(ev.Log("error", "bad_command", f"unknown peer command {e.kind!r} ignored"))
+
+    def _peer_said(self, now: float, state: State, term: int) -> None:
+        """An authenticated command is news from the peer as good as a heartbeat: it is alive,
+        and a step_down says it is activating (a take_over: handing over) in ``term``."""
+        other = Role.SECONDARY if self.cfg.role is Role.PRIMARY else Role.PRIMARY
+        base = self.peer or ev.PeerHeartbeat(self.cfg.peer_name, other, state, term, ServiceHealth.RUNNING)
+        self.peer = replace(base, state=state, term=max(base.term, term))
+        self._peer_heard = now
+        self._peer_ever_heard = True
 
     def _on_ServiceStarted(self, e: ev.ServiceStarted, now: float, acts: list) -> None:
         self.service = ServiceHealth.RUNNING
@@ -592,7 +603,7 @@ class Supervisor:
                     self._activate(now, acts, f"peer silent for {now - self._peer_heard:.3f}s "
                                    f"({self.cfg.missed_pings} missed pings)")
                 return
-            if peer.state in ACTIVE_STATES or quiet:
+            if peer.state in ACTIVE_STATES or (quiet and peer.eligible):
                 return  # quiet: the peer is taking over from us, give it handover_timeout
             # the peer is reachable and nobody is active
             if self._preferred(peer):

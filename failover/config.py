@@ -37,6 +37,9 @@ _EPS = 1e-9  # float slack when comparing products of seconds
 # ============================================================================ errors
 
 
+MIN_STARTUP_WAIT = 1.0  # seconds: default floor of failover.startup_wait
+
+
 @dataclass(frozen=True)
 class Problem:
     key: str  # dotted key ("failover.ping_interval"), "" when the problem is the file itself
@@ -320,7 +323,7 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "ping_interval": _K(_Num(0.005, 10), None),  # from the profile
         "missed_pings": _K(_Num(2, 1000, integer=True), None),  # from the profile
         "lease": _K(_Num(0.001, 10000), None),  # ping_interval * (missed_pings - 1)
-        "startup_wait": _K(_Num(0, 86400), None),  # ping_interval * missed_pings
+        "startup_wait": _K(_Num(0, 86400), None),  # max(ping_interval * missed_pings, 1 s)
         "mode": _K(_enum(Mode), "automatic"),
         "call_takeover": _K(_bool, True),
         "handover_timeout": _K(_Num(0.01, 3600), 2.0),
@@ -419,7 +422,10 @@ class FailoverSection:
 
     @property
     def startup_wait_s(self) -> float:
-        return self.startup_wait if self.startup_wait is not None else self.peer_timeout
+        if self.startup_wait is not None:
+            return self.startup_wait
+        # long enough for the link to connect and the service to start, however short the pings
+        return max(self.peer_timeout, MIN_STARTUP_WAIT)
 
 
 def _seconds(t: _dt.time) -> float:

@@ -83,7 +83,7 @@ def test_minimal_config_takes_defaults(tmp_path):
     assert f.lease is None and f.startup_wait is None
     assert c.peer_timeout == pytest.approx(0.6)
     assert c.lease_s == pytest.approx(0.5)
-    assert c.startup_wait_s == pytest.approx(0.6)
+    assert c.startup_wait_s == pytest.approx(1.0)
     assert f.mode is Mode.AUTOMATIC and f.call_takeover is True
     assert (f.handover_timeout, f.drain_timeout) == (2.0, 300.0)
     assert c.failback.type is FailbackType.MANUAL and c.failback.window_seconds is None
@@ -165,7 +165,7 @@ def test_profile_presets(tmp_path, profile, ping, missed, rt):
     c = load_config(write(tmp_path, minimal(failover={"profile": profile})))
     assert (c.failover.ping_interval, c.failover.missed_pings, c.failover.realtime_priority) == (ping, missed, rt)
     assert c.lease_s == pytest.approx(ping * (missed - 1))
-    assert c.startup_wait_s == pytest.approx(ping * missed)
+    assert c.startup_wait_s == pytest.approx(max(ping * missed, 1.0))
     assert PROFILES[profile].peer_timeout == pytest.approx(c.peer_timeout)
 
 

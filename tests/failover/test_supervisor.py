@@ -377,8 +377,9 @@ def test_step_down_without_a_heartbeat_does_not_trigger_the_startup_rule():
         sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
     assert sup.state is State.ACTIVATING  # nobody heard: first node started
     sup.handle(ev.ServiceActivated(sup.term), t)
-    sup.handle(ev.PeerCommand("step_down", 2, "both active"), t + 0.01)
-    for _ in range(10):
+    t_cmd = t + 0.01
+    sup.handle(ev.PeerCommand("step_down", 2, "both active"), t_cmd)
+    while sup.next_deadline() < t_cmd + TIMEOUT:  # the command counts as hearing the peer
         t = sup.next_deadline()
         sup.handle(ev.Tick(0, 0), t)
         sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
@@ -398,3 +399,16 @@ def test_stall_does_not_kill_a_service_whose_health_reports_are_queued():
     assert sup.service is ServiceHealth.RUNNING
     acts = sup.handle(ev.Tick(0, 0), 3.5)
     assert not any(isinstance(a, ev.KillService) for a in acts)
+
+
+
+def test_a_crashed_peer_is_taken_over_at_once_even_right_after_a_handover():
+    """The quiet period after a step-down does not wait for a peer that reports it cannot serve."""
+    sim = booted()
+    sim.call("b", "c1")  # b takes over; a steps down and is quiet for handover_timeout
+    sim.run_until(sim.now + 0.2)
+    sim.at(sim.now, "b", "crash_service")
+    t0 = sim.now
+    sim.run_until(t0 + 0.05)
+    assert sim.actives() == ["a"]
+    assert not sim.logs("a", "handover_failed")
