@@ -1,0 +1,94 @@
+"""``vmha demo`` end to end: real node processes on loopback, run as the operator would."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = [sys.executable, "-m", "failover.cli", "demo"]
+
+
+def leftovers(workdir: str) -> list[str]:
+    """Processes whose command line names the demo's work dir (node managers: --config,
+    messaging services: --control)."""
+    out = subprocess.run(["pgrep", "-af", workdir], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def workdir_of(out: str) -> str:
+    m = re.search(r"starting a pair on loopback in (\S+) \(primary a first\)", out)
+    assert m, out
+    return m.group(1)
+
+
+def manager_pids(out: str) -> list[int]:
+    m = re.search(r"node managers: a pid (\d+), b pid (\d+)", out)
+    assert m, out
+    return [int(m.group(1)), int(m.group(2))]
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].startswith("Z")  # a zombie counts as gone
+    except FileNotFoundError:
+        return True
+
+
+def test_demo_runs_its_script_and_cleans_up(tmp_path):
+    work = tmp_path / "demo"
+    r = subprocess.run(DEMO + ["--duration", "25", "--dir", str(work)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert workdir_of(out) == str(work)
+    # the kill -9 part-way and the peer's takeover, with the measured time
+    assert re.search(r"KILL -9 of a's messaging service \(pid \d+\)", out), out
+    m = re.search(r"TAKEOVER: b is active in term \d+, failover event ([\d.]+) ms after the kill -9", out)
+    assert m, out
+    assert 0 < float(m.group(1)) < 5000
+    assert re.search(r"failover: b active [\d.]+ ms after kill -9 of a's messaging service", out)
+    # the manual failback through the admin socket
+    assert re.search(r"FAILBACK: a is active in term \d+, [\d.]+ ms after the request", out), out
+    # the call on the inactive node's trunk after the failback: b holds, so it refuses it
+    assert "CALL ON INACTIVE b's TRUNK: rejected" in out, out
+    # calls were answered (and the ones on the killed service were cut off)
+    m = re.search(r"calls placed (\d+): answered (\d+), dropped (\d+)", out)
+    assert m, out
+    placed, answered, dropped = map(int, m.groups())
+    assert answered >= 10 and placed >= answered + dropped
+    assert "activations seen (start-up, failovers, failbacks): 3" in out  # startup of a, failover to b, failback to a
+    assert "processes: all stopped" in out
+    assert leftovers(str(work)) == []
+    assert all(gone(pid) for pid in manager_pids(out))
+
+
+def test_demo_stops_cleanly_on_ctrl_c():
+    proc = subprocess.Popen(DEMO, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(8)  # past the kill -9 at ~5 s
+        assert proc.poll() is None, "the demo ended before Ctrl-C"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "stopped by Ctrl-C" in out, out
+    assert "TAKEOVER: b is active" in out, out
+    assert re.search(r"calls placed \d+: answered [1-9]", out), out
+    assert "processes: all stopped" in out
+    work = workdir_of(out)
+    assert leftovers(work) == []
+    assert all(gone(pid) for pid in manager_pids(out))
+    shutil.rmtree(work, ignore_errors=True)  # the demo keeps its temporary dir for the logs
