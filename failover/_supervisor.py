@@ -660,8 +660,3 @@ class Supervisor:
                 acts.append(ev.SendStatus())
         if self._quiet_until is not None and now >= self._quiet_until and self.state in ACTIVE_STATES:
             self._quiet_until = None
-
-    # ------------------------------------------------------------------ test helpers
-
-    def with_config(self, **changes) -> SupervisorConfig:
-        return replace(self.cfg, **changes)

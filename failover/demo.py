@@ -36,7 +36,9 @@ from .config import load_config
 from .eventlog import format_record
 from .testing import Pair
 
-KILL_AT, FAILBACK_AT, PROBE_AT = 5.0, 15.0, 19.0  # seconds after the pair was started
+# seconds after the pair was started: kill -9 of the active service, a call on the inactive
+# node's trunk (call takeover), an operator failover, a call on the node that now holds
+KILL_AT, TAKEOVER_CALL_AT, FAILOVER_AT, PROBE_AT = 5.0, 10.0, 15.0, 19.0
 CALL_EVERY, HOLD = 0.5, (1.0, 1.8)  # at most 4 calls at once: the loopback trunk has 4 ports
 REFRESH = 0.25
 EVENT_LINES = 8
@@ -192,7 +194,7 @@ class Demo:
             self.banner(f"CALL TAKEOVER: the call on inactive {name}'s trunk was answered {detail}")
         elif probe:
             st = self.status[name]
-            why = ("it holds after the operator failback, so no call takeover; the PBX hunts on "
+            why = ("it holds after the operator's move, so no call takeover; the PBX hunts on "
                    f"to {other(name)}") if st and st["node"]["hold"] else "see its event log"
             self.banner(f"CALL ON INACTIVE {name}'s TRUNK: {result} ({detail}): {why}")
 
@@ -224,7 +226,7 @@ class Demo:
         wall = time.time()
         os.kill(pid, signal.SIGKILL)
         self.banner(f"KILL -9 of {victim}'s messaging service (pid {pid}): calls on it are cut off")
-        self.next_step = f"manual failback at {FAILBACK_AT:.0f} s"
+        self.next_step = f"a call on the inactive node's trunk at {TAKEOVER_CALL_AT:.0f} s"
         rec = await self.wait_for(lambda: self.activation_after(peer, wall), 10)
         self.avoid.discard(victim)
         if rec is None:
@@ -236,37 +238,45 @@ class Demo:
         self.banner(f"TAKEOVER: {peer} is active in term {rec['fields']['term']}, {rec['event']} event "
                     f"{took:.1f} ms after the kill -9")
 
-    async def failback(self) -> None:
+    async def operator(self, kind: str) -> None:
+        """``vmha failover`` (the secondary b becomes active) or ``failback`` (the primary a)."""
         self.next_step = f"a call on the inactive node's trunk at {PROBE_AT:.0f} s"
-        st = self.status["a"]
+        target = "b" if kind == "failover" else "a"
+        st = self.status[target]
         if st and st["node"]["state"] in ("active", "activating"):
-            self.banner("manual failback not needed: the primary a is already active")
+            self.banner(f"manual {kind} not needed: {target} is already active")
             return
-        self.avoid.add("b")  # no new calls to b while it steps down (its status may lag)
+        self.avoid.add(other(target))  # no new calls there while it steps down (status may lag)
         wall = time.time()
-        reply = await trio.to_thread.run_sync(self.pair.a.admin, {"op": "failback"})
-        self.banner(f"MANUAL FAILBACK (admin socket of a): "
+        reply = await trio.to_thread.run_sync(self.pair.node(other(target)).admin, {"op": kind})
+        self.banner(f"MANUAL {kind.upper()} (admin socket of {other(target)}): "
                     f"{(reply or {}).get('message') or (reply or {}).get('error') or 'no answer'}")
-        rec = await self.wait_for(lambda: self.activation_after("a", wall), 10)
-        self.avoid.discard("b")
+        rec = await self.wait_for(lambda: self.activation_after(target, wall), 10)
+        self.avoid.discard(other(target))
         if rec is None:
-            self.banner("the primary a did not become active within 10 s of the failback")
+            self.banner(f"{target} did not become active within 10 s of the {kind}")
             return
         took = (rec["ts"] - wall) * 1000
-        self.measured.append(f"failback: a active {took:.1f} ms after the failback request")
-        self.banner(f"FAILBACK: a is active in term {rec['fields']['term']}, {took:.1f} ms after the "
-                    "request; b steps down and holds")
+        self.measured.append(f"{kind}: {target} active {took:.1f} ms after the {kind} request")
+        self.banner(f"{kind.upper()}: {target} is active in term {rec['fields']['term']}, {took:.1f} ms "
+                    f"after the request; {other(target)} drains its calls and holds")
+
+    async def call_on_inactive(self, nursery: trio.Nursery, call_id: str) -> None:
+        target = self.active()
+        if target is not None:
+            self.say(f"placing a call on the inactive node {other(target)}'s trunk")
+            nursery.start_soon(self.one_call, other(target), call_id, True)
 
     async def script(self, nursery: trio.Nursery) -> None:
         await self.at(KILL_AT)
         await self.kill_active()
-        await self.at(FAILBACK_AT)
-        await self.failback()
+        await self.at(TAKEOVER_CALL_AT)
+        self.next_step = f"manual failover at {FAILOVER_AT:.0f} s"
+        await self.call_on_inactive(nursery, "takeover-1")
+        await self.at(FAILOVER_AT)
+        await self.operator("failover")
         await self.at(PROBE_AT)
-        target = self.active()
-        if target is not None:
-            self.say(f"placing a call on the inactive node {other(target)}'s trunk")
-            nursery.start_soon(self.one_call, other(target), "probe-1", True)
+        await self.call_on_inactive(nursery, "probe-1")
         self.next_step = "none: calls continue until Ctrl-C (or --duration)"
 
     async def run(self, duration: float) -> None:

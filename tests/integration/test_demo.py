@@ -57,16 +57,19 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     assert m, out
     assert 0 < float(m.group(1)) < 5000
     assert re.search(r"failover: b active [\d.]+ ms after kill -9 of a's messaging service", out)
-    # the manual failback through the admin socket
-    assert re.search(r"FAILBACK: a is active in term \d+, [\d.]+ ms after the request", out), out
-    # the call on the inactive node's trunk after the failback: b holds, so it refuses it
-    assert "CALL ON INACTIVE b's TRUNK: rejected" in out, out
+    # a call on inactive a's trunk: a takes over at once (the guide's call rule: failback by call)
+    assert re.search(r"CALL TAKEOVER: the call on inactive a's trunk was answered by a in term \d+", out), out
+    # the manual failover through the admin socket
+    assert re.search(r"FAILOVER: b is active in term \d+, [\d.]+ ms after the request", out), out
+    # the call on the inactive node's trunk after the operator's move: a holds, so it refuses it
+    assert "CALL ON INACTIVE a's TRUNK: rejected" in out, out
     # calls were answered (and the ones on the killed service were cut off)
     m = re.search(r"calls placed (\d+): answered (\d+), dropped (\d+)", out)
     assert m, out
     placed, answered, dropped = map(int, m.groups())
     assert answered >= 10 and placed >= answered + dropped
-    assert "activations seen (start-up, failovers, failbacks): 3" in out  # startup of a, failover to b, failback to a
+    # start-up of a, failover to b (kill), failback to a (call), failover to b (operator)
+    assert "activations seen (start-up, failovers, failbacks): 4" in out
     assert "processes: all stopped" in out
     assert leftovers(str(work)) == []
     assert all(gone(pid) for pid in manager_pids(out))
