@@ -72,7 +72,8 @@ from telephony.loopback_client import LoopbackCall, LoopbackClientError  # noqa:
 
 HOST = "127.0.0.1"
 COMPLETED = ("failover", "failback", "startup")  # records that end an activation
-ANOMALIES = ("activating", "deactivated", "stall")  # false-failover records in the soak
+ANOMALIES = ("activating", "deactivated", "stall")  # records watched in the soak
+FAILOVER_RECORDS = ("activating", "deactivated")  # of those, the ones that are a role change
 RUN_TIMEOUT = 10.0  # a trigger without a completed activation within this is an error
 HEAL_TIMEOUT = 10.0  # the brief: a heal that does not converge in 10 s is an error
 STARTUP_SETTLE = 2.5  # > failover.handover_timeout (2 s default): see start_converged
@@ -571,7 +572,13 @@ def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: 
         "state_change_list": [{"t_s": round(t - t0, 3), **d} for t, d in states_seen[:20]],
         "first_anomalies": first,
         "warning_events": notable,
-        "false_failovers": sum(counts.values()) + len(states_seen),
+        # a false failover is a role change nobody caused: an activation or deactivation record
+        # or a state change seen by polling; a stall warning alone changes nothing and is
+        # reported apart (stalls, max_stall_s)
+        "false_failovers": sum(counts.get(e, 0) for e in FAILOVER_RECORDS) + len(states_seen),
+        "stalls": counts.get("stall", 0),
+        "max_stall_s": max((r.get("fields", {}).get("stall_s", 0) for r in recs
+                            if r.get("event") == "stall"), default=0.0),
         "calls_placed": len(calls),
         "calls_answered": len(answered),
         "calls_failed": [c for c in calls if c["ev"] != "answered"][:20],
