@@ -51,6 +51,35 @@ class FailbackType(IntEnum):
     SCHEDULED = 1
 
 
+MIN_STARTUP_WAIT = 1.0  # seconds: the default start-up wait is never shorter
+
+
+class Timing:
+    """Derived failover timing, shared by the configuration and the supervisor's settings.
+    Needs ``ping_interval``, ``missed_pings``, ``lease`` and ``startup_wait`` (None = derived)."""
+
+    ping_interval: float
+    missed_pings: int
+    lease: float | None
+    startup_wait: float | None
+
+    @property
+    def peer_timeout(self) -> float:
+        """Silence after which the peer counts as gone."""
+        return self.ping_interval * self.missed_pings
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease if self.lease is not None else self.peer_timeout - self.ping_interval
+
+    @property
+    def startup_wait_s(self) -> float:
+        if self.startup_wait is not None:
+            return self.startup_wait
+        # long enough for the link to connect and the service to start, however short the pings
+        return max(self.peer_timeout, MIN_STARTUP_WAIT)
+
+
 def term_parity(role: Role) -> int:
     """Primary terms are even, secondary terms odd: two nodes never share a term."""
     return 0 if role is Role.PRIMARY else 1

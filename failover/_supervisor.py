@@ -15,13 +15,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from . import _events as ev
-from ._state import FailbackType, Mode, Role, ServiceHealth, State, next_term
+from ._state import FailbackType, Mode, Role, ServiceHealth, State, Timing, next_term
 
 ACTIVE_STATES = (State.ACTIVATING, State.ACTIVE)
 
 
 @dataclass(frozen=True)
-class SupervisorConfig:
+class SupervisorConfig(Timing):
     node: str
     role: Role
     peer_name: str
@@ -41,18 +41,6 @@ class SupervisorConfig:
     start_timeout: float = 10.0
     max_restarts: int = 5
     restart_window: float = 60.0
-
-    @property
-    def peer_timeout(self) -> float:
-        return self.ping_interval * self.missed_pings
-
-    @property
-    def lease_s(self) -> float:
-        return self.lease if self.lease is not None else self.peer_timeout - self.ping_interval
-
-    @property
-    def startup_wait_s(self) -> float:
-        return self.startup_wait if self.startup_wait is not None else max(self.peer_timeout, 1.0)
 
     def __post_init__(self) -> None:
         if not 0 < self.lease_s < self.peer_timeout:

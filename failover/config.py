@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from ._state import FailbackType, Mode, Role
+from ._state import FailbackType, Mode, Role, Timing
 
 __all__ = [
     "Address", "ConfigError", "Problem", "NodeConfig", "NodeSection", "LinkSection",
@@ -35,9 +35,6 @@ _EPS = 1e-9  # float slack when comparing products of seconds
 
 
 # ============================================================================ errors
-
-
-MIN_STARTUP_WAIT = 1.0  # seconds: default floor of failover.startup_wait
 
 
 @dataclass(frozen=True)
@@ -400,7 +397,7 @@ class LinkSection:
 
 
 @dataclass(frozen=True)
-class FailoverSection:
+class FailoverSection(Timing):
     profile: str
     ping_interval: float
     missed_pings: int
@@ -411,21 +408,6 @@ class FailoverSection:
     handover_timeout: float
     drain_timeout: float
     realtime_priority: int
-
-    @property
-    def peer_timeout(self) -> float:
-        return self.ping_interval * self.missed_pings
-
-    @property
-    def lease_s(self) -> float:
-        return self.lease if self.lease is not None else self.peer_timeout - self.ping_interval
-
-    @property
-    def startup_wait_s(self) -> float:
-        if self.startup_wait is not None:
-            return self.startup_wait
-        # long enough for the link to connect and the service to start, however short the pings
-        return max(self.peer_timeout, MIN_STARTUP_WAIT)
 
 
 def _seconds(t: _dt.time) -> float:
