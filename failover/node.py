@@ -8,32 +8,27 @@ inbox channel or carries out actions.  Only this module and those drivers read t
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
 import trio
 
 from . import _events as ev
-from ._state import State
-from ._supervisor import Supervisor
-from ._wire import CommandKind, Status
+from ._supervisor import Persisted, Supervisor
+from ._wire import Command, Status
 from .admin import serve_admin
 from .config import NodeConfig
 from .configure import load_key
 from .eventlog import EventLog
-from .link import PeerLink
+from .link import COMMAND_NAMES, PeerLink
 from .service_proc import ServiceRunner
 from .statefile import load_state, save_state
 
-log = logging.getLogger("vmha.node")
-
-COMMAND_KINDS = {"step_down": CommandKind.STEP_DOWN, "take_over": CommandKind.TAKE_OVER,
-                 "yield": CommandKind.YIELD}
-COMMAND_NAMES = {v: k for k, v in COMMAND_KINDS.items()}
+COMMAND_KINDS = {name: kind for kind, name in COMMAND_NAMES.items()}  # supervisor name -> wire
 
 
 def local_clock() -> ev.Tick:
@@ -164,11 +159,9 @@ class NodeManager:
         if isinstance(a, ev.SendStatus):
             self.link.send(self._status_frame())
         elif isinstance(a, ev.SendCommand):
-            from ._wire import Command
-
             self.link.send(Command(COMMAND_KINDS[a.kind], a.term, a.reason[:120]), important=True)
         elif isinstance(a, ev.PersistState):
-            save_state(self.state_path, self._persisted(a))
+            save_state(self.state_path, Persisted(term=a.term, last_contact_wall=a.last_contact_wall))
         elif isinstance(a, ev.ActivateService):
             # the lease's end on the host's monotonic clock: a service that reads this late
             # (starved of CPU) can never answer past it
@@ -198,11 +191,6 @@ class NodeManager:
         else:  # pragma: no cover - a new action without a driver is a bug
             raise TypeError(f"no driver for action {a!r}")
 
-    def _persisted(self, a: ev.PersistState):
-        from ._supervisor import Persisted
-
-        return Persisted(term=a.term, last_contact_wall=a.last_contact_wall)
-
     def _status_frame(self) -> Status:
         s = self.sup.status(trio.current_time())
         return Status(node=s.node, role=s.role, state=s.state, term=s.term, service=s.service,
@@ -226,7 +214,7 @@ class NodeManager:
 
 async def run_node(cfg: NodeConfig) -> int:
     events = EventLog(cfg.node.data_dir / "events.jsonl", cfg.node.name, level=cfg.log.level,
-                      console=__import__("sys").stderr if cfg.log.console else None)
+                      console=sys.stderr if cfg.log.console else None)
     try:
         nm = NodeManager(cfg, events)
         async with trio.open_nursery() as nursery:
@@ -246,4 +234,4 @@ def main_node(cfg: NodeConfig) -> int:
     return trio.run(run_node, cfg)
 
 
-__all__ = ["NodeManager", "run_node", "main_node", "State"]
+__all__ = ["NodeManager", "run_node", "main_node"]
