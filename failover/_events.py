@@ -124,7 +124,8 @@ class SendCommand:
 
 @dataclass(frozen=True)
 class PersistState:
-    """Write term and licence contact durably (fsync) before the next action runs."""
+    """Write the term reservation and the licence contact durably (fsync) before the next
+    action runs.  ``term``: no term at or below it may be taken again, even after a crash."""
 
     term: int
     last_contact_wall: float | None

@@ -5,6 +5,12 @@ reads: ``now`` is a monotonic time passed in by the driver, wall time arrives in
 Actions are returned in the order the driver must run them (``PersistState`` before
 ``ActivateService``: a term is durable before the node acts on it).
 
+Terms are made durable by reservation (a high-water mark, as in hi/lo sequence generators):
+the state file holds a term at or above every term this node has taken, and a node that
+restarts continues above it.  Taking a term inside the reservation needs no disk write;
+taking one beyond it first writes a new reservation ``TERM_RESERVE`` higher.  So the fsync
+is off the takeover path almost always, and a term is never reused after a crash.
+
 Decisions are level-triggered (Patroni's lesson): after every event the rules in
 ``_reconcile`` look at the whole view (own state, service, peer, mode, clocks) and decide.
 The rules come from the failover guide; docs/failover-rules.md maps each rule to its test.
@@ -18,6 +24,7 @@ from . import _events as ev
 from ._state import FailbackType, Mode, Role, ServiceHealth, State, Timing, next_term
 
 ACTIVE_STATES = (State.ACTIVATING, State.ACTIVE)
+TERM_RESERVE = 64  # terms reserved by one durable write
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class SupervisorConfig(Timing):
 
 @dataclass(frozen=True)
 class Persisted:
-    term: int = 0
+    term: int = 0  # reservation: no term at or below this is taken again
     last_contact_wall: float | None = None  # secondary only: last time the primary was heard
 
 
@@ -78,8 +85,9 @@ class Supervisor:
     def __init__(self, cfg: SupervisorConfig, *, now: float, persisted: Persisted = Persisted()):
         self.cfg = cfg
         self.state = State.STARTING
-        self.term = persisted.term  # the highest term this node has taken
+        self.term = persisted.term  # the highest term this node has taken (or reserved)
         self.highest_seen = persisted.term  # the highest term seen anywhere
+        self.reserved = persisted.term  # durable: terms up to here may be taken without a write
         self.mode = cfg.mode
         self.cause = "starting"
         self._start = now
@@ -236,7 +244,7 @@ class Supervisor:
             self._last_contact_wall = wall_now
             if self._contact_persisted_wall is None or wall_now - self._contact_persisted_wall > 3600:
                 self._contact_persisted_wall = wall_now
-                acts.append(ev.PersistState(self.term, wall_now))
+                acts.append(ev.PersistState(self.reserved, wall_now))
 
     def _on_PeerCommand(self, e: ev.PeerCommand, now: float, acts: list) -> None:
         if e.kind in ("step_down", "yield"):
@@ -432,7 +440,9 @@ class Supervisor:
         """Take a new term (durable first), tell the peer if asked, then activate the service."""
         new = next_term(self.cfg.role, max(self.term, self.highest_seen))
         self.term = self.highest_seen = new
-        acts.append(ev.PersistState(new, self._last_contact_wall))
+        if new > self.reserved:
+            self.reserved = new + TERM_RESERVE
+            acts.append(ev.PersistState(self.reserved, self._last_contact_wall))
         if tell_peer:
             acts.append(ev.SendCommand(tell_peer, new, cause))
         was_active = self.state in ACTIVE_STATES

@@ -32,6 +32,7 @@ class SimNode:
     sup: Supervisor
     service: FakeService = field(default_factory=FakeService)
     persisted_terms: list[int] = field(default_factory=list)
+    used_terms: set[int] = field(default_factory=set)
     refused: list[str] = field(default_factory=list)
     replies: list[ev.AdminReply] = field(default_factory=list)
     logs: list[ev.Log] = field(default_factory=list)
@@ -116,7 +117,8 @@ class Sim:
             prev = self.nodes.get(node)
             persisted = Persisted(term=prev.persisted_terms[-1] if prev and prev.persisted_terms else 0)
             sup = Supervisor(cfg, now=self.now, persisted=persisted)
-            n = SimNode(sup, persisted_terms=list(prev.persisted_terms) if prev else [])
+            n = SimNode(sup, persisted_terms=list(prev.persisted_terms) if prev else [],
+                        used_terms=set(prev.used_terms) if prev else set())
             self.nodes[node] = n
             self._run_actions(node, sup.start(self.now))
             return
@@ -156,16 +158,18 @@ class Sim:
     def _run_actions(self, node: str, acts: list) -> None:
         n = self.nodes[node]
         other = "b" if node == "a" else "a"
-        persisted_in_batch: set[int] = set()
         for a in acts:
             if isinstance(a, ev.PersistState):
                 if n.persisted_terms and a.term < n.persisted_terms[-1]:
                     raise InvariantError(f"{node}: term went backwards {n.persisted_terms[-1]} -> {a.term}")
                 n.persisted_terms.append(a.term)
-                persisted_in_batch.add(a.term)
             elif isinstance(a, ev.ActivateService):
-                if a.term not in persisted_in_batch:
-                    raise InvariantError(f"{node}: activated term {a.term} before persisting it")
+                if not n.persisted_terms or a.term > n.persisted_terms[-1]:
+                    raise InvariantError(f"{node}: activated term {a.term} beyond its durable "
+                                         f"reservation {n.persisted_terms[-1:]}")
+                if a.term in n.used_terms:
+                    raise InvariantError(f"{node}: term {a.term} taken twice")
+                n.used_terms.add(a.term)
                 if a.term % 2 != (0 if n.sup.cfg.role is Role.PRIMARY else 1):
                     raise InvariantError(f"{node}: term {a.term} has the wrong parity")
                 if ("peer silent" in n.sup.cause and self.link_up

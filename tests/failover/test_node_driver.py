@@ -113,7 +113,7 @@ async def test_heartbeats_go_out_every_ping_interval(tmp_path, autojump_clock):
 
 async def test_silent_peer_is_taken_over_exactly_at_the_timeout(tmp_path, autojump_clock):
     """Peer heard until t=1.0, then silent: the secondary activates at 1.0 + 6 x 0.1 s,
-    after writing its term to disk."""
+    with a term already covered by the reservation on disk."""
     async def script(nm, link, svc):
         start = trio.current_time()
         while trio.current_time() - start < 1.0:
@@ -127,7 +127,7 @@ async def test_silent_peer_is_taken_over_exactly_at_the_timeout(tmp_path, autoju
     assert len(activates) == 1
     t_act, msg = activates[0]
     assert t_act == pytest.approx(nm.t_last - 0.1 + 0.6, abs=1e-6)  # last heartbeat + timeout
-    assert msg["term"] == 3 and svc.term_on_disk_at_activate == [3]
+    assert msg["term"] == 3 and svc.term_on_disk_at_activate[0] >= 3
     log = [json.loads(x) for x in (tmp_path / "d" / "events.jsonl").read_text().splitlines()]
     assert any(r["event"] == "failover" and "peer silent" in r["message"] for r in log)
 
