@@ -4,6 +4,7 @@ exit is reported by the kernel; each start is a new *generation*, so the exit of
 supervisor already gave up on is never reported twice."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ class ServiceRunner:
         cmd = self.command()
         self.events.write("info", "service_start", f"starting messaging service ({reason})")
         try:
-            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL)
+            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL,
+                                                    preexec_fn=self._child_scheduling())
         except OSError as e:
             await self._report_exit(gen, f"could not start: {e}")
             return
@@ -62,6 +64,20 @@ class ServiceRunner:
         rc = await proc.wait()
         desc = f"exited with code {rc}" if rc >= 0 else f"killed by signal {-rc}"
         await self._report_exit(gen, f"process {proc.pid} {desc}")
+
+    def _child_scheduling(self):
+        """With ``realtime_priority`` the node manager runs SCHED_RR; its child would inherit
+        the same priority, and its start-up (imports: ~0.1 s of CPU) would then hold a core
+        against the node managers in round-robin slices.  The service runs one step below:
+        still ahead of ordinary load, never ahead of a node manager."""
+        prio = self.cfg.failover.realtime_priority
+        if prio <= 0:
+            return None
+        child = max(1, prio - 1)
+
+        def lower() -> None:  # runs in the child between fork and exec: one system call
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(child))
+        return lower
 
     async def _report_exit(self, gen: int, reason: str) -> None:
         if gen in self._reported or gen != self.generation:
