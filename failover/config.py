@@ -259,7 +259,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "default": Profile(0.1, 6, 0, "fails over 0.6 s after the last heartbeat; safe on any "
                        "switched LAN without special scheduling"),
-    "fast": Profile(0.02, 5, 10, "fails over 0.1 s after the last heartbeat; needs a quiet "
+    "fast": Profile(0.02, 6, 10, "fails over 0.12 s after the last heartbeat; needs a quiet "
                     "dedicated link and real-time scheduling so a busy CPU does not miss pings"),
     "guide": Profile(1.0, 30, 0, "the guide's defaults (Ping Interval 1000 ms, Missed Pings "
                      "Before Failover 30): fails over after 30 s, tolerates long network blips"),

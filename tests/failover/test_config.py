@@ -160,7 +160,7 @@ def test_parse_config_base_dir():
 
 
 @pytest.mark.parametrize("profile, ping, missed, rt", [
-    ("default", 0.1, 6, 0), ("fast", 0.02, 5, 10), ("guide", 1.0, 30, 0)])
+    ("default", 0.1, 6, 0), ("fast", 0.02, 6, 10), ("guide", 1.0, 30, 0)])
 def test_profile_presets(tmp_path, profile, ping, missed, rt):
     c = load_config(write(tmp_path, minimal(failover={"profile": profile})))
     assert (c.failover.ping_interval, c.failover.missed_pings, c.failover.realtime_priority) == (ping, missed, rt)
