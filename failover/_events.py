@@ -32,6 +32,15 @@ class PeerHeartbeat:
     calls: int = 0
 
 
+HEARTBEAT_FIELDS = ("node", "role", "state", "term", "service", "mode", "eligible", "licensed",
+                    "hold", "shutting_down", "calls")
+
+
+def heartbeat_from(obj) -> "PeerHeartbeat":
+    """A PeerHeartbeat from anything carrying its fields (a wire Status, a StatusView)."""
+    return PeerHeartbeat(**{name: getattr(obj, name) for name in HEARTBEAT_FIELDS})
+
+
 @dataclass(frozen=True)
 class PeerCommand:
     kind: str  # "step_down" | "yield" (step down and hold) | "take_over"

@@ -193,10 +193,7 @@ class PeerLink:
     async def _deliver(self, e) -> None:
         if isinstance(e, Status):
             self.counters["heartbeats_in"] += 1
-            await self.inbox.send(ev.PeerHeartbeat(
-                node=e.node, role=e.role, state=e.state, term=e.term, service=e.service, mode=e.mode,
-                eligible=e.eligible, licensed=e.licensed, hold=e.hold, shutting_down=e.shutting_down,
-                calls=e.calls))
+            await self.inbox.send(ev.heartbeat_from(e))
         elif isinstance(e, Command):
             self.counters["commands_in"] += 1
             await self.inbox.send(ev.PeerCommand(COMMAND_NAMES[e.kind], e.term, e.reason))

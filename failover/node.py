@@ -193,9 +193,8 @@ class NodeManager:
 
     def _status_frame(self) -> Status:
         s = self.sup.status(trio.current_time())
-        return Status(node=s.node, role=s.role, state=s.state, term=s.term, service=s.service,
-                      mode=s.mode, eligible=s.eligible, licensed=s.licensed, hold=s.hold,
-                      shutting_down=s.shutting_down, calls=min(s.calls, 65535),
+        fields = {name: getattr(s, name) for name in ev.HEARTBEAT_FIELDS}
+        return Status(**{**fields, "calls": min(s.calls, 65535)},
                       ports=min(len(self.service.ports), 65535), repl_pos=0,
                       ping_interval_ms=int(self.cfg.failover.ping_interval * 1000),
                       uptime_ms=int(s.uptime * 1000))

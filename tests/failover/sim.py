@@ -215,10 +215,7 @@ class Sim:
         self.check_invariants()
 
     def _heartbeat(self, node: str) -> ev.PeerHeartbeat:
-        s = self.nodes[node].sup.status(self.now)
-        return ev.PeerHeartbeat(node=s.node, role=s.role, state=s.state, term=s.term, service=s.service,
-                                mode=s.mode, eligible=s.eligible, licensed=s.licensed, hold=s.hold,
-                                shutting_down=s.shutting_down, calls=s.calls)
+        return ev.heartbeat_from(self.nodes[node].sup.status(self.now))
 
     # -------------------------------------------------------------- invariants and helpers
     def check_invariants(self) -> None:

@@ -450,3 +450,13 @@ def test_node_manager_restart_never_reuses_a_term():
         sim.run_until(sim.now + 0.1)
         assert sim.actives() == ["a"]
         assert sim.nodes["a"].sup.term > before
+
+
+def test_heartbeat_field_list_matches_the_event_and_the_wire_status():
+    import dataclasses
+
+    from failover._wire import Status
+
+    names = set(ev.HEARTBEAT_FIELDS)
+    assert names == {f.name for f in dataclasses.fields(ev.PeerHeartbeat)}
+    assert names <= {f.name for f in dataclasses.fields(Status)}
