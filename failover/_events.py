@@ -43,7 +43,7 @@ def heartbeat_from(obj) -> "PeerHeartbeat":
 
 @dataclass(frozen=True)
 class PeerCommand:
-    kind: str  # "step_down" | "yield" (step down and hold) | "take_over"
+    kind: str  # "step_down" | "yield" (step down and hold) | "take_over" | "hand_over" (asked)
     term: int
     reason: str
 
@@ -105,6 +105,15 @@ class ShutdownRequested:
 
 
 @dataclass(frozen=True)
+class ReplicationProgress:
+    """From the replication driver: ``pending`` changes (database entries and files) not yet
+    acknowledged by the peer, measured after every barrier up to ``barrier`` completed."""
+
+    pending: int
+    barrier: int
+
+
+@dataclass(frozen=True)
 class ActionFailed:
     action: object
     error: str
@@ -113,7 +122,7 @@ class ActionFailed:
 Event = (
     Tick | PeerHeartbeat | PeerCommand | ServiceStarted | ServiceHealthReport | ServiceActivated
     | ServiceDeactivated | ServiceFenced | ServiceExited | CallOffered | AdminRequest
-    | ShutdownRequested | ActionFailed
+    | ShutdownRequested | ReplicationProgress | ActionFailed
 )
 
 # --------------------------------------------------------------------------- actions
@@ -187,6 +196,14 @@ class AdminReply:
 
 
 @dataclass(frozen=True)
+class ReplicationBarrier:
+    """Planned handover: writes have stopped here; report (``ReplicationProgress``) what the
+    peer has not acknowledged yet, counting every change committed before this action."""
+
+    number: int
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # debug | info | warning | error
     event: str
@@ -201,5 +218,6 @@ class Exit:
 
 Action = (
     SendStatus | SendCommand | PersistState | StartService | KillService | ShutdownService
-    | ActivateService | RenewLease | DeactivateService | RefuseCall | AdminReply | Log | Exit
+    | ActivateService | RenewLease | DeactivateService | RefuseCall | AdminReply
+    | ReplicationBarrier | Log | Exit
 )

@@ -39,6 +39,7 @@ class SupervisorConfig(Timing):
     mode: Mode = Mode.AUTOMATIC
     call_takeover: bool = True
     handover_timeout: float = 2.0
+    handover_wait: float = 0.0  # planned handover: wait up to this long for replication (0: do not wait)
     drain_timeout: float = 300.0
     failback_type: FailbackType = FailbackType.MANUAL
     failback_window: tuple[float, float] | None = None  # (start, end) seconds after local midnight
@@ -114,6 +115,11 @@ class Supervisor:
         self._settle_until: float | None = None
         self.hold = False
         self.shutting_down = False
+        # planned handover waiting for replication: (cause, started, deadline, barrier)
+        self._handover: tuple[str, float, float, int] | None = None
+        self._barrier = 0  # last ReplicationBarrier asked for
+        self._barrier_done = 0  # last barrier the replication driver reported on
+        self.repl_pending: int | None = None  # changes the peer has not acknowledged
         # clocks from Tick
         self._wall: float | None = None
         self._wall_at: float = now
@@ -165,7 +171,8 @@ class Supervisor:
         if self.state is State.STOPPED:
             return None
         cands = [self._service_deadline, self._next_renew, self._activation_deadline, self._settle_until,
-                 self._quiet_until, self._drain_deadline, self._lease_expiry]
+                 self._quiet_until, self._drain_deadline, self._lease_expiry,
+                 self._handover[2] if self._handover else None]
         if self.state in (State.STARTING, State.INACTIVE, State.DRAINING):
             cands.append(self._peer_deadline())
         if self.cfg.role is Role.SECONDARY and self._last_contact_wall is None:
@@ -192,6 +199,7 @@ class Supervisor:
         handler(event, now, acts)
         if self.state is not State.STOPPED:
             self._check_service_deadline(now, acts)
+            self._check_handover(now, acts)
             self._reconcile(now, acts)
             self._timers(now, acts)
         self._last_now = now
@@ -273,6 +281,20 @@ class Supervisor:
                                    f"peer asked this node to take over ({e.reason}) but it is not eligible"))
                 return
             self._activate(now, acts, f"handover from peer: {e.reason}")
+        elif e.kind == "hand_over":
+            known = self.peer.term if self.peer else 0
+            if e.term < known:
+                acts.append(ev.Log("warning", "stale_command",
+                                   f"hand_over in term {e.term} refused: peer is known in term {known}"))
+                return
+            self._peer_said(now, self.peer.state if self.peer else State.INACTIVE, e.term)
+            if self.state not in ACTIVE_STATES or self._handover is not None:
+                return  # nothing to hand over, or already handing over
+            if not (self.peer and self.peer.eligible):
+                acts.append(ev.Log("error", "handover_refused",
+                                   f"peer asked for a handover ({e.reason}) but it is not eligible"))
+                return
+            self._hand_over(now, acts, e.reason)
         else:
             acts.append(ev.Log("error", "bad_command", f"unknown peer command {e.kind!r} ignored"))
 
@@ -395,6 +417,14 @@ class Supervisor:
                 acts.append(ev.AdminReply(e.request_id, False, "peer is not reachable; a takeover now "
                                           "could leave two active nodes (use --force)"))
                 return
+            if (peer_ok and not e.force and self.cfg.handover_wait > 0 and self.peer is not None
+                    and self.peer.state in ACTIVE_STATES):
+                # planned move: the active peer hands over once replication is complete
+                self.hold = False
+                acts.append(ev.SendCommand("hand_over", self.term, f"operator {e.kind}"))
+                acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: asked {self.cfg.peer_name} "
+                                          f"to hand over to {self.cfg.node} once replication is complete"))
+                return
             self._activate(now, acts, f"operator {e.kind}", tell_peer="yield")
             acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: {self.cfg.node} activating in term {self.term}"))
             return
@@ -410,6 +440,10 @@ class Supervisor:
             acts.append(ev.AdminReply(e.request_id, False, f"peer {self.cfg.peer_name} is not reachable "
                                       "or not eligible; nothing changed"))
             return
+        if self._handover is not None:
+            acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: already handing over to "
+                                      f"{self.cfg.peer_name}, waiting for replication"))
+            return
         self._hand_over(now, acts, f"operator {e.kind}")
         acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: handing over to {self.cfg.peer_name}"))
 
@@ -419,14 +453,22 @@ class Supervisor:
         acts.append(ev.Log("warning", "shutdown", f"shutdown requested ({e.signal})"))
         peer_ok = self.peer_fresh(now) and self.peer is not None and self.peer.eligible
         self.shutting_down = True
+        if self._handover is not None:
+            return  # already handing over: it goes on, then the drain, then the stop
         if self.state in ACTIVE_STATES and peer_ok:
             self._hand_over(now, acts, f"{self.cfg.node} shutting down")
+            if self._handover is not None:
+                return  # stays active until replication is complete
         elif self.state in ACTIVE_STATES:
             self._go_inactive(now, acts, "shutting down, no peer to hand over to", drain=True)
         if self.state is State.DRAINING:
             self._drain_deadline = now + self.cfg.drain_timeout
         else:
             self._stop(acts, "shutdown")
+
+    def _on_ReplicationProgress(self, e: ev.ReplicationProgress, now: float, acts: list) -> None:
+        self.repl_pending = e.pending
+        self._barrier_done = max(self._barrier_done, e.barrier)
 
     def _on_ActionFailed(self, e: ev.ActionFailed, now: float, acts: list) -> None:
         acts.append(ev.Log("error", "action_failed", f"{type(e.action).__name__} failed: {e.error}"))
@@ -438,6 +480,7 @@ class Supervisor:
     def _activate(self, now: float, acts: list, cause: str, tell_peer: str | None = None,
                   kind: str | None = None) -> None:
         """Take a new term (durable first), tell the peer if asked, then activate the service."""
+        self._handover = None
         new = next_term(self.cfg.role, max(self.term, self.highest_seen))
         self.term = self.highest_seen = new
         if new > self.reserved:
@@ -480,11 +523,57 @@ class Supervisor:
         acts.append(ev.SendStatus())
 
     def _hand_over(self, now: float, acts: list, cause: str) -> None:
-        """Planned move to the peer: stop new work here, then ask the peer to take over."""
+        """Planned move to the peer.  With ``handover_wait``: stay active (calls are still
+        answered; configuration writes are refused while ``handing_over``) until the peer has
+        acknowledged every change made before the barrier, or the wait ends; then stop new
+        work here and ask the peer to take over."""
+        if self.cfg.handover_wait <= 0:
+            self._finish_handover(now, acts, cause)
+            return
+        self._barrier += 1
+        self._handover = (cause, now, now + self.cfg.handover_wait, self._barrier)
+        acts.append(ev.Log("info", "handover_waiting", f"handing over to {self.cfg.peer_name} once "
+                           f"replication is complete (at most {self.cfg.handover_wait:g}s): {cause}"))
+        acts.append(ev.ReplicationBarrier(self._barrier))
+
+    @property
+    def handing_over(self) -> bool:
+        return self._handover is not None
+
+    def _finish_handover(self, now: float, acts: list, cause: str) -> None:
+        self._handover = None
         self._go_inactive(now, acts, f"handing over to {self.cfg.peer_name}: {cause}", drain=True)
         acts.append(ev.SendCommand("take_over", self.term, cause))
         self.hold = True
         self._quiet_until = now + self.cfg.handover_timeout
+
+    def _check_handover(self, now: float, acts: list) -> None:
+        """A planned handover waiting for replication: go when the peer has acknowledged
+        everything, or at the deadline; give up if the peer disappears (it is not waited for)."""
+        if self._handover is None:
+            return
+        cause, started, deadline, barrier = self._handover
+        waited = now - started
+        if self.state is not State.ACTIVE:  # fenced, stepped down or reactivating meanwhile
+            self._handover = None
+            return
+        if not (self.peer_fresh(now) and self.peer is not None and self.peer.eligible):
+            self._handover = None
+            acts.append(ev.Log("error", "handover_failed", f"peer lost while waiting {waited:.3f}s "
+                               f"for replication; {self.cfg.node} stays active"))
+            if self.shutting_down:
+                self._go_inactive(now, acts, "shutting down, no peer to hand over to", drain=True)
+            return
+        if self._barrier_done >= barrier and self.repl_pending == 0:
+            acts.append(ev.Log("info", "handover_replicated", f"replication complete after "
+                               f"{waited * 1000:.0f} ms: handing over", {"wait_s": round(waited, 3)}))
+            self._finish_handover(now, acts, cause)
+        elif now >= deadline:
+            pending = "unknown" if self._barrier_done < barrier else self.repl_pending
+            acts.append(ev.Log("warning", "handover_unreplicated", f"replication not complete after "
+                               f"{waited:.3f}s ({pending} changes not acknowledged by the peer): "
+                               "handing over anyway", {"wait_s": round(waited, 3), "pending": pending}))
+            self._finish_handover(now, acts, cause)
 
     def _stop(self, acts: list, cause: str) -> None:
         if self.service is not ServiceHealth.STOPPED:
@@ -553,7 +642,7 @@ class Supervisor:
                 self._both_active(now, acts, peer)
                 return
             if (st is State.ACTIVE and self.cfg.role is Role.SECONDARY and peer
-                    and self._failback_due() and self.mode is Mode.AUTOMATIC
+                    and self._handover is None and self._failback_due() and self.mode is Mode.AUTOMATIC
                     and peer.eligible and peer.state is State.INACTIVE):
                 self._hand_over(now, acts, "scheduled failback window")
             return

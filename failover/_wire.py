@@ -48,6 +48,7 @@ class CommandKind(IntEnum):
     STEP_DOWN = 1  # the sender took over in a newer term: stop being active
     TAKE_OVER = 2  # the sender (active) hands over: become active
     YIELD = 3  # like STEP_DOWN, and stay on hold (operator or scheduled move)
+    HAND_OVER = 4  # the sender (inactive) asks the active peer for a planned handover to it
 
 
 class _EnumField(Adapter):

@@ -20,7 +20,7 @@ from .config import NodeConfig
 from .eventlog import EventLog
 
 COMMAND_NAMES = {CommandKind.STEP_DOWN: "step_down", CommandKind.TAKE_OVER: "take_over",
-                 CommandKind.YIELD: "yield"}
+                 CommandKind.YIELD: "yield", CommandKind.HAND_OVER: "hand_over"}
 
 
 class PeerLink:

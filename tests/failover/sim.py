@@ -34,6 +34,7 @@ class SimNode:
     persisted_terms: list[int] = field(default_factory=list)
     used_terms: set[int] = field(default_factory=set)
     refused: list[str] = field(default_factory=list)
+    barriers: list[int] = field(default_factory=list)
     replies: list[ev.AdminReply] = field(default_factory=list)
     logs: list[ev.Log] = field(default_factory=list)
     exited: bool = False
@@ -204,6 +205,10 @@ class Sim:
                     self.at(self.now + self.LATENCY, other, "peer", ev.PeerCommand(a.kind, a.term, a.reason))
             elif isinstance(a, ev.RefuseCall):
                 n.refused.append(a.call_id)
+            elif isinstance(a, ev.ReplicationBarrier):  # replication finishes after _repl_delay
+                n.barriers.append(a.number)
+                self.at(self.now + self.cfg.get("_repl_delay", 0.05), node, "event",
+                        ev.ReplicationProgress(pending=0, barrier=a.number))
             elif isinstance(a, ev.AdminReply):
                 n.replies.append(a)
             elif isinstance(a, ev.Log):

@@ -228,6 +228,79 @@ def test_manual_failover_and_failback_with_calls_in_progress():
     assert sim.nodes["b"].sup.hold
 
 
+def test_planned_failover_waits_for_replication_then_hands_over():
+    """Guide: failover occurs after replication is complete (bounded wait, reported)."""
+    sim = booted(handover_wait=1.0, _repl_delay=0.3)
+    assert sim.admin("a", "failover").ok
+    sim.run_until(sim.now + 0.2)
+    assert sim.actives() == ["a"]  # a still answers calls; b waits for the take_over
+    assert sim.nodes["a"].sup.handing_over  # ... but configuration writes are refused
+    assert sim.nodes["a"].barriers == [1]
+    sim.run_until(sim.now + 0.2)
+    assert sim.actives() == ["b"]
+    logs = sim.logs("a", "handover_replicated")
+    assert logs and 0.29 <= logs[0].fields["wait_s"] <= 0.31
+    assert not sim.logs("a", "handover_unreplicated")
+
+
+def test_planned_failover_hands_over_at_the_deadline_when_replication_lags():
+    sim = booted(handover_wait=0.5, _repl_delay=5.0)
+    assert sim.admin("a", "failover").ok
+    sim.run_until(sim.now + 0.45)
+    assert sim.actives() == ["a"]
+    sim.run_until(sim.now + 0.15)
+    assert sim.actives() == ["b"]
+    (log,) = sim.logs("a", "handover_unreplicated")
+    assert log.fields["pending"] == "unknown" and log.fields["wait_s"] == 0.5
+
+
+def test_pending_changes_keep_the_handover_waiting():
+    sim = booted(handover_wait=1.0, _repl_delay=10.0)
+    a = sim.nodes["a"].sup
+    assert sim.admin("a", "failover").ok
+    sim.run_until(sim.now + 0.1)
+    sim.at(sim.now, "a", "event", ev.ReplicationProgress(pending=3, barrier=1))
+    sim.run_until(sim.now + 0.1)
+    assert sim.actives() == ["a"] and a.repl_pending == 3
+    sim.at(sim.now, "a", "event", ev.ReplicationProgress(pending=0, barrier=1))
+    sim.run_until(sim.now + 0.05)
+    assert sim.actives() == ["b"]
+
+
+def test_a_dead_peer_is_not_waited_for():
+    sim = booted(handover_wait=5.0, _repl_delay=60.0)
+    assert sim.admin("a", "failover").ok
+    sim.run_until(sim.now + 0.05)
+    sim.link_up = False
+    sim.run_until(sim.now + TIMEOUT + 0.3)
+    assert sim.logs("a", "handover_failed")
+    assert sim.nodes["a"].sup.state is State.ACTIVE and not sim.nodes["a"].sup.handing_over
+
+
+def test_operator_command_on_the_inactive_node_asks_the_active_one_to_hand_over():
+    sim = booted(handover_wait=1.0, _repl_delay=0.2)
+    assert sim.admin("a", "failover").ok
+    sim.run_until(sim.now + 0.5)
+    assert sim.actives() == ["b"]
+    reply = sim.admin("a", "failback")  # asked on the inactive primary
+    assert reply.ok and "asked b to hand over" in reply.message
+    sim.run_until(sim.now + 0.1)
+    assert sim.actives() == ["b"] and sim.nodes["b"].sup.handing_over  # waiting for replication
+    sim.run_until(sim.now + 0.2)
+    assert sim.actives() == ["a"]
+    assert sim.nodes["b"].sup.hold and not sim.nodes["a"].sup.hold
+    assert sim.logs("b", "handover_replicated")
+
+
+def test_shutdown_of_the_active_node_waits_for_replication_before_exiting():
+    sim = booted(handover_wait=1.0, _repl_delay=0.3)
+    sim.at(sim.now, "a", "event", ev.ShutdownRequested("SIGTERM"))
+    sim.run_until(sim.now + 0.2)
+    assert not sim.nodes["a"].exited and sim.actives() == ["a"]
+    sim.run_until(sim.now + 0.3)
+    assert sim.nodes["a"].exited and sim.actives() == ["b"]
+
+
 def test_failover_refused_when_peer_unreachable():
     sim = booted()
     sim.link_up = False
