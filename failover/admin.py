@@ -15,7 +15,8 @@ from telephony._control import NEED_DATA, Closed, ControlConnection, ControlErro
 if TYPE_CHECKING:
     from .node import NodeManager
 
-MAX_REQUEST = 4096
+MAX_REQUEST = 1 << 20  # a configuration write may carry many rows
+IDLE_TIMEOUT = 30.0  # seconds a connection may wait for its next request
 
 
 async def open_unix_listener(path: Path, backlog: int = 16) -> trio.SocketListener:
@@ -38,19 +39,20 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
     task_status.started()
 
     async def handle(stream: trio.SocketStream) -> None:
+        # one JSON request line, one reply line; a client may send further requests on the
+        # same connection (each answered in order) and closes it when done
         codec = ControlConnection(max_line=MAX_REQUEST)
         try:
-            with trio.move_on_after(10):
-                while True:
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT) as idle:
                     msg = codec.next_event()
-                    if msg is NEED_DATA:
-                        codec.receive_data(await stream.receive_some(4096))
-                        continue
-                    if isinstance(msg, Closed):
-                        return
-                    reply = await answer(nm, msg)
-                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    while msg is NEED_DATA:
+                        codec.receive_data(await stream.receive_some(65536))
+                        msg = codec.next_event()
+                if idle.cancelled_caught or isinstance(msg, Closed):
                     return
+                reply = await answer(nm, msg)
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
         except (trio.BrokenResourceError, OSError, ControlProtocolError):
             return
         finally:
@@ -77,7 +79,63 @@ async def answer(nm: "NodeManager", msg) -> dict:
     if op == "mode":
         r = await nm.request("mode", arg=str(msg.get("mode", "")))
         return {"ok": r.ok, "message": r.message}
-    return {"ok": False, "error": f"unknown request {op!r}: status, failover, failback, mode"}
+    if op in DB_OPS:
+        return await _db(nm, op, msg)
+    return {"ok": False, "error": f"unknown request {op!r}: status, failover, failback, mode, "
+            + ", ".join(DB_OPS)}
+
+
+DB_OPS = ("db_write", "db_get", "db_list", "db_conflicts")
+
+
+async def _db(nm: "NodeManager", op: str, msg: dict) -> dict:
+    """Configuration database requests: writes only on the active node, reads anywhere."""
+    from .configdb import ConfigDB, ConfigDBError
+
+    try:
+        if op == "db_write":
+            ops = msg.get("ops")
+            if not isinstance(ops, list) or not ops:
+                return {"ok": False, "error": "db_write needs \"ops\": a non-empty list"}
+            return await nm.db_write(ops)
+        if op == "db_conflicts":
+            limit = msg.get("limit", 100)
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000:
+                return {"ok": False, "error": "limit must be an integer from 1 to 10000"}
+            return {"ok": True, "conflicts": await nm.repl.call(ConfigDB.conflicts, limit),
+                    "count": await nm.repl.call(ConfigDB.conflict_count)}
+        table = msg.get("table")
+        if not isinstance(table, str):
+            return {"ok": False, "error": f"{op} needs \"table\""}
+        if op == "db_get":
+            row = await nm.repl.call(ConfigDB.get, table, msg.get("key"))
+            return {"ok": True, "row": row}
+        return {"ok": True, "rows": await nm.repl.call(ConfigDB.list, table)}
+    except ConfigDBError as e:
+        return {"ok": False, "error": str(e)}
+
+
+class AdminClient:
+    """A blocking admin connection for several requests in a row (benchmarks, scripts)."""
+
+    def __init__(self, path: Path, timeout: float = 10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self._buf = b""
+
+    def request(self, request: dict) -> dict:
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("node manager closed the admin connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def admin_request(path: Path, request: dict, timeout: float = 10.0) -> dict:

@@ -67,7 +67,28 @@ def format_status(st: dict) -> str:
               f"{sum(v for k, v in p['link'].items() if k.startswith('dropped_'))}",
               f"failover after {s['takeover_after_s']} s of silence ({s['missed_pings']} x "
               f"{s['ping_interval_s'] * 1000:.0f} ms), lease {s['lease_s']} s, failback {s['failback']}"]
+    lines += _format_replication(st.get("replication"))
     return "\n".join(lines)
+
+
+def _format_replication(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    d = r["db"]
+    lag = "?" if d["lag_changes"] is None else d["lag_changes"]
+    behind = "?" if d["behind_changes"] is None else d["behind_changes"]
+    out = [f"database: log {d['head_seq']}, peer has acknowledged up to "
+           f"{'?' if d['peer_acked_seq'] is None else d['peer_acked_seq']} (lag {lag}); applied from "
+           f"the peer {d['applied_seq']} (behind {behind}); checksum {d['checksum']}"
+           + ("  DIVERGED" if d["diverged"] else "") + (f"  PAUSED: {d['paused']}" if d["paused"] else "")
+           + (f"; {d['conflicts']} conflicts (vmha db conflicts)" if d["conflicts"] else "")]
+    if not r["enabled"]:
+        return out + ["replication: disabled"]
+    f = r.get("files") or {}
+    out.append(f"files: {f.get('files', '?')} files, {f.get('pending', '?')} pending"
+               + (f", {f['conflicts']} conflicts" if f.get("conflicts") else "")
+               + (f", paused: {f['paused']}" if f.get("paused") else ""))
+    return out
 
 
 def cmd_status(args) -> int:
@@ -92,6 +113,46 @@ def cmd_move(args) -> int:
         return EXIT_NOT_RUNNING
     print(reply.get("message") or reply.get("error"))
     return 0 if reply.get("ok") else 1
+
+
+def _db_request(args) -> dict:
+    def parse_json(text: str, what: str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"vmha db: {what} is not JSON: {e}")
+
+    a = args.db_cmd
+    if a == "put":
+        return {"op": "db_write", "ops": [{"op": "put", "table": args.table,
+                                           "row": parse_json(args.row, "the row")}]}
+    if a == "delete":
+        return {"op": "db_write", "ops": [{"op": "delete", "table": args.table, "key": args.key}]}
+    if a == "apply":
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        except OSError as e:
+            raise SystemExit(f"vmha db apply: {e}")
+        return {"op": "db_write", "ops": parse_json(text, args.file)}
+    if a == "get":
+        return {"op": "db_get", "table": args.table, "key": args.key}
+    if a == "list":
+        return {"op": "db_list", "table": args.table}
+    return {"op": "db_conflicts", "limit": args.limit}
+
+
+def cmd_db(args) -> int:
+    cfg = _config(args)
+    reply = _admin(cfg, _db_request(args))
+    if reply is None:
+        print(f"vmha db: node manager of {cfg.node.name} is not running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not reply.get("ok"):
+        print(f"vmha db: {reply.get('error')}", file=sys.stderr)
+        return 1
+    out = {k: v for k, v in reply.items() if k != "ok"}
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
 
 
 def cmd_events(args) -> int:
@@ -135,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="even if the peer cannot be reached")
     p = sub.add_parser("mode", parents=[conf], help="switch the node manager to manual or automatic")
     p.add_argument("mode", choices=("manual", "automatic"))
+    p = sub.add_parser("db", parents=[conf], help="the replicated configuration database "
+                       "(writes only on the active node)")
+    dbs = p.add_subparsers(dest="db_cmd", required=True)
+    q = dbs.add_parser("put", parents=[conf], help="insert or update a row: TABLE JSON-OBJECT")
+    q.add_argument("table")
+    q.add_argument("row")
+    q = dbs.add_parser("delete", parents=[conf], help="delete a row by its key")
+    q.add_argument("table")
+    q.add_argument("key")
+    q = dbs.add_parser("apply", parents=[conf], help="apply a JSON list of operations in one "
+                       'transaction ([{"op": "put"|"delete", "table": ..., "row"|"key": ...}])')
+    q.add_argument("file", help="file name, - for standard input")
+    q = dbs.add_parser("get", parents=[conf], help="show one row")
+    q.add_argument("table")
+    q.add_argument("key")
+    q = dbs.add_parser("list", parents=[conf], help="list a table")
+    q.add_argument("table")
+    q = dbs.add_parser("conflicts", parents=[conf], help="changes that lost a conflict (primary wins)")
+    q.add_argument("--limit", type=int, default=100)
     p = sub.add_parser("events", parents=[conf], help="show the event log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -152,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_configure(None, argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"node": cmd_node, "status": cmd_status, "failover": cmd_move, "failback": cmd_move,
-                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo}
+                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo, "db": cmd_db}
     return handlers[args.cmd](args)
 
 

@@ -24,7 +24,7 @@ from ._state import FailbackType, Mode, Role, Timing
 __all__ = [
     "Address", "ConfigError", "Problem", "NodeConfig", "NodeSection", "LinkSection",
     "FailoverSection", "FailbackSection", "LicenceSection", "ServiceSection", "LoopbackPorts",
-    "PortsSection", "AdminSection", "LogSection", "Profile", "PROFILES", "GuideSetting",
+    "PortsSection", "AdminSection", "LogSection", "ReplicationSection", "DatabaseSection", "Profile", "PROFILES", "GuideSetting",
     "guide_settings", "SCHEMA", "DEFAULT_LINK_PORT", "load_config", "parse_config",
     "parse_address", "check_node_name", "settings_that_must_match", "MUST_MATCH",
 ]
@@ -223,6 +223,21 @@ def _clock(v: Any, ctx: _Ctx) -> _dt.time:
     return _dt.time(int(m[1]), int(m[2]))
 
 
+_DIR_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def _dir_list(v: Any, ctx: _Ctx) -> tuple[str, ...]:
+    if not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+        raise _Bad(f"expected an array of directory names, {_got(v)}")
+    for name in v:
+        if not _DIR_NAME.fullmatch(name) or name.startswith(".vmha") or name in (".", ".."):
+            raise _Bad(f"{name!r} is not a plain directory name (letters, digits, _ . -; "
+                       "one level, relative to replication.files_root)")
+    if len(set(v)) != len(v):
+        raise _Bad(f"a directory is listed twice, {_got(v)}")
+    return tuple(v)
+
+
 def _command(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     if not (isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)):
         raise _Bad(f"expected a non-empty array of non-empty strings, {_got(v)}")
@@ -353,6 +368,22 @@ SCHEMA: dict[str, dict[str, _K]] = {
     "admin": {
         "socket": _K(_path, None),  # <data_dir>/run/admin.sock
     },
+    "database": {
+        "path": _K(_path, None),  # <data_dir>/config.db
+    },
+    "replication": {
+        "enabled": _K(_bool, True),
+        "listen": _K(_Addr(), None),  # link.listen host, link port + 1
+        "peer": _K(_Addr(wildcard=False), None),  # link.peer host, port + 1
+        "handover_wait": _K(_Num(0, 3600), 10.0),
+        "files_root": _K(_path, None),  # <data_dir>/files
+        "directories": _K(_dir_list, ["prompts", "streams", "support", "spool"]),
+        "batch_delay": _K(_Num(0, 3600), 0.0),
+        "sweep_interval": _K(_Num(0.05, 86400), 60.0),
+        "max_frame": _K(_Num(65536, 64 * 1024 * 1024, integer=True), 4 * 1024 * 1024),
+        "log_keep": _K(_Num(0, 10_000_000, integer=True), 1000),
+        "log_max": _K(_Num(100, 100_000_000, integer=True), 100_000),
+    },
     "log": {
         "level": _K(_Choice({s: s for s in ("debug", "info", "warning", "error")}), "info"),
         "console": _K(_bool, True),
@@ -470,6 +501,26 @@ class AdminSection:
 
 
 @dataclass(frozen=True)
+class DatabaseSection:
+    path: Path
+
+
+@dataclass(frozen=True)
+class ReplicationSection:
+    enabled: bool
+    listen: Address
+    peer: Address
+    handover_wait: float
+    files_root: Path
+    directories: tuple[str, ...]
+    batch_delay: float
+    sweep_interval: float
+    max_frame: int
+    log_keep: int
+    log_max: int
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str
     console: bool
@@ -487,6 +538,8 @@ class NodeConfig:
     ports: PortsSection
     admin: AdminSection
     log: LogSection
+    database: DatabaseSection
+    replication: ReplicationSection
 
     @property
     def peer_timeout(self) -> float:
@@ -524,6 +577,7 @@ class NodeConfig:
             licence_after_contact=self.licence.after_contact_limit,
             health_timeout=self.service.health_timeout, start_timeout=self.service.start_timeout,
             max_restarts=self.service.max_restarts, restart_window=self.service.restart_window,
+            handover_wait=self.replication.handover_wait if self.replication.enabled else 0.0,
         )
 
 
@@ -629,7 +683,22 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         ports=PortsSection(LoopbackPorts(**v["ports.loopback"])),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
         log=LogSection(**v["log"]),
+        database=DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
+        replication=_replication(v["replication"], v["link"], data_dir),
     )
+
+
+def _next_port(a: Address) -> Address:
+    return Address(a.host, a.port + 1 if a.port < 65535 else a.port)
+
+
+def _replication(r: dict, link: dict, data_dir: Path) -> ReplicationSection:
+    return ReplicationSection(**{
+        **r,
+        "listen": r["listen"] or _next_port(link["listen"]),
+        "peer": r["peer"] or _next_port(link["peer"]),
+        "files_root": r["files_root"] or data_dir / "files",
+    })
 
 
 def _cross_checks(c: NodeConfig) -> list[Problem]:
@@ -670,6 +739,15 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
     elif lb.listen is not None and lb.listen.port == 0:
         out.append(Problem("ports.loopback.listen", "port 0 (ephemeral) is not allowed: "
                            "give an explicit port from 1 to 65535"))
+    r = c.replication
+    if r.enabled:
+        for key, a, b in (("replication.listen", r.listen, c.link.listen),
+                          ("replication.peer", r.peer, c.link.peer)):
+            if a == b:
+                out.append(Problem(key, f"{a} is the node link's address; replication needs its "
+                                        "own port (default: the link port + 1)"))
+        if r.listen.port == 0:
+            out.append(Problem("replication.listen", "port 0 (ephemeral) is not allowed"))
     for key, sock in (("admin.socket", c.admin.socket), ("node.data_dir", c.control_socket)):
         if len(os.fsencode(str(sock))) > _SUN_PATH_MAX:
             out.append(Problem(key, f"the socket path {str(sock)!r} is longer than "
@@ -682,12 +760,16 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
 MUST_MATCH: tuple[str, ...] = (
     "failover.ping_interval", "failover.missed_pings", "failback.type", "failback.window_start",
     "failback.window_end", "licence.no_contact_limit", "licence.after_contact_limit",
+    "replication.enabled", "replication.directories", "replication.handover_wait",
+    "replication.max_frame",
 )
 
 
 def _get(c: NodeConfig, dotted: str) -> Any:
     section, key = dotted.split(".")
     v = getattr(getattr(c, section), key)
+    if isinstance(v, tuple):
+        return list(v)
     if isinstance(v, (Role, Mode, FailbackType)):
         return v.name.lower()
     if isinstance(v, _dt.time):
@@ -712,10 +794,13 @@ def settings_that_must_match(a: NodeConfig, b: NodeConfig) -> list[str]:
         if x.link.peer_name != y.node.name:
             out.append(f"link.peer_name: {x.node.name} expects its peer to be "
                        f"{x.link.peer_name!r} but the other node is {y.node.name!r}")
-        dial, lis = x.link.peer, y.link.listen
-        if dial.port != lis.port or (dial.is_ip and lis.is_ip and not lis.is_wildcard
-                                     and ipaddress.ip_address(dial.host) != ipaddress.ip_address(lis.host)):
-            out.append(f"link.peer: {x.node.name} dials {dial} but {y.node.name} listens on {lis}")
+        pairs = [("link.peer", x.link.peer, y.link.listen)]
+        if x.replication.enabled and y.replication.enabled:
+            pairs.append(("replication.peer", x.replication.peer, y.replication.listen))
+        for key, dial, lis in pairs:
+            if dial.port != lis.port or (dial.is_ip and lis.is_ip and not lis.is_wildcard
+                                         and ipaddress.ip_address(dial.host) != ipaddress.ip_address(lis.host)):
+                out.append(f"{key}: {x.node.name} dials {dial} but {y.node.name} listens on {lis}")
     for key in MUST_MATCH:
         va, vb = _get(a, key), _get(b, key)
         if va != vb:

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 import trio
 
 from . import _events as ev
-from ._supervisor import Persisted, Supervisor
+from ._state import State
+from ._supervisor import ACTIVE_STATES, Persisted, Supervisor
 from ._wire import Command, Status
 from .admin import serve_admin
 from .config import NodeConfig
+from .configdb import ConfigDBError
 from .configure import load_key
 from .eventlog import EventLog
 from .link import COMMAND_NAMES, PeerLink
+from .replication import Replication
 from .service_proc import ServiceRunner
 from .statefile import load_state, save_state
 
@@ -47,14 +50,19 @@ class NodeManager:
     exit_code: int | None = None
     link: object = None  # PeerLink; tests may pass a stand-in with send()/stats()/run()
     service: object = None  # ServiceRunner; likewise
+    repl: object = None  # Replication (the configuration database and replication); likewise
 
     def __post_init__(self) -> None:
         self.state_path = self.cfg.node.data_dir / "state.json"
         persisted = load_state(self.state_path)
         self.sup = Supervisor(self.cfg.supervisor_config(), now=trio.current_time(), persisted=persisted)
         self.inbox_send, self.inbox = trio.open_memory_channel(1024)
+        need_key = self.link is None or (self.repl is None and self.cfg.replication.enabled)
+        psk = load_key(self.cfg.node.key_file) if need_key else b""
         if self.link is None:
-            self.link = PeerLink(self.cfg, load_key(self.cfg.node.key_file), self.inbox_send, self.events)
+            self.link = PeerLink(self.cfg, psk, self.inbox_send, self.events)
+        if self.repl is None:
+            self.repl = Replication(self.cfg, psk, self.events, self.inbox_send)
         if self.service is None:
             self.service = ServiceRunner(self.cfg, self.inbox_send, self.events)
         self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
@@ -76,6 +84,31 @@ class NodeManager:
             return ev.AdminReply(rid, False, "node manager did not answer in 5 s")
         return reply
 
+    def write_refusal(self) -> str | None:
+        """Why a configuration write is refused here now (None: accepted)."""
+        sup = self.sup
+        if sup.state is State.ACTIVE and not sup.handing_over:
+            return None
+        peer = sup.peer
+        if sup.handing_over:
+            return (f"{self.cfg.node.name} is handing over to {self.cfg.link.peer_name}: "
+                    "configuration writes are refused until the handover is done; write on "
+                    f"{self.cfg.link.peer_name}")
+        if peer is not None and sup.peer_fresh(trio.current_time()) and peer.state in ACTIVE_STATES:
+            return (f"{self.cfg.node.name} is {sup.state.label}; the active node is "
+                    f"{peer.node}: write there")
+        return f"{self.cfg.node.name} is {sup.state.label} and no active node is known: nothing written"
+
+    async def db_write(self, ops: list) -> dict:
+        why = self.write_refusal()
+        if why is not None:
+            return {"ok": False, "error": why}
+        try:
+            res = await self.repl.write(self.sup.term, ops)
+        except ConfigDBError as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": True, "seq": res.seq, "term": res.term, "changes": res.changes}
+
     def status_dict(self) -> dict:
         now = trio.current_time()
         s = self.sup.status(now)
@@ -95,8 +128,7 @@ class NodeManager:
                      "last_heartbeat_age_s": None if s.peer_heartbeat_age is None
                      else round(s.peer_heartbeat_age, 3),
                      "link": self.link.stats()},
-            "replication": {"position": 0, "peer_position": None, "lag_changes": None,
-                            "note": "replication arrives with issue 3"},
+            "replication": self.repl.stats(),
             "ports": self.service.ports,
             "calls_in_progress": s.calls,
             "settings": {"ping_interval_s": self.cfg.failover.ping_interval,
@@ -112,6 +144,7 @@ class NodeManager:
         self._set_priority()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            await nursery.start(self.repl.run)
             await nursery.start(self.link.run)
             await nursery.start(self.service.serve_control)
             await nursery.start(serve_admin, self)
@@ -142,6 +175,7 @@ class NodeManager:
                               f"{event.reason}")
         actions = self.sup.handle(event, now)
         await self._run_actions(actions)
+        self.repl.update(self.sup.state, self.sup.term, self.sup.mode)
 
     async def _run_actions(self, actions: list[ev.Action]) -> None:
         for i, a in enumerate(actions):
@@ -184,6 +218,11 @@ class NodeManager:
             waiter = self._admin_waiters.pop(a.request_id, None)
             if waiter is not None:
                 waiter.send_nowait(a)
+        elif isinstance(a, ev.ReplicationBarrier):
+            if self.cfg.replication.enabled:
+                self.nursery.start_soon(self.repl.barrier, a.number)
+            else:
+                self.inbox_send.send_nowait(ev.ReplicationProgress(pending=0, barrier=a.number))
         elif isinstance(a, ev.Log):
             self.events.write(a.level, a.event, a.message, a.fields or None)
         elif isinstance(a, ev.Exit):
@@ -195,7 +234,7 @@ class NodeManager:
         s = self.sup.status(trio.current_time())
         fields = {name: getattr(s, name) for name in ev.HEARTBEAT_FIELDS}
         return Status(**{**fields, "calls": min(s.calls, 65535)},
-                      ports=min(len(self.service.ports), 65535), repl_pos=0,
+                      ports=min(len(self.service.ports), 65535), repl_pos=self.repl.head,
                       ping_interval_ms=int(self.cfg.failover.ping_interval * 1000),
                       uptime_ms=int(s.uptime * 1000))
 

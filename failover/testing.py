@@ -212,37 +212,43 @@ class Node:
 
 
 class Pair:
-    """Two nodes on loopback.  With ``relay=True`` each node link direction goes through a
-    TcpRelay, so the test can cut and heal the link."""
+    """Two nodes on loopback.  With ``relay=True`` each node link direction and each node's
+    replication listener is reached through a TcpRelay, so the test can cut and heal the
+    network between the nodes (``cut()`` cuts both, like a pulled cable)."""
 
     def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default", extra: dict | None = None):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         la, lb = free_port(), free_port()
+        rla, rlb = free_port(), free_port()  # replication listeners
         self.loop_a, self.loop_b = free_port(), free_port()
         self.relays: list[TcpRelay] = []
         if relay:
             ra, rb = TcpRelay(la), TcpRelay(lb)  # dial ra to reach a, rb to reach b
-            self.relays = [ra, rb]
+            rra, rrb = TcpRelay(rla), TcpRelay(rlb)
+            self.relays = [ra, rb, rra, rrb]
             dial_a, dial_b = ra.listen_port, rb.listen_port
+            rdial_a, rdial_b = rra.listen_port, rrb.listen_port
         else:
             dial_a, dial_b = la, lb
+            rdial_a, rdial_b = rla, rlb
         write_pair(self.dir, "a", "b", f"127.0.0.1:{la}", f"127.0.0.1:{lb}", "data",
                    loopback_ports=(self.loop_a, self.loop_b), profile=profile, force=True)
-        self._patch(self.dir / "primary.toml", la, dial_b, extra)
-        self._patch(self.dir / "secondary.toml", lb, dial_a, extra)
+        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra)
+        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra)
         self.a = Node("a", self.dir / "primary.toml", self.dir / "a.log")
         self.b = Node("b", self.dir / "secondary.toml", self.dir / "b.log")
 
     @staticmethod
-    def _patch(path: Path, listen: int, peer: int, extra: dict | None) -> None:
+    def _patch(path: Path, link: tuple[int, int], repl: tuple[int, int], extra: dict | None) -> None:
         import tomllib
 
         import tomli_w
 
         data = tomllib.loads(path.read_text())
-        data["link"]["listen"] = f"127.0.0.1:{listen}"
-        data["link"]["peer"] = f"127.0.0.1:{peer}"
+        data["link"]["listen"] = f"127.0.0.1:{link[0]}"
+        data["link"]["peer"] = f"127.0.0.1:{link[1]}"
+        data.setdefault("replication", {}).update(listen=f"127.0.0.1:{repl[0]}", peer=f"127.0.0.1:{repl[1]}")
         for section, values in (extra or {}).items():
             data.setdefault(section, {}).update(values)
         path.write_text(tomli_w.dumps(data))

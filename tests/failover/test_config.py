@@ -114,6 +114,11 @@ FULL = {
     "ports": {"loopback": {"enabled": True, "listen": "127.0.0.1:3672", "count": 8}},
     "admin": {"socket": "/run/vmha/admin.sock"},
     "log": {"level": "debug", "console": False},
+    "database": {"path": "/srv/vmha/db/config.db"},
+    "replication": {"enabled": True, "listen": "[fd00::2]:3701", "peer": "ums-a.cluster.example:3701",
+                    "handover_wait": 30, "files_root": "/srv/vmha/shared", "directories": ["prompts", "spool"],
+                    "batch_delay": 0.5, "sweep_interval": 300, "max_frame": 1048576, "log_keep": 50,
+                    "log_max": 2000},
 }
 
 
@@ -140,6 +145,42 @@ def test_full_config(tmp_path):
     assert c.service.command == ("/usr/bin/python3", "-m", "telephony.service")
     assert c.ports.loopback.count == 8 and c.admin.socket == Path("/run/vmha/admin.sock")
     assert (c.log.level, c.log.console) == ("debug", False)
+    r = c.replication
+    assert c.database.path == Path("/srv/vmha/db/config.db")
+    assert (r.listen, r.peer) == (Address("fd00::2", 3701), Address("ums-a.cluster.example", 3701))
+    assert (r.handover_wait, r.files_root, r.directories) == (30.0, Path("/srv/vmha/shared"), ("prompts", "spool"))
+    assert (r.batch_delay, r.sweep_interval, r.max_frame, r.log_keep, r.log_max) == (0.5, 300.0, 1048576, 50, 2000)
+    assert c.supervisor_config().handover_wait == 30.0
+
+
+def test_replication_defaults_follow_the_link(tmp_path):
+    c = load_config(write(tmp_path, minimal()))
+    r = c.replication
+    assert r.enabled and r.listen.port == c.link.listen.port + 1 and r.peer.port == c.link.peer.port + 1
+    assert r.listen.host == c.link.listen.host and r.peer.host == c.link.peer.host
+    assert r.files_root == c.node.data_dir / "files" and c.database.path == c.node.data_dir / "config.db"
+    assert r.directories == ("prompts", "streams", "support", "spool") and r.handover_wait == 10.0
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"directories": ["../etc"]}, "replication.directories"),
+    ({"directories": ["a", "a"]}, "replication.directories"),
+    ({"directories": [".vmha-tmp"]}, "replication.directories"),
+    ({"directories": "prompts"}, "replication.directories"),
+    ({"max_frame": 1000}, "replication.max_frame"),
+    ({"handover_wait": -1}, "replication.handover_wait"),
+    ({"listen": "127.0.0.1:0"}, "replication.listen"),
+])
+def test_bad_replication_settings_name_the_key(tmp_path, bad, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, minimal(replication=bad)))
+    assert e.value.key == key
+
+
+def test_replication_must_not_share_the_link_port(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, minimal(replication={"listen": "0.0.0.0:3653"})))
+    assert e.value.key == "replication.listen"
 
 
 def test_relative_paths_are_relative_to_the_toml_file(tmp_path, monkeypatch):
@@ -472,14 +513,23 @@ def test_not_a_pair():
     b["link"]["peer"] = "10.0.0.1:3999"
     out = settings_that_must_match(*pair(a, b))
     keys = [x.split(":")[0] for x in out]
-    assert keys == ["node.role", "link.peer_name", "link.peer"], out
+    # replication.peer follows link.peer (port + 1), so it is wrong too
+    assert keys == ["node.role", "link.peer_name", "link.peer", "replication.peer"], out
 
 
 def test_peer_must_dial_the_listen_address():
     a, b = pair_docs()
     b["link"]["listen"] = "10.0.0.9:3653"
     out = settings_that_must_match(*pair(a, b))
-    assert out == ["link.peer: ums-a dials 10.0.0.2:3653 but ums-b listens on 10.0.0.9:3653"]
+    assert out == ["link.peer: ums-a dials 10.0.0.2:3653 but ums-b listens on 10.0.0.9:3653",
+                   "replication.peer: ums-a dials 10.0.0.2:3654 but ums-b listens on 10.0.0.9:3654"]
+
+
+def test_replication_directories_must_match():
+    a, b = pair_docs()
+    b["replication"] = {"directories": ["prompts"]}
+    out = settings_that_must_match(*pair(a, b))
+    assert len(out) == 1 and out[0].startswith("replication.directories: ums-a has ['prompts', "), out
 
 
 def test_supervisor_config():

@@ -76,6 +76,7 @@ def make_cfg(tmp_path, role="secondary"):
                  "key_file": str(tmp_path / "k")},
         "link": {"listen": "127.0.0.1:1", "peer": "127.0.0.1:2", "peer_name": "a" if role == "secondary" else "b"},
         "ports": {"loopback": {"enabled": False}},
+        "replication": {"enabled": False},  # the replication driver has its own tests
     }
     return parse_config(data, str(tmp_path / "node.toml"))
 
