@@ -22,6 +22,10 @@ file     ``--files`` greetings of 200 KB written (temp file + rename) into the a
 catchup  the replication relays are cut (the node link stays up, so nobody fails over), 10,000
          changes are written on the active node, the relays are healed; time from the heal
          until the peer has applied all of them.
+handover 2,000 changes written as fast as one admin connection allows, then at once
+         ``failover``: the active node's ``handover_replicated`` event says how long it waited
+         for the peer to acknowledge everything; ``handover_total_ms`` runs until the secondary
+         reports itself active.
 
 Clocks: ``time.monotonic()`` in the benchmark process only.  Percentiles: nearest rank.
 Every process the benchmark starts is stopped by its PID (the Pair context manager).
@@ -204,12 +208,34 @@ def bench_catchup(pair: Pair, changes: int) -> dict:
             "catchup_write_s": round(write_s, 2)}
 
 
+def bench_handover(pair: Pair, changes: int) -> dict:
+    """A burst of changes, then at once a planned failover: how long the active node waited
+    for the peer to acknowledge everything (its ``handover_replicated`` event)."""
+    sock = load_config(pair.a.config).admin.socket
+    client = AdminClient(sock)
+    for i in range(changes):
+        client.request({"op": "db_write", "ops": [{"op": "put", "table": "system_rules",
+                                                  "row": {"key": f"burst{i}", "value": i}}]})
+    t0 = time.monotonic()
+    r = client.request({"op": "failover"})
+    client.close()
+    if not r.get("ok"):
+        return {"handover_error": r}
+    wait(lambda: pair.b.state() == "active", 30, "secondary active")
+    total = time.monotonic() - t0
+    ev = [e for e in pair.a.events() if e["event"] in ("handover_replicated", "handover_unreplicated")]
+    last = ev[-1] if ev else {}
+    return {"handover_burst_changes": changes, "handover_event": last.get("event"),
+            "handover_wait_ms": round(last.get("fields", {}).get("wait_s", float("nan")) * 1000, 1),
+            "handover_total_ms": round(total * 1000, 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--writers", type=int, default=8)
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--catchup", type=int, default=10_000)
     ap.add_argument("--dir", help="working directory (default: a new temporary one)")
@@ -237,6 +263,9 @@ def main() -> int:
         c = bench_catchup(pair, args.catchup)
         out.update(c)
         print(f"catchup: {c}", flush=True)
+        h = bench_handover(pair, 2000)
+        out.update(h)
+        print(f"handover: {h}", flush=True)
         st = pair.a.status()
         out["rss_node_manager_a_kb"] = _rss(pair.a.pid)
         out["final_lag_changes"] = st["replication"]["db"]["lag_changes"] if st else None

@@ -349,3 +349,118 @@ async def test_planned_failover_waits_until_the_peer_has_every_change(pair_dir):
         # writes now go to b; a names b
         r = await put(pair.a, sub("8999"))
         assert not r["ok"] and "b" in r["error"]
+
+
+# ============================================================================ snapshots, disk full
+
+
+async def test_a_peer_behind_the_start_of_the_log_gets_a_snapshot(pair_dir):
+    with Pair(pair_dir, extra={"replication": {"log_max": 100, "log_keep": 0}}) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        assert (await put(pair.a, sub("1001")))["ok"]
+        await until(lambda: in_sync(pair), "in sync")
+        for r in pair.relays[2:]:  # replication away, node link up: nobody fails over
+            r.reset()
+            r.cut()
+        for i in range(300):
+            assert (await put(pair.a, sub(f"4{i:03d}")))["ok"]
+        assert repl(pair.a)["db"]["lag_changes"] >= 300
+        for r in pair.relays[2:]:
+            r.heal()
+        await until(lambda: in_sync(pair), "in sync through a snapshot")
+        assert len(await rows(pair.b)) == 301
+        assert any(e["event"] == "db_snapshot_installed" for e in pair.b.events())
+        assert any(e["event"] == "db_snapshot_sent" for e in pair.a.events())
+
+
+async def test_kill9_of_the_sender_during_a_50mb_transfer_loses_nothing(pair_dir):
+    """The active node dies mid-transfer: the secondary takes over with no partial file; the
+    file stays on the primary (its own work, never deleted) and reaches the secondary after
+    the failback, resuming from the partial file the secondary kept."""
+    with Pair(pair_dir) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        await until(lambda: repl(pair.b) and repl(pair.b)["channels"], "replication up")
+        data = secrets.token_bytes(50 * 1024 * 1024)
+        want = hashlib.sha256(data).hexdigest()
+        write_atomic(files_dir(pair.a, "support") / "big.bin", data)
+        target = files_dir(pair.b, "support") / "big.bin"
+        tmpdir = load_config(pair.b.config).replication.files_root / ".vmha-tmp"
+        await until(lambda: tmpdir.exists() and any(p.stat().st_size > 1 << 20 for p in tmpdir.iterdir()),
+                    "transfer under way", poll=0.005)
+        pair.a.kill()
+        os.killpg(pair.a.pid, signal.SIGKILL)
+        await until(lambda: pair.b.state() == "active", "secondary takes over")
+        assert not target.exists()
+        pair.a.start()
+        await until(lambda: pair.a.state() == "inactive", "primary back, inactive")
+        await until(lambda: repl(pair.b)["files"].get("peer_only_kept") == 1, "file kept on the primary")
+        assert sha(files_dir(pair.a, "support") / "big.bin") == want
+        r = await admin(pair.a, {"op": "failback"})
+        assert r["ok"], r
+        await until(lambda: pair.a.state() == "active", "failback")
+        await until(lambda: sha(target) == want, "file on the secondary after the failback")
+        assert any(e["event"] == "file_resumed" for e in pair.b.events())
+
+
+def _tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    import subprocess
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _fill(path: Path) -> Path:
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 4096, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def test_disk_full_on_the_receiver_pauses_and_resumes_with_nothing_lost(pair_dir):
+    disk = pair_dir / "small-disk"
+    if not _tmpfs(disk, "8m"):
+        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    try:
+        extra_b = {"database": {"path": str(disk / "config.db")},
+                   "replication": {"files_root": str(disk / "files")}}
+        with Pair(pair_dir) as pair:
+            import tomllib
+
+            import tomli_w
+            doc = tomllib.loads(pair.b.config.read_text())
+            for k, v in extra_b.items():
+                doc.setdefault(k, {}).update(v)
+            pair.b.config.write_text(tomli_w.dumps(doc))
+            pair.start()
+            await wait_active(pair, "a")
+            assert (await put(pair.a, sub("1001")))["ok"]
+            await until(lambda: in_sync(pair), "in sync")
+            filler = _fill(disk)
+            big = {**sub("1002"), "name": "x" * 150}
+            for i in range(400):  # enough pages to need more than the free space
+                assert (await put(pair.a, {**big, "extension": f"2{i:03d}", "mailbox": f"m2{i:03d}"}))["ok"]
+            write_atomic(files_dir(pair.a) / "greet.wav", secrets.token_bytes(2_000_000))
+            await until(lambda: repl(pair.b)["db"]["paused"] == "disk full", "database paused")
+            await until(lambda: repl(pair.a)["files"]["paused"] == "disk full", "files paused")
+            filler.unlink()
+            await until(lambda: in_sync(pair), "resumed and in sync")
+            assert len(await rows(pair.b)) == 401
+            await until(lambda: sha(files_dir(pair.b) / "greet.wav") == sha(files_dir(pair.a) / "greet.wav"),
+                        "greeting after the disk was freed")
+            events = [e["event"] for e in pair.b.events()]
+            assert "db_paused" in events and "db_resumed" in events
+    finally:
+        import subprocess
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
