@@ -70,16 +70,6 @@ def dist(samples: list[float], scale: float = 1000.0, digits: int = 2) -> dict:
             "max": round(max(samples) * scale, digits) if samples else None}
 
 
-def wait(pred, timeout: float, what: str, poll: float = 0.01):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(poll)
-    raise TimeoutError(what)
-
-
 class PeerReader:
     """Reads the peer's applied position straight from its SQLite file (WAL reader)."""
 
@@ -148,7 +138,7 @@ def bench_db(pair: Pair, rate: float, seconds: float, writers: int) -> tuple[lis
     for t in ths:
         t.join()
     t_end = time.monotonic()
-    wait(lambda: sent and max(sent) in seen, 30, "peer caught up")
+    pair.wait_for(lambda: sent and max(sent) in seen, 30)
     stop.set()
     obs.join()
     lat = [seen[s] - t0 for s, t0 in sent.items() if s in seen]
@@ -203,7 +193,7 @@ def bench_catchup(pair: Pair, changes: int) -> dict:
     t_heal = time.monotonic()
     for r in repl_relays:
         r.heal()
-    wait(lambda: reader.applied() >= head, 120, "catch-up", poll=0.001)
+    pair.wait_for(lambda: reader.applied() >= head, 120, poll=0.001)
     return {"catchup_10k_s": round(time.monotonic() - t_heal, 3), "catchup_changes_behind": behind,
             "catchup_write_s": round(write_s, 2)}
 
@@ -221,7 +211,7 @@ def bench_handover(pair: Pair, changes: int) -> dict:
     client.close()
     if not r.get("ok"):
         return {"handover_error": r}
-    wait(lambda: pair.b.state() == "active", 30, "secondary active")
+    pair.wait_for(lambda: pair.b.state() == "active", 30)
     total = time.monotonic() - t0
     ev = [e for e in pair.a.events() if e["event"] in ("handover_replicated", "handover_unreplicated")]
     last = ev[-1] if ev else {}
@@ -247,9 +237,9 @@ def main() -> int:
                  "percentile_method": "nearest rank"}
     with Pair(work) as pair:
         pair.start()
-        wait(lambda: pair.a.state() == "active" and pair.b.state() == "inactive", 30, "pair up")
-        wait(lambda: (pair.b.status() or {}).get("replication", {}).get("db", {}).get("peer_head_seq")
-             is not None, 30, "replication connected")
+        pair.wait_for(lambda: pair.a.state() == "active" and pair.b.state() == "inactive", 30)
+        pair.wait_for(lambda: (pair.b.status() or {}).get("replication", {}).get("db", {})
+                      .get("peer_head_seq") is not None, 30)
         lat, extra = bench_db(pair, args.rate, args.seconds, args.writers)
         d = dist(lat)
         out.update({"db_p50_ms": d["p50"], "db_p95_ms": d["p95"], "db_p99_ms": d["p99"],

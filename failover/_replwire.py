@@ -49,6 +49,7 @@ from construct import (
 from construct.core import stream_read, stream_write
 
 from ._state import Role
+from ._wire import NEED_DATA, Closed, Dropped, _NeedData  # the node link's outcome types
 
 MAGIC = b"VR"
 VERSION = 1
@@ -408,24 +409,6 @@ class FileAck:
     error: str  # at most 200 bytes of UTF-8
 
 
-@dataclass(frozen=True)
-class Dropped:
-    """A frame that was rejected and ignored; the connection carries on."""
-    reason: str  # one of DROP_REASONS
-    size: int    # whole frame, bytes
-
-
-@dataclass(frozen=True)
-class Closed:
-    """Clean EOF at a frame boundary."""
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 DROP_REASONS = ("mac", "seq", "type", "parse", "channel", "direction")
 
 Message = (DbState | DbChanges | DbSnapshotRequest | DbSnapshotBegin | DbSnapshotChunk

@@ -268,10 +268,7 @@ class Supervisor:
                 self._go_inactive(now, acts, f"peer took over in term {e.term}: {e.reason}", drain=True)
                 self._quiet_until = now + self.cfg.handover_timeout
         elif e.kind == "take_over":
-            known = self.peer.term if self.peer else 0
-            if e.term < known:
-                acts.append(ev.Log("warning", "stale_command",
-                                   f"take_over in term {e.term} refused: peer is known in term {known}"))
+            if self._stale_peer_command(e, acts):
                 return
             self._peer_said(now, State.DRAINING, e.term)
             if self.state in ACTIVE_STATES:
@@ -282,10 +279,7 @@ class Supervisor:
                 return
             self._activate(now, acts, f"handover from peer: {e.reason}")
         elif e.kind == "hand_over":
-            known = self.peer.term if self.peer else 0
-            if e.term < known:
-                acts.append(ev.Log("warning", "stale_command",
-                                   f"hand_over in term {e.term} refused: peer is known in term {known}"))
+            if self._stale_peer_command(e, acts):
                 return
             self._peer_said(now, self.peer.state if self.peer else State.INACTIVE, e.term)
             if self.state not in ACTIVE_STATES or self._handover is not None:
@@ -297,6 +291,15 @@ class Supervisor:
             self._hand_over(now, acts, e.reason)
         else:
             acts.append(ev.Log("error", "bad_command", f"unknown peer command {e.kind!r} ignored"))
+
+    def _stale_peer_command(self, e: ev.PeerCommand, acts: list) -> bool:
+        """A command from a term older than the peer is known in is refused and logged."""
+        known = self.peer.term if self.peer else 0
+        if e.term < known:
+            acts.append(ev.Log("warning", "stale_command",
+                               f"{e.kind} in term {e.term} refused: peer is known in term {known}"))
+            return True
+        return False
 
     def _peer_said(self, now: float, state: State, term: int) -> None:
         """An authenticated command is news from the peer as good as a heartbeat: it is alive,

@@ -1179,15 +1179,22 @@ class _Receiver:
         await self.chan.send(FileManifest(request_id=msg.request_id, last=True,
                                           entries=tuple(batch)))
 
-    async def _begin(self, msg: FileBegin) -> None:
+    async def _refused(self, msg: FileBegin | FileDelete, what: str) -> bool:
+        """Refuse (and acknowledge as failed) a transfer this node may not take now."""
         r = self.r
         if not r._receiving:
             await self._ack(msg.transfer_id, msg.path, False, RECEIVER_ACTIVE)
-            return
+            return True
         err = r._path_error(msg.path)
         if err:
-            r._error(f"refused a file from the peer: {err}", {"path": msg.path})
+            r._error(f"refused {what} from the peer: {err}", {"path": msg.path})
             await self._ack(msg.transfer_id, msg.path, False, err)
+            return True
+        return False
+
+    async def _begin(self, msg: FileBegin) -> None:
+        r = self.r
+        if await self._refused(msg, "a file"):
             return
         if not msg.wait_offer and msg.size <= r.resume_threshold:
             inc = _Incoming(path=msg.path, size=msg.size, digest=msg.digest, buf=bytearray())
@@ -1279,13 +1286,7 @@ class _Receiver:
 
     async def _delete(self, msg: FileDelete) -> None:
         r = self.r
-        if not r._receiving:
-            await self._ack(msg.transfer_id, msg.path, False, RECEIVER_ACTIVE)
-            return
-        err = r._path_error(msg.path)
-        if err:
-            r._error(f"refused a deletion from the peer: {err}", {"path": msg.path})
-            await self._ack(msg.transfer_id, msg.path, False, err)
+        if await self._refused(msg, "a deletion"):
             return
         with trio.CancelScope(shield=True):
             try:
