@@ -36,7 +36,7 @@ import apsw
 
 from ._state import Role, term_parity
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _U64 = (1 << 64) - 1
 BUSY_TIMEOUT_MS = 5000
 
@@ -308,6 +308,33 @@ def v_any_json(v: Any) -> None:
     _json_check(v)
 
 
+def _fields(v: Any, spec: dict[str, type]) -> None:
+    if not isinstance(v, dict) or set(v) != set(spec):
+        raise _Bad(f"must be an object with exactly the keys {', '.join(sorted(spec))}")
+    for k, t in spec.items():
+        x = v[k]
+        if t is int and (isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**63):
+            raise _Bad(f"{k} must be a non-negative integer")
+        if t is bool and not isinstance(x, bool):
+            raise _Bad(f"{k} must be true or false")
+
+
+def v_lamp_state(v: Any) -> None:
+    _fields(v, {"on": bool, "new": int, "old": int, "confirmed": bool, "term": int})
+
+
+def v_notify_state(v: Any) -> None:
+    _fields(v, {"term": int, "sent": bool})
+
+
+_LEDGER_KEY = re.compile(r"[\x21-\x7e]{1,400}")
+
+
+def v_ledger_key(v: Any) -> None:
+    if not _LEDGER_KEY.fullmatch(_str(v)):
+        raise _Bad("must be 1 to 400 printable ASCII characters without spaces")
+
+
 def _dump_json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
@@ -391,7 +418,20 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("key", "text", True, v_rule_key, "rule key"),
         _c("value", "json", True, v_any_json, "any JSON value"),
     ), ("json_valid(value)",), "system-wide rules"),
+    Table("mwi_ledger", "mailbox", (
+        _c("mailbox", "text", True, v_mailbox, "mailbox id"),
+        _c("extension", "text", True, v_extension, "the lamp's extension"),
+        _c("state", "json", True, v_lamp_state,
+           '{"on": desired lamp, "new": n, "old": n, "confirmed": sent and confirmed, "term": t}'),
+    ), ("json_valid(state)",), "MWI ledger: each mailbox's desired lamp (written by the active "
+        "messaging service)"),
+    Table("notifications", "key", (
+        _c("key", "text", True, v_ledger_key, "message id + device"),
+        _c("state", "json", True, v_notify_state, '{"term": t, "sent": true|false}'),
+    ), ("json_valid(state)",), "notification ledger: each message notification sent once"),
 )}
+# tables added by each schema version (created when an older database is opened)
+_ADDED_IN = {2: ("mwi_ledger", "notifications")}
 
 
 def _table_ddl(t: Table) -> str:
@@ -609,10 +649,18 @@ class ConfigDB:
             if "_vmha_meta" in have:
                 ver = db.execute(
                     "SELECT value FROM _vmha_meta WHERE key = 'schema_version'").fetchall()
-                if not ver or ver[0][0] != SCHEMA_VERSION:
+                have_ver = ver[0][0] if ver else None
+                if not isinstance(have_ver, int) or not 1 <= have_ver <= SCHEMA_VERSION:
                     raise ConfigDBError(
-                        f"{self.path}: schema version {ver[0][0] if ver else None!r}, "
+                        f"{self.path}: schema version {have_ver!r}, "
                         f"this program needs {SCHEMA_VERSION}")
+                for v in range(have_ver + 1, SCHEMA_VERSION + 1):  # upgrade in place
+                    for name in _ADDED_IN.get(v, ()):
+                        db.execute(_table_ddl(TABLES[name]))
+                        for ddl in _trigger_ddl(TABLES[name]):
+                            db.execute(ddl)
+                db.execute("UPDATE _vmha_meta SET value = ? WHERE key = 'schema_version'",
+                           (SCHEMA_VERSION,))
                 return
             self._refuse_foreign(have)
             for ddl in _INTERNAL_DDL:
@@ -1168,6 +1216,11 @@ class ConfigDB:
                         "remote_row": None if remote is None else json.loads(remote),
                         "peer_term": pterm, "peer_seq": pseq, "recorded_at": at})
         return out
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection (another
+        process, e.g. the messaging service writing the MWI ledger) commits."""
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     def conflict_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM _vmha_conflicts").fetchall()[0][0]

@@ -121,6 +121,21 @@ class Replication:
             raise slot[2]
         return slot[2]
 
+    async def _watch_other_writers(self, every: float = 0.01) -> None:
+        """Changes committed by another process (the messaging service writes the MWI and
+        notification ledgers with the term it is active in) go into the same change log; notice
+        them so the sender ships them."""
+        last = await self.call(ConfigDB.data_version)
+        while True:
+            await trio.sleep(every)
+            dv = await self.call(ConfigDB.data_version)
+            if dv != last:
+                last = dv
+                before = self._head
+                await self._refresh()
+                if self._head != before:
+                    self._wake()
+
     async def _write_loop(self) -> None:
         def run(batch: list[list]) -> None:
             for slot in batch:
@@ -228,6 +243,7 @@ class Replication:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._watch_other_writers)
                 if self.files is not None:
                     await nursery.start(self.files.run)
                     await nursery.start(self.endpoint.run)

@@ -1007,3 +1007,67 @@ def test_random_writes_and_exchanges_keep_checksums_and_converge(actions):
         finally:
             p.close()
             s.close()
+
+
+# --------------------------------------------------------------------------- ledgers (schema 2)
+
+
+def test_mwi_and_notification_ledgers_replicate_and_validate(pair):
+    p, s = pair
+    lamp = {"on": True, "new": 2, "old": 1, "confirmed": False, "term": P_TERM}
+    p.write(P_TERM, [put("mwi_ledger", {"mailbox": "mb-1001", "extension": "1001", "state": lamp}),
+                     put("notifications", {"key": "c1.a.2@vmha/ann@example.com",
+                                           "state": {"term": P_TERM, "sent": True}})])
+    s.apply_remote(p.entries_after(0), Role.PRIMARY)
+    assert s.get("mwi_ledger", "mb-1001")["state"] == lamp
+    assert s.get("notifications", "c1.a.2@vmha/ann@example.com")["state"]["sent"] is True
+    before = p.state()
+    for bad in ({**lamp, "on": "yes"}, {**lamp, "new": -1}, {k: v for k, v in lamp.items() if k != "term"},
+                {**lamp, "extra": 1}):
+        with pytest.raises(ConfigDBError):
+            p.write(P_TERM, [put("mwi_ledger", {"mailbox": "mb-1002", "extension": "1002", "state": bad})])
+    with pytest.raises(ConfigDBError):
+        p.write(P_TERM, [put("notifications", {"key": "has space", "state": {"term": 2, "sent": True}})])
+    assert p.state() == before and p.get("mwi_ledger", "mb-1002") is None
+
+
+def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    db = ConfigDB(path, role=Role.PRIMARY)
+    db.write(P_TERM, [put("subscribers", sub("1001", mailbox="mb-1001"))])
+    db.close()
+    raw = apsw.Connection(str(path))  # make it look like a version-1 file
+    for t in ("mwi_ledger", "notifications"):
+        raw.execute(f"DROP TABLE {t}")
+    raw.execute("UPDATE _vmha_meta SET value = 1 WHERE key = 'schema_version'")
+    raw.close()
+    db = ConfigDB(path, role=Role.PRIMARY)
+    try:
+        assert db.get("subscribers", "1001") is not None
+        assert db.list("mwi_ledger") == []
+        ck = db.checksum()
+        db.write(P_TERM, [put("mwi_ledger", {"mailbox": "mb-1001", "extension": "1001", "state": {
+            "on": False, "new": 0, "old": 0, "confirmed": True, "term": P_TERM}})])
+        assert db.checksum() != ck and db.checksum() == db.recompute_checksum()
+    finally:
+        db.close()
+    raw = apsw.Connection(str(path))
+    raw.execute("UPDATE _vmha_meta SET value = 99 WHERE key = 'schema_version'")
+    raw.close()
+    with pytest.raises(ConfigDBError, match="schema version 99"):
+        ConfigDB(path, role=Role.PRIMARY)
+
+
+def test_data_version_sees_commits_of_another_connection(tmp_path):
+    a = ConfigDB(tmp_path / "c.db", role=Role.PRIMARY)
+    b = ConfigDB(tmp_path / "c.db", role=Role.PRIMARY)  # e.g. the messaging service's connection
+    try:
+        v = a.data_version()
+        a.write(P_TERM, [put("system_rules", {"key": "own", "value": 1})])
+        assert a.data_version() == v  # own commits do not count
+        b.write(P_TERM, [put("system_rules", {"key": "other", "value": 2})])
+        assert a.data_version() != v
+        assert a.state().head_seq == 2  # one log, whichever process wrote
+    finally:
+        a.close()
+        b.close()
