@@ -24,7 +24,8 @@ from ._state import FailbackType, Mode, Role, Timing
 __all__ = [
     "Address", "ConfigError", "Problem", "NodeConfig", "NodeSection", "LinkSection",
     "FailoverSection", "FailbackSection", "LicenceSection", "ServiceSection", "LoopbackPorts",
-    "PortsSection", "AdminSection", "LogSection", "ReplicationSection", "DatabaseSection", "Profile", "PROFILES", "GuideSetting",
+    "PortsSection", "AdminSection", "LogSection", "ReplicationSection", "DatabaseSection",
+    "StoreSection", "NotifySection", "MessagingSection", "Profile", "PROFILES", "GuideSetting",
     "guide_settings", "SCHEMA", "DEFAULT_LINK_PORT", "load_config", "parse_config",
     "parse_address", "check_node_name", "settings_that_must_match", "MUST_MATCH",
 ]
@@ -238,6 +239,22 @@ def _dir_list(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(v)
 
 
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}")
+_MAILBOX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _email(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str) or not _EMAIL.fullmatch(v):
+        raise _Bad(f'expected an e-mail address like "vmha@example.com", {_got(v)}')
+    return v
+
+
+def _mailbox_id(v: Any, ctx: _Ctx) -> str:
+    if not isinstance(v, str) or not _MAILBOX_ID.fullmatch(v):
+        raise _Bad(f"expected a mailbox id (letters, digits, _ . -, at most 64), {_got(v)}")
+    return v
+
+
 def _command(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     if not (isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)):
         raise _Bad(f"expected a non-empty array of non-empty strings, {_got(v)}")
@@ -370,6 +387,26 @@ SCHEMA: dict[str, dict[str, _K]] = {
     },
     "database": {
         "path": _K(_path, None),  # <data_dir>/config.db
+    },
+    "store": {
+        "kind": _K(_Choice({"maildir": "maildir", "imap": "imap"}), "maildir"),
+        "maildir": _K(_path, None),  # <data_dir>/../store: shared by a pair made by vmha configure
+        "imap": _K(_Addr(wildcard=False), None),  # required with kind = "imap"
+        "imap_passwords": _K(_path, None),  # required with kind = "imap"
+        "timeout": _K(_Num(0.1, 300), 5.0),
+    },
+    "notify": {
+        "smtp": _K(_Addr(wildcard=False), None),  # absent: no e-mail notification
+        "sender": _K(_email, "vmha@localhost"),
+        "attach_audio": _K(_bool, False),
+    },
+    "messaging": {
+        "default_mailbox": _K(_mailbox_id, None),
+        "max_message": _K(_Num(1, 3600), 120.0),
+        "silence": _K(_Num(0.2, 60), 3.0),
+        "min_message": _K(_Num(0, 60), 0.5),
+        "mwi_resync_at": _K(_clock, "03:00"),
+        "realtime_audio": _K(_bool, True),
     },
     "replication": {
         "enabled": _K(_bool, True),
@@ -521,6 +558,32 @@ class ReplicationSection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    kind: str
+    maildir: Path
+    imap: Address | None
+    imap_passwords: Path | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class NotifySection:
+    smtp: Address | None
+    sender: str
+    attach_audio: bool
+
+
+@dataclass(frozen=True)
+class MessagingSection:
+    default_mailbox: str | None
+    max_message: float
+    silence: float
+    min_message: float
+    mwi_resync_at: _dt.time
+    realtime_audio: bool
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str
     console: bool
@@ -540,6 +603,9 @@ class NodeConfig:
     log: LogSection
     database: DatabaseSection
     replication: ReplicationSection
+    store: StoreSection
+    notify: NotifySection
+    messaging: MessagingSection
 
     @property
     def peer_timeout(self) -> float:
@@ -685,6 +751,9 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         log=LogSection(**v["log"]),
         database=DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
         replication=_replication(v["replication"], v["link"], data_dir),
+        store=StoreSection(**{**v["store"], "maildir": v["store"]["maildir"] or data_dir.parent / "store"}),
+        notify=NotifySection(**v["notify"]),
+        messaging=MessagingSection(**v["messaging"]),
     )
 
 
@@ -739,6 +808,15 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
     elif lb.listen is not None and lb.listen.port == 0:
         out.append(Problem("ports.loopback.listen", "port 0 (ephemeral) is not allowed: "
                            "give an explicit port from 1 to 65535"))
+    st = c.store
+    if st.kind == "imap":
+        for key in ("imap", "imap_passwords"):
+            if getattr(st, key) is None:
+                out.append(Problem(f"store.{key}", 'required with store.kind = "imap"'))
+    m = c.messaging
+    if m.min_message >= m.max_message:
+        out.append(Problem("messaging.min_message", f"{m.min_message:g} s must be shorter than "
+                           f"messaging.max_message ({m.max_message:g} s)"))
     r = c.replication
     if r.enabled:
         for key, a, b in (("replication.listen", r.listen, c.link.listen),
@@ -761,7 +839,8 @@ MUST_MATCH: tuple[str, ...] = (
     "failover.ping_interval", "failover.missed_pings", "failback.type", "failback.window_start",
     "failback.window_end", "licence.no_contact_limit", "licence.after_contact_limit",
     "replication.enabled", "replication.directories", "replication.handover_wait",
-    "replication.max_frame",
+    "replication.max_frame", "store.kind", "store.imap",
+    "messaging.default_mailbox", "messaging.mwi_resync_at",
 )
 
 

@@ -119,6 +119,11 @@ FULL = {
                     "handover_wait": 30, "files_root": "/srv/vmha/shared", "directories": ["prompts", "spool"],
                     "batch_delay": 0.5, "sweep_interval": 300, "max_frame": 1048576, "log_keep": 50,
                     "log_max": 2000},
+    "store": {"kind": "imap", "maildir": "/srv/shared/vm", "imap": "mail.example:143",
+              "imap_passwords": "/etc/vmha/imap.pw", "timeout": 3},
+    "notify": {"smtp": "mail.example:25", "sender": "vm@example.com", "attach_audio": True},
+    "messaging": {"default_mailbox": "operator", "max_message": 300, "silence": 2.5, "min_message": 1,
+                  "mwi_resync_at": "02:30", "realtime_audio": False},
 }
 
 
