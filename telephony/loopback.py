@@ -15,6 +15,38 @@ connection.  When the service hangs the call up itself (deactivate without drain
 node manager gone) the client gets ``{"ev": "dropped"}`` and the connection closes.
 ``calling``, ``called`` and ``forwarding`` default to "" and ``reason`` to "direct".
 
+**Call flow and media.**  With a ``flow`` (``LoopbackTrunk(flow=...)``, usually
+``CallFlow.handle``), the trunk runs ``await flow(call, port, term)`` once the call is
+answered; ``port`` is a :class:`LoopbackPort` (a ``telephony.callflow.CallPort``).  Audio is
+8 kHz 16-bit signed little-endian mono PCM, base64 in JSON, at most ``MAX_AUDIO_CHUNK`` (2560)
+bytes of PCM (160 ms) per line::
+
+    <- {"ev": "play", "audio": "<b64 pcm>"}        the service plays audio (repeated)
+    <- {"ev": "play_end"}                           ... to the end, or
+    <- {"ev": "play_end", "digit": "5"}             ... cut short by a DTMF digit
+    <- {"ev": "beep"}                               the next play is the record beep
+    <- {"ev": "messages", "new": 3, "saved": 1}     mailbox access: the count being played
+    <- {"ev": "record_start"}                       what the client says is recorded now
+    <- {"ev": "record_end", "reason": "silence" | "max" | "dtmf"}
+    <- {"ev": "hangup"} then {"ev": "ended"}        the service hangs up
+    -> {"op": "audio", "audio": "<b64 pcm>"}        what the caller says (any time;
+                                                    kept only while recording)
+    -> {"op": "dtmf", "digit": "1"}                 one of 0-9 * #
+    -> {"op": "hangup"}                             as before: <- {"ev": "ended"}
+
+Play is paced in real time (one 20 ms chunk per 20 ms) unless ``realtime=False``, which sends
+as fast as the client reads (in chunks of ``play_chunk`` bytes).  A recording's length is
+counted in audio received, so a client may send faster than real time; missing audio counts as
+silence (the time since the last audio, on the Trio clock), and a recording never lasts longer
+than its maximum on the Trio clock either.  Digits wait in a queue of ``MAX_PENDING_DIGITS``
+(an interruptible play takes a typed-ahead digit at once; a recording starts with the queue
+cleared).  A bad ``audio`` or ``dtmf`` line gets an ``error`` and changes nothing.  After the
+service hung up, input is read and ignored for up to ``cleanup_timeout`` seconds.  The flow
+may go on after the caller hung up (to store the message) for up to ``flow_grace`` seconds;
+the call counts as in progress (``service.end_call``) until the flow is done.  Without a
+``flow`` the trunk behaves as before: the call is held until a side hangs up, and ``audio``
+and ``dtmf`` lines get "unknown op" errors.
+
 Lines are bounded (``max_line``, 4 KiB).  A bad line gets ``{"ev": "error", "message": ...}``
 and changes nothing; an over-long line gets the error and the connection is closed (the
 stream cannot be resynchronised).  Offers are not read while a call is held waiting for the
@@ -22,8 +54,13 @@ node manager: a ``hangup`` sent then is handled once the offer is decided.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -32,13 +69,65 @@ from integrations.base import IntegrationProfile
 from integrations.loopback import LOOPBACK
 
 from ._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from . import media
 from .events import CallArrival
 from .ports import ActiveCall, CallService, PortRegistry, PortState
 
 log = logging.getLogger("telephony.loopback")
 
 MAX_LINE = 4096
+MAX_AUDIO_CHUNK = 2560  # bytes of PCM in one audio line (160 ms); its line is < 3.5 KiB
+MAX_PENDING_DIGITS = 32
+DTMF_DIGITS = "0123456789*#"
+ANNOUNCEMENTS = frozenset({"beep", "messages"})
 _OFFER_FIELDS = {"call_id", "calling", "called", "forwarding", "reason"}
+_B64_MAX = 4 * ((MAX_AUDIO_CHUNK + 2) // 3)
+
+#: ``flow(call, port, term)``: run while an answered call is in progress.
+Flow = Callable[[CallArrival, "LoopbackPort", int], Awaitable[Any]]
+
+
+def parse_call_op(msg: dict[str, Any]) -> tuple[str, Any]:
+    """Check one client message sent during a call (a dict with a string ``op``).  Returns
+    ``("audio", pcm)``, ``("dtmf", digit)`` or ``("hangup", None)``; raises ValueError with a
+    message for the client otherwise.  Pure and bounded: the base64 text is measured before
+    it is decoded."""
+    op = msg.get("op")
+    if op == "hangup":
+        return "hangup", None
+    if op == "audio":
+        _no_extra(msg, "audio")
+        text = msg.get("audio")
+        if not isinstance(text, str):
+            raise ValueError("audio must be a base64 string of 16-bit PCM")
+        if len(text) > _B64_MAX:
+            raise ValueError(f"audio is over {MAX_AUDIO_CHUNK} bytes of PCM; send it in "
+                             "smaller lines")
+        try:
+            pcm = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("audio is not valid base64") from None
+        if not pcm:
+            raise ValueError("audio is empty")
+        if len(pcm) % media.SAMPLE_WIDTH:
+            raise ValueError(f"audio must hold whole 16-bit samples: {len(pcm)} bytes is odd")
+        if len(pcm) > MAX_AUDIO_CHUNK:
+            raise ValueError(f"audio is {len(pcm)} bytes of PCM; at most {MAX_AUDIO_CHUNK} "
+                             "per line")
+        return "audio", pcm
+    if op == "dtmf":
+        _no_extra(msg, "digit")
+        digit = msg.get("digit")
+        if not (isinstance(digit, str) and len(digit) == 1 and digit in DTMF_DIGITS):
+            raise ValueError(f"digit must be one of 0-9, * and #, got {digit!r:.20}")
+        return "dtmf", digit
+    raise ValueError(f"unknown op {op!r:.40} during a call; send audio, dtmf or hangup")
+
+
+def _no_extra(msg: dict[str, Any], *allowed: str) -> None:
+    unknown = set(msg) - {"op", *allowed}
+    if unknown:
+        raise ValueError(f"unknown fields {', '.join(sorted(map(str, unknown)))[:80]}")
 
 
 class LoopbackTrunk:
@@ -47,7 +136,10 @@ class LoopbackTrunk:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, count: int | None = None,
                  profile: IntegrationProfile = LOOPBACK, max_line: int = MAX_LINE,
                  cleanup_timeout: float = 1.0,
-                 listeners: list[trio.abc.Listener] | None = None) -> None:
+                 listeners: list[trio.abc.Listener] | None = None, flow: Flow | None = None,
+                 realtime: bool = True, play_chunk: int | None = None,
+                 silence_threshold: float = media.SILENCE_THRESHOLD,
+                 flow_grace: float = 30.0) -> None:
         self.kind = profile.port_kind
         self.host = host
         self.port = port
@@ -57,6 +149,22 @@ class LoopbackTrunk:
         self.profile = profile
         self.max_line = max_line
         self.cleanup_timeout = cleanup_timeout
+        #: the call flow (``telephony.callflow.CallFlow.handle``); None: calls are only held
+        self.flow = flow
+        self.realtime = realtime
+        chunk = (media.FRAME_BYTES if realtime else MAX_AUDIO_CHUNK) if play_chunk is None \
+            else play_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) \
+                or not media.SAMPLE_WIDTH <= chunk <= MAX_AUDIO_CHUNK or chunk % 2:
+            raise ValueError(f"play_chunk must be an even number of bytes from 2 to "
+                             f"{MAX_AUDIO_CHUNK}, not {chunk!r}")
+        self.play_chunk = chunk
+        media.SilenceDetector(silence_threshold)  # checks it
+        self.silence_threshold = silence_threshold
+        if isinstance(flow_grace, bool) or not isinstance(flow_grace, (int, float)) \
+                or not (math.isfinite(flow_grace) and flow_grace >= 0):
+            raise ValueError(f"flow_grace must be a number of seconds >= 0, not {flow_grace!r}")
+        self.flow_grace = flow_grace
         self.address: tuple[str, int] | None = None
         # tests may hand in listeners of their own (in-memory streams); else open() binds TCP
         self._given = listeners is not None
@@ -158,7 +266,10 @@ class LoopbackTrunk:
             assert active is not None
             await line.reply(ev="answered", node=arrival.node, port=arrival.port,
                              term=decision.term)
-            client_gone = await self._in_call(line, active, service)
+            if self.flow is None:
+                client_gone = await self._in_call(line, active, service)
+            else:
+                client_gone = await self._in_call_flow(line, active, service)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             client_gone = True
         finally:
@@ -168,7 +279,8 @@ class LoopbackTrunk:
                     # the client vanished (ended) or the service is stopping (dropped)
                     await service.end_call(active, "ended" if client_gone else "dropped")
                 if not client_gone:
-                    if active is not None and active.dropped.is_set() and not line.dropped_sent:
+                    if active is not None and active.dropped.is_set() and not line.dropped_sent \
+                            and not line.final_sent:
                         await line.try_reply(ev="dropped")
                     elif line.offered and not decided:  # stopped while the offer was held
                         await line.try_reply(ev="rejected", reason="shutdown")
@@ -181,7 +293,8 @@ class LoopbackTrunk:
                 return None
             op = msg["op"]
             if op != "offer":
-                hint = "no call in progress" if op == "hangup" else f"unknown op {op!r:.40}"
+                hint = "no call in progress" if op in ("hangup", "audio", "dtmf") \
+                    else f"unknown op {op!r:.40}"
                 await line.reply(ev="error", message=f"{hint}; send an offer first")
                 continue
             try:
@@ -247,6 +360,289 @@ class LoopbackTrunk:
                 nursery.cancel_scope.cancel()
         return gone
 
+    async def _in_call_flow(self, line: _Line, active: ActiveCall, service: CallService) -> bool:
+        """Serve a call with a flow until the caller's side is over and the flow is done (or
+        ``flow_grace`` has passed since the caller's side ended); True if the client
+        connection broke."""
+        assert self.flow is not None
+        flow = self.flow
+        port = LoopbackPort(line, realtime=self.realtime, play_chunk=self.play_chunk,
+                            silence_threshold=self.silence_threshold,
+                            send_timeout=self.cleanup_timeout)
+        arrival = active.arrival
+        gone = False
+        flow_done = trio.Event()
+        reader = trio.CancelScope()
+
+        def linger() -> None:
+            # the service ended the call: read (and ignore) what the client sent meanwhile,
+            # for a while, so that closing does not reset the connection under its feet
+            reader.deadline = min(reader.deadline, trio.current_time() + self.cleanup_timeout)
+
+        port._on_service_end = linger
+        async with trio.open_nursery() as nursery:
+
+            async def watch_drop() -> None:
+                await active.dropped.wait()
+                if port._ended_by is None:  # the caller's side was still up
+                    port._end("dropped")
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + self.cleanup_timeout
+                        await line.try_reply(ev="dropped")
+                        line.dropped_sent = True
+                    linger()
+
+            async def run_flow() -> None:
+                try:
+                    try:
+                        await flow(arrival, port, active.term)
+                    except Exception:
+                        log.exception("call flow of %s failed", arrival.summary())
+                    if not active.dropped.is_set():  # else watch_drop has the last word
+                        await port.hangup()  # shielded, bounded by cleanup_timeout
+                except BaseException:
+                    port._end("dropped")  # cancelled: the trunk is stopping (no-op if over)
+                    raise
+                finally:
+                    flow_done.set()
+
+            nursery.start_soon(watch_drop)
+            nursery.start_soon(run_flow)
+            with reader:
+                try:
+                    while True:
+                        msg = await line.read()
+                        if msg is None:  # the client closed the connection
+                            port._end("caller")
+                            break
+                        try:
+                            kind, value = parse_call_op(msg)
+                        except ValueError as exc:
+                            if port._ended_by is None:
+                                await line.reply(ev="error", message=str(exc))
+                            continue
+                        if kind == "hangup":
+                            if port._ended_by is None:
+                                port._end("caller")
+                                await line.reply(ev="ended")
+                                line.final_sent = True
+                            break
+                        if port._ended_by is not None:
+                            continue  # the call is over: drained and ignored
+                        try:
+                            if kind == "audio":
+                                port._feed_audio(value)
+                            else:
+                                port._feed_digit(value)
+                        except ValueError as exc:
+                            await line.reply(ev="error", message=str(exc))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    gone = True
+                    port._end("caller")
+            # the caller's side is over; the flow may still be storing the message
+            with trio.move_on_after(self.flow_grace) as grace:
+                await flow_done.wait()
+            if grace.cancelled_caught:
+                log.warning("call flow of %s still running %gs after the call ended: "
+                            "cancelled", arrival.summary(), self.flow_grace)
+            nursery.cancel_scope.cancel()
+        if not active.finished:
+            await service.end_call(active, "ended")
+        return gone
+
+
+class LoopbackPort:
+    """The media side of one loopback call: a ``telephony.callflow.CallPort`` (and an
+    ``Announcer``).  The trunk feeds it the client's audio and digits; the flow calls
+    :meth:`play`, :meth:`record`, :meth:`collect_digits`, :meth:`hangup`."""
+
+    def __init__(self, line: _Line, *, realtime: bool = True,
+                 play_chunk: int = media.FRAME_BYTES,
+                 silence_threshold: float = media.SILENCE_THRESHOLD,
+                 send_timeout: float = 1.0) -> None:
+        self._line = line
+        self.send_timeout = send_timeout  # bounds the (shielded) hangup lines
+        self.realtime = realtime
+        self.play_chunk = play_chunk
+        self.silence_threshold = silence_threshold
+        self._digits: deque[str] = deque()
+        self._changed = trio.Event()
+        self._recorder: media.Recorder | None = None
+        self._last_audio = 0.0
+        #: who ended the call: "caller", "service" or "dropped"; None while it is up
+        self._ended_by: str | None = None
+        self._on_service_end: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ trunk side
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _end(self, by: str) -> None:
+        if self._ended_by is None:
+            self._ended_by = by
+            self._wake()
+
+    def _feed_audio(self, pcm: bytes) -> None:
+        rec = self._recorder
+        if rec is None or rec.reason is not None:
+            return  # not recording: the caller's audio goes nowhere
+        self._last_audio = trio.current_time()
+        talking = rec.speech_started
+        if rec.feed(pcm) is not None or rec.speech_started is not talking:
+            self._wake()  # over, or the silence timer of record() starts now
+
+    def _feed_digit(self, digit: str) -> None:
+        if len(self._digits) >= MAX_PENDING_DIGITS:
+            raise ValueError(f"{MAX_PENDING_DIGITS} digits are already waiting; "
+                             f"{digit!r} is dropped")
+        self._digits.append(digit)
+        self._wake()
+
+    async def _send(self, **msg: Any) -> bool:
+        if self._ended_by is not None:
+            return False
+        try:
+            await self._line.reply(**msg)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end("caller")
+            return False
+
+    # ------------------------------------------------------------------ CallPort
+
+    @property
+    def hung_up(self) -> bool:
+        return self._ended_by is not None
+
+    @property
+    def ended_by(self) -> str | None:
+        """"caller", "service" (the flow hung up) or "dropped"; None while the call is up."""
+        return self._ended_by
+
+    async def announce(self, event: str, **fields: int | str) -> None:
+        """Send a structured event (``beep``, ``messages``) alongside the audio."""
+        if event not in ANNOUNCEMENTS:
+            raise ValueError(f"cannot announce {event!r:.40}; only {sorted(ANNOUNCEMENTS)}")
+        for k, v in fields.items():
+            if k in ("ev", "op") or isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ValueError(f"announcement field {k}={v!r:.40} must be a string or int")
+        await self._send(ev=event, **fields)
+
+    async def play(self, wav: bytes, *, interruptible: bool = True) -> str | None:
+        pcm = media.pcm_of(wav)
+        if self.hung_up:
+            return None
+        if interruptible and self._digits:  # typed ahead: the play ends before it starts
+            digit = self._digits.popleft()
+            await self._send(ev="play_end", digit=digit)
+            return digit
+        start = trio.current_time()
+        sent = 0
+        for chunk in media.frames(pcm, self.play_chunk):
+            if not await self._send(ev="play", audio=base64.b64encode(chunk).decode("ascii")):
+                return None
+            sent += len(chunk)
+            if self.realtime:
+                deadline = start + sent / media.BYTES_PER_SECOND
+                while trio.current_time() < deadline:
+                    changed = self._changed
+                    if self.hung_up or (interruptible and self._digits):
+                        break
+                    with trio.move_on_at(deadline):
+                        await changed.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            if self.hung_up:
+                return None
+            if interruptible and self._digits:
+                digit = self._digits.popleft()
+                await self._send(ev="play_end", digit=digit)
+                return digit
+        await self._send(ev="play_end")
+        return None
+
+    async def record(self, *, max_seconds: float, silence_seconds: float) -> tuple[bytes, str]:
+        rec = media.Recorder(max_seconds=max_seconds, silence_seconds=silence_seconds,
+                             threshold=self.silence_threshold)
+        if self.hung_up:
+            return media.wav_bytes(b""), "hangup"
+        self._digits.clear()
+        start = self._last_audio = trio.current_time()
+        self._recorder = rec
+        reason = "hangup"
+        try:
+            if await self._send(ev="record_start"):
+                while True:
+                    changed = self._changed
+                    if rec.reason is not None:
+                        reason = rec.reason
+                        break
+                    if self.hung_up:
+                        reason = "hangup"
+                        break
+                    if self._digits:
+                        self._digits.popleft()
+                        reason = "dtmf"
+                        break
+                    now = trio.current_time()
+                    deadline = start + max_seconds
+                    if rec.speech_started:
+                        deadline = min(deadline, self._last_audio + silence_seconds)
+                    if now >= deadline:
+                        reason = "max" if now >= start + max_seconds else "silence"
+                        break
+                    with trio.move_on_at(deadline):
+                        await changed.wait()
+        finally:
+            self._recorder = None
+        pcm = rec.finish()
+        if not self.hung_up:
+            await self._send(ev="record_end", reason=reason)
+        return media.wav_bytes(pcm), reason
+
+    async def collect_digits(self, *, max_digits: int, timeout: float,
+                             terminator: str = "#") -> str:
+        if isinstance(max_digits, bool) or not isinstance(max_digits, int) \
+                or not 1 <= max_digits <= 64:
+            raise ValueError(f"max_digits must be an integer from 1 to 64, got {max_digits!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
+        if terminator and (len(terminator) != 1 or terminator not in DTMF_DIGITS):
+            raise ValueError(f"terminator must be one DTMF digit or '', got {terminator!r:.20}")
+        out = ""
+        deadline = trio.current_time() + timeout
+        while len(out) < max_digits:
+            changed = self._changed
+            if self._digits:
+                digit = self._digits.popleft()
+                if terminator and digit == terminator:
+                    break
+                out += digit
+                deadline = trio.current_time() + timeout
+                continue
+            if self.hung_up or trio.current_time() >= deadline:
+                break
+            with trio.move_on_at(deadline):
+                await changed.wait()
+        return out
+
+    async def hangup(self) -> None:
+        if self._ended_by is not None:
+            return
+        self._end("service")
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.send_timeout
+            try:
+                await self._line.reply(ev="hangup")
+                await self._line.reply(ev="ended")
+                self._line.final_sent = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._on_service_end()
+
 
 class _Line:
     """JSON lines on one client connection; reads are bounded, replies are serialised."""
@@ -257,6 +653,7 @@ class _Line:
         self.lock = trio.Lock()
         self.offered = False
         self.dropped_sent = False
+        self.final_sent = False  # ended went out (flow calls)
         self._eof = False
 
     async def read(self) -> dict[str, Any] | None:

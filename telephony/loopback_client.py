@@ -10,10 +10,27 @@
         ...                      # the call is in progress
         await call.hangup()      # or leave the block: it hangs up for you
 
+With a call flow on the trunk, the call carries media (see :mod:`telephony.loopback`)::
+
+    async with open_call("127.0.0.1", 7001, "c3", calling="4021", forwarding="4000",
+                         reason="busy") as call:
+        await call.wait_event("record_start")   # the greeting and the beep were played
+        greeting = await call.heard()           # PCM played to the call so far
+        await call.say(tone(440, 1.0))          # PCM or WAV, sent as audio lines
+        await call.say(silence(3.5))
+        end = await call.wait_event("record_end")
+        await call.wait_event("ended")          # the service hung up
+
+The client reads only while it waits (``wait_event``, ``heard(until=...)``, ``hangup``,
+``wait_dropped``); what it read is kept: the audio in ``heard()``, every other event in
+``events`` (bounded).  ``say`` and ``dtmf`` only send.
+
 The protocol is described in :mod:`telephony.loopback`.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +39,14 @@ from typing import Any
 
 import trio
 
+from . import media
+
 MAX_LINE = 4096
+AUDIO_CHUNK = 2560  # bytes of PCM per audio line (the trunk takes at most 2560)
+MAX_EVENTS = 1024  # events kept per call (the oldest go first)
+MAX_HEARD = 32 * 1024 * 1024  # bytes of played audio kept per call
+DTMF_DIGITS = "0123456789*#"
+_FINAL = ("ended", "dropped")
 
 
 class LoopbackClientError(Exception):
@@ -56,6 +80,11 @@ class LoopbackCall:
         self.reply_timeout = reply_timeout
         self.answer: dict[str, Any] | None = None  # the reply to the offer
         self.final: dict[str, Any] | None = None  # ended / dropped / None while in progress
+        #: events read after the answer, except the audio of ``play`` (that is in heard())
+        self.events: list[dict[str, Any]] = []
+        self.heard_overflow = False  # more than MAX_HEARD bytes were played: the rest is lost
+        self._heard = bytearray()
+        self._cursor = 0  # events before this index were passed by wait_event()
 
     # ------------------------------------------------------------------ state
 
@@ -96,18 +125,110 @@ class LoopbackCall:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the trunk closed first: what it said before is still in the buffer
         while self.final is None:
-            ev = await self._receive(timeout=self.reply_timeout)
-            if ev.get("ev") in ("ended", "dropped"):
-                self.final = ev
+            await self._next(timeout=self.reply_timeout)
         return self.final
 
     async def wait_dropped(self) -> dict[str, Any]:
-        """Wait until the trunk hangs the call up (``dropped``) or closes the connection."""
+        """Wait until the call ends from the trunk's side (``dropped``, or ``ended`` after
+        the service hung up) or the connection closes."""
         while self.final is None:
-            ev = await self._receive(timeout=None)
-            if ev.get("ev") in ("ended", "dropped"):
-                self.final = ev
+            await self._next(timeout=None)
         return self.final
+
+    # ------------------------------------------------------------------ media
+
+    async def say(self, audio: bytes, *, chunk: int = AUDIO_CHUNK, realtime: bool = False) -> None:
+        """Send what the caller says: PCM (8 kHz 16-bit mono) or a WAV file, as audio lines of
+        ``chunk`` bytes; ``realtime`` waits each chunk's duration before the next."""
+        if bytes(audio[:4]) == b"RIFF":
+            try:
+                audio = media.pcm_of(audio)
+            except ValueError as exc:
+                raise LoopbackClientError(str(exc)) from None
+        if len(audio) % 2:
+            raise LoopbackClientError("PCM must hold whole 16-bit samples (an even length)")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) \
+                or not 2 <= chunk <= AUDIO_CHUNK or chunk % 2:
+            raise LoopbackClientError(f"chunk must be an even size from 2 to {AUDIO_CHUNK}")
+        self._check_up()
+        for piece in media.frames(bytes(audio), chunk):
+            await self._send_in_call({"op": "audio",
+                                      "audio": base64.b64encode(piece).decode("ascii")})
+            if realtime:
+                await trio.sleep(media.duration(piece))
+
+    async def dtmf(self, digits: str) -> None:
+        """Press keys: one ``dtmf`` line per digit (0-9, *, #)."""
+        if not isinstance(digits, str) or not digits or any(d not in DTMF_DIGITS for d in digits):
+            raise LoopbackClientError(f"DTMF digits are 0-9, * and #, not {digits!r:.20}")
+        self._check_up()
+        for d in digits:
+            await self._send_in_call({"op": "dtmf", "digit": d})
+
+    async def heard(self, *, until: str | None = None) -> bytes:
+        """The PCM played to this call so far (what was read, plus complete lines already
+        received).  With ``until``, first :meth:`wait_event` for that event."""
+        if until is not None:
+            await self.wait_event(until)
+        self._take_buffered()
+        await trio.lowlevel.checkpoint()
+        return bytes(self._heard)
+
+    async def wait_event(self, name: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """The next event called ``name`` after the one the last wait_event returned (reading
+        from the trunk until it comes).  Raises LoopbackClientError if the call ends first."""
+        with trio.fail_after(timeout if timeout is not None else float("inf")):
+            while True:
+                for i in range(self._cursor, len(self.events)):
+                    if self.events[i].get("ev") == name:
+                        self._cursor = i + 1
+                        return self.events[i]
+                self._cursor = len(self.events)
+                if self.final is not None or self._eof and not self._buf:
+                    raise LoopbackClientError(
+                        f"the call is over ({(self.final or {}).get('ev', 'closed')}) "
+                        f"without {name!r:.40}")
+                await self._next(timeout=None)
+
+    def _check_up(self) -> None:
+        if not self.in_progress:
+            raise LoopbackClientError("no call in progress")
+
+    async def _send_in_call(self, msg: dict[str, Any]) -> None:
+        try:
+            await self._send(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise LoopbackClientError("the trunk closed the connection") from None
+
+    def _note(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Keep what a read event says: audio into heard(), the rest into events."""
+        if msg.get("ev") == "play" and isinstance(msg.get("audio"), str):
+            try:
+                pcm = base64.b64decode(msg["audio"], validate=True)
+            except (binascii.Error, ValueError):
+                raise LoopbackClientError("trunk sent audio that is not base64") from None
+            if len(self._heard) + len(pcm) > MAX_HEARD:
+                self.heard_overflow = True
+            else:
+                self._heard += pcm
+            return msg
+        self.events.append(msg)
+        if len(self.events) > MAX_EVENTS:
+            del self.events[0]
+            self._cursor = max(0, self._cursor - 1)
+        if msg.get("ev") in _FINAL and self.final is None:
+            self.final = msg
+        return msg
+
+    async def _next(self, *, timeout: float | None) -> dict[str, Any]:
+        return self._note(await self._receive(timeout=timeout))
+
+    def _take_buffered(self) -> None:
+        while True:
+            msg = self._pop_line()
+            if msg is None:
+                return
+            self._note(msg)
 
     # ------------------------------------------------------------------ lines
 
@@ -117,17 +238,8 @@ class LoopbackCall:
     async def _receive(self, *, timeout: float | None) -> dict[str, Any]:
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
-                nl = self._buf.find(b"\n")
-                if nl >= 0:
-                    line = bytes(self._buf[:nl])
-                    del self._buf[: nl + 1]
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        raise LoopbackClientError(f"trunk sent a non-JSON line: {line!r:.80}") \
-                            from None
-                    if not isinstance(msg, dict) or not isinstance(msg.get("ev"), str):
-                        raise LoopbackClientError(f"trunk sent a line without ev: {line!r:.80}")
+                msg = self._pop_line()
+                if msg is not None:
                     return msg
                 if len(self._buf) > MAX_LINE:
                     raise LoopbackClientError("trunk sent an over-long line")
@@ -141,6 +253,21 @@ class LoopbackCall:
                 if not data:
                     self._eof = True
                 self._buf += data
+
+    def _pop_line(self) -> dict[str, Any] | None:
+        """The next complete line in the buffer, parsed; None if there is none."""
+        nl = self._buf.find(b"\n")
+        if nl < 0:
+            return None
+        line = bytes(self._buf[:nl])
+        del self._buf[: nl + 1]
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise LoopbackClientError(f"trunk sent a non-JSON line: {line!r:.80}") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("ev"), str):
+            raise LoopbackClientError(f"trunk sent a line without ev: {line!r:.80}")
+        return msg
 
 
 @asynccontextmanager

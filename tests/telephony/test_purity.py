@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FORBIDDEN = {"trio", "socket", "time", "threading", "os", "asyncio", "select", "signal",
              "subprocess", "selectors"}
 PURE = ["telephony/_control.py", "telephony/_activation.py", "telephony/events.py",
-        "integrations/base.py", "integrations/loopback.py"]
+        "integrations/base.py", "integrations/loopback.py", "telephony/media.py", "telephony/mwi.py",
+        "telephony/reports.py", "telephony/message.py"]
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
