@@ -39,7 +39,8 @@ class ServiceRunner:
     def command(self) -> list[str]:
         c = self.cfg
         base = list(c.service.command) if c.service.command else [sys.executable, "-m", "telephony.service"]
-        args = ["--control", str(c.control_socket), "--node", c.node.name,
+        args = ["--control", str(c.control_socket), "--config", str(Path(c.source).absolute()),
+                "--node", c.node.name,
                 "--health-interval", repr(c.service.health_interval),
                 "--offer-hold", repr(c.service.offer_hold), "--log-level", c.log.level]
         lb = c.ports.loopback

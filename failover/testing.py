@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -20,8 +21,30 @@ from .admin import admin_request
 from .configure import write_pair
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port that is free now and outside the kernel's ephemeral range: a port the kernel
+    hands out for bind(0) may be given again to an outgoing connection's source port before
+    the node binds it (seen as "Address already in use" with many connections in a test)."""
+    lo, hi = _ephemeral_range()
+    ranges = [(1024 + 1, lo - 1), (hi + 1, 65535)]
+    for _ in range(200):
+        a, b = random.choice([r for r in ranges if r[0] < r[1]] or [(20000, 30000)])
+        port = random.randint(a, b)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # fall back to what the kernel picks
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -236,6 +259,7 @@ class Pair:
                    loopback_ports=(self.loop_a, self.loop_b), profile=profile, force=True)
         self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra)
         self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra)
+        (self.dir / "data" / "store").mkdir(parents=True, exist_ok=True)  # the shared Maildir store
         self.a = Node("a", self.dir / "primary.toml", self.dir / "a.log")
         self.b = Node("b", self.dir / "secondary.toml", self.dir / "b.log")
 

@@ -80,7 +80,7 @@ MAX_AUDIO_CHUNK = 2560  # bytes of PCM in one audio line (160 ms); its line is <
 MAX_PENDING_DIGITS = 32
 DTMF_DIGITS = "0123456789*#"
 ANNOUNCEMENTS = frozenset({"beep", "messages"})
-_OFFER_FIELDS = {"call_id", "calling", "called", "forwarding", "reason"}
+_OFFER_FIELDS = {"call_id", "calling", "called", "forwarding", "reason", "media"}
 _B64_MAX = 4 * ((MAX_AUDIO_CHUNK + 2) // 3)
 
 #: ``flow(call, port, term)``: run while an answered call is in progress.
@@ -130,6 +130,9 @@ def _no_extra(msg: dict[str, Any], *allowed: str) -> None:
         raise ValueError(f"unknown fields {', '.join(sorted(map(str, unknown)))[:80]}")
 
 
+_MONITOR: Any = object()  # _read_offer's answer for a {"op": "monitor"} connection
+
+
 class LoopbackTrunk:
     """Port driver of the loopback trunk (implements :class:`telephony.ports.PortDriver`)."""
 
@@ -170,6 +173,36 @@ class LoopbackTrunk:
         self._given = listeners is not None
         self._listeners: list[trio.abc.Listener] = list(listeners or [])
         self._registry: PortRegistry | None = None
+        self._monitors: set[_Line] = set()  # connections that asked for MWI ("monitor")
+        #: True: run the flow only for offers with "media": true (the messaging service sets
+        #: it, so a signalling-only client keeps the old behaviour: the call is held)
+        self.media_only = False
+
+    async def _monitor(self, line: "_Line") -> None:
+        """The simulated PBX's MWI side: ``{"op": "monitor"}`` gets ``{"ev": "monitoring"}``,
+        then one ``{"ev": "mwi", ...}`` line per lamp job, until the client closes."""
+        await line.reply(ev="monitoring")
+        self._monitors.add(line)
+        try:
+            while await line.read() is not None:
+                pass  # nothing is expected from a monitor; its lines are ignored
+        finally:
+            self._monitors.discard(line)
+
+    async def send_mwi(self, job) -> None:
+        """Send a lamp job (``telephony.mwi.MwiJob``) to every monitor; raises ConnectionError
+        when no monitor got it (the MWI ledger then keeps the lamp unconfirmed)."""
+        sent = 0
+        for line in list(self._monitors):
+            try:
+                await line.reply(ev="mwi", extension=job.extension, mailbox=job.mailbox,
+                                 on=job.on, new=job.new, old=job.old, term=job.term,
+                                 reason=job.reason)
+                sent += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._monitors.discard(line)
+        if not sent:
+            raise ConnectionError("no MWI monitor connected to the loopback trunk")
 
     def port_names(self) -> list[str]:
         return [f"loopback-{i}" for i in range(1, self.count + 1)]
@@ -243,6 +276,10 @@ class LoopbackTrunk:
             fields = await self._read_offer(line, service)
             if fields is None:
                 return
+            if fields is _MONITOR:
+                await self._monitor(line)
+                return
+            media = self.media_only is False or bool(line.media)
             assert self._registry is not None
             port = self._registry.claim(self.kind)
             if port is None:
@@ -266,7 +303,7 @@ class LoopbackTrunk:
             assert active is not None
             await line.reply(ev="answered", node=arrival.node, port=arrival.port,
                              term=decision.term)
-            if self.flow is None:
+            if self.flow is None or not media:
                 client_gone = await self._in_call(line, active, service)
             else:
                 client_gone = await self._in_call_flow(line, active, service)
@@ -292,6 +329,8 @@ class LoopbackTrunk:
             if msg is None:
                 return None
             op = msg["op"]
+            if op == "monitor" and not line.offered:
+                return _MONITOR
             if op != "offer":
                 hint = "no call in progress" if op in ("hangup", "audio", "dtmf") \
                     else f"unknown op {op!r:.40}"
@@ -305,6 +344,7 @@ class LoopbackTrunk:
                 await line.reply(ev="error", message=f"bad offer: {exc}")
                 continue
             line.offered = True
+            line.media = msg.get("media", False)
             return fields
 
     def _offer_fields(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +353,8 @@ class LoopbackTrunk:
             raise ValueError(f"unknown fields {', '.join(sorted(unknown))}")
         if "call_id" not in msg:
             raise ValueError("call_id is missing")
+        if not isinstance(msg.get("media", False), bool):
+            raise ValueError("media must be true or false")
         fields: dict[str, Any] = {"call_id": msg["call_id"], "reason": msg.get("reason", "direct")}
         for name in ("calling", "called", "forwarding"):
             value = msg.get(name, "")
@@ -652,6 +694,7 @@ class _Line:
         self.conn = ControlConnection(max_line)
         self.lock = trio.Lock()
         self.offered = False
+        self.media = False
         self.dropped_sent = False
         self.final_sent = False  # ended went out (flow calls)
         self._eof = False

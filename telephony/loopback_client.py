@@ -110,9 +110,13 @@ class LoopbackCall:
     # ------------------------------------------------------------------ actions
 
     async def offer(self, call_id: str, *, calling: str = "", called: str = "",
-                    forwarding: str = "", reason: str = "direct") -> dict[str, Any]:
-        await self._send({"op": "offer", "call_id": call_id, "calling": calling,
-                          "called": called, "forwarding": forwarding, "reason": reason})
+                    forwarding: str = "", reason: str = "direct",
+                    media: bool = False) -> dict[str, Any]:
+        msg = {"op": "offer", "call_id": call_id, "calling": calling, "called": called,
+               "forwarding": forwarding, "reason": reason}
+        if media:
+            msg["media"] = True  # ask the messaging service for the call flow (audio, DTMF)
+        await self._send(msg)
         self.answer = await self._receive(timeout=self.reply_timeout)
         return self.answer
 
@@ -273,25 +277,26 @@ class LoopbackCall:
 @asynccontextmanager
 async def open_call(host: str, port: int, call_id: str, *, calling: str = "", called: str = "",
                     forwarding: str = "", reason: str = "direct",
-                    reply_timeout: float = 30.0) -> AsyncIterator[LoopbackCall]:
+                    reply_timeout: float = 30.0, media: bool = False) -> AsyncIterator[LoopbackCall]:
     """Place a call and keep it; the block's end hangs it up if it is still in progress.
-    ``reply_timeout`` bounds the wait for the answer (the trunk may hold the offer for a while)."""
+    ``reply_timeout`` bounds the wait for the answer (the trunk may hold the offer for a while).
+    ``media=True`` asks a messaging service for the call flow (greeting, recording, DTMF)."""
     stream = await trio.open_tcp_stream(host, port)
     async with call_on_stream(stream, call_id, calling=calling, called=called,
                               forwarding=forwarding, reason=reason,
-                              reply_timeout=reply_timeout) as call:
+                              reply_timeout=reply_timeout, media=media) as call:
         yield call
 
 
 @asynccontextmanager
 async def call_on_stream(stream: trio.abc.Stream, call_id: str, *, calling: str = "",
                          called: str = "", forwarding: str = "", reason: str = "direct",
-                         reply_timeout: float = 30.0) -> AsyncIterator[LoopbackCall]:
+                         reply_timeout: float = 30.0, media: bool = False) -> AsyncIterator[LoopbackCall]:
     """:func:`open_call` on a stream you connected yourself (closed at the end)."""
     async with stream:
         call = LoopbackCall(stream, reply_timeout=reply_timeout)
         await call.offer(call_id, calling=calling, called=called, forwarding=forwarding,
-                         reason=reason)
+                         reason=reason, media=media)
         try:
             yield call
         finally:

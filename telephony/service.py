@@ -61,8 +61,10 @@ class MessagingService:
     def __init__(self, *, node: str, control: trio.abc.Stream, drivers: Sequence[PortDriver] = (),
                  health_interval: float = 0.02, offer_hold: float = 2.0,
                  send_timeout: float = 5.0, hello_extra: dict[str, Any] | None = None,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, messaging: Any = None) -> None:
         self.node = node
+        #: the voice-messaging core (telephony.messaging.Messaging) or None (calls only held)
+        self.messaging = messaging
         self.health_interval = health_interval
         self.send_timeout = send_timeout
         self.registry = PortRegistry()
@@ -113,6 +115,8 @@ class MessagingService:
                                         ports=self.registry.names(), **self._hello_extra))
                 for d in self.drivers:
                     await nursery.start(d.run, self)
+                if self.messaging is not None:
+                    await nursery.start(self.messaging.run)
                 nursery.start_soon(self._health_loop)
                 log.info("running with %d ports: %s", len(self.registry),
                          ", ".join(self.registry.names()) or "none")
@@ -187,12 +191,16 @@ class MessagingService:
                 log.info("activated in term %d (lease %.3fs)", msg["term"], msg["lease"])
                 await self._notify(make("activated", term=msg["term"]))
                 self.desk.wake()
+                if self.messaging is not None:
+                    self.messaging.activated(msg["term"])
             elif op == "renew":
                 lease = _lease_left(msg)
                 self.activation.renew(msg["term"], lease, now, absolute="until" in msg)
                 log.debug("lease of term %d renewed for %.3fs", msg["term"], msg["lease"])
             elif op == "deactivate":
                 self.activation.deactivate(msg["term"], msg["drain"], now)
+                if self.messaging is not None:
+                    self.messaging.deactivated()
                 if not msg["drain"]:
                     await self.desk.drop_all()
                 if self.desk.calls_in_progress == 0:
@@ -214,6 +222,8 @@ class MessagingService:
     async def _check_timer(self) -> None:
         fenced = self.activation.on_timer(trio.current_time())
         if fenced is not None:
+            if self.messaging is not None:
+                self.messaging.deactivated()
             log.error("fenced: %s; no new calls until activated again", fenced.reason)
             await self._notify(make("fenced", term=fenced.term, reason=fenced.reason[:200]))
 
@@ -300,6 +310,7 @@ class ServiceOptions:
     health_interval: float = 0.02
     offer_hold: float = 2.0
     log_level: str = "info"
+    config: Path | None = None  # the node's TOML: enables the voice-messaging core
 
 
 _NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -446,7 +457,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServiceOptions:
         parser.error(f"{args.config}: log.level: expected debug, info, warning or error")
     return ServiceOptions(control=args.control, node=node, loopback=loopback,
                           ports=pick("ports", 4), health_interval=pick("health_interval", 0.02),
-                          offer_hold=pick("offer_hold", 2.0), log_level=level)
+                          offer_hold=pick("offer_hold", 2.0), log_level=level,
+                          config=args.config)
 
 
 class _Formatter(logging.Formatter):
@@ -504,8 +516,18 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
 
     drivers: list[PortDriver] = []
     extra: dict[str, Any] = {}
+    cfg = None
+    if opts.config is not None:
+        from failover.config import ConfigError, load_config
+        try:
+            cfg = load_config(opts.config)
+        except ConfigError as exc:
+            log.error("configuration: %s", exc)
+            return EXIT_FAILED
+    trunk = None
     if opts.loopback is not None:
-        trunk = LoopbackTrunk(host=opts.loopback[0], port=opts.loopback[1], count=opts.ports)
+        trunk = LoopbackTrunk(host=opts.loopback[0], port=opts.loopback[1], count=opts.ports,
+                              realtime=cfg.messaging.realtime_audio if cfg else True)
         try:
             host, port = await trunk.open()
         except OSError as exc:
@@ -520,11 +542,33 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         log.error("cannot connect to the control socket %s: %s", opts.control,
                   exc.strerror or exc)
         return EXIT_FAILED
+    messaging = None
+    db = None
+    if cfg is not None:
+        from failover.configdb import ConfigDB, ConfigDBError
+
+        from .messaging import build_messaging
+        try:
+            db = await trio.to_thread.run_sync(
+                lambda: ConfigDB(cfg.database.path, role=cfg.node.role,
+                                 log_keep=cfg.replication.log_keep, log_max=cfg.replication.log_max))
+            messaging = build_messaging(cfg, db, sink=trunk)
+        except (ConfigDBError, OSError, ValueError) as exc:
+            log.error("voice messaging cannot start: %s", exc)
+            return EXIT_FAILED
+        if trunk is not None:
+            trunk.flow = messaging.handle_call
+            trunk.media_only = True  # offers with "media": true get the call flow
     service = MessagingService(node=opts.node, control=control, drivers=drivers,
                                health_interval=opts.health_interval,
-                               offer_hold=opts.offer_hold, hello_extra=extra)
+                               offer_hold=opts.offer_hold, hello_extra=extra,
+                               messaging=messaging)
     box["service"] = service
-    return await service.run()
+    try:
+        return await service.run()
+    finally:
+        if db is not None:
+            db.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

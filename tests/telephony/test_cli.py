@@ -1,6 +1,8 @@
 """Command line and --config of ``python -m telephony.service`` (parsed in-process)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from telephony.service import ServiceOptions, parse_args
@@ -42,7 +44,7 @@ level = "debug"
     opts = parse_args(["--control", "c", "--config", cfg])
     assert opts == ServiceOptions(control="c", node="vm-a", loopback=("127.0.0.1", 7005),
                                   ports=6, health_interval=0.1, offer_hold=3.0,
-                                  log_level="debug")
+                                  log_level="debug", config=Path(cfg))
     opts = parse_args(["--control", "c", "--config", cfg, "--offer-hold", "0.5", "--node", "x"])
     assert opts.offer_hold == 0.5 and opts.node == "x" and opts.ports == 6
 

@@ -1,0 +1,311 @@
+"""The voice-messaging core of the messaging service: what the active node does with a call
+and with a message (docs/messaging-service.md, "Voice messaging").
+
+It wires the port-independent call flow (:mod:`telephony.callflow`) to the subscriber directory
+(the replicated configuration database), the message store with its spool
+(:mod:`telephony.store`, :mod:`telephony.spool`), MWI ownership (:mod:`telephony.mwi`, ledger in
+the database) and e-mail notification (:mod:`telephony.notify`).  Only the active node works:
+``activated(term)`` enables spool delivery and runs the MWI resync, ``deactivated()`` stops
+both; every MWI job carries the term and is checked against the current one before it is sent.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from failover.configdb import ConfigDB
+
+from .callflow import CallFlow, CallPort
+from .events import CallArrival
+from .ledgers import DbMwiLedger, DbNotificationLedger
+from .message import VoiceMessage
+from .mwi import MwiJob, MwiPlanner, next_daily_resync
+from .notify import NotificationFailed, SmtpNotifier
+from .spool import Spool, SpoolWorker
+from .store import MessageStore, StoreUnavailable
+
+log = logging.getLogger("telephony.messaging")
+
+
+class MwiSink(Protocol):
+    """Where lamp jobs go (the integration's MWI method).  Raises on failure."""
+
+    async def send_mwi(self, job: MwiJob) -> None: ...
+
+
+class _LogEvents:
+    """``events.write(level, event, message, fields)`` for the helpers, into the service log."""
+
+    def write(self, level: str, event: str, message: str, fields: dict | None = None) -> None:
+        log.log(getattr(logging, level.upper(), logging.INFO), "%s: %s", event, message)
+
+
+class ConfigDirectory:
+    """The call flow's subscriber directory, read from the configuration database."""
+
+    def __init__(self, db: ConfigDB, streams: Path, default_mailbox: str | None) -> None:
+        self.db, self.streams, self._default = db, streams, default_mailbox
+
+    def by_extension(self, ext: str) -> dict | None:
+        if not ext or not ext.isdigit() or len(ext) > 32:
+            return None
+        return self.db.get("subscribers", ext)
+
+    def by_mailbox(self, mailbox: str) -> dict | None:
+        return next((s for s in self.db.list("subscribers") if s["mailbox"] == mailbox), None)
+
+    def default_mailbox(self) -> dict | None:
+        return None if self._default is None else self.by_mailbox(self._default)
+
+    def greeting(self, subscriber: dict) -> bytes | None:
+        name = subscriber.get("greeting")
+        if not name:
+            return None
+        path = (self.streams / name).resolve()
+        if not path.is_relative_to(self.streams.resolve()):
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return data if data.startswith(b"RIFF") else None
+
+
+class StoreMailboxes:
+    """The call flow's view of the store."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+
+    async def counts(self, mailbox: str) -> tuple[int, int]:
+        return await self.store.counts(mailbox)
+
+    async def list_new(self, mailbox: str) -> list[tuple[str, bytes]]:
+        out = []
+        for m in await self.store.list(mailbox, new_only=True):
+            out.append((m.uid, await self.store.fetch_audio(mailbox, m.uid)))
+        return out
+
+    async def mark_heard(self, mailbox: str, uid: str) -> None:
+        await self.store.mark_heard(mailbox, uid)
+
+
+class Messaging:
+    def __init__(self, *, node: str, db: ConfigDB, store: MessageStore, spool_dir: Path,
+                 streams: Path, sink: MwiSink | None, notifier_factory: Callable[..., SmtpNotifier] | None = None,
+                 default_mailbox: str | None = None, max_message_s: float = 120.0,
+                 silence_s: float = 3.0, min_message_s: float = 0.5,
+                 resync_at_s: float = 3 * 3600.0) -> None:
+        self.node = node
+        self.db = db
+        self.store = store
+        self.sink = sink
+        self.events = _LogEvents()
+        self.limiter = trio.CapacityLimiter(1)  # database and planner: one caller at a time
+        self.directory = ConfigDirectory(db, streams, default_mailbox)
+        self.planner = MwiPlanner(DbMwiLedger(db))
+        self.spool = Spool(spool_dir)
+        self.worker = SpoolWorker(self.spool, store, events=self.events)
+        self.notifier = notifier_factory(DbNotificationLedger(db), self.events) if notifier_factory else None
+        self.flow = CallFlow(node=node, directory=self.directory, mailboxes=StoreMailboxes(store),
+                             deliver=self.deliver, lamp=self.lamp, max_message_s=max_message_s,
+                             silence_s=silence_s, min_message_s=min_message_s)
+        self.resync_at_s = resync_at_s
+        self.term: int | None = None
+        self._planner_term: int | None = None
+        self._resync_now = trio.Event()
+        self.counters: dict[str, int] = {"messages": 0, "lamp_jobs_sent": 0, "lamp_jobs_failed": 0,
+                                         "lamp_jobs_refused": 0, "resyncs": 0, "notifications": 0,
+                                         "notification_errors": 0}
+        self.last_resync: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ database thread
+
+    async def _db(self, fn, *args):
+        """Run ``fn`` in the database thread; the planner first learns a new term there (it is
+        not thread-safe, so it is only ever used from that one serialised thread)."""
+        term = self.term
+
+        def call():
+            if term is not None and self._planner_term != term:
+                self.planner.set_term(term)
+                self._planner_term = term
+            return fn(*args)
+
+        return await trio.to_thread.run_sync(call, limiter=self.limiter)
+
+    # ------------------------------------------------------------------ the service's hooks
+
+    async def handle_call(self, call: CallArrival, port: CallPort, term: int) -> None:
+        outcome = await self.flow.handle(call, port, term)
+        log.info("call %s: %s%s", call.call_id, outcome.kind,
+                 f" for {outcome.mailbox}" if outcome.mailbox else "")
+
+    def activated(self, term: int) -> None:
+        if self.term == term:
+            return
+        self.term = term
+        self.worker.set_enabled(True)
+        self._resync_now.set()  # after every takeover: lamps must match the store
+
+    def deactivated(self) -> None:
+        self.term = None
+        self.worker.set_enabled(False)
+
+    def stats(self) -> dict:
+        return {**self.counters, "spool": self.worker.stats(), "last_resync": self.last_resync}
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.worker.run)
+            nursery.start_soon(self._resync_loop)
+            task_status.started()
+
+    # ------------------------------------------------------------------ messages
+
+    async def deliver(self, msg: VoiceMessage) -> None:
+        outcome = await self.worker.deliver(msg)
+        self.counters["messages"] += 1
+        log.info("message %s for %s: %s", msg.message_id, msg.mailbox, outcome)
+        if outcome == "duplicate" or self.notifier is None or self.term is None:
+            return
+        sub = await self._db(self.directory.by_mailbox, msg.mailbox)
+        devices = (sub or {}).get("notify") or []
+        if not devices:
+            return
+        try:
+            sent = await self.notifier.notify(msg, devices, self.term)
+            self.counters["notifications"] += len(sent)
+        except NotificationFailed as e:
+            self.counters["notification_errors"] += 1
+            log.warning("notification of %s: %s", msg.message_id, e)
+
+    # ------------------------------------------------------------------ MWI
+
+    async def lamp(self, mailbox: str, extension: str) -> None:
+        """The counts of ``mailbox`` may have changed: send the lamp job if there is one."""
+        if self.term is None:
+            return
+        try:
+            new, old = await self.store.counts(mailbox)
+        except StoreUnavailable as e:
+            log.info("lamp of %s not updated now (store unavailable: %s); the resync will", mailbox, e)
+            return
+        jobs = await self._db(self.planner.on_counts, mailbox, extension, new, old, "deliver")
+        await self._send(jobs)
+
+    async def resync(self) -> dict:
+        """The guide's MWI resync: compare every subscriber's lamp with the store and send
+        only the differences."""
+        t0 = time.perf_counter()
+        counts = await self.store.all_counts()
+        subs = await self._db(self.db.list, "subscribers")
+        want = {s["mailbox"]: (s["extension"], *counts.get(s["mailbox"], (0, 0))) for s in subs
+                if s["mwi_method"] != "none"}
+        jobs = await self._db(self.planner.resync, want)
+        sent = await self._send(jobs)
+        self.counters["resyncs"] += 1
+        self.last_resync = {"subscribers": len(want), "jobs": len(jobs), "sent": sent,
+                            "seconds": round(time.perf_counter() - t0, 4), "term": self.term}
+        log.info("MWI resync in term %s: %d subscribers, %d lamps differed, %d sent",
+                 self.term, len(want), len(jobs), sent)
+        return self.last_resync
+
+    async def _send(self, jobs: list[MwiJob]) -> int:
+        sent = 0
+        for job in jobs:
+            why = self.planner.check_job(job) if self.term == job.term else "not active in the job's term"
+            if why is not None:
+                self.counters["lamp_jobs_refused"] += 1
+                log.info("lamp job for %s refused: %s", job.extension, why)
+                continue
+            try:
+                if self.sink is not None:
+                    await self.sink.send_mwi(job)
+            except Exception as e:  # the sink's failure: the ledger keeps it unconfirmed
+                self.counters["lamp_jobs_failed"] += 1
+                await self._db(self.planner.failed, job, str(e))
+                continue
+            await self._db(self.planner.confirm, job)
+            self.counters["lamp_jobs_sent"] += 1
+            sent += 1
+        return sent
+
+    async def _resync_loop(self) -> None:
+        while True:
+            wait = next_daily_resync(_local_seconds(), self.resync_at_s)
+            with trio.move_on_after(wait):
+                await self._resync_now.wait()
+            self._resync_now = trio.Event()
+            if self.term is None:
+                continue
+            try:
+                await self.resync()
+            except StoreUnavailable as e:
+                log.warning("MWI resync postponed: store unavailable (%s); retrying in 5 s", e)
+                await trio.sleep(5)
+                self._resync_now.set()
+            except Exception:  # a bug here must not take the service (and its calls) down
+                log.exception("MWI resync failed; retrying in 30 s")
+                await trio.sleep(30)
+                self._resync_now.set()
+
+
+def _local_seconds() -> float:
+    lt = time.localtime()
+    return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec
+
+
+Deliver = Callable[[VoiceMessage], Awaitable[None]]
+
+
+def _read_passwords(path: Path) -> dict[str, str]:
+    """``mailbox:password`` lines (the IMAP accounts); raises ValueError naming the line."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        mailbox, sep, password = line.partition(":")
+        if not sep or not mailbox or not password:
+            raise ValueError(f"{path}:{n}: expected mailbox:password")
+        out[mailbox] = password
+    return out
+
+
+def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
+    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``)."""
+    from .store import ImapStore, MaildirStore
+
+    st = cfg.store
+    if st.kind == "imap":
+        passwords = _read_passwords(st.imap_passwords)
+
+        def credentials(mailbox: str) -> tuple[str, str]:
+            if mailbox not in passwords:
+                raise KeyError(mailbox)
+            return mailbox, passwords[mailbox]
+
+        store: MessageStore = ImapStore(st.imap.host, st.imap.port, credentials=credentials,
+                                        timeout=st.timeout, mailboxes=lambda: sorted(passwords))
+    else:
+        store = MaildirStore(st.maildir)
+    factory = None
+    n = cfg.notify
+    if n.smtp is not None:
+        def factory(ledger, events):
+            return SmtpNotifier(n.smtp.host, n.smtp.port, ledger=ledger, timeout=st.timeout,
+                                events=events, sender=n.sender, attach_audio=n.attach_audio)
+    m = cfg.messaging
+    at = m.mwi_resync_at
+    return Messaging(node=cfg.node.name, db=db, store=store,
+                     spool_dir=cfg.replication.files_root / "spool",
+                     streams=cfg.replication.files_root / "streams", sink=sink,
+                     notifier_factory=factory, default_mailbox=m.default_mailbox,
+                     max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
+                     resync_at_s=at.hour * 3600 + at.minute * 60)
