@@ -36,7 +36,8 @@ import trio
 
 from .events import Reason
 from .message import VoiceMessage
-from .store import MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, safe_name
+from .store import (MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, _fsync_dir,
+                    safe_name)
 
 __all__ = ["Spool", "SpoolError", "SpoolWorker", "encode", "decode"]
 
@@ -126,14 +127,6 @@ def decode(data: bytes, *, name: str = "") -> VoiceMessage:
 
 
 # ============================================================================ directory
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
