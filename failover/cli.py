@@ -155,6 +155,54 @@ def cmd_db(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """The guide's reports, generated only on the primary while it is active."""
+    from telephony.reports import (ReportGate, failover_history_csv, failover_history_report,
+                                   message_counts_csv, message_counts_report)
+
+    from .eventlog import read_events
+
+    cfg = _config(args)
+    reply = _admin(cfg, {"op": "status"})
+    if reply is None:
+        print(f"vmha report: node manager of {cfg.node.name} is not running", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    n = reply["status"]["node"]
+    ok, why = ReportGate().may_generate(n["role"], n["state"])
+    if not ok:
+        print(f"vmha report: {why}", file=sys.stderr)
+        return 1
+    if args.kind == "failovers":
+        path = cfg.node.data_dir / "events.jsonl"
+        rows = failover_history_report(read_events(path)) if path.exists() else []
+        print(failover_history_csv(rows) if args.csv else json.dumps(rows, indent=2), end="\n")
+        return 0
+    import trio
+
+    from telephony.messaging import build_store
+    from telephony.store import StoreUnavailable
+
+    subs = _admin(cfg, {"op": "db_list", "table": "subscribers"})
+    if not subs or not subs.get("ok"):
+        print(f"vmha report: cannot read the subscribers: {(subs or {}).get('error')}", file=sys.stderr)
+        return 1
+
+    async def counts():
+        store = build_store(cfg)
+        try:
+            return await store.all_counts()
+        finally:
+            await store.aclose()
+
+    try:
+        report = message_counts_report(trio.run(counts), subs["rows"])
+    except StoreUnavailable as e:
+        print(f"vmha report: the message store is unavailable: {e}", file=sys.stderr)
+        return 1
+    print(message_counts_csv(report) if args.csv else json.dumps(report, indent=2), end="\n")
+    return 0
+
+
 def cmd_events(args) -> int:
     from .eventlog import format_record, read_events
 
@@ -215,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("table")
     q = dbs.add_parser("conflicts", parents=[conf], help="changes that lost a conflict (primary wins)")
     q.add_argument("--limit", type=int, default=100)
+    p = sub.add_parser("report", parents=[conf], help="reports (only on the primary while it "
+                       "is active): messages per subscriber, failover history")
+    p.add_argument("kind", choices=("messages", "failovers"))
+    p.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     p = sub.add_parser("events", parents=[conf], help="show the event log")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -232,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_configure(None, argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {"node": cmd_node, "status": cmd_status, "failover": cmd_move, "failback": cmd_move,
-                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo, "db": cmd_db}
+                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo, "db": cmd_db,
+                "report": cmd_report}
     return handlers[args.cmd](args)
 
 

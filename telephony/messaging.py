@@ -278,8 +278,8 @@ def _read_passwords(path: Path) -> dict[str, str]:
     return out
 
 
-def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
-    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``)."""
+def build_store(cfg) -> MessageStore:
+    """The message store a node's configuration names."""
     from .store import ImapStore, MaildirStore
 
     st = cfg.store
@@ -291,10 +291,15 @@ def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
                 raise KeyError(mailbox)
             return mailbox, passwords[mailbox]
 
-        store: MessageStore = ImapStore(st.imap.host, st.imap.port, credentials=credentials,
-                                        timeout=st.timeout, mailboxes=lambda: sorted(passwords))
-    else:
-        store = MaildirStore(st.maildir)
+        return ImapStore(st.imap.host, st.imap.port, credentials=credentials,
+                         timeout=st.timeout, mailboxes=lambda: sorted(passwords))
+    return MaildirStore(st.maildir)
+
+
+def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
+    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``)."""
+    store = build_store(cfg)
+    st = cfg.store
     factory = None
     n = cfg.notify
     if n.smtp is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -87,6 +89,15 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
             assert headers["x-vmha-forwarding"] == "1001" and headers["x-vmha-reason"] == "busy"
             assert headers["x-vmha-node"] == "a"
             assert media.pcm_of(wav)[:16000] == media.tone(440, 1.0)[:16000]  # the caller's voice
+            # reports: only on the primary while it is active
+            rep = await trio.to_thread.run_sync(_vmha, "report", "messages", "-c", str(pair.a.config))
+            assert rep.returncode == 0, rep.stderr
+            row = next(x for x in json.loads(rep.stdout)["subscribers"] if x["extension"] == "1001")
+            assert (row["mailbox"], row["new"], row["heard"]) == ("mb1001", 1, 0)
+            rep = await trio.to_thread.run_sync(_vmha, "report", "failovers", "--csv", "-c", str(pair.a.config))
+            assert rep.returncode == 0 and ",a," in rep.stdout.splitlines()[1], rep  # a's activation
+            rep = await trio.to_thread.run_sync(_vmha, "report", "messages", "-c", str(pair.b.config))
+            assert rep.returncode == 1 and "secondary" in rep.stderr, rep
             await until(lambda: len(mon_a.jobs) >= 1, "lamp job on the active node's trunk")
             await trio.sleep(0.5)
             assert [(j["extension"], j["on"], j["new"]) for j in mon_a.jobs] == [("1001", True, 1)]
@@ -117,6 +128,11 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
                                     (pair_dir / "b.log").read_text().splitlines()), "resync on b")
             assert mon_b.jobs == []  # every lamp was already right: nothing to send
             nursery.cancel_scope.cancel()
+
+
+def _vmha(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "failover.cli", *args], capture_output=True,
+                          text=True, timeout=60)
 
 
 def _count(pair: Pair, mailbox: str) -> int:
@@ -150,3 +166,40 @@ async def test_store_down_spools_and_the_new_active_delivers_the_spool_exactly_o
                     timeout=60)
         await trio.sleep(1.0)
         assert _count(pair, "mb1002") == 1  # exactly once
+
+
+async def test_kill9_of_the_active_service_mid_recording_leaves_no_partial_message(pair_dir):
+    """The recording dies with the process: no partial message anywhere; the caller, dropped,
+    calls again, reaches the new active node and leaves the message there — one message."""
+    with Pair(pair_dir, extra=FAST) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": {
+            "extension": "1003", "name": "Cy", "mailbox": "mb1003", "mwi_method": "sip", "notify": []}}]})
+        assert r["ok"], r
+        await until(lambda: (pair.b.admin({"op": "db_get", "table": "subscribers", "key": "1003"})
+                             or {}).get("row"), "subscriber on b")
+        async with trio.open_nursery() as nursery:
+            mon_b = Monitor()
+            await nursery.start(mon_b.run, pair.loop_port("b"))
+            async with open_call("127.0.0.1", pair.loop_port("a"), "call-k", calling="5550100",
+                                 forwarding="1003", reason="busy", media=True) as call:
+                await call.wait_event("record_start", timeout=20)
+                await call.say(media.tone(500, 0.5))
+                os.kill(pair.a.service_pid(), signal.SIGKILL)
+                with trio.move_on_after(20):
+                    await call.wait_dropped()
+                assert not call.in_progress
+            await until(lambda: pair.b.state() == "active", "secondary active")
+            assert _count(pair, "mb1003") == 0  # nothing partial was stored
+            spool = load_config(pair.a.config).replication.files_root / "spool"
+            assert not any(spool.glob("*.vmmsg"))
+            end = await leave_message(pair.loop_port("b"), "call-k2", "1003",
+                                      media.tone(500, 1.0) + media.silence(1.0))
+            assert end["reason"] == "silence"
+            await until(lambda: _count(pair, "mb1003") == 1, "message left on the new active node")
+            await until(lambda: any(j["extension"] == "1003" and j["on"] for j in mon_b.jobs),
+                        "lamp on from b")
+            await trio.sleep(0.5)
+            assert _count(pair, "mb1003") == 1
+            nursery.cancel_scope.cancel()
