@@ -60,7 +60,14 @@ class DbNotificationLedger:
     def __init__(self, db: ConfigDB) -> None:
         self.db = db
 
+    @staticmethod
+    def _row_key(key: str) -> str:
+        """notify's key is ``message_id + " " + address``; a message id never holds ``>``,
+        so ``message_id>address`` is the same key without the space the table refuses."""
+        return key.replace(" ", ">", 1)
+
     def claim(self, key: str, term: int) -> bool:
+        key = self._row_key(key)
         row = self.db.get("notifications", key)
         if row is not None and (row["state"]["sent"] or row["state"]["term"] >= term):
             return False
@@ -69,10 +76,12 @@ class DbNotificationLedger:
         return True
 
     def mark_sent(self, key: str, term: int) -> None:
+        key = self._row_key(key)
         self.db.write(term, [{"op": "put", "table": "notifications",
                               "row": {"key": key, "state": {"term": term, "sent": True}}}])
 
     def release(self, key: str, term: int) -> None:
+        key = self._row_key(key)
         row = self.db.get("notifications", key)
         if row is not None and not row["state"]["sent"] and row["state"]["term"] <= term:
             self.db.write(term, [{"op": "delete", "table": "notifications", "key": key}])

@@ -111,7 +111,10 @@ class Messaging:
         self.planner = MwiPlanner(DbMwiLedger(db))
         self.spool = Spool(spool_dir)
         self.worker = SpoolWorker(self.spool, store, events=self.events)
-        self.notifier = notifier_factory(DbNotificationLedger(db), self.events) if notifier_factory else None
+        # the notifier calls its ledger from the Trio thread: it gets a connection of its own
+        # (SQLite serialises the two connections' transactions), never the worker thread's
+        self.notifier = (notifier_factory(DbNotificationLedger(ConfigDB(db.path, role=db.role)),
+                                          self.events) if notifier_factory else None)
         self.flow = CallFlow(node=node, directory=self.directory, mailboxes=StoreMailboxes(store),
                              deliver=self.deliver, lamp=self.lamp, max_message_s=max_message_s,
                              silence_s=silence_s, min_message_s=min_message_s)
@@ -184,6 +187,9 @@ class Messaging:
         except NotificationFailed as e:
             self.counters["notification_errors"] += 1
             log.warning("notification of %s: %s", msg.message_id, e)
+        except Exception:  # the message is stored: a notification problem must not fail the call
+            self.counters["notification_errors"] += 1
+            log.exception("notification of %s failed", msg.message_id)
 
     # ------------------------------------------------------------------ MWI
 

@@ -7,6 +7,7 @@ Hang guards only (``GUARD``); no timing is judged here.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -203,3 +204,31 @@ async def test_kill9_of_the_active_service_mid_recording_leaves_no_partial_messa
             await trio.sleep(0.5)
             assert _count(pair, "mb1003") == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
+    """A real SMTP server process gets one notification per message; after the active service
+    is killed the new active node does not send it again (the ledger replicated)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telephony"))
+    from smtp_server import smtp_server  # the test SMTP server process (aiosmtpd), stopped by PID
+
+    with smtp_server(pair_dir / "smtp-mail") as smtp:
+        extra = {**FAST, "notify": {"smtp": f"127.0.0.1:{smtp.port}", "sender": "vm@example.com"}}
+        with Pair(pair_dir, extra=extra) as pair:
+            pair.start()
+            await wait_active(pair, "a")
+            r = await admin(pair.a, {"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": {
+                "extension": "1004", "name": "Di", "mailbox": "mb1004", "mwi_method": "none",
+                "notify": [{"type": "email", "address": "di@example.com"}]}}]})
+            assert r["ok"], r
+            await leave_message(pair.loop_port("a"), "call-n", "1004", media.tone(600, 1.0) + media.silence(1.0))
+            await until(lambda: len(smtp.messages()) == 1, "notification e-mail")
+            (mail,) = smtp.messages()
+            assert mail["To"] == "di@example.com" and "5550100" in mail["Subject"]
+            await until(lambda: any(r2["state"]["sent"] for r2 in (pair.b.admin(
+                {"op": "db_list", "table": "notifications"}) or {}).get("rows", [])),
+                "notification ledger replicated")
+            os.kill(pair.a.service_pid(), signal.SIGKILL)
+            await until(lambda: pair.b.state() == "active", "secondary active")
+            await trio.sleep(1.0)
+            assert len(smtp.messages()) == 1  # sent once, not again by the new active node
