@@ -131,10 +131,7 @@ class Replication:
             dv = await self.call(ConfigDB.data_version)
             if dv != last:
                 last = dv
-                before = self._head
-                await self._refresh()
-                if self._head != before:
-                    self._wake()
+                await self._refresh()  # wakes the sender if the log grew
 
     async def _write_loop(self) -> None:
         def run(batch: list[list]) -> None:
@@ -257,7 +254,10 @@ class Replication:
         return self._cache(await self.call(ConfigDB.state))
 
     def _cache(self, s):
+        grew = s.head_seq > self._head  # another process (the messaging service) wrote
         self._head, self._applied, self._checksum = s.head_seq, s.applied_seq, s.checksum
+        if grew:
+            self._wake()  # whoever noticed first: the sender must ship it
         return s
 
     async def _our_state(self, s=None) -> DbState:
