@@ -55,8 +55,6 @@ class _Peer:
     """What the peer last told us about its database (either connection)."""
     state: DbState | None = None
     acked_seq: int = 0  # the peer has applied our log up to here
-    connected_out: bool = False
-    connected_in: bool = False
 
 
 class Replication:
@@ -295,87 +293,83 @@ class Replication:
     # ------------------------------------------------------------------ sender (our log out)
 
     async def _db_sender(self, chan) -> None:
-        self.peer.connected_out = True
         sent = None  # last seq sent on this connection (None until the peer said where it is)
         inflight: deque[int] = deque()  # last seq of each batch not answered yet
         snapshot_wanted = trio.Event()
         next_snapshot = 0.0  # back-off between snapshots the peer did not take
-        try:
-            await chan.send(await self._our_state())
-            async with trio.open_nursery() as nursery:
-                pruned = 0
+        await chan.send(await self._our_state())
+        async with trio.open_nursery() as nursery:
+            pruned = 0
 
-                async def reader() -> None:
-                    nonlocal sent, pruned
-                    while True:
-                        msg = await chan.receive()
-                        if isinstance(msg, DbState):
-                            self.peer.acked_seq = msg.applied_seq
-                            if inflight:
-                                expected = inflight.popleft()
-                                if msg.applied_seq < expected:  # refused or a gap: start again
-                                    inflight.clear()
-                                    sent = msg.applied_seq
-                            elif sent is None or msg.applied_seq > sent:
-                                sent = msg.applied_seq  # (re)start right after what it has
-                            await self._peer_state(msg)
-                            if msg.applied_seq > self._head:
-                                self._log_limited("error", "db_peer_ahead", f"peer says it applied "
-                                                  f"our change {msg.applied_seq}, beyond our log head "
-                                                  f"{self._head} (was this database restored?)")
-                            acked = min(msg.applied_seq, self._head)
-                            if acked - pruned >= 256 or (acked == self._head and acked > pruned):
-                                pruned = acked  # prune the log now and then, not per batch
-                                await self.call(ConfigDB.mark_acked, acked)
-                            self._wake()
-                        elif isinstance(msg, DbSnapshotRequest):
-                            self.events.write("warning", "db_snapshot_requested",
-                                              f"peer asked for a snapshot: {msg.reason}")
-                            snapshot_wanted.set()
-                            self._wake()
-                        else:
-                            self.counters["unexpected_messages"] += 1
-
-                nursery.start_soon(reader)
-                idle_state_sent = -1
+            async def reader() -> None:
+                nonlocal sent, pruned
                 while True:
-                    changed = self._changed
-                    if snapshot_wanted.is_set():
-                        snapshot_wanted = trio.Event()
+                    msg = await chan.receive()
+                    if isinstance(msg, DbState):
+                        self.peer.acked_seq = msg.applied_seq
+                        if inflight:
+                            expected = inflight.popleft()
+                            if msg.applied_seq < expected:  # refused or a gap: start again
+                                inflight.clear()
+                                sent = msg.applied_seq
+                        elif sent is None or msg.applied_seq > sent:
+                            sent = msg.applied_seq  # (re)start right after what it has
+                        await self._peer_state(msg)
+                        if msg.applied_seq > self._head:
+                            self._log_limited("error", "db_peer_ahead", f"peer says it applied "
+                                              f"our change {msg.applied_seq}, beyond our log head "
+                                              f"{self._head} (was this database restored?)")
+                        acked = min(msg.applied_seq, self._head)
+                        if acked - pruned >= 256 or (acked == self._head and acked > pruned):
+                            pruned = acked  # prune the log now and then, not per batch
+                            await self.call(ConfigDB.mark_acked, acked)
+                        self._wake()
+                    elif isinstance(msg, DbSnapshotRequest):
+                        self.events.write("warning", "db_snapshot_requested",
+                                          f"peer asked for a snapshot: {msg.reason}")
+                        snapshot_wanted.set()
+                        self._wake()
+                    else:
+                        self.counters["unexpected_messages"] += 1
+
+            nursery.start_soon(reader)
+            idle_state_sent = -1
+            while True:
+                changed = self._changed
+                if snapshot_wanted.is_set():
+                    snapshot_wanted = trio.Event()
+                    await self._send_snapshot(chan)
+                    sent = None  # wait for its new DbState
+                    inflight.clear()
+                    continue
+                if sent is not None and self._head > sent and sent - self.peer.acked_seq < WINDOW:
+                    try:
+                        entries = await self.call(ConfigDB.entries_after, sent,
+                                                  max_entries=BATCH_ENTRIES,
+                                                  max_bytes=self._batch_bytes())
+                    except LogGap:
+                        wait = next_snapshot - trio.current_time()
+                        if wait > 0:
+                            await trio.sleep(wait)
+                        self._log_limited("warning", "db_snapshot", "peer is behind the start "
+                                          "of the change log: sending a snapshot")
                         await self._send_snapshot(chan)
-                        sent = None  # wait for its new DbState
+                        next_snapshot = trio.current_time() + RETRY_MAX
+                        sent = None
                         inflight.clear()
                         continue
-                    if sent is not None and self._head > sent and sent - self.peer.acked_seq < WINDOW:
-                        try:
-                            entries = await self.call(ConfigDB.entries_after, sent,
-                                                      max_entries=BATCH_ENTRIES,
-                                                      max_bytes=self._batch_bytes())
-                        except LogGap:
-                            wait = next_snapshot - trio.current_time()
-                            if wait > 0:
-                                await trio.sleep(wait)
-                            self._log_limited("warning", "db_snapshot", "peer is behind the start "
-                                              "of the change log: sending a snapshot")
-                            await self._send_snapshot(chan)
-                            next_snapshot = trio.current_time() + RETRY_MAX
-                            sent = None
-                            inflight.clear()
-                            continue
-                        await chan.send(DbChanges(tuple(
-                            DbEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)
-                            for e in entries)))
-                        sent = entries[-1].seq
-                        inflight.append(sent)
-                        self.counters["changes_sent"] += len(entries)
-                        continue
-                    if sent is not None and sent == self._head == self.peer.acked_seq \
-                            and idle_state_sent != self._head:
-                        idle_state_sent = self._head  # quiescent: let the peer compare checksums
-                        await chan.send(await self._our_state())
-                    await changed.wait()
-        finally:
-            self.peer.connected_out = False
+                    await chan.send(DbChanges(tuple(
+                        DbEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)
+                        for e in entries)))
+                    sent = entries[-1].seq
+                    inflight.append(sent)
+                    self.counters["changes_sent"] += len(entries)
+                    continue
+                if sent is not None and sent == self._head == self.peer.acked_seq \
+                        and idle_state_sent != self._head:
+                    idle_state_sent = self._head  # quiescent: let the peer compare checksums
+                    await chan.send(await self._our_state())
+                await changed.wait()
 
     def _batch_bytes(self) -> int:
         from ._replwire import max_changes_bytes
@@ -407,66 +401,62 @@ class Replication:
     # ------------------------------------------------------------------ receiver (peer's log in)
 
     async def _db_receiver(self, chan) -> None:
-        self.peer.connected_in = True
         retry = RETRY_MIN
         snap: DbSnapshotBegin | None = None
         buf = bytearray()
         gap_answered = False
-        try:
-            await chan.send(await self._our_state())
-            while True:
-                if self.diverged and self.role is Role.SECONDARY and not self._snapshot_requested:
-                    self._snapshot_requested = True  # the primary wins: take its snapshot
-                    await chan.send(DbSnapshotRequest(head_seq=self._head, reason="checksums differ "
-                                                      "at equal positions (diverged)"))
-                msg = None
-                with trio.move_on_after(0.5):
-                    msg = await chan.receive()
-                if msg is None:
-                    continue
-                if isinstance(msg, DbState):
-                    await self._peer_state(msg)
-                elif isinstance(msg, DbChanges):
-                    entries = [LogEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)
-                               for e in msg.entries]
-                    outcome, after = await self._apply(entries)
-                    if outcome == "gap":  # batches sent before the sender heard of a refusal
-                        if gap_answered:
-                            continue
-                        gap_answered = True
-                    elif outcome == "ok":
-                        retry, gap_answered = RETRY_MIN, False
-                    else:
-                        await trio.sleep(retry)  # do not let a bad batch spin
-                        retry = min(retry * 2, RETRY_MAX)
-                    await chan.send(await self._our_state(after))
-                elif isinstance(msg, DbSnapshotBegin):
-                    snap, buf = msg, bytearray()
-                    if msg.size > SNAPSHOT_MAX:
-                        self._refuse("snapshot_too_large", f"snapshot of {msg.size} bytes refused "
-                                     f"(limit {SNAPSHOT_MAX})")
-                        snap = None
-                        await chan.send(await self._our_state())
-                elif isinstance(msg, DbSnapshotChunk):
-                    if snap is None:
-                        continue  # the rest of a refused snapshot
-                    if msg.snapshot_id != snap.snapshot_id or msg.offset != len(buf) \
-                            or len(buf) + len(msg.data) > snap.size:
-                        self._refuse("snapshot_chunk", "snapshot chunk out of order: snapshot ignored")
-                        snap = None
-                        await chan.send(await self._our_state())
+        await chan.send(await self._our_state())
+        while True:
+            if self.diverged and self.role is Role.SECONDARY and not self._snapshot_requested:
+                self._snapshot_requested = True  # the primary wins: take its snapshot
+                await chan.send(DbSnapshotRequest(head_seq=self._head, reason="checksums differ "
+                                                  "at equal positions (diverged)"))
+            msg = None
+            with trio.move_on_after(0.5):
+                msg = await chan.receive()
+            if msg is None:
+                continue
+            if isinstance(msg, DbState):
+                await self._peer_state(msg)
+            elif isinstance(msg, DbChanges):
+                entries = [LogEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)
+                           for e in msg.entries]
+                outcome, after = await self._apply(entries)
+                if outcome == "gap":  # batches sent before the sender heard of a refusal
+                    if gap_answered:
                         continue
-                    buf += msg.data
-                    if len(buf) == snap.size:
-                        done, snap = snap, None
-                        await self._install(done, bytes(buf))
-                        buf = bytearray()
-                        gap_answered = False
-                        await chan.send(await self._our_state())
+                    gap_answered = True
+                elif outcome == "ok":
+                    retry, gap_answered = RETRY_MIN, False
                 else:
-                    self.counters["unexpected_messages"] += 1
-        finally:
-            self.peer.connected_in = False
+                    await trio.sleep(retry)  # do not let a bad batch spin
+                    retry = min(retry * 2, RETRY_MAX)
+                await chan.send(await self._our_state(after))
+            elif isinstance(msg, DbSnapshotBegin):
+                snap, buf = msg, bytearray()
+                if msg.size > SNAPSHOT_MAX:
+                    self._refuse("snapshot_too_large", f"snapshot of {msg.size} bytes refused "
+                                 f"(limit {SNAPSHOT_MAX})")
+                    snap = None
+                    await chan.send(await self._our_state())
+            elif isinstance(msg, DbSnapshotChunk):
+                if snap is None:
+                    continue  # the rest of a refused snapshot
+                if msg.snapshot_id != snap.snapshot_id or msg.offset != len(buf) \
+                        or len(buf) + len(msg.data) > snap.size:
+                    self._refuse("snapshot_chunk", "snapshot chunk out of order: snapshot ignored")
+                    snap = None
+                    await chan.send(await self._our_state())
+                    continue
+                buf += msg.data
+                if len(buf) == snap.size:
+                    done, snap = snap, None
+                    await self._install(done, bytes(buf))
+                    buf = bytearray()
+                    gap_answered = False
+                    await chan.send(await self._our_state())
+            else:
+                self.counters["unexpected_messages"] += 1
 
     def _refuse(self, reason: str, message: str) -> None:
         self.counters[f"refused_{reason}"] += 1

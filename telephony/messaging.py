@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -266,8 +266,6 @@ def _local_seconds() -> float:
     lt = time.localtime()
     return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec
 
-
-Deliver = Callable[[VoiceMessage], Awaitable[None]]
 
 
 def _read_passwords(path: Path) -> dict[str, str]:
