@@ -110,7 +110,8 @@ class Messaging:
         self.directory = ConfigDirectory(db, streams, default_mailbox)
         self.planner = MwiPlanner(DbMwiLedger(db))
         self.spool = Spool(spool_dir)
-        self.worker = SpoolWorker(self.spool, store, events=self.events)
+        self.worker = SpoolWorker(self.spool, store, events=self.events,
+                                  on_stored=self._spool_delivered)
         # the notifier calls its ledger from the Trio thread: it gets a connection of its own
         # (SQLite serialises the two connections' transactions), never the worker thread's
         self.notifier = (notifier_factory(DbNotificationLedger(ConfigDB(db.path, role=db.role)),
@@ -191,6 +192,10 @@ class Messaging:
             self.counters["notification_errors"] += 1
             log.exception("notification of %s failed", msg.message_id)
 
+    async def _spool_delivered(self, msg: VoiceMessage) -> None:
+        """A spooled message reached the store: its lamp (skipped while the store was away)."""
+        await self.lamp(msg.mailbox, msg.extension)
+
     # ------------------------------------------------------------------ MWI
 
     async def lamp(self, mailbox: str, extension: str) -> None:
@@ -205,9 +210,9 @@ class Messaging:
         jobs = await self._db(self.planner.on_counts, mailbox, extension, new, old, "deliver")
         await self._send(jobs)
 
-    async def resync(self) -> dict:
+    async def resync(self, why: str = "takeover") -> dict:
         """The guide's MWI resync: compare every subscriber's lamp with the store and send
-        only the differences."""
+        only the differences.  ``why``: "takeover" or "daily" (for the log and status)."""
         t0 = time.perf_counter()
         counts = await self.store.all_counts()
         subs = await self._db(self.db.list, "subscribers")
@@ -217,9 +222,10 @@ class Messaging:
         sent = await self._send(jobs)
         self.counters["resyncs"] += 1
         self.last_resync = {"subscribers": len(want), "jobs": len(jobs), "sent": sent,
-                            "seconds": round(time.perf_counter() - t0, 4), "term": self.term}
-        log.info("MWI resync in term %s: %d subscribers, %d lamps differed, %d sent",
-                 self.term, len(want), len(jobs), sent)
+                            "seconds": round(time.perf_counter() - t0, 4), "term": self.term,
+                            "why": why}
+        log.info("MWI resync in term %s (%s): %d subscribers, %d lamps differed, %d sent",
+                 self.term, why, len(want), len(jobs), sent)
         return self.last_resync
 
     async def _send(self, jobs: list[MwiJob]) -> int:
@@ -243,21 +249,26 @@ class Messaging:
         return sent
 
     async def _resync_loop(self) -> None:
+        retry: str | None = None  # the reason of a resync that failed and is retried
         while True:
             wait = next_daily_resync(_local_seconds(), self.resync_at_s)
-            with trio.move_on_after(wait):
+            with trio.move_on_after(wait) as timer:
                 await self._resync_now.wait()
+            why = "daily" if timer.cancelled_caught else (retry or "takeover")
+            retry = None
             self._resync_now = trio.Event()
             if self.term is None:
                 continue
             try:
-                await self.resync()
+                await self.resync(why)
             except StoreUnavailable as e:
                 log.warning("MWI resync postponed: store unavailable (%s); retrying in 5 s", e)
+                retry = why
                 await trio.sleep(5)
                 self._resync_now.set()
             except Exception:  # a bug here must not take the service (and its calls) down
                 log.exception("MWI resync failed; retrying in 30 s")
+                retry = why
                 await trio.sleep(30)
                 self._resync_now.set()
 
@@ -317,4 +328,4 @@ def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
                      streams=cfg.replication.files_root / "streams", sink=sink,
                      notifier_factory=factory, default_mailbox=m.default_mailbox,
                      max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
-                     resync_at_s=at.hour * 3600 + at.minute * 60)
+                     resync_at_s=at.hour * 3600 + at.minute * 60 + at.second)

@@ -30,6 +30,7 @@ import re
 import secrets
 import threading
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -293,11 +294,14 @@ class SpoolWorker:
     service calls :meth:`set_enabled` on activation and deactivation).  :meth:`deliver` works
     either way.  While the store is unavailable the worker retries after ``retry_min``
     seconds, doubling up to ``retry_max``; :meth:`wake` retries at once.  An idle worker
-    also looks at the spool every ``retry_max`` seconds (files put there by someone else)."""
+    also looks at the spool every ``retry_max`` seconds (files put there by someone else).
+    ``on_stored(msg)`` is awaited after a spooled message reached the store (the messaging
+    core updates its lamp there); its errors are logged, never retried."""
 
     def __init__(self, spool: Spool, store: MessageStore, *, retry_min: float = 0.5,
                  retry_max: float = 30.0, events: EventSink | None = None,
-                 enabled: bool = False) -> None:
+                 enabled: bool = False,
+                 on_stored: Callable[[VoiceMessage], Awaitable[None]] | None = None) -> None:
         if not (isinstance(retry_min, (int, float)) and retry_min > 0):
             raise ValueError(f"retry_min must be > 0, got {retry_min!r}")
         if not (isinstance(retry_max, (int, float)) and retry_max >= retry_min):
@@ -307,6 +311,7 @@ class SpoolWorker:
         self.retry_min = float(retry_min)
         self.retry_max = float(retry_max)
         self.events = events
+        self.on_stored = on_stored  # after a spooled message reached the store (its lamp)
         self._enabled = bool(enabled)
         self._poke = trio.Event()  # something to do: new spool file, enabled, wake()
         self._kick = trio.Event()  # retry now even while backing off: enabled change, wake()
@@ -492,6 +497,12 @@ class SpoolWorker:
                 self._delivered += 1
                 self._event("info", "spool_delivered", f"spooled message {msg.message_id} "
                             f"delivered to mailbox {msg.mailbox}", **fields)
+                if self.on_stored is not None:
+                    try:
+                        await self.on_stored(msg)
+                    except Exception as e:  # the message is stored; its follow-up is not ours
+                        self._event("error", "spool_followup_failed", f"after delivering "
+                                    f"{msg.message_id}: {type(e).__name__}: {e}", **fields)
             else:
                 self._duplicates += 1
                 self._event("info", "spool_duplicate", f"spooled message {msg.message_id} "

@@ -6,9 +6,11 @@ Hang guards only (``GUARD``); no timing is judged here.
 """
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from telephony import media
 from telephony.loopback_client import open_call
 from telephony.store import parse_mime
 
-from .conftest import until, wait_active
+from .conftest import GUARD, until, wait_active
 
 pytestmark = pytest.mark.multiprocess
 
@@ -232,3 +234,127 @@ async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
             await until(lambda: pair.b.state() == "active", "secondary active")
             await trio.sleep(1.0)
             assert len(smtp.messages()) == 1  # sent once, not again by the new active node
+
+
+def _stored_directly(root: Path, mailbox: str, extension: str, call_id: str) -> None:
+    """A message put in the shared store by something other than the active node (another
+    system on the message server, a restore from backup): the lamps do not know about it."""
+    from telephony.events import Reason
+    from telephony.message import VoiceMessage
+    from telephony.store import MaildirStore
+
+    msg = VoiceMessage(message_id=f"{call_id}.restore.0@vmha", mailbox=mailbox, extension=extension,
+                       caller="5550199", forwarding=extension, reason=Reason.BUSY, duration_s=1.0,
+                       node="restore", call_id=call_id, term=0,
+                       recorded_at="2026-11-25T03:00:00+00:00",
+                       audio=media.wav_bytes(media.tone(350, 1.0)))
+    trio.run(MaildirStore(root).deliver, msg)
+
+
+async def test_the_daily_resync_runs_at_the_configured_local_time_and_sends_only_the_difference(pair_dir):
+    """``messaging.mwi_resync_at`` is set a little ahead of the local clock.  A message that
+    reached the store behind the active node's back leaves its lamp wrong until then; at that
+    time the daily resync sends that one lamp job — and nothing before."""
+    lead = 25.0  # seconds from now: time enough to start the pair and set the scene
+    at = (datetime.datetime.now() + datetime.timedelta(seconds=lead)).time().replace(microsecond=0)
+    due = time.monotonic() + lead - 1.0  # the local clock has whole seconds
+    extra = {**FAST, "messaging": {**FAST["messaging"], "mwi_resync_at": at}}
+    with Pair(pair_dir, extra=extra) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": {
+            "extension": "1006", "name": "Ed", "mailbox": "mb1006", "mwi_method": "sip", "notify": []}}]})
+        assert r["ok"], r
+        async with trio.open_nursery() as nursery:
+            mon_a = Monitor()
+            await nursery.start(mon_a.run, pair.loop_port("a"))
+            root = load_config(pair.a.config).store.maildir
+            await trio.to_thread.run_sync(_stored_directly, root, "mb1006", "1006", "restored-1")
+            assert time.monotonic() < due, "the scene took longer than the lead; raise it"
+            log = pair_dir / "a.log"
+            await until(lambda: mon_a.jobs, "the daily resync's lamp job", timeout=lead + GUARD)
+            arrived = time.monotonic()
+            assert arrived >= due, "the lamp job came before the configured time"
+            assert [(j["extension"], j["on"], j["new"]) for j in mon_a.jobs] == [("1006", True, 1)]
+            assert any("(daily)" in line and "1 lamps differed, 1 sent" in line
+                       for line in log.read_text().splitlines())
+            await trio.sleep(0.5)
+            assert len(mon_a.jobs) == 1  # once
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in_between(pair_dir):
+    """Both nodes use one real Dovecot as the guide's separate message server.  A message goes
+    into IMAP from a; with Dovecot stopped the next one (for another subscriber) is spooled and
+    replicated; a's service is killed; b takes over and, once Dovecot is back, delivers it
+    once and lights that lamp; the first subscriber then hears their message through b."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telephony"))
+    import dovecot  # the test Dovecot process, stopped by PID
+    from telephony.store import ImapStore
+
+    if (why := dovecot.available()) is not None:
+        pytest.skip(why)
+    server = dovecot.DovecotServer(pair_dir / "dovecot")
+    try:
+        server.start()
+        passwords = pair_dir / "imap-passwords"
+        passwords.write_text("".join(f"{u}:{p}\n" for u, p in server.users.items()))
+        extra = {**FAST, "store": {"kind": "imap", "imap": f"127.0.0.1:{server.port}",
+                                   "imap_passwords": str(passwords), "timeout": 3}}
+        imap = ImapStore(server.host, server.port, credentials=server.credentials, timeout=5)
+
+        async def in_imap(mailbox: str, want: tuple[int, int]) -> None:
+            """Wait (hang guard only) until IMAP holds ``want`` = (new, heard) messages."""
+            got = None
+            with trio.move_on_after(GUARD):
+                while (got := await imap.counts(mailbox)) != want:
+                    await trio.sleep(0.05)
+            assert got == want, f"{mailbox} in IMAP: {got}, expected {want}"
+
+        with Pair(pair_dir, extra=extra) as pair:
+            pair.start()
+            await wait_active(pair, "a")
+            # the takeover resync reads the store first (ten IMAP logins): let it finish before
+            # the subscriber exists, or it may also send that subscriber's lamp-off job
+            await until(lambda: "(takeover)" in (pair_dir / "a.log").read_text(), "a's takeover resync")
+            r = await admin(pair.a, {"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": {
+                "extension": ext, "name": name, "mailbox": f"mb{ext}", "mwi_method": "sip", "notify": []}}
+                for ext, name in (("1007", "Fay"), ("1008", "Gus"))]})
+            assert r["ok"], r
+            async with trio.open_nursery() as nursery:
+                mon_a, mon_b = Monitor(), Monitor()
+                await nursery.start(mon_a.run, pair.loop_port("a"))
+                await nursery.start(mon_b.run, pair.loop_port("b"))
+                await leave_message(pair.loop_port("a"), "imap-1", "1007", media.tone(440, 1.0) + media.silence(1.0))
+                await in_imap("mb1007", (1, 0))
+                await until(lambda: mon_a.jobs, "lamp on from a")
+                assert [(j["on"], j["new"]) for j in mon_a.jobs] == [(True, 1)]
+                # the message server goes away: the next message waits in the replicated spool
+                await trio.to_thread.run_sync(server.stop)
+                await leave_message(pair.loop_port("a"), "imap-2", "1008", media.tone(660, 1.0) + media.silence(1.0))
+                spool_b = load_config(pair.b.config).replication.files_root / "spool"
+                await until(lambda: any(spool_b.glob("*.vmmsg")), "spool replicated to b")
+                os.kill(pair.a.service_pid(), signal.SIGKILL)
+                await until(lambda: pair.b.state() == "active", "secondary active")
+                await trio.to_thread.run_sync(server.start)
+                await until(lambda: not any(spool_b.glob("*.vmmsg")), "b delivered the spool", timeout=60)
+                await in_imap("mb1008", (1, 0))
+                await until(lambda: mon_b.jobs, "b lights the lamp of the spooled message")
+                await trio.sleep(0.5)
+                await in_imap("mb1008", (1, 0))  # exactly once
+                assert [(j["extension"], j["on"], j["new"]) for j in mon_b.jobs] == [("1008", True, 1)]
+                # the first subscriber calls b and hears the message (played from IMAP)
+                async with open_call("127.0.0.1", pair.loop_port("b"), "imap-3", calling="1007",
+                                     reason="direct", media=True) as call:
+                    ev = await call.wait_event("messages", timeout=20)
+                    assert ev["new"] == 1
+                    with trio.move_on_after(30):
+                        await call.wait_dropped()
+                await until(lambda: any(not j["on"] for j in mon_b.jobs), "lamp off after listening")
+                await in_imap("mb1007", (0, 1))
+                assert len(mon_a.jobs) == 1  # a sent nothing after the store went away
+                nursery.cancel_scope.cancel()
+        await imap.aclose()
+    finally:
+        server.stop()
+        server.cleanup()

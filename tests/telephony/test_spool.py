@@ -284,6 +284,35 @@ async def test_spooled_while_down_then_delivered(maildir, tmp_path):
         [m.message_id for m in msgs]
 
 
+async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_stop_the_worker(maildir, tmp_path):
+    """The messaging core lights the lamp in ``on_stored``: called once per message that
+    reached the store from the spool (not for duplicates), after it is stored; a failing
+    follow-up is reported and the spool is still drained."""
+    events = Events()
+    spool = Spool(tmp_path / "spool")
+    seen: list[tuple[str, tuple[int, int]]] = []
+
+    async def on_stored(msg):
+        seen.append((msg.message_id, await maildir.counts(msg.mailbox)))
+        if len(seen) == 2:
+            raise RuntimeError("lamp driver broke")
+
+    msgs = [make_message(n) for n in (1, 2, 3)]
+    await maildir.deliver(msgs[0])  # already stored: a duplicate, no follow-up
+    for m in msgs:
+        spool.put(m)
+    worker = SpoolWorker(spool, maildir, retry_min=0.01, events=events, enabled=True,
+                         on_stored=on_stored)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await wait_until(lambda: not spool.pending(), "spool drained")
+        nursery.cancel_scope.cancel()
+    assert seen == [(msgs[1].message_id, (2, 0)), (msgs[2].message_id, (3, 0))]
+    (failed,) = events.named("spool_followup_failed")
+    assert "lamp driver broke" in failed["message"] and failed["fields"]["message_id"] == msgs[2].message_id
+    assert worker.stats()["duplicates"] == 1
+
+
 @needs_dovecot
 async def test_imap_spooled_while_dovecot_is_stopped(tmp_path):
     with DovecotServer(tmp_path / "dovecot") as server:
