@@ -276,8 +276,9 @@ async def test_the_daily_resync_runs_at_the_configured_local_time_and_sends_only
             arrived = time.monotonic()
             assert arrived >= due, "the lamp job came before the configured time"
             assert [(j["extension"], j["on"], j["new"]) for j in mon_a.jobs] == [("1006", True, 1)]
-            assert any("(daily)" in line and "1 lamps differed, 1 sent" in line
-                       for line in log.read_text().splitlines())
+            await until(lambda: any("(daily)" in line and "1 lamps differed, 1 sent" in line
+                                    for line in log.read_text().splitlines()),
+                        "the daily resync's log line")  # written after the job went out
             await trio.sleep(0.5)
             assert len(mon_a.jobs) == 1  # once
             nursery.cancel_scope.cancel()
