@@ -261,6 +261,42 @@ def _command(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _device(v: Any, ctx: _Ctx) -> str:
+    """A serial device path (relative to the file) or a pyserial URL (kept as is)."""
+    if isinstance(v, str) and "://" in v:
+        if any(c.isspace() or c == "\0" for c in v):
+            raise _Bad(f"expected a pyserial URL without spaces, {_got(v)}")
+        return v
+    return str(_path(v, ctx))
+
+
+def _terminals(v: Any, ctx: _Ctx) -> tuple[int, ...]:
+    if not (isinstance(v, list) and v and all(type(x) is int and 0 <= x <= 9999 for x in v)):
+        raise _Bad(f"expected a non-empty array of terminal numbers 0..9999, {_got(v)}")
+    if len(set(v)) != len(v):
+        raise _Bad(f"a terminal number is listed twice, {_got(v)}")
+    return tuple(v)
+
+
+def _wire_text(v: Any, ctx: _Ctx) -> str:
+    """Text put on the serial line: ASCII; ``\\xNN`` escapes (``"!\\x04"``) are decoded."""
+    if not isinstance(v, str) or len(v) > 32:
+        raise _Bad(f"expected a string of up to 32 characters, {_got(v)}")
+    try:
+        text = v.encode("ascii").decode("unicode_escape")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise _Bad(f"expected ASCII with \\xNN escapes, {_got(v)}") from None
+    if not text.isascii():
+        raise _Bad(f"expected ASCII with \\xNN escapes, {_got(v)}")
+    return text
+
+
+def _digits(v: Any, ctx: _Ctx) -> str:
+    if not (isinstance(v, str) and len(v) <= 16 and (v == "" or (v.isascii() and v.isdigit()))):
+        raise _Bad(f"expected up to 16 digits, {_got(v)}")
+    return v
+
+
 _REQUIRED = object()
 
 
@@ -381,6 +417,27 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "enabled": _K(_bool, True),
         "listen": _K(_Addr(), None),  # required when enabled: no ephemeral port for a real node
         "count": _K(_Num(1, 256, integer=True), 4),
+    },
+    "ports.smdi": {
+        "enabled": _K(_bool, False),
+        "device": _K(_device, None),  # required when enabled
+        "baudrate": _K(_Num(50, 4_000_000, integer=True), 9600),
+        "bytesize": _K(_Num(5, 8, integer=True), 7),
+        "parity": _K(_Choice({p: p for p in ("none", "even", "odd", "mark", "space")}), "even"),
+        "stopbits": _K(_Choice({"1": 1, "1.5": 1.5, "2": 2}), "1"),
+        "terminals": _K(_terminals, None),  # required when enabled
+        "desk": _K(_Num(0, 999, integer=True), None),  # absent: any message desk
+        "record_wait": _K(_Num(0.1, 3600), 30.0),
+        "ring_wait": _K(_Num(0, 60), 3.0),
+        "strip": _K(_Num(0, 32, integer=True), 0),
+        "keep_last": _K(_Num(0, 32, integer=True), 0),
+        "mwi_on": _K(_wire_text, "OP:MWI "),
+        "mwi_off": _K(_wire_text, "RMV:MWI "),
+        "mwi_suffix": _K(_wire_text, "!\x04"),
+        "mwi_pad": _K(_Num(0, 32, integer=True), 0),
+        "mwi_prefix": _K(_digits, ""),
+        "mwi_gap": _K(_Num(0, 10), 0.0),
+        "failure_window": _K(_Num(0.1, 3600), 10.0),
     },
     "admin": {
         "socket": _K(_path, None),  # <data_dir>/run/admin.sock
@@ -528,8 +585,53 @@ class LoopbackPorts:
 
 
 @dataclass(frozen=True)
+class SmdiPorts:
+    """``[ports.smdi]``: the serial SMDI link through a data splitter (issue 5)."""
+
+    enabled: bool
+    device: str | None
+    baudrate: int
+    bytesize: int
+    parity: str
+    stopbits: float
+    terminals: tuple[int, ...] | None
+    desk: int | None
+    record_wait: float
+    ring_wait: float
+    strip: int
+    keep_last: int
+    mwi_on: str
+    mwi_off: str
+    mwi_suffix: str
+    mwi_pad: int
+    mwi_prefix: str
+    mwi_gap: float
+    failure_window: float
+
+    def serial_settings(self):
+        """``integrations.smdi.SerialSettings`` (ValueError on a bad combination)."""
+        from integrations.smdi import SerialSettings
+
+        return SerialSettings(device=self.device or "", baudrate=self.baudrate,
+                              bytesize=self.bytesize, parity=self.parity, stopbits=self.stopbits)
+
+    def profile(self):
+        """``integrations.smdi.SmdiProfile`` (ValueError on a bad combination)."""
+        from integrations.smdi import SmdiProfile
+        from telephony.smdi.codec import MwiFormat
+
+        return SmdiProfile(
+            terminals=self.terminals or (), desk=self.desk, record_wait=self.record_wait,
+            ring_wait=self.ring_wait, strip=self.strip, keep_last=self.keep_last,
+            mwi=MwiFormat(on_prefix=self.mwi_on, off_prefix=self.mwi_off, suffix=self.mwi_suffix,
+                          pad_to=self.mwi_pad),
+            mwi_prefix=self.mwi_prefix, mwi_gap=self.mwi_gap, failure_window=self.failure_window)
+
+
+@dataclass(frozen=True)
 class PortsSection:
     loopback: LoopbackPorts
+    smdi: SmdiPorts
 
 
 @dataclass(frozen=True)
@@ -746,7 +848,7 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         failback=FailbackSection(**v["failback"]),
         licence=LicenceSection(**v["licence"]),
         service=ServiceSection(**v["service"]),
-        ports=PortsSection(LoopbackPorts(**v["ports.loopback"])),
+        ports=PortsSection(LoopbackPorts(**v["ports.loopback"]), SmdiPorts(**v["ports.smdi"])),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
         log=LogSection(**v["log"]),
         database=DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
@@ -808,6 +910,23 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
     elif lb.listen is not None and lb.listen.port == 0:
         out.append(Problem("ports.loopback.listen", "port 0 (ephemeral) is not allowed: "
                            "give an explicit port from 1 to 65535"))
+    sm = c.ports.smdi
+    if sm.enabled:
+        for key in ("device", "terminals"):
+            if getattr(sm, key) is None:
+                out.append(Problem(f"ports.smdi.{key}", "required when ports.smdi.enabled = true"))
+        if not lb.enabled:
+            out.append(Problem("ports.smdi.enabled", "the SMDI integration answers calls on the "
+                               "loopback lines (the voice-board simulator): enable ports.loopback"))
+        elif sm.terminals is not None and len(sm.terminals) > lb.count:
+            out.append(Problem("ports.smdi.terminals", f"{len(sm.terminals)} terminals for "
+                               f"{lb.count} lines (ports.loopback.count): one terminal per line"))
+        if sm.device is not None and sm.terminals is not None:
+            for what in ("serial_settings", "profile"):
+                try:
+                    getattr(sm, what)()
+                except ValueError as e:
+                    out.append(Problem("ports.smdi", str(e)))
     st = c.store
     if st.kind == "imap":
         for key in ("imap", "imap_passwords"):

@@ -194,5 +194,7 @@ class ServiceRunner:
                               f"call {call['call_id']} on {call['port']} {msg['event']}"
                               + (f" in term {msg['term']}" if msg.get("term") is not None else ""),
                               {"call": call})
+        elif op == "event":  # a driver's event (SMDI link down/up, switch refusals)
+            self.events.write(msg["level"], msg["event"], msg["message"])
         elif op == "error":
             self.events.write("warning", "service_refused", f"service refused {msg.get('ref')}: {msg['message']}")

@@ -239,7 +239,11 @@ class Pair:
     replication listener is reached through a TcpRelay, so the test can cut and heal the
     network between the nodes (``cut()`` cuts both, like a pulled cable)."""
 
-    def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default", extra: dict | None = None):
+    def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default", extra: dict | None = None,
+                 extra_a: dict | None = None, extra_b: dict | None = None):
+        """``extra``: TOML sections merged into both nodes' files (a nested table such as
+        ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
+        same for one node, after ``extra``."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         la, lb = free_port(), free_port()
@@ -257,14 +261,14 @@ class Pair:
             rdial_a, rdial_b = rla, rlb
         write_pair(self.dir, "a", "b", f"127.0.0.1:{la}", f"127.0.0.1:{lb}", "data",
                    loopback_ports=(self.loop_a, self.loop_b), profile=profile, force=True)
-        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra)
-        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra)
+        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra, extra_a)
+        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra, extra_b)
         (self.dir / "data" / "store").mkdir(parents=True, exist_ok=True)  # the shared Maildir store
         self.a = Node("a", self.dir / "primary.toml", self.dir / "a.log")
         self.b = Node("b", self.dir / "secondary.toml", self.dir / "b.log")
 
     @staticmethod
-    def _patch(path: Path, link: tuple[int, int], repl: tuple[int, int], extra: dict | None) -> None:
+    def _patch(path: Path, link: tuple[int, int], repl: tuple[int, int], *extras: dict | None) -> None:
         import tomllib
 
         import tomli_w
@@ -273,8 +277,9 @@ class Pair:
         data["link"]["listen"] = f"127.0.0.1:{link[0]}"
         data["link"]["peer"] = f"127.0.0.1:{link[1]}"
         data.setdefault("replication", {}).update(listen=f"127.0.0.1:{repl[0]}", peer=f"127.0.0.1:{repl[1]}")
-        for section, values in (extra or {}).items():
-            data.setdefault(section, {}).update(values)
+        for extra in extras:
+            for section, values in (extra or {}).items():
+                data.setdefault(section, {}).update(values)
         path.write_text(tomli_w.dumps(data))
 
     def node(self, name: str) -> Node:

@@ -291,6 +291,8 @@ FROM_SERVICE: Final[dict[str, dict[str, Check]]] = {
     "call_offered": {"call": _call},
     "call": {"event": _choice(CALL_EVENTS), "call": _call, "term": _opt(_TERM)},
     "error": {"message": _text(1000), "ref": _opt(_text(64))},
+    "event": {"level": _choice(("info", "warning", "error")), "event": _NAME,
+              "message": _text(1000)},
 }
 
 

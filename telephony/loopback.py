@@ -15,6 +15,12 @@ connection.  When the service hangs the call up itself (deactivate without drain
 node manager gone) the client gets ``{"ev": "dropped"}`` and the connection closes.
 ``calling``, ``called`` and ``forwarding`` default to "" and ``reason`` to "direct".
 
+**Lines.**  ``"line": N`` rings port ``loopback-N`` itself (``rejected`` ``busy`` if that port
+is not idle), as a PBX rings one line of a voice board.  With ``line_info`` set (the serial
+SMDI integration), such a call carries no numbers of its own: its information comes from the
+PBX's data link (the SMDI record for that line's terminal), and the offer's numbers are
+ignored.
+
 **Call flow and media.**  With a ``flow`` (``LoopbackTrunk(flow=...)``, usually
 ``CallFlow.handle``), the trunk runs ``await flow(call, port, term)`` once the call is
 answered; ``port`` is a :class:`LoopbackPort` (a ``telephony.callflow.CallPort``).  Audio is
@@ -80,7 +86,7 @@ MAX_AUDIO_CHUNK = 2560  # bytes of PCM in one audio line (160 ms); its line is <
 MAX_PENDING_DIGITS = 32
 DTMF_DIGITS = "0123456789*#"
 ANNOUNCEMENTS = frozenset({"beep", "messages"})
-_OFFER_FIELDS = {"call_id", "calling", "called", "forwarding", "reason", "media"}
+_OFFER_FIELDS = {"call_id", "calling", "called", "forwarding", "reason", "media", "line"}
 _B64_MAX = 4 * ((MAX_AUDIO_CHUNK + 2) // 3)
 
 #: ``flow(call, port, term)``: run while an answered call is in progress.
@@ -174,6 +180,10 @@ class LoopbackTrunk:
         self._listeners: list[trio.abc.Listener] = list(listeners or [])
         self._registry: PortRegistry | None = None
         self._monitors: set[_Line] = set()  # connections that asked for MWI ("monitor")
+        #: ``await line_info(port, call_id, node) -> CallArrival``: the information of a call
+        #: ringing on a given line (``"line": N``), from the PBX's data link (SMDI); None: the
+        #: offer's own fields are used
+        self.line_info: Callable[[str, str, str], Awaitable[CallArrival]] | None = None
         #: True: run the flow only for offers with "media": true (the messaging service sets
         #: it, so a signalling-only client keeps the old behaviour: the call is held)
         self.media_only = False
@@ -281,17 +291,26 @@ class LoopbackTrunk:
                 return
             media = self.media_only is False or bool(line.media)
             assert self._registry is not None
-            port = self._registry.claim(self.kind)
+            wanted = fields.pop("line", None)
+            if wanted is not None:  # a ring on that very line (a voice board's port)
+                port = self._registry.claim_port(f"loopback-{wanted}")
+            else:
+                port = self._registry.claim(self.kind)
             if port is None:
-                log.info("call %s rejected: all %d loopback ports busy", fields["call_id"],
-                         self.count)
+                log.info("call %s rejected: %s busy", fields["call_id"],
+                         f"line {wanted}" if wanted is not None else f"all {self.count} loopback ports")
                 decided = True
                 await line.reply(ev="rejected", reason="busy")
                 return
             try:
-                arrival = CallArrival(node=service.node, port=port.name,
-                                      integration=self.profile.name, **fields)
-            except ValueError:  # checked in _read_offer; the node name is the service's own
+                if wanted is not None and self.line_info is not None:
+                    # the line carries no numbers: the call's information comes from the
+                    # PBX's data link (an SMDI record for this line's terminal)
+                    arrival = await self.line_info(port.name, fields["call_id"], service.node)
+                else:
+                    arrival = CallArrival(node=service.node, port=port.name,
+                                          integration=self.profile.name, **fields)
+            except BaseException:  # checked in _read_offer; the node name is the service's own
                 port.state = PortState.IDLE
                 raise
             decision = await service.offer(arrival)
@@ -339,7 +358,7 @@ class LoopbackTrunk:
             try:
                 fields = self._offer_fields(msg)
                 CallArrival(node=service.node, port="check", integration=self.profile.name,
-                            **fields)
+                            **{k: v for k, v in fields.items() if k != "line"})
             except ValueError as exc:
                 await line.reply(ev="error", message=f"bad offer: {exc}")
                 continue
@@ -356,6 +375,11 @@ class LoopbackTrunk:
         if not isinstance(msg.get("media", False), bool):
             raise ValueError("media must be true or false")
         fields: dict[str, Any] = {"call_id": msg["call_id"], "reason": msg.get("reason", "direct")}
+        if "line" in msg:
+            n = msg["line"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.count:
+                raise ValueError(f"line must be a port number 1..{self.count}")
+            fields["line"] = n
         for name in ("calling", "called", "forwarding"):
             value = msg.get(name, "")
             if value is None:

@@ -111,9 +111,11 @@ class LoopbackCall:
 
     async def offer(self, call_id: str, *, calling: str = "", called: str = "",
                     forwarding: str = "", reason: str = "direct",
-                    media: bool = False) -> dict[str, Any]:
-        msg = {"op": "offer", "call_id": call_id, "calling": calling, "called": called,
-               "forwarding": forwarding, "reason": reason}
+                    media: bool = False, line: int | None = None) -> dict[str, Any]:
+        msg: dict[str, Any] = {"op": "offer", "call_id": call_id, "calling": calling,
+                               "called": called, "forwarding": forwarding, "reason": reason}
+        if line is not None:
+            msg["line"] = line  # ring that line (its information comes from the data link)
         if media:
             msg["media"] = True  # ask the messaging service for the call flow (audio, DTMF)
         await self._send(msg)
@@ -277,26 +279,29 @@ class LoopbackCall:
 @asynccontextmanager
 async def open_call(host: str, port: int, call_id: str, *, calling: str = "", called: str = "",
                     forwarding: str = "", reason: str = "direct",
-                    reply_timeout: float = 30.0, media: bool = False) -> AsyncIterator[LoopbackCall]:
+                    reply_timeout: float = 30.0, media: bool = False,
+                    line: int | None = None) -> AsyncIterator[LoopbackCall]:
     """Place a call and keep it; the block's end hangs it up if it is still in progress.
     ``reply_timeout`` bounds the wait for the answer (the trunk may hold the offer for a while).
-    ``media=True`` asks a messaging service for the call flow (greeting, recording, DTMF)."""
+    ``media=True`` asks a messaging service for the call flow (greeting, recording, DTMF).
+    ``line=N`` rings port ``loopback-N`` itself, as a PBX rings one line of a voice board."""
     stream = await trio.open_tcp_stream(host, port)
     async with call_on_stream(stream, call_id, calling=calling, called=called,
                               forwarding=forwarding, reason=reason,
-                              reply_timeout=reply_timeout, media=media) as call:
+                              reply_timeout=reply_timeout, media=media, line=line) as call:
         yield call
 
 
 @asynccontextmanager
 async def call_on_stream(stream: trio.abc.Stream, call_id: str, *, calling: str = "",
                          called: str = "", forwarding: str = "", reason: str = "direct",
-                         reply_timeout: float = 30.0, media: bool = False) -> AsyncIterator[LoopbackCall]:
+                         reply_timeout: float = 30.0, media: bool = False,
+                         line: int | None = None) -> AsyncIterator[LoopbackCall]:
     """:func:`open_call` on a stream you connected yourself (closed at the end)."""
     async with stream:
         call = LoopbackCall(stream, reply_timeout=reply_timeout)
         await call.offer(call_id, calling=calling, called=called, forwarding=forwarding,
-                         reason=reason, media=media)
+                         reason=reason, media=media, line=line)
         try:
             yield call
         finally:

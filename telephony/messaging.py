@@ -157,6 +157,11 @@ class Messaging:
         self.worker.set_enabled(True)
         self._resync_now.set()  # after every takeover: lamps must match the store
 
+    def request_resync(self) -> None:
+        """Resync lamps now (a lamp link came back): sends what is unconfirmed or differs."""
+        if self.term is not None:
+            self._resync_now.set()
+
     def deactivated(self) -> None:
         self.term = None
         self.worker.set_enabled(False)
@@ -209,6 +214,14 @@ class Messaging:
             return
         jobs = await self._db(self.planner.on_counts, mailbox, extension, new, old, "deliver")
         await self._send(jobs)
+
+    async def lamp_failed(self, job: MwiJob, why: str) -> None:
+        """The switch refused a lamp command after it was sent (an SMDI ``MWI… INV``/``BLK``
+        record): the ledger entry becomes unconfirmed, so the next resync tries again."""
+        self.counters["lamp_jobs_failed"] += 1
+        await self._db(self.planner.failed, job, why)
+        log.warning("lamp %s for %s (extension %s) refused by the switch: %s",
+                    "on" if job.on else "off", job.mailbox, job.extension, why)
 
     async def resync(self, why: str = "takeover") -> dict:
         """The guide's MWI resync: compare every subscriber's lamp with the store and send

@@ -83,6 +83,15 @@ class PortRegistry:
                 return p
         return None
 
+    def claim_port(self, name: str) -> Port | None:
+        """Take port ``name`` for a call ringing on that very line, or None if it is not idle
+        (KeyError if there is no such port)."""
+        p = self._ports[name]
+        if p.state is not PortState.IDLE:
+            return None
+        p.state = PortState.RINGING
+        return p
+
     def claim(self, kind: str | None = None) -> Port | None:
         """Take the first idle port for an arriving call (it rings), or None: busy."""
         p = self.free(kind)
@@ -212,6 +221,16 @@ class CallDesk:
             self._pending_gone.set()
             if not answered and port.state is PortState.RINGING:
                 port.state = PortState.IDLE
+
+    async def announce(self, call: CallArrival) -> bool:
+        """A call is on its way to ``call.port`` (a serial call record came before the line
+        rings): while the service may not answer, report it to the node manager now, so the
+        failover starts before the ring.  Holds nothing and claims no port; True if reported."""
+        if self.closing or self._answering() is not None:
+            return False
+        log.info("%s announced while not active", call.summary())
+        await self._notify(make("call_offered", call=call.to_dict()))
+        return True
 
     async def _hold(self, p: _Pending) -> tuple[int | None, str]:
         call = p.call

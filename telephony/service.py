@@ -94,6 +94,18 @@ class MessagingService:
     async def end_call(self, call: ActiveCall, event: str = "ended") -> None:
         await self.desk.end_call(call, event)
 
+    async def announce(self, call: CallArrival) -> bool:
+        """A call is coming to ``call.port`` (see :meth:`CallDesk.announce`)."""
+        return await self.desk.announce(call)
+
+    def answering_term(self) -> int | None:
+        """The term the service may answer and transmit in right now, or None."""
+        return self._answering()
+
+    async def report(self, level: str, event: str, message: str) -> None:
+        """A driver's event for the node's event log (link down/up, switch refusals)."""
+        await self._notify(make("event", level=level, event=event, message=message[:1000]))
+
     def _answering(self) -> int | None:
         if self._control_ok and self.activation.may_answer(trio.current_time()):
             return self.activation.term
@@ -536,6 +548,14 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             return EXIT_FAILED
         drivers.append(trunk)
         extra["loopback"] = f"{host}:{port}"
+    link = None
+    sm = cfg.ports.smdi if cfg is not None else None
+    if sm is not None and sm.enabled:
+        from .smdi.driver import SmdiLink
+        link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(), node=opts.node)
+        drivers.append(link)
+        if trunk is not None:
+            trunk.line_info = link.line_arrival  # a ringing line's numbers come from SMDI
     try:
         control = await trio.open_unix_socket(opts.control)
     except OSError as exc:
@@ -552,7 +572,8 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             db = await trio.to_thread.run_sync(
                 lambda: ConfigDB(cfg.database.path, role=cfg.node.role,
                                  log_keep=cfg.replication.log_keep, log_max=cfg.replication.log_max))
-            messaging = build_messaging(cfg, db, sink=trunk)
+            # lamps go out on the SMDI link when there is one, else to the loopback monitor
+            messaging = build_messaging(cfg, db, sink=link if link is not None else trunk)
         except (ConfigDBError, OSError, ValueError) as exc:
             log.error("voice messaging cannot start: %s", exc)
             return EXIT_FAILED
@@ -564,6 +585,13 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                                offer_hold=opts.offer_hold, hello_extra=extra,
                                messaging=messaging)
     box["service"] = service
+    if link is not None:
+        link.gate = service.answering_term  # transmit only while active, in that term
+        link.announce = service.announce
+        link.report = service.report
+        if messaging is not None:
+            link.on_mwi_failure = messaging.lamp_failed
+            link.on_up = messaging.request_resync
     try:
         return await service.run()
     finally:

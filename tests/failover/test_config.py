@@ -111,7 +111,12 @@ FULL = {
     "service": {"health_interval": 0.05, "health_timeout": 0.5, "start_timeout": 20.0,
                 "max_restarts": 3, "restart_window": 120.0, "offer_hold": 1.5,
                 "command": ["/usr/bin/python3", "-m", "telephony.service"]},
-    "ports": {"loopback": {"enabled": True, "listen": "127.0.0.1:3672", "count": 8}},
+    "ports": {"loopback": {"enabled": True, "listen": "127.0.0.1:3672", "count": 8},
+              "smdi": {"enabled": True, "device": "/dev/ttyS1", "baudrate": 4800, "bytesize": 8,
+                       "parity": "none", "stopbits": "2", "terminals": [5, 6, 7, 8], "desk": 1,
+                       "record_wait": 20, "ring_wait": 1.5, "strip": 1, "keep_last": 4,
+                       "mwi_on": "OP:MWI ", "mwi_off": "RMV:MWI ", "mwi_suffix": "!\\x04",
+                       "mwi_pad": 7, "mwi_prefix": "555", "mwi_gap": 0.01, "failure_window": 5}},
     "admin": {"socket": "/run/vmha/admin.sock"},
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
@@ -130,7 +135,7 @@ FULL = {
 def test_full_example_sets_every_key():
     covered = {f"{s}.{k}" for s in SCHEMA for k in SCHEMA[s]}
     written = {f"{s}.{k}" for s in FULL if s != "ports" for k in FULL[s]}
-    written |= {f"ports.loopback.{k}" for k in FULL["ports"]["loopback"]}
+    written |= {f"ports.{p}.{k}" for p in FULL["ports"] for k in FULL["ports"][p]}
     assert written == covered
 
 
@@ -156,6 +161,36 @@ def test_full_config(tmp_path):
     assert (r.handover_wait, r.files_root, r.directories) == (30.0, Path("/srv/vmha/shared"), ("prompts", "spool"))
     assert (r.batch_delay, r.sweep_interval, r.max_frame, r.log_keep, r.log_max) == (0.5, 300.0, 1048576, 50, 2000)
     assert c.supervisor_config().handover_wait == 30.0
+    sm = c.ports.smdi
+    ser, prof = sm.serial_settings(), sm.profile()
+    assert (ser.device, ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == ("/dev/ttyS1", 4800, 8, "none", 2)
+    assert ser.bits_per_char == 11
+    assert (prof.terminals, prof.desk, prof.record_wait, prof.ring_wait) == ((5, 6, 7, 8), 1, 20.0, 1.5)
+    assert prof.port_of(6) == "loopback-2" and prof.port_of(1) is None
+    assert prof.inbound("15551002") == "1002" and prof.station("1002") == "5551002"
+    assert prof.mwi.encode(True, "5551") == b"OP:MWI 0005551!\x04" and prof.mwi_gap == 0.01
+
+
+def test_smdi_link_settings_are_checked_together(tmp_path):
+    on = {"enabled": True, "device": "ttyS0", "terminals": [1, 2]}
+    c = load_config(write(tmp_path, set_key(minimal(), "ports.smdi", dict(on))))
+    assert c.ports.smdi.device == str(tmp_path / "ttyS0")  # relative to the file
+    url = load_config(write(tmp_path, set_key(minimal(), "ports.smdi", {**on, "device": "rfc2217://127.0.0.1:7001"})))
+    assert url.ports.smdi.device == "rfc2217://127.0.0.1:7001"
+    for bad, key in [({"enabled": True, "terminals": [1]}, "ports.smdi.device"),
+                     ({"enabled": True, "device": "x"}, "ports.smdi.terminals"),
+                     ({**on, "terminals": [1, 2, 3, 4, 5]}, "ports.smdi.terminals"),
+                     ({**on, "terminals": [1, 1]}, "ports.smdi.terminals"),
+                     ({**on, "terminals": [10000]}, "ports.smdi.terminals"),
+                     ({**on, "parity": "sometimes"}, "ports.smdi.parity"),
+                     ({**on, "mwi_suffix": "é"}, "ports.smdi.mwi_suffix"),
+                     ({**on, "mwi_prefix": "55a"}, "ports.smdi.mwi_prefix"),
+                     ({**on, "stopbits": 1}, "ports.smdi.stopbits")]:
+        err = error_for(tmp_path, set_key(minimal(), "ports.smdi", bad))
+        assert key in str(err), (bad, str(err))
+    err = error_for(tmp_path, set_key(set_key(minimal(), "ports.loopback.enabled", False),
+                                      "ports.smdi", on))
+    assert "ports.smdi.enabled" in str(err) and "loopback" in str(err)
 
 
 def test_replication_defaults_follow_the_link(tmp_path):

@@ -777,3 +777,61 @@ def test_fuzz_parse_call_op(msg):
         assert value in "0123456789*#" and len(value) == 1 and set(msg) == {"op", "digit"}
     else:
         assert kind == "hangup" and value is None
+
+
+# ============================================================================ lines (SMDI)
+
+
+async def test_a_ring_on_a_given_line_takes_that_port_and_its_information_from_line_info(autojump_clock):
+    """``"line": N`` rings loopback-N itself; with ``line_info`` (the SMDI link) the call's
+    numbers come from there, not from the offer; a line in use is busy."""
+    from telephony.events import CallArrival
+
+    trunk, listener = make_trunk(count=3)
+    asked = []
+
+    async def line_info(port, call_id, node):
+        asked.append((port, call_id, node))
+        return CallArrival(node=node, port=port, call_id=call_id, calling="5551001", called="",
+                           forwarding="1002", reason="busy", integration="serial-smdi")
+
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await activate(mgr)
+            async with call_on_stream(await listener.connect(), "r1", line=3,
+                                      forwarding="9999") as call:
+                assert call.answer["port"] == "loopback-3"
+                assert (await mgr.expect("call", event="answered"))["call"]["forwarding"] == "9999"
+                async with call_on_stream(await listener.connect(), "r2", line=3) as again:
+                    assert again.outcome.result == "rejected" and again.outcome.reason == "busy"
+            trunk.line_info = line_info
+            async with call_on_stream(await listener.connect(), "r3", line=2,
+                                      forwarding="9999") as call:
+                assert call.answer["port"] == "loopback-2"
+                ev = await mgr.expect("call", event="answered")
+                assert (ev["call"]["forwarding"], ev["call"]["reason"], ev["call"]["integration"]) \
+                    == ("1002", "busy", "serial-smdi")
+            assert asked == [("loopback-2", "r3", "a")]
+            for bad in (0, 4, "1", True):
+                client = RawClient(await listener.connect())
+                await client.send({"op": "offer", "call_id": "x", "line": bad})
+                reply = await client.reply()
+                assert reply["ev"] == "error" and "line" in reply["message"], (bad, reply)
+            assert [p.state for p in trunk._registry] == [PortState.IDLE] * 3
+
+
+async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock):
+    from telephony.events import CallArrival
+
+    trunk, _ = make_trunk(count=1)
+    call = CallArrival(node="a", port="loopback-1", call_id="smdi-a-1", calling="5551001",
+                       called="", forwarding="1002", reason="busy", integration="serial-smdi")
+    with trio.fail_after(10):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            assert await svc.announce(call) is True
+            offered = await mgr.expect("call_offered")
+            assert offered["call"]["call_id"] == "smdi-a-1"
+            assert trunk._registry.get("loopback-1").state is PortState.IDLE  # nothing claimed
+            await activate(mgr)
+            assert await svc.announce(call) is False
+            assert svc.answering_term() == 2

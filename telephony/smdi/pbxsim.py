@@ -1,0 +1,114 @@
+"""A PBX's SMDI side — a **simulator** (nobody has a circuit-switched PBX here) that speaks the
+real wire format on a real serial port: it sends call-detail records (``MD``) and reads the
+voice-mail system's MWI commands, answering ``MWI<station> INV`` for stations it does not know,
+as a switch does.  Used by tests, benchmarks, the demo and lab runs against a data splitter
+(:mod:`telephony.smdi.lab`).
+
+::
+
+    async with PbxSimulator(lab.pbx_tty, invalid={"5559999"}).running() as pbx:
+        await pbx.call_record(terminal=5, call_type="B", forwarding="5551002", calling="5551001")
+        await pbx.wait_commands(1)
+        pbx.commands   # [(trio time, MwiCommand(on=True, number="5551002", raw=...)), ...]
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import trio
+
+from .codec import CommandReader, MwiCommand, ProtocolError, encode_call_record, encode_mwi_failure
+
+
+class PbxSimulator:
+    """The switch end of an SMDI link on ``device`` (a tty path, opened raw with pyserial; a
+    pty ignores the rate and framing).  ``invalid``/``blocked``: stations answered with
+    ``INV``/``BLK``."""
+
+    def __init__(self, device: str | os.PathLike, *, invalid: Iterable[str] = (),
+                 blocked: Iterable[str] = (), baudrate: int = 9600) -> None:
+        self.device = str(device)
+        self.invalid = set(invalid)
+        self.blocked = set(blocked)
+        self.baudrate = baudrate
+        self.commands: list[tuple[float, MwiCommand]] = []
+        self.errors: list[ProtocolError] = []
+        self.received = bytearray()  # every byte the voice-mail side sent, in order
+        self._ser = None
+        self._stream: trio.lowlevel.FdStream | None = None
+        self._changed = trio.Event()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["PbxSimulator"]:
+        """Open the port, read it in the background; closed at the end of the block."""
+        import serial
+
+        def opener():
+            ser = serial.Serial(self.device, self.baudrate, timeout=0)
+            ser.reset_input_buffer()
+            return ser
+
+        self._ser = await trio.to_thread.run_sync(opener)
+        self._stream = trio.lowlevel.FdStream(os.dup(self._ser.fileno()))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop)
+                yield self
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._stream.aclose()
+            self._ser.close()
+
+    async def _read_loop(self) -> None:
+        assert self._stream is not None
+        reader = CommandReader()
+        while True:
+            try:
+                data = await self._stream.receive_some(4096)
+            except (OSError, trio.BrokenResourceError):
+                await trio.sleep(0.05)  # the splitter is restarting; keep the PBX side up
+                continue
+            if not data:
+                await trio.sleep(0.05)
+                continue
+            self.received += data
+            now = trio.current_time()
+            for ev in reader.feed(data):
+                if isinstance(ev, MwiCommand):
+                    self.commands.append((now, ev))
+                    cause = ("INV" if ev.number in self.invalid
+                             else "BLK" if ev.number in self.blocked else None)
+                    if cause is not None:
+                        await self.send(encode_mwi_failure(ev.number, cause))
+                else:
+                    self.errors.append(ev)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        """Raw bytes onto the line (garbage tests use this)."""
+        assert self._stream is not None
+        await self._stream.send_all(data)
+
+    async def call_record(self, terminal: int, call_type: str, forwarding: str = "",
+                          calling: str = "", *, desk: int = 1) -> bytes:
+        data = encode_call_record(terminal, call_type, forwarding, calling, desk=desk)
+        await self.send(data)
+        return data
+
+    async def wait_commands(self, n: int, timeout: float = 20.0) -> list[MwiCommand]:
+        """Wait until at least ``n`` commands arrived (a hang guard: raises TimeoutError)."""
+        with trio.move_on_after(timeout):
+            while len(self.commands) < n:
+                await self._changed.wait()
+            return [c for _, c in self.commands]
+        raise TimeoutError(f"{len(self.commands)} MWI commands arrived, waited for {n}")
+
+    def lamps(self) -> dict[str, bool]:
+        """The lamp state the switch would show: the last command per station."""
+        out: dict[str, bool] = {}
+        for _, c in self.commands:
+            out[c.number] = c.on
+        return out
