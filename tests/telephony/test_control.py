@@ -257,3 +257,14 @@ def test_any_split_of_good_lines_round_trips(msgs, cuts):
         got += events(receiver)
         i, k = i + step, k + 1
     assert got == msgs
+
+
+def test_a_drivers_event_for_the_node_event_log():
+    msg = make("event", level="warning", event="smdi_down", message="SMDI link /dev/ttyS0 lost: EIO")
+    assert validate(msg, FROM_SERVICE) is msg
+    for bad in ({"level": "panic", "event": "x", "message": "m"},
+                {"level": "info", "event": "", "message": "m"},
+                {"level": "info", "event": "x", "message": "m" * 1001},
+                {"level": "info", "event": "x"}):
+        with pytest.raises(FieldError):
+            validate({"op": "event", **bad}, FROM_SERVICE)

@@ -263,6 +263,8 @@ async def test_garbage_on_the_line_changes_nothing(ptys):
 async def test_a_pty_that_disappears_is_reopened_and_says_so(ptys, tmp_path):
     pair, dev, far = ptys
     link, reg, reports = make_link(dev)
+    ups: list[int] = []
+    link.on_up = lambda: ups.append(1)  # an active node resyncs lamps when the port is back
     async with trio.open_nursery() as n:
         await n.start(link.run, Service())
         await until(lambda: link.is_open, "open")
@@ -284,6 +286,7 @@ async def test_a_pty_that_disappears_is_reopened_and_says_so(ptys, tmp_path):
             events = [r[1] for r in reports]
             assert events[0] == "smdi_up" and "smdi_down" in events and events[-1] == "smdi_up"
             assert link.counters["opens"] == 2
+            assert ups == [1]  # inactive at the first open, active at the reopen
         finally:
             far2.close()
         n.cancel_scope.cancel()
