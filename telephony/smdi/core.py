@@ -110,7 +110,9 @@ class LinePacer:
         return max(now, self.busy_until)
 
     def sent(self, nbytes: int, at: float) -> float:
-        """A command of ``nbytes`` started at ``at``; returns when it has left the wire."""
+        """A command of ``nbytes`` started at ``at`` (the start :meth:`start_at` gave, even if
+        the writer woke a little later: the clock must not drift); returns when it has left
+        the wire."""
         done = max(at, self.busy_until) + self.wire_time(nbytes)
         self.busy_until = done + self.gap
         return done

@@ -200,11 +200,6 @@ class SmdiLink:
     def is_open(self) -> bool:
         return self._port is not None
 
-    def status(self) -> dict:
-        return {"device": self.serial.device, "open": self.is_open,
-                "pending_records": self.matcher.pending(), "last_error": self.last_error,
-                **self.counters}
-
     async def run(self, service: CallService, *,
                   task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -367,7 +362,11 @@ class SmdiLink:
         data = self.profile.mwi.encode(job.on, station)
         wire_number = station.zfill(self.profile.mwi.pad_to) if self.profile.mwi.pad_to else station
         async with self._tx_lock:
-            await trio.sleep_until(self.pacer.start_at(trio.current_time()))
+            # the line clock runs from the scheduled start, not from when the sleep ended: a
+            # late wake-up (about a millisecond) must not add up over a 5,000-lamp resync; the
+            # bytes written by any time never exceed the line rate's by more than one command
+            start = self.pacer.start_at(trio.current_time())
+            await trio.sleep_until(start)
             term = self.gate()
             if term is None or term != job.term:
                 self.counters["mwi_refused"] += 1
@@ -376,8 +375,7 @@ class SmdiLink:
             port = self._port
             if port is None:
                 raise LinkDown(f"SMDI link {self.serial.device} is down")
-            now = trio.current_time()
             await port.write(data)
-            self.pacer.sent(len(data), now)
-            self.failures.sent(wire_number, job, now)
+            self.pacer.sent(len(data), start)
+            self.failures.sent(wire_number, job, trio.current_time())
             self.counters["mwi_sent"] += 1
