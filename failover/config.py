@@ -291,6 +291,27 @@ def _wire_text(v: Any, ctx: _Ctx) -> str:
     return text
 
 
+def _host(v: Any, ctx: _Ctx) -> str:
+    """An IP address to bind (SIP and RTP are bound to it: SDP never names another one)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(v)) if isinstance(v, str) else _fail_host(v)
+    except ValueError:
+        raise _Bad(f"expected an IP address, {_got(v)}") from None
+
+
+def _fail_host(v: Any) -> str:
+    raise _Bad(f"expected an IP address, {_got(v)}")
+
+
+def _sip_uri(v: Any, ctx: _Ctx) -> str:
+    if not (isinstance(v, str) and len(v) <= 200 and (v == "" or v.startswith(("sip:", "sips:")))
+            and not any(c.isspace() or c in '<>"' for c in v)):
+        raise _Bad(f'expected a sip: URI without spaces, {_got(v)}')
+    return v
+
+
 def _digits(v: Any, ctx: _Ctx) -> str:
     if not (isinstance(v, str) and len(v) <= 16 and (v == "" or (v.isascii() and v.isdigit()))):
         raise _Bad(f"expected up to 16 digits, {_got(v)}")
@@ -438,6 +459,23 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "mwi_prefix": _K(_digits, ""),
         "mwi_gap": _K(_Num(0, 10), 0.0),
         "failure_window": _K(_Num(0.1, 3600), 10.0),
+    },
+    "ports.sip": {
+        "enabled": _K(_bool, False),
+        "bind": _K(_host, "127.0.0.1"),
+        "sip_port": _K(_Num(1, 65535, integer=True), 5070),
+        "rtp_port": _K(_Num(1024, 65000, integer=True), 20000),
+        "count": _K(_Num(1, 1024, integer=True), 4),
+        "per_worker": _K(_Num(1, 4, integer=True), 4),
+        "mode": _K(_Choice({"trunk": "trunk", "register": "register"}), "trunk"),
+        "registrar": _K(_sip_uri, ""),
+        "user": _K(_name, "vm"),
+        "password_file": _K(_path, None),
+        "select": _K(_Choice({"last": "last", "first": "first"}), "last"),
+        "mwi_target": _K(_sip_uri, "sip:{extension}@127.0.0.1:5060"),
+        "mwi_account": _K(_sip_uri, "sip:{extension}@127.0.0.1"),
+        "notify_retries": _K(_Num(0, 10, integer=True), 3),
+        "notify_backoff": _K(_Num(0.01, 60), 1.0),
     },
     "admin": {
         "socket": _K(_path, None),  # <data_dir>/run/admin.sock
@@ -629,9 +667,42 @@ class SmdiPorts:
 
 
 @dataclass(frozen=True)
+class SipPorts:
+    """``[ports.sip]``: SIP ports on pjsua2 worker processes (issue 6)."""
+
+    enabled: bool
+    bind: str
+    sip_port: int
+    rtp_port: int
+    count: int
+    per_worker: int
+    mode: str
+    registrar: str
+    user: str
+    password_file: Path | None
+    select: str
+    mwi_target: str
+    mwi_account: str
+    notify_retries: int
+    notify_backoff: float
+
+    def profile(self):
+        """``integrations.cucm_sip.SipProfile`` (ValueError on a bad combination)."""
+        from integrations.cucm_sip import SipProfile
+
+        return SipProfile(bind=self.bind, sip_port=self.sip_port, rtp_port=self.rtp_port,
+                          count=self.count, per_worker=self.per_worker, mode=self.mode,
+                          registrar=self.registrar, user=self.user,
+                          password_file=str(self.password_file or ""), select=self.select,
+                          mwi_target=self.mwi_target, mwi_account=self.mwi_account,
+                          notify_retries=self.notify_retries, notify_backoff=self.notify_backoff)
+
+
+@dataclass(frozen=True)
 class PortsSection:
     loopback: LoopbackPorts
     smdi: SmdiPorts
+    sip: SipPorts
 
 
 @dataclass(frozen=True)
@@ -848,7 +919,8 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         failback=FailbackSection(**v["failback"]),
         licence=LicenceSection(**v["licence"]),
         service=ServiceSection(**v["service"]),
-        ports=PortsSection(LoopbackPorts(**v["ports.loopback"]), SmdiPorts(**v["ports.smdi"])),
+        ports=PortsSection(LoopbackPorts(**v["ports.loopback"]), SmdiPorts(**v["ports.smdi"]),
+                           SipPorts(**v["ports.sip"])),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
         log=LogSection(**v["log"]),
         database=DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
@@ -927,6 +999,14 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
                     getattr(sm, what)()
                 except ValueError as e:
                     out.append(Problem("ports.smdi", str(e)))
+    if c.ports.sip.enabled:
+        try:
+            c.ports.sip.profile()
+        except ValueError as e:
+            out.append(Problem("ports.sip", str(e)))
+        if sm.enabled:
+            out.append(Problem("ports.sip.enabled", "one lamp integration per node: "
+                               "ports.smdi and ports.sip cannot both be enabled"))
     st = c.store
     if st.kind == "imap":
         for key in ("imap", "imap_passwords"):

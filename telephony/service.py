@@ -556,6 +556,14 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         drivers.append(link)
         if trunk is not None:
             trunk.line_info = link.line_arrival  # a ringing line's numbers come from SMDI
+    sip = None
+    sp = cfg.ports.sip if cfg is not None else None
+    if sp is not None and sp.enabled:
+        from .sip.driver import SipPorts
+        sip = SipPorts(profile=sp.profile(), node=opts.node,
+                       runtime_dir=cfg.node.data_dir / "run",
+                       media_dir=cfg.node.data_dir / "sip-media")
+        drivers.append(sip)
     try:
         control = await trio.open_unix_socket(opts.control)
     except OSError as exc:
@@ -572,19 +580,25 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             db = await trio.to_thread.run_sync(
                 lambda: ConfigDB(cfg.database.path, role=cfg.node.role,
                                  log_keep=cfg.replication.log_keep, log_max=cfg.replication.log_max))
-            # lamps go out on the SMDI link when there is one, else to the loopback monitor
-            messaging = build_messaging(cfg, db, sink=link if link is not None else trunk)
+            # lamps go out as SIP NOTIFY or on the SMDI link when there is one (one lamp
+            # integration per node), else to the loopback trunk's monitor
+            messaging = build_messaging(cfg, db, sink=sip or link or trunk)
         except (ConfigDBError, OSError, ValueError) as exc:
             log.error("voice messaging cannot start: %s", exc)
             return EXIT_FAILED
         if trunk is not None:
             trunk.flow = messaging.handle_call
             trunk.media_only = True  # offers with "media": true get the call flow
+        if sip is not None:
+            sip.flow = messaging.handle_call
     service = MessagingService(node=opts.node, control=control, drivers=drivers,
                                health_interval=opts.health_interval,
                                offer_hold=opts.offer_hold, hello_extra=extra,
                                messaging=messaging)
     box["service"] = service
+    if sip is not None:
+        sip.gate = service.answering_term  # NOTIFY only while active, in that term
+        sip.report = service.report
     if link is not None:
         link.gate = service.answering_term  # transmit only while active, in that term
         link.announce = service.announce

@@ -116,7 +116,13 @@ FULL = {
                        "parity": "none", "stopbits": "2", "terminals": [5, 6, 7, 8], "desk": 1,
                        "record_wait": 20, "ring_wait": 1.5, "strip": 1, "keep_last": 4,
                        "mwi_on": "OP:MWI ", "mwi_off": "RMV:MWI ", "mwi_suffix": "!\\x04",
-                       "mwi_pad": 7, "mwi_prefix": "555", "mwi_gap": 0.01, "failure_window": 5}},
+                       "mwi_pad": 7, "mwi_prefix": "555", "mwi_gap": 0.01, "failure_window": 5},
+              "sip": {"enabled": False, "bind": "127.0.0.2", "sip_port": 5080, "rtp_port": 30000,
+                      "count": 10, "per_worker": 3, "mode": "register", "registrar": "sip:cm.example:5060",
+                      "user": "vmport", "password_file": "/etc/vmha/sip.pw", "select": "first",
+                      "mwi_target": "sip:{extension}@cm.example:5060",
+                      "mwi_account": "sip:{extension}@vm.example", "notify_retries": 2,
+                      "notify_backoff": 0.5}},
     "admin": {"socket": "/run/vmha/admin.sock"},
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
@@ -169,6 +175,30 @@ def test_full_config(tmp_path):
     assert prof.port_of(6) == "loopback-2" and prof.port_of(1) is None
     assert prof.inbound("15551002") == "1002" and prof.station("1002") == "5551002"
     assert prof.mwi.encode(True, "5551") == b"OP:MWI 0005551!\x04" and prof.mwi_gap == 0.01
+    sp = c.ports.sip.profile()
+    assert (sp.bind, sp.sip_port, sp.rtp_port, sp.count, sp.per_worker, sp.workers) == \
+        ("127.0.0.2", 5080, 30000, 10, 3, 4)
+    assert sp.worker_ports(3) == ["sip-10"] and sp.worker_ports(0) == ["sip-1", "sip-2", "sip-3"]
+    assert (sp.mode, sp.registrar, sp.user, sp.password_file, sp.select) == \
+        ("register", "sip:cm.example:5060", "vmport", "/etc/vmha/sip.pw", "first")
+    assert sp.target("1001") == "sip:1001@cm.example:5060" and sp.account("1001") == "sip:1001@vm.example"
+
+
+def test_sip_port_settings_are_checked_together(tmp_path):
+    on = {"enabled": True}
+    c = load_config(write(tmp_path, set_key(minimal(), "ports.sip", dict(on))))
+    assert c.ports.sip.profile().workers == 1
+    for bad, key in [({**on, "bind": "localhost"}, "ports.sip.bind"),
+                     ({**on, "mode": "register"}, "ports.sip"),  # no registrar
+                     ({**on, "per_worker": 5}, "ports.sip.per_worker"),
+                     ({**on, "mwi_target": "sip:mwi@pbx"}, "ports.sip"),  # no {extension}
+                     ({**on, "mwi_target": "http://x/{extension}"}, "ports.sip.mwi_target"),
+                     ({**on, "sip_port": 65535, "count": 8}, "ports.sip")]:
+        err = error_for(tmp_path, set_key(minimal(), "ports.sip", bad))
+        assert key in str(err), (bad, str(err))
+    both = set_key(set_key(minimal(), "ports.sip", on), "ports.smdi",
+                   {"enabled": True, "device": "x", "terminals": [1]})
+    assert "ports.sip.enabled" in str(error_for(tmp_path, both))
 
 
 def test_smdi_link_settings_are_checked_together(tmp_path):
@@ -268,7 +298,7 @@ def test_guide_profile_matches_the_guide_settings():
 
 @pytest.mark.parametrize("dotted", [
     "colour", "node.colour", "link.colour", "failover.ping_interval_ms", "failback.start",
-    "licence.limit", "service.cmd", "ports.sip", "ports.loopback.port", "admin.path", "log.file",
+    "licence.limit", "service.cmd", "ports.sccp", "ports.loopback.port", "admin.path", "log.file",
 ])
 def test_unknown_keys_are_errors(tmp_path, dotted):
     e = error_for(tmp_path, set_key(minimal(), dotted, 1))

@@ -12,7 +12,7 @@ FORBIDDEN = {"trio", "socket", "time", "threading", "os", "asyncio", "select", "
 PURE = ["telephony/_control.py", "telephony/_activation.py", "telephony/events.py",
         "integrations/base.py", "integrations/loopback.py", "telephony/media.py", "telephony/mwi.py",
         "telephony/reports.py", "telephony/message.py", "telephony/smdi/codec.py",
-        "telephony/smdi/core.py", "integrations/smdi.py"]
+        "telephony/smdi/core.py", "integrations/smdi.py", "telephony/sip/headers.py"]
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

@@ -1,0 +1,631 @@
+"""The SIP port driver: pjsua2 worker processes of up to four ports each, started and watched by
+the messaging service, and the call flow driven over them.
+
+* :class:`SipPorts` (a :class:`telephony.ports.PortDriver`) registers ports ``sip-1..N`` and
+  runs one supervisor task per worker (:mod:`telephony.sip.worker`, a child process talking
+  JSON lines on a Unix socket).  A worker that dies is restarted with backoff; its ports are
+  ``down`` meanwhile and the calls it held are logged and reported as dropped.
+* An ``incoming`` INVITE becomes a call-arrival event on one of that worker's ports: the reason
+  and forwarding number come from Diversion / History-Info (:mod:`telephony.sip.headers`); on
+  the inactive node the service holds the call and tells the node manager (immediate
+  failover), then it is answered normally.  A rejected call gets 486 (busy) or 480.
+* An answered call is a :class:`SipCall` (a :class:`telephony.callflow.CallPort`): prompts are
+  WAV files the worker plays; a recording is a WAV file the worker writes while this side
+  reads it as it grows and ends it on silence, the maximum, a digit or hang-up
+  (:class:`telephony.media.Recorder`, the same rules as every port).
+* :meth:`SipPorts.send_mwi` (the messaging core's lamp sink) sends an unsolicited
+  ``message-summary`` NOTIFY through a live worker, only while the service is active in the
+  job's term; 403, 408 and 5xx are retried with backoff, then the job fails (the ledger keeps
+  the lamp unconfirmed and the next resync sends it again).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from integrations.cucm_sip import SipProfile
+
+from .. import media
+from ..events import CallArrival
+from ..ports import ActiveCall, CallService, PortRegistry, PortState
+from .headers import call_reason, message_summary
+
+log = logging.getLogger("telephony.sip")
+
+KIND = "sip"
+MAX_LINE = 256 * 1024  # the worker's events carry the raw INVITE (at most 16 KiB)
+WAV_HEADER = 44  # pjmedia's PCM WAV writer: a 44-byte header, then the samples
+RETRY_CODES = {403, 408, 480, 500, 503, 504}
+
+Flow = Callable[[CallArrival, Any, int], Awaitable[Any]]
+
+
+class TransmitRefused(Exception):
+    """Not active in the job's term: no NOTIFY was sent."""
+
+
+class WorkerGone(ConnectionError):
+    """The worker process is not running (or went away): the request was not sent."""
+
+
+def user_of(uri: str) -> str:
+    """The user part of a SIP URI or name-addr (``"A" <sip:1001@pbx>;tag=x`` -> ``1001``)."""
+    s = uri
+    if "<" in s and ">" in s:
+        s = s[s.index("<") + 1:s.index(">")]
+    for scheme in ("sips:", "sip:", "tel:"):
+        if s.lower().startswith(scheme):
+            s = s[len(scheme):]
+            break
+    s = s.split(";", 1)[0]
+    return s.split("@", 1)[0] if "@" in s else (s if uri.lower().lstrip('"< ').startswith("tel:") else "")
+
+
+class _Lines:
+    """JSON lines from a stream, bounded."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+        self.lock = trio.Lock()
+
+    async def read(self) -> dict | None:
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[:i + 1]
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    log.warning("bad line from a SIP worker: %r", line[:80])
+                    continue
+                if isinstance(msg, dict):
+                    return msg
+                continue
+            if len(self.buf) > MAX_LINE:
+                raise trio.BrokenResourceError("a SIP worker sent an over-long line")
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buf += data
+
+    async def send(self, **msg: Any) -> None:
+        data = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        async with self.lock:
+            await self.stream.send_all(data)
+
+
+class SipCall:
+    """One answered SIP call, as the call flow sees it (:class:`telephony.callflow.CallPort`)."""
+
+    def __init__(self, worker: "Worker", call_id: str, media_dir: Path, *,
+                 record_poll: float = 0.05) -> None:
+        self.worker = worker
+        self.id = call_id
+        self.media_dir = media_dir
+        self.record_poll = record_poll
+        self.digits: deque[str] = deque(maxlen=32)
+        self.changed = trio.Event()
+        self.done: dict[tuple[str, int], dict] = {}  # ("played"|"recorded", id) -> event
+        self.ended = trio.Event()
+        self.end_info: dict = {}
+        self._ids = itertools.count(1)
+
+    # ---------------------------------------------------------------- worker events
+
+    def event(self, ev: dict) -> None:
+        kind = ev.get("ev")
+        if kind == "dtmf" and isinstance(ev.get("digit"), str) and ev["digit"] in "0123456789*#":
+            self.digits.append(ev["digit"])
+        elif kind in ("played", "recorded") and isinstance(ev.get("id"), int):
+            self.done[(kind, ev["id"])] = ev
+        elif kind == "disconnected":
+            self.end_info = ev
+            self.ended.set()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def gone(self) -> None:
+        """The worker died: the call is over."""
+        self.end_info = {"by": "worker", "reason": "worker process ended"}
+        self.ended.set()
+        self.changed.set()
+
+    async def _wait(self, pred: Callable[[], bool], timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not pred():
+                await self.changed.wait()
+            return True
+        return False
+
+    async def _op(self, **msg: Any) -> bool:
+        if self.ended.is_set():
+            return False
+        try:
+            await self.worker.send(call=self.id, **msg)
+            return True
+        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone()
+            return False
+
+    # ---------------------------------------------------------------- CallPort
+
+    @property
+    def hung_up(self) -> bool:
+        return self.ended.is_set()
+
+    async def play(self, wav: bytes, *, interruptible: bool = True) -> str | None:
+        media.pcm_of(wav)  # ValueError for anything but 8 kHz 16-bit mono
+        if self.hung_up:
+            return None
+        if interruptible and self.digits:
+            return self.digits.popleft()
+        n = next(self._ids)
+        path = self.media_dir / f"{self.id}-play-{n}.wav"
+        await trio.to_thread.run_sync(path.write_bytes, wav)
+        try:
+            if not await self._op(op="play", id=n, path=str(path)):
+                return None
+            seconds = media.wav_duration(wav)
+            await self._wait(lambda: ("played", n) in self.done or self.hung_up
+                             or (interruptible and bool(self.digits)), seconds + 10)
+            if ("played", n) not in self.done and not self.hung_up:
+                await self._op(op="stop_play", id=n)
+                await self._wait(lambda: ("played", n) in self.done or self.hung_up, 5)
+            self.done.pop(("played", n), None)
+            if interruptible and self.digits and not self.hung_up:
+                return self.digits.popleft()
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def record(self, *, max_seconds: float, silence_seconds: float) -> tuple[bytes, str]:
+        rec = media.Recorder(max_seconds=max_seconds, silence_seconds=silence_seconds)
+        self.digits.clear()
+        if self.hung_up:
+            return media.wav_bytes(rec.finish()), "hangup"
+        n = next(self._ids)
+        path = self.media_dir / f"{self.id}-rec-{n}.wav"
+        if not await self._op(op="record", id=n, path=str(path)):
+            return media.wav_bytes(rec.finish()), "hangup"
+        offset = WAV_HEADER
+        reason: str | None = None
+        deadline = trio.current_time() + max_seconds + 5  # the worker's file may lag
+        try:
+            while reason is None:
+                with trio.move_on_after(self.record_poll):
+                    await self.changed.wait()
+                data = await trio.to_thread.run_sync(_read_from, path, offset)
+                data = data[:len(data) & ~1]
+                if data:
+                    offset += len(data)
+                    reason = rec.feed(data)
+                if reason is None:
+                    if self.digits:
+                        reason = "dtmf"
+                    elif self.hung_up:
+                        reason = "hangup"
+                    elif trio.current_time() > deadline:
+                        reason = "max"
+            if reason != "hangup":
+                await self._op(op="stop_record", id=n)
+                await self._wait(lambda: ("recorded", n) in self.done or self.hung_up, 5)
+            if reason in ("dtmf", "hangup"):  # what reached the file before the end counts
+                tail = await trio.to_thread.run_sync(_read_from, path, offset)
+                rec.feed(tail[:len(tail) & ~1])
+            self.done.pop(("recorded", n), None)
+            self.digits.clear()
+            return media.wav_bytes(rec.finish()), reason
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def collect_digits(self, *, max_digits: int, timeout: float, terminator: str = "#") -> str:
+        got = ""
+        while len(got) < max_digits and not self.hung_up:
+            if not self.digits:
+                if not await self._wait(lambda: bool(self.digits) or self.hung_up, timeout):
+                    break
+                continue
+            d = self.digits.popleft()
+            if d == terminator:
+                break
+            got += d
+        return got
+
+    async def hangup(self) -> None:
+        if self.hung_up:
+            return
+        if await self._op(op="hangup"):
+            await self._wait(lambda: self.hung_up, 5)
+        if not self.hung_up:
+            self.gone()
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return b""
+
+
+class Worker:
+    """One worker process and its connection."""
+
+    def __init__(self, index: int, ports: list[str]) -> None:
+        self.index = index
+        self.ports = ports
+        self.name = f"w{index + 1}"
+        self.lines: _Lines | None = None
+        self.proc: trio.Process | None = None
+        self.calls: dict[str, SipCall] = {}
+        self.active: dict[str, ActiveCall] = {}
+        self.port_of: dict[str, str] = {}  # worker call id -> port name
+        self.notifies: dict[int, dict] = {}
+        self.notify_done = trio.Event()
+        self.ready = trio.Event()
+        self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.lines is not None and self.ready.is_set()
+
+    async def send(self, **msg: Any) -> None:
+        if self.lines is None:
+            raise WorkerGone(f"SIP worker {self.name} is not running")
+        await self.lines.send(**msg)
+
+
+class SipPorts:
+    """Port driver of the SIP ports (see the module docstring)."""
+
+    kind = KIND
+
+    def __init__(self, *, profile: SipProfile, node: str, runtime_dir: Path, media_dir: Path,
+                 flow: Flow | None = None, password: str = "",
+                 restart_min: float = 0.2, restart_max: float = 10.0,
+                 python: str = sys.executable) -> None:
+        self.profile = profile
+        self.node = node
+        self.runtime_dir = Path(runtime_dir)
+        self.media_dir = Path(media_dir)
+        self.flow = flow
+        self.password = password
+        self.restart_min = restart_min
+        self.restart_max = restart_max
+        self.python = python
+        self.workers = [Worker(i, profile.worker_ports(i)) for i in range(profile.workers)]
+        #: the term the service may transmit in right now, or None (set by the service)
+        self.gate: Callable[[], int | None] = lambda: None
+        #: ``report(level, event, message)``: the node's event log
+        self.report: Callable[[str, str, str], Awaitable[None]] | None = None
+        self._registry: PortRegistry | None = None
+        self._notify_ids = itertools.count(1)
+        self.counters: dict[str, int] = {"calls": 0, "rejected": 0, "dropped_by_worker": 0,
+                                         "notify_sent": 0, "notify_failed": 0,
+                                         "notify_refused": 0, "worker_restarts": 0}
+
+    def register(self, registry: PortRegistry) -> None:
+        self._registry = registry
+        for w in self.workers:
+            for name in w.ports:
+                registry.register(name, KIND)
+
+    async def _report(self, level: str, event: str, message: str) -> None:
+        getattr(log, level)("%s: %s", event, message)
+        if self.report is not None:
+            try:
+                await self.report(level, event, message)
+            except Exception:  # noqa: BLE001 - the event log must never stop the ports
+                log.exception("cannot report %s", event)
+
+    def _set(self, w: Worker, state: PortState) -> None:
+        if self._registry is None:
+            return
+        for name in w.ports:
+            port = self._registry.get(name)
+            if state is PortState.DOWN or port.state is PortState.DOWN:
+                port.state = state
+
+    async def run(self, service: CallService, *,
+                  task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            for w in self.workers:
+                nursery.start_soon(self._supervise, w, service)
+            with trio.move_on_after(30):  # started: once every worker said ready (or 30 s)
+                for w in self.workers:
+                    await w.ready.wait()
+            task_status.started()
+
+    # ------------------------------------------------------------------ one worker
+
+    def _argv(self, w: Worker, sock: Path) -> list[str]:
+        p = self.profile
+        argv = [self.python, "-m", "telephony.sip.worker", "--control", str(sock),
+                "--name", f"{self.node}-{w.name}", "--bind", p.bind,
+                "--sip-port", str(p.sip_port + w.index), "--rtp-port", str(p.rtp_port + 1000 * w.index),
+                "--ports", str(len(w.ports)), "--media-dir", str(self.media_dir), "--mode", p.mode]
+        if p.mode == "register":
+            users = ",".join(f"{p.user}-{name.split('-')[1]}" for name in w.ports)
+            argv += ["--registrar", p.registrar, "--users", users]
+            if p.password_file:
+                argv += ["--password-file", p.password_file]
+        return argv
+
+    async def _supervise(self, w: Worker, service: CallService) -> None:
+        delay = self.restart_min
+        sock = self.runtime_dir / f"sip-{w.name}.sock"
+        while True:
+            sock.unlink(missing_ok=True)
+            listener = await _unix_listener(sock)
+            started_at = trio.current_time()
+            try:
+                w.proc = await trio.lowlevel.open_process(self._argv(w, sock), stdin=None,
+                                                          start_new_session=True)
+            except OSError as e:
+                await self._report("error", "sip_worker_failed", f"cannot start SIP worker {w.name}: {e}")
+                await listener.aclose()
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.restart_max)
+                continue
+            why = "exited"
+            try:
+                async with trio.open_nursery() as n:
+                    async def watch_exit():
+                        await w.proc.wait()
+                        n.cancel_scope.cancel()
+                    n.start_soon(watch_exit)
+                    with trio.move_on_after(30) as accept_timer:
+                        stream = await listener.accept()
+                    if accept_timer.cancelled_caught:
+                        why = "did not connect within 30 s"
+                        n.cancel_scope.cancel()
+                    else:
+                        w.lines = _Lines(stream)
+                        why = await self._serve(w, service)
+                        n.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop(w, why)
+                    await listener.aclose()
+                    sock.unlink(missing_ok=True)
+            self.counters["worker_restarts"] += 1
+            w.restarts += 1
+            if trio.current_time() - started_at > 60:
+                delay = self.restart_min
+            await self._report("warning", "sip_worker_restart",
+                               f"SIP worker {w.name} ({', '.join(w.ports)}) {why}; "
+                               f"restarting in {delay:.1f} s")
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.restart_max)
+
+    async def _stop(self, w: Worker, why: str) -> None:
+        w.ready = trio.Event()
+        lines, w.lines = w.lines, None
+        self._set(w, PortState.DOWN)
+        for cid, call in list(w.calls.items()):
+            call.gone()
+        for cid, active in list(w.active.items()):
+            self.counters["dropped_by_worker"] += 1
+            log.warning("call %s on %s dropped: SIP worker %s %s", active.call_id,
+                        active.arrival.port, w.name, why)
+        for nid, box in list(w.notifies.items()):
+            box.setdefault("result", {"code": 503, "reason": f"worker {why}"})
+        w.notify_done.set()
+        w.notify_done = trio.Event()
+        if lines is not None:
+            try:
+                with trio.move_on_after(1):
+                    await lines.send(op="shutdown")
+            except Exception:  # noqa: BLE001
+                pass
+            await lines.stream.aclose()
+        proc = w.proc
+        if proc is not None:
+            with trio.move_on_after(5):
+                await proc.wait()
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                await proc.wait()
+
+    async def _serve(self, w: Worker, service: CallService) -> str:
+        assert w.lines is not None
+        async with trio.open_nursery() as n:
+            while True:
+                try:
+                    ev = await w.lines.read()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                    return f"connection broke: {e}"
+                if ev is None:
+                    return "closed its connection"
+                kind = ev.get("ev")
+                if kind == "ready":
+                    self._set(w, PortState.IDLE)
+                    w.ready.set()
+                    log.info("SIP worker %s ready on %s (pid %s): %s", w.name, ev.get("sip"),
+                             ev.get("pid"), ", ".join(w.ports))
+                elif kind == "incoming":
+                    n.start_soon(self._incoming, w, ev, service)
+                elif kind == "notify_result":
+                    box = w.notifies.get(ev.get("id"))
+                    if box is not None:
+                        box["result"] = ev
+                        w.notify_done.set()
+                        w.notify_done = trio.Event()
+                elif kind == "registration":
+                    level = "info" if ev.get("state") == "registered" else "warning"
+                    await self._report(level, "sip_registration",
+                                       f"SIP {ev.get('account')}: {ev.get('state')} "
+                                       f"({ev.get('code')} {ev.get('reason', '')})")
+                elif kind == "error":
+                    log.warning("SIP worker %s: %s", w.name, ev.get("message"))
+                elif isinstance(ev.get("call"), str) and ev["call"] in w.calls:
+                    w.calls[ev["call"]].event(ev)
+
+    # ------------------------------------------------------------------ calls
+
+    async def _incoming(self, w: Worker, ev: dict, service: CallService) -> None:
+        wid = ev.get("call")
+        if not isinstance(wid, str):
+            return
+        assert self._registry is not None
+        port = self._claim(w)
+        if port is None:
+            await self._reply(w, op="reject", call=wid, code=486)
+            return
+        raw = ev.get("raw") if isinstance(ev.get("raw"), str) else ""
+        reason, forwarding = call_reason(raw, select=self.profile.select)
+        base = self.profile.base
+        try:
+            arrival = CallArrival(
+                node=service.node, port=port.name,
+                call_id=_call_id(ev.get("sip_call_id"), wid),
+                calling=_number(base, "calling", user_of(str(ev.get("from", "")))),
+                called=_number(base, "called", user_of(str(ev.get("request_uri") or ev.get("to", "")))),
+                forwarding=_number(base, "forwarding", forwarding),
+                reason=reason, integration=base.name)
+        except ValueError as e:
+            port.state = PortState.IDLE
+            log.warning("SIP call %s refused: %s", wid, e)
+            await self._reply(w, op="reject", call=wid, code=400)
+            return
+        call = SipCall(w, wid, self.media_dir)
+        w.calls[wid] = call
+        try:
+            decision = await service.offer(arrival)
+            if not decision.answered:
+                self.counters["rejected"] += 1
+                await self._reply(w, op="reject", call=wid, code=486 if decision.reason == "busy" else 480)
+                return
+            active = decision.call
+            assert active is not None
+            w.active[wid] = active
+            self.counters["calls"] += 1
+            await self._reply(w, op="answer", call=wid)
+            gone = "ended"
+            try:
+                async with trio.open_nursery() as n:
+                    async def watch_drop():
+                        await active.dropped.wait()
+                        await call.hangup()
+                    n.start_soon(watch_drop)
+                    if self.flow is not None:
+                        await self.flow(arrival, call, decision.term)
+                        await call.hangup()
+                    else:
+                        await call.ended.wait()
+                    n.cancel_scope.cancel()
+                gone = "ended" if call.end_info.get("by") == "remote" else "dropped"
+            except Exception:
+                log.exception("SIP call %s: the call flow failed", arrival.call_id)
+                await call.hangup()
+            finally:
+                with trio.CancelScope(shield=True):
+                    w.active.pop(wid, None)
+                    if not active.finished:
+                        await service.end_call(active, gone if not active.dropped.is_set() else "dropped")
+        finally:
+            w.calls.pop(wid, None)
+
+    def _claim(self, w: Worker):
+        assert self._registry is not None
+        for name in w.ports:
+            p = self._registry.claim_port(name)
+            if p is not None:
+                return p
+        return None
+
+    async def _reply(self, w: Worker, **msg: Any) -> None:
+        try:
+            await w.send(**msg)
+        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # ------------------------------------------------------------------ MWI
+
+    async def send_mwi(self, job) -> None:
+        """Send the lamp of ``job`` (``telephony.mwi.MwiJob``) as an unsolicited NOTIFY.
+
+        Raises :class:`TransmitRefused` unless active in ``job.term`` right before each
+        attempt, ``ConnectionError`` when every attempt failed."""
+        body = message_summary(job.new if job.on else 0, job.old,
+                               account=self.profile.account(job.extension))
+        target = self.profile.target(job.extension)
+        delay = self.profile.notify_backoff
+        last = "no SIP worker running"
+        for attempt in range(self.profile.notify_retries + 1):
+            term = self.gate()
+            if term is None or term != job.term:
+                self.counters["notify_refused"] += 1
+                raise TransmitRefused(f"not active in term {job.term} (active term: {term}): "
+                                      f"NOTIFY for {job.extension} not sent")
+            w = next((w for w in self.workers if w.alive), None)
+            if w is not None:
+                code, reason = await self._notify(w, target, body)
+                if 200 <= code < 300:
+                    self.counters["notify_sent"] += 1
+                    return
+                last = f"{code} {reason}"
+                if code not in RETRY_CODES:
+                    break
+            if attempt < self.profile.notify_retries:
+                await trio.sleep(delay)
+                delay *= 2
+        self.counters["notify_failed"] += 1
+        await self._report("warning", "sip_mwi_failed",
+                           f"MWI NOTIFY to {target} failed: {last}")
+        raise ConnectionError(f"MWI NOTIFY to {target} failed: {last}")
+
+    async def _notify(self, w: Worker, target: str, body: str) -> tuple[int, str]:
+        nid = next(self._notify_ids)
+        box: dict = {}
+        w.notifies[nid] = box
+        try:
+            await w.send(op="notify", id=nid, target=target,
+                         account=self.profile.account(target.split(":", 1)[1].split("@", 1)[0]),
+                         body=body, headers={"Event": "message-summary",
+                                             "Subscription-State": "active"})
+            with trio.move_on_after(40):  # pj's own transaction timeout is 32 s
+                while "result" not in box:
+                    await w.notify_done.wait()
+            res = box.get("result") or {"code": 408, "reason": "no final status from the worker"}
+            return int(res.get("code") or 0), str(res.get("reason", ""))
+        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            return 503, f"worker gone ({e})"
+        finally:
+            w.notifies.pop(nid, None)
+
+
+def _call_id(sip_call_id: Any, wid: str) -> str:
+    text = sip_call_id if isinstance(sip_call_id, str) and sip_call_id else wid
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
+    return safe[:64] or wid
+
+
+def _number(profile, field: str, value: str) -> str:
+    value = "".join(c for c in value if c.isprintable())[:64]
+    return profile.normalise(field, value)
+
+
+async def _unix_listener(path: Path) -> trio.SocketListener:
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(4)
+    return trio.SocketListener(sock)
