@@ -101,10 +101,16 @@ def _ulaw(sample: int) -> int:
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
 
 
-def write_tone_ulaw(path: Path, seconds: float = 2.0, freq: float = 440.0) -> None:
-    """A G.711 mu-law 8 kHz mono WAV (format tag 7) for SIPp's rtp_stream."""
+def write_tone_ulaw(path: Path, seconds: float = 2.0, freq: float = 440.0, *,
+                    lead: float = 0.0, tail: float = 0.0) -> None:
+    """A G.711 mu-law 8 kHz mono WAV (format tag 7) for SIPp's rtp_stream: ``lead`` seconds
+    of silence, the tone, ``tail`` seconds of silence."""
     n = int(8000 * seconds)
-    data = bytes(_ulaw(int(16000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n))
+    quiet = _ulaw(0)
+    data = (bytes([quiet]) * int(8000 * lead)
+            + bytes(_ulaw(int(16000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n))
+            + bytes([quiet]) * int(8000 * tail))
+    n = len(data)
     fmt = struct.pack("<HHIIHHH", 7, 1, 8000, 8000, 1, 8, 0)
     fact = struct.pack("<I", n)
     body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt

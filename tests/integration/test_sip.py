@@ -1,0 +1,121 @@
+"""The SIP ports (pjsua2 worker processes) on a real pair, with real SIPp processes as the PBX:
+INVITEs with Diversion (each reason), History-Info, no header and garbage headers; SIPp
+streaming RTP audio (a WAV) that must appear in the recorded message; a SIPp UAS that checks
+the MWI NOTIFY body; a call that reaches the inactive node fails over and is answered.
+
+Hang guards only (``GUARD``); no timing is judged here.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from failover.config import load_config
+from failover.testing import Pair
+from telephony import media
+from telephony.store import parse_mime
+from tests.telephony.test_sip_worker import (PJSUA2_MISSING, SCENARIOS, free_udp_block,
+                                             free_udp_port, goertzel, sipp, write_tone_ulaw)
+
+from .conftest import until, wait_active
+from .test_messaging import FAST, admin
+
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),
+              pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp is not installed")]
+
+VOICE_HZ = 1250.0  # the caller's tone: none of the prompts uses it
+
+
+def sip(node: str, *, mwi_port: int, count: int = 4, **more) -> dict:
+    """``[ports.sip]`` for one node: its own SIP port and RTP range on 127.0.0.1."""
+    return {"ports": {"sip": {"enabled": True, "bind": "127.0.0.1", "sip_port": free_udp_port(),
+                              "rtp_port": free_udp_block(16), "count": count,
+                              "mwi_target": f"sip:{{extension}}@127.0.0.1:{mwi_port}",
+                              "mwi_account": "sip:{extension}@vm.example",
+                              "notify_retries": 2, "notify_backoff": 0.2, **more}}}
+
+
+def subscriber(ext: str) -> dict:
+    return {"op": "put", "table": "subscribers", "row": {
+        "extension": ext, "name": f"Sub {ext}", "mailbox": f"mb{ext}", "mwi_method": "sip",
+        "notify": []}}
+
+
+def sip_port(pair: Pair, name: str) -> int:
+    return load_config(pair.node(name).config).ports.sip.sip_port
+
+
+def messages(pair: Pair, mailbox: str) -> list[tuple[dict, bytes]]:
+    root = load_config(pair.a.config).store.maildir / mailbox
+    out = []
+    for sub in ("new", "cur"):
+        if (root / sub).exists():
+            out += [parse_mime(p.read_bytes()) for p in sorted((root / sub).iterdir())]
+    return out
+
+
+def caller_wav(path: Path) -> None:
+    """What the SIPp caller streams: silence over the greeting and beep, 1.5 s of VOICE_HZ,
+    then silence (the recording ends on it)."""
+    write_tone_ulaw(path, seconds=1.5, freq=VOICE_HZ, lead=2.0, tail=3.0)
+
+
+def has_voice(wav: bytes) -> bool:
+    pcm = media.pcm_of(wav)
+    samples = [int.from_bytes(pcm[i:i + 2], "little", signed=True) for i in range(0, len(pcm), 2)]
+    if len(samples) < 4000:
+        return False
+    best = max(range(0, len(samples) - 4000, 800),
+               key=lambda i: goertzel(samples[i:i + 4000], VOICE_HZ))
+    window = samples[best:best + 4000]
+    return goertzel(window, VOICE_HZ) > 20 * max(goertzel(window, 440.0), goertzel(window, 1000.0), 1.0)
+
+
+async def call(cwd: Path, port: int, header: str) -> int:
+    """One SIPp UAC call to ``port`` with one extra ``header`` line, streaming ``tone.wav``;
+    returns SIPp's exit code (0: answered, and the callee hung up or took the BYE)."""
+    args = [f"127.0.0.1:{port}", "-s", "5000", "-m", "1", "-mp", str(free_udp_block(4)),
+            "-key", "extra", header]
+    async with sipp(cwd, "uac_headers_rtp.xml", *args) as uac:
+        return await uac.exit_code(60)
+
+
+async def test_forwarded_calls_leave_messages_with_their_reason_and_the_callers_audio(pair_dir):
+    cwd = pair_dir / "sipp"
+    cwd.mkdir()
+    caller_wav(cwd / "tone.wav")
+    mwi_port = free_udp_port()
+    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=mwi_port),
+              extra_b=sip("b", mwi_port=mwi_port)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        exts = ["1001", "1002", "1003", "1004", "1005", "1006"]
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber(e) for e in exts]})
+        assert r["ok"], r
+        port = sip_port(pair, "a")
+        mwi_cwd = pair_dir / "mwi"
+        mwi_cwd.mkdir()
+        async with sipp(mwi_cwd, "uas_mwi_200.xml", "-m", "4", "-trace_logs", port=mwi_port) as uas:
+            cases = [
+                ("1001", "Diversion: <sip:1001@pbx>;reason=user-busy;counter=1", "busy"),
+                ("1002", "Diversion: <sip:1002@pbx>;reason=no-answer", "no_answer"),
+                ("1003", "Diversion: <sip:1003@pbx>;reason=unconditional", "all"),
+                ("1004", "Diversion: \"x\" <sip:1004@pbx>;reason=deflection", "unknown"),
+            ]
+            for ext, header, reason in cases:
+                assert await call(cwd, port, header) == 0
+                await until(lambda: len(messages(pair, f"mb{ext}")) == 1, f"message for {ext}")
+                (h, wav), = messages(pair, f"mb{ext}")
+                assert h["x-vmha-forwarding"] == ext and h["x-vmha-reason"] == reason, h
+                assert h["x-vmha-node"] == "a" and h["x-vmha-caller"] == "0301234567"
+                assert has_voice(wav), f"the caller's tone is not in {ext}'s message"
+            assert await uas.exit_code(60) == 0
+            log = "".join(p.read_text() for p in mwi_cwd.glob("*_logs.log"))
+            assert "From=sip:1001@vm.example" in log and "Message-Account: sip:1001@" in log, log
+            assert "waiting=yes" in log
+            assert "new=1 old=0" in log
