@@ -476,6 +476,7 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "mwi_account": _K(_sip_uri, "sip:{extension}@127.0.0.1"),
         "notify_retries": _K(_Num(0, 10, integer=True), 3),
         "notify_backoff": _K(_Num(0.01, 60), 1.0),
+        "notify_timeout": _K(_Num(1, 64), 32.0),
     },
     "admin": {
         "socket": _K(_path, None),  # <data_dir>/run/admin.sock
@@ -685,6 +686,7 @@ class SipPorts:
     mwi_account: str
     notify_retries: int
     notify_backoff: float
+    notify_timeout: float
 
     def profile(self):
         """``integrations.cucm_sip.SipProfile`` (ValueError on a bad combination)."""
@@ -695,7 +697,8 @@ class SipPorts:
                           registrar=self.registrar, user=self.user,
                           password_file=str(self.password_file or ""), select=self.select,
                           mwi_target=self.mwi_target, mwi_account=self.mwi_account,
-                          notify_retries=self.notify_retries, notify_backoff=self.notify_backoff)
+                          notify_retries=self.notify_retries, notify_backoff=self.notify_backoff,
+                          notify_timeout=self.notify_timeout)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ class SipProfile:
       the bottom Diversion entry) or ``first`` (the most recent redirecting party).
     * MWI: an unsolicited NOTIFY to ``mwi_target`` (``{extension}`` is replaced), with
       ``Message-Account`` ``mwi_account``; 403 and timeouts are retried ``notify_retries``
-      times with backoff from ``notify_backoff`` seconds.
+      times with backoff from ``notify_backoff`` seconds; a NOTIFY without a final answer
+      counts as a timeout after ``notify_timeout`` seconds (the SIP transaction timeout).
     """
 
     bind: str = "127.0.0.1"
@@ -54,6 +55,7 @@ class SipProfile:
     mwi_account: str = "sip:{extension}@127.0.0.1"
     notify_retries: int = 3
     notify_backoff: float = 1.0
+    notify_timeout: float = 32.0
     base: IntegrationProfile = CUCM_SIP
 
     def __post_init__(self) -> None:
@@ -72,6 +74,8 @@ class SipProfile:
             if not (v.startswith(("sip:", "sips:")) and "{extension}" in v
                     and not any(c in v for c in " \r\n<>\"")):
                 raise ValueError(f"{name} must be a sip: URI containing {{extension}}, not {v!r}")
+        if not (isinstance(self.notify_timeout, (int, float)) and 1 <= self.notify_timeout <= 64):
+            raise ValueError(f"notify_timeout must be 1..64 seconds, not {self.notify_timeout!r}")
         last = self.sip_port + self.workers - 1
         if not (1 <= self.sip_port and last <= 65535):
             raise ValueError(f"SIP ports {self.sip_port}..{last} do not fit 1..65535")

@@ -313,6 +313,8 @@ class SipPorts:
         self.report: Callable[[str, str, str], Awaitable[None]] | None = None
         self._registry: PortRegistry | None = None
         self._notify_ids = itertools.count(1)
+        #: register mode: port -> the last registration outcome of its line
+        self.registrations: dict[str, dict] = {}
         self.counters: dict[str, int] = {"calls": 0, "rejected": 0, "dropped_by_worker": 0,
                                          "notify_sent": 0, "notify_failed": 0,
                                          "notify_refused": 0, "worker_restarts": 0}
@@ -358,9 +360,10 @@ class SipPorts:
         argv = [self.python, "-m", "telephony.sip.worker", "--control", str(sock),
                 "--name", f"{self.node}-{w.name}", "--bind", p.bind,
                 "--sip-port", str(p.sip_port + w.index), "--rtp-port", str(p.rtp_port + 1000 * w.index),
-                "--ports", str(len(w.ports)), "--media-dir", str(self.media_dir), "--mode", p.mode]
+                "--ports", str(len(w.ports)), "--media-dir", str(self.media_dir), "--mode", p.mode,
+                "--tsx-timeout", str(int(p.notify_timeout * 1000))]
         if p.mode == "register":
-            users = ",".join(f"{p.user}-{name.split('-')[1]}" for name in w.ports)
+            users = ",".join(self.account_of(name) for name in w.ports)
             argv += ["--registrar", p.registrar, "--users", users]
             if p.password_file:
                 argv += ["--password-file", p.password_file]
@@ -457,7 +460,8 @@ class SipPorts:
                     return "closed its connection"
                 kind = ev.get("ev")
                 if kind == "ready":
-                    self._set(w, PortState.IDLE)
+                    if self.profile.mode == "trunk":  # a registered line is up once registered
+                        self._set(w, PortState.IDLE)
                     w.ready.set()
                     log.info("SIP worker %s ready on %s (pid %s): %s", w.name, ev.get("sip"),
                              ev.get("pid"), ", ".join(w.ports))
@@ -470,6 +474,7 @@ class SipPorts:
                         w.notify_done.set()
                         w.notify_done = trio.Event()
                 elif kind == "registration":
+                    self._registration(w, ev)
                     level = "info" if ev.get("state") == "registered" else "warning"
                     await self._report(level, "sip_registration",
                                        f"SIP {ev.get('account')}: {ev.get('state')} "
@@ -479,6 +484,30 @@ class SipPorts:
                 elif isinstance(ev.get("call"), str) and ev["call"] in w.calls:
                     w.calls[ev["call"]].event(ev)
 
+    def _registration(self, w: Worker, ev: dict) -> None:
+        """Register mode: a port is ``idle`` while its line is registered, ``down`` otherwise
+        (a call in progress keeps its state)."""
+        name = self.port_of_account(str(ev.get("account", "")))
+        if name is None or name not in w.ports or self._registry is None:
+            return
+        self.registrations[name] = {k: ev.get(k) for k in ("state", "code", "reason", "expires")}
+        port = self._registry.get(name)
+        if ev.get("state") == "registered":
+            if port.state is PortState.DOWN:
+                port.state = PortState.IDLE
+        elif port.state is PortState.IDLE:
+            port.state = PortState.DOWN
+
+    def account_of(self, port: str) -> str:
+        """The user a port registers as (register mode): port ``sip-N`` is ``user-N``."""
+        return f"{self.profile.user}-{port.split('-', 1)[1]}"
+
+    def port_of_account(self, account: str) -> str | None:
+        prefix = f"{self.profile.user}-"
+        if account.startswith(prefix) and account[len(prefix):].isdigit():
+            return f"sip-{int(account[len(prefix):])}"
+        return None
+
     # ------------------------------------------------------------------ calls
 
     async def _incoming(self, w: Worker, ev: dict, service: CallService) -> None:
@@ -486,7 +515,7 @@ class SipPorts:
         if not isinstance(wid, str):
             return
         assert self._registry is not None
-        port = self._claim(w)
+        port = self._claim(w, self.port_of_account(str(ev.get("account") or "")))
         if port is None:
             await self._reply(w, op="reject", call=wid, code=486)
             return
@@ -544,9 +573,10 @@ class SipPorts:
         finally:
             w.calls.pop(wid, None)
 
-    def _claim(self, w: Worker):
+    def _claim(self, w: Worker, first: str | None = None):
+        """An idle port of ``w`` (``first`` when it is idle: the line the call came in on)."""
         assert self._registry is not None
-        for name in w.ports:
+        for name in ([first] if first in w.ports else []) + w.ports:
             p = self._registry.claim_port(name)
             if p is not None:
                 return p
@@ -578,7 +608,8 @@ class SipPorts:
                                       f"NOTIFY for {job.extension} not sent")
             w = next((w for w in self.workers if w.alive), None)
             if w is not None:
-                code, reason = await self._notify(w, target, body)
+                code, reason = await self._notify(w, target, self.profile.account(job.extension),
+                                                  body)
                 if 200 <= code < 300:
                     self.counters["notify_sent"] += 1
                     return
@@ -593,16 +624,15 @@ class SipPorts:
                            f"MWI NOTIFY to {target} failed: {last}")
         raise ConnectionError(f"MWI NOTIFY to {target} failed: {last}")
 
-    async def _notify(self, w: Worker, target: str, body: str) -> tuple[int, str]:
+    async def _notify(self, w: Worker, target: str, account: str, body: str) -> tuple[int, str]:
         nid = next(self._notify_ids)
         box: dict = {}
         w.notifies[nid] = box
         try:
             await w.send(op="notify", id=nid, target=target,
-                         account=self.profile.account(target.split(":", 1)[1].split("@", 1)[0]),
-                         body=body, headers={"Event": "message-summary",
+                         account=account, body=body, headers={"Event": "message-summary",
                                              "Subscription-State": "active"})
-            with trio.move_on_after(40):  # pj's own transaction timeout is 32 s
+            with trio.move_on_after(self.profile.notify_timeout + 8):  # the worker's --tsx-timeout
                 while "result" not in box:
                     await w.notify_done.wait()
             res = box.get("result") or {"code": 408, "reason": "no final status from the worker"}

@@ -122,7 +122,7 @@ FULL = {
                       "user": "vmport", "password_file": "/etc/vmha/sip.pw", "select": "first",
                       "mwi_target": "sip:{extension}@cm.example:5060",
                       "mwi_account": "sip:{extension}@vm.example", "notify_retries": 2,
-                      "notify_backoff": 0.5}},
+                      "notify_backoff": 0.5, "notify_timeout": 8}},
     "admin": {"socket": "/run/vmha/admin.sock"},
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
@@ -182,6 +182,7 @@ def test_full_config(tmp_path):
     assert (sp.mode, sp.registrar, sp.user, sp.password_file, sp.select) == \
         ("register", "sip:cm.example:5060", "vmport", "/etc/vmha/sip.pw", "first")
     assert sp.target("1001") == "sip:1001@cm.example:5060" and sp.account("1001") == "sip:1001@vm.example"
+    assert (sp.notify_retries, sp.notify_backoff, sp.notify_timeout) == (2, 0.5, 8)
 
 
 def test_sip_port_settings_are_checked_together(tmp_path):
@@ -193,7 +194,8 @@ def test_sip_port_settings_are_checked_together(tmp_path):
                      ({**on, "per_worker": 5}, "ports.sip.per_worker"),
                      ({**on, "mwi_target": "sip:mwi@pbx"}, "ports.sip"),  # no {extension}
                      ({**on, "mwi_target": "http://x/{extension}"}, "ports.sip.mwi_target"),
-                     ({**on, "sip_port": 65535, "count": 8}, "ports.sip")]:
+                     ({**on, "sip_port": 65535, "count": 8}, "ports.sip"),
+                     ({**on, "notify_timeout": 0.5}, "ports.sip.notify_timeout")]:
         err = error_for(tmp_path, set_key(minimal(), "ports.sip", bad))
         assert key in str(err), (bad, str(err))
     both = set_key(set_key(minimal(), "ports.sip", on), "ports.smdi",
