@@ -77,45 +77,86 @@ def has_voice(wav: bytes) -> bool:
 
 
 async def call(cwd: Path, port: int, header: str) -> int:
-    """One SIPp UAC call to ``port`` with one extra ``header`` line, streaming ``tone.wav``;
-    returns SIPp's exit code (0: answered, and the callee hung up or took the BYE)."""
+    """One SIPp UAC call to ``port`` with one extra ``header`` line, streaming the caller's
+    tone; returns SIPp's exit code (0: answered, and the callee hung up or took the BYE).
+    ``cwd`` is made for this call (SIPp's logs and its WAV live there)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    caller_wav(cwd / "tone.wav")
     args = [f"127.0.0.1:{port}", "-s", "5000", "-m", "1", "-mp", str(free_udp_block(4)),
             "-key", "extra", header]
     async with sipp(cwd, "uac_headers_rtp.xml", *args) as uac:
         return await uac.exit_code(60)
 
 
-async def test_forwarded_calls_leave_messages_with_their_reason_and_the_callers_audio(pair_dir):
-    cwd = pair_dir / "sipp"
-    cwd.mkdir()
-    caller_wav(cwd / "tone.wav")
+async def calls(cwd: Path, port: int, headers: list[str]) -> list[int]:
+    """The calls of ``headers`` at once (at most 4: the ports of one worker)."""
+    codes: dict[int, int] = {}
+
+    async def one(i: int, header: str) -> None:
+        codes[i] = await call(cwd / f"call{i}", port, header)
+
+    async with trio.open_nursery() as nursery:
+        for i, header in enumerate(headers):
+            nursery.start_soon(one, i, header)
+    return [codes[i] for i in range(len(headers))]
+
+
+def mwi_log(cwd: Path) -> str:
+    return "".join(p.read_text() for p in cwd.glob("*_logs.log"))
+
+
+CASES = [  # (header line, mailbox, reason)
+    ("Diversion: <sip:1001@pbx>;reason=user-busy;counter=1", "mb1001", "busy"),
+    ("Diversion: <sip:1002@pbx>;reason=no-answer", "mb1002", "no_answer"),
+    ("Diversion: <sip:1003@pbx>;reason=unconditional", "mb1003", "all"),
+    ("Diversion: \"x\" <sip:1004@pbx>;reason=deflection", "mb1004", "unknown"),
+    # stacked, most recent first: the bottom entry (select = last) is the original called
+    # party; the reason is why the call reached voice mail (the most recent redirection)
+    ("Diversion: <sip:2999@pbx>;reason=no-answer, <sip:1005@pbx>;reason=user-busy",
+     "mb1005", "no_answer"),
+    ("History-Info: <sip:1006@pbx?Reason=SIP%3Bcause%3D486>;index=1, <sip:5000@vm>;index=1.1",
+     "mb1006", "busy"),
+    ("History-Info: <sip:1007@pbx>;index=1, <sip:5000@vm?Reason=SIP%3Bcause%3D408>;index=1.1",
+     "mb1007", "no_answer"),
+    # no redirection: a direct call from a number that is no subscriber -> the default mailbox
+    ("X-Nothing: here", "mb1009", "direct"),
+    # garbage: the call is still answered, the reason is unknown -> the default mailbox
+    ("Diversion: <<<sip:;;;reason=\x01junk>>>", "mb1009", "unknown"),
+    ("History-Info: ,,,;index=;;<", "mb1009", "unknown"),
+]
+
+
+async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers_audio(pair_dir):
     mwi_port = free_udp_port()
-    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=mwi_port),
+    fast = {"messaging": {**FAST["messaging"], "default_mailbox": "mb1009"}}
+    with Pair(pair_dir, extra=fast, extra_a=sip("a", mwi_port=mwi_port),
               extra_b=sip("b", mwi_port=mwi_port)) as pair:
         pair.start()
         await wait_active(pair, "a")
-        exts = ["1001", "1002", "1003", "1004", "1005", "1006"]
+        exts = ["1001", "1002", "1003", "1004", "1005", "1006", "1007", "1009"]
         r = await admin(pair.a, {"op": "db_write", "ops": [subscriber(e) for e in exts]})
         assert r["ok"], r
         port = sip_port(pair, "a")
         mwi_cwd = pair_dir / "mwi"
         mwi_cwd.mkdir()
-        async with sipp(mwi_cwd, "uas_mwi_200.xml", "-m", "4", "-trace_logs", port=mwi_port) as uas:
-            cases = [
-                ("1001", "Diversion: <sip:1001@pbx>;reason=user-busy;counter=1", "busy"),
-                ("1002", "Diversion: <sip:1002@pbx>;reason=no-answer", "no_answer"),
-                ("1003", "Diversion: <sip:1003@pbx>;reason=unconditional", "all"),
-                ("1004", "Diversion: \"x\" <sip:1004@pbx>;reason=deflection", "unknown"),
-            ]
-            for ext, header, reason in cases:
-                assert await call(cwd, port, header) == 0
-                await until(lambda: len(messages(pair, f"mb{ext}")) == 1, f"message for {ext}")
-                (h, wav), = messages(pair, f"mb{ext}")
-                assert h["x-vmha-forwarding"] == ext and h["x-vmha-reason"] == reason, h
-                assert h["x-vmha-node"] == "a" and h["x-vmha-caller"] == "0301234567"
-                assert has_voice(wav), f"the caller's tone is not in {ext}'s message"
+        # one lamp per mailbox: 1001..1007 and 1009 (its second message changes no lamp)
+        async with sipp(mwi_cwd, "uas_mwi_200.xml", "-m", "8", "-trace_logs", port=mwi_port) as uas:
+            for i in range(0, len(CASES), 4):
+                batch = CASES[i:i + 4]
+                codes = await calls(pair_dir / "sipp" / str(i), port, [h for h, _, _ in batch])
+                assert codes == [0] * len(batch), (codes, batch)
+            for mailbox in {m for _, m, _ in CASES}:
+                want = sorted(r for _, m, r in CASES if m == mailbox)
+                await until(lambda: len(messages(pair, mailbox)) == len(want), f"messages in {mailbox}")
+                got = messages(pair, mailbox)
+                assert sorted(h["x-vmha-reason"] for h, _ in got) == want, (mailbox, got)
+                for h, wav in got:
+                    assert h["x-vmha-node"] == "a" and h["x-vmha-caller"] == "0301234567"
+                    fwd = "" if mailbox == "mb1009" else mailbox[2:]
+                    assert h["x-vmha-forwarding"] == fwd, h
+                    assert has_voice(wav), f"the caller's tone is not in {mailbox}'s message"
             assert await uas.exit_code(60) == 0
-            log = "".join(p.read_text() for p in mwi_cwd.glob("*_logs.log"))
-            assert "From=sip:1001@vm.example" in log and "Message-Account: sip:1001@" in log, log
-            assert "waiting=yes" in log
-            assert "new=1 old=0" in log
+            log = mwi_log(mwi_cwd)
+            for ext in exts:
+                assert f"From=sip:{ext}@vm.example" in log and f"Message-Account: sip:{ext}@" in log, log
+            assert log.count("waiting=yes") == 8 and log.count("new=1 old=0") == 8, log
