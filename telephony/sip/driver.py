@@ -346,12 +346,17 @@ class SipPorts:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.media_dir.mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
-            for w in self.workers:
+            # Started once the first worker said ready (or 30 s); the others start one after
+            # the other in the background.  Waiting for all of them here delayed the health
+            # loop (the service starts it after its drivers) past the node manager's health
+            # timeout, and dozens of workers starting at once stalled the node manager: with
+            # 36 workers on 2 CPUs the service was killed and restarted in a loop.
+            for i, w in enumerate(self.workers):
                 nursery.start_soon(self._supervise, w, service)
-            with trio.move_on_after(30):  # started: once every worker said ready (or 30 s)
-                for w in self.workers:
+                with trio.move_on_after(30 if i == 0 else 10):
                     await w.ready.wait()
-            task_status.started()
+                if i == 0:
+                    task_status.started()
 
     # ------------------------------------------------------------------ one worker
 
@@ -390,7 +395,10 @@ class SipPorts:
                 async with trio.open_nursery() as n:
                     async def watch_exit():
                         await w.proc.wait()
-                        n.cancel_scope.cancel()
+                        if w.lines is None:  # still waiting for its connection
+                            n.cancel_scope.cancel()
+                        # else the kernel closed its end: _serve reads EOF, ends the calls
+                        # (the call flows keep what was recorded) and returns
                     n.start_soon(watch_exit)
                     with trio.move_on_after(30) as accept_timer:
                         stream = await listener.accept()
@@ -420,12 +428,7 @@ class SipPorts:
         w.ready = trio.Event()
         lines, w.lines = w.lines, None
         self._set(w, PortState.DOWN)
-        for cid, call in list(w.calls.items()):
-            call.gone()
-        for cid, active in list(w.active.items()):
-            self.counters["dropped_by_worker"] += 1
-            log.warning("call %s on %s dropped: SIP worker %s %s", active.call_id,
-                        active.arrival.port, w.name, why)
+        self._lost(w, why)
         for nid, box in list(w.notifies.items()):
             box.setdefault("result", {"code": 503, "reason": f"worker {why}"})
         w.notify_done.set()
@@ -448,15 +451,27 @@ class SipPorts:
                     pass
                 await proc.wait()
 
+    def _lost(self, w: Worker, why: str) -> None:
+        """The worker's connection ended: every call it held is over (logged as dropped; the
+        call flow keeps what was recorded, as after a hang-up)."""
+        for cid, active in list(w.active.items()):
+            self.counters["dropped_by_worker"] += 1
+            log.warning("call %s on %s dropped: SIP worker %s %s", active.call_id,
+                        active.arrival.port, w.name, why)
+        for call in list(w.calls.values()):
+            call.gone()
+
     async def _serve(self, w: Worker, service: CallService) -> str:
         assert w.lines is not None
-        async with trio.open_nursery() as n:
+        async with trio.open_nursery() as n:  # exits once every call's task is over
             while True:
                 try:
                     ev = await w.lines.read()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                    return f"connection broke: {e}"
+                    self._lost(w, why := f"connection broke: {e}")
+                    return why
                 if ev is None:
+                    self._lost(w, "closed its connection")
                     return "closed its connection"
                 kind = ev.get("ev")
                 if kind == "ready":
@@ -561,7 +576,7 @@ class SipPorts:
                     else:
                         await call.ended.wait()
                     n.cancel_scope.cancel()
-                gone = "ended" if call.end_info.get("by") == "remote" else "dropped"
+                gone = "dropped" if call.end_info.get("by") == "worker" else "ended"
             except Exception:
                 log.exception("SIP call %s: the call flow failed", arrival.call_id)
                 await call.hangup()

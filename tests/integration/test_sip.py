@@ -160,3 +160,124 @@ async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers
             for ext in exts:
                 assert f"From=sip:{ext}@vm.example" in log and f"Message-Account: sip:{ext}@" in log, log
             assert log.count("waiting=yes") == 8 and log.count("new=1 old=0") == 8, log
+
+
+def port_states(node, kind: str = "sip") -> dict[str, str]:
+    st = node.status() or {}
+    return {p["name"]: p["state"] for p in st.get("ports", []) if p.get("kind") == kind}
+
+
+async def test_a_call_at_the_inactive_node_fails_over_and_is_answered_there(pair_dir):
+    mwi_port = free_udp_port()
+    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=mwi_port),
+              extra_b=sip("b", mwi_port=mwi_port)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
+        assert r["ok"], r
+        await until(lambda: set(port_states(pair.b).values()) == {"idle"}, "b's SIP ports up")
+        mwi_cwd = pair_dir / "mwi"
+        mwi_cwd.mkdir()
+        async with sipp(mwi_cwd, "uas_mwi_200.xml", "-m", "1", "-trace_logs", port=mwi_port) as uas:
+            # the PBX sends a call to the secondary's port: the secondary takes over at once
+            code = await call(pair_dir / "sipp", sip_port(pair, "b"),
+                              "Diversion: <sip:1001@pbx>;reason=user-busy")
+            assert code == 0
+            assert pair.b.state() == "active"
+            await until(lambda: len(messages(pair, "mb1001")) == 1, "message for 1001")
+            (h, wav), = messages(pair, "mb1001")
+            assert h["x-vmha-node"] == "b" and h["x-vmha-reason"] == "busy" and has_voice(wav)
+            assert await uas.exit_code(60) == 0  # b, now active, lit the lamp
+            assert "From=sip:1001@vm.example" in mwi_log(mwi_cwd)
+        ev = [e for e in pair.b.events() if e["event"] in ("failover", "activating")]
+        assert any("call" in e["message"] for e in ev), ev
+
+
+async def test_a_refused_notify_is_retried_reported_and_left_unconfirmed(pair_dir):
+    mwi_port = free_udp_port()
+    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=mwi_port)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
+        assert r["ok"], r
+        mwi_cwd = pair_dir / "mwi"
+        mwi_cwd.mkdir()
+        # notify_retries = 2: three NOTIFYs, each answered 403
+        async with sipp(mwi_cwd, "uas_mwi_403.xml", "-m", "3", "-trace_logs", port=mwi_port) as uas:
+            assert await call(pair_dir / "sipp", sip_port(pair, "a"),
+                              "Diversion: <sip:1001@pbx>;reason=no-answer") == 0
+            assert await uas.exit_code(60) == 0
+        assert mwi_log(mwi_cwd).count("From=sip:1001@vm.example") == 3
+        await until(lambda: any(e["event"] == "sip_mwi_failed" and "403" in e["message"]
+                                for e in pair.a.events()), "the failure in a's event log")
+
+        def unconfirmed():
+            row = (pair.a.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1001"})
+                   or {}).get("row")
+            return row and row["state"]["on"] and not row["state"]["confirmed"]
+
+        await until(unconfirmed, "the ledger keeps the refused lamp unconfirmed")
+        assert len(messages(pair, "mb1001")) == 1  # the message itself is stored
+
+
+def worker_pids(service_pid: int) -> list[int]:
+    """The SIP worker processes of a messaging service (its children)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == service_pid and b"telephony.sip.worker" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+async def test_a_worker_killed_in_a_call_is_restarted_and_its_ports_come_back(pair_dir):
+    import os
+    import signal
+
+    mwi_port = free_udp_port()
+    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=mwi_port, count=6)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
+        assert r["ok"], r
+        await until(lambda: len(port_states(pair.a)) == 6
+                    and set(port_states(pair.a).values()) == {"idle"}, "6 SIP ports idle")
+        pids = await until(lambda: len(p := worker_pids(pair.a.service_pid())) == 2 and p,
+                           "two workers (4 + 2 ports)")
+        first = next(p for p in pids if f"{sip_port(pair, 'a')}" in
+                     Path(f"/proc/{p}/cmdline").read_bytes().decode().replace("\0", " ").split())
+        media_dir = load_config(pair.a.config).node.data_dir / "sip-media"
+
+        def tone_recorded():  # lead 2 s + tone 1.5 s from the call's start; greeting ~1.2 s
+            return any(p.stat().st_size > 44 + 2 * 8000 * 2.6 for p in media_dir.glob("*-rec-*.wav"))
+
+        async with trio.open_nursery() as nursery:
+            result = {}
+
+            async def caller():
+                result["code"] = await call(pair_dir / "sipp", sip_port(pair, "a"),
+                                            "Diversion: <sip:1001@pbx>;reason=no-answer")
+
+            nursery.start_soon(caller)
+            await until(lambda: "in_call" in port_states(pair.a).values(), "a call in progress")
+            await until(tone_recorded, "the caller's tone in the recording")
+            os.kill(first, signal.SIGKILL)
+        assert result["code"] != 0  # the caller's call died with the worker
+        await until(lambda: any(e["event"] == "sip_worker_restart" for e in pair.a.events()),
+                    "the restart in the event log")
+        assert "dropped: SIP worker w1" in (pair_dir / "a.log").read_text()
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "ports back")
+        assert first not in worker_pids(pair.a.service_pid())
+        # what was recorded before the worker died is kept, as after a hang-up
+        await until(lambda: len(messages(pair, "mb1001")) == 1, "the cut message stored")
+        (h, wav), = messages(pair, "mb1001")
+        assert has_voice(wav) and h["x-vmha-reason"] == "no_answer"
+        # the restarted worker takes calls again
+        assert await call(pair_dir / "sipp2", sip_port(pair, "a"),
+                          "Diversion: <sip:1001@pbx>;reason=no-answer") == 0
+        await until(lambda: len(messages(pair, "mb1001")) == 2, "a message after the restart")
