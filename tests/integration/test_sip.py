@@ -281,3 +281,34 @@ async def test_a_worker_killed_in_a_call_is_restarted_and_its_ports_come_back(pa
         assert await call(pair_dir / "sipp2", sip_port(pair, "a"),
                           "Diversion: <sip:1001@pbx>;reason=no-answer") == 0
         await until(lambda: len(messages(pair, "mb1001")) == 2, "a message after the restart")
+
+
+async def test_register_mode_ports_are_up_only_while_their_lines_are_registered(pair_dir):
+    """Each port registers ``vm-N`` with a registrar (a SIPp UAS checking the digest); the
+    port is ``down`` in the node's status until its line is registered, and a refused
+    registration (403) keeps it down and is in the event log."""
+    (pair_dir / "pw").write_text("s3cret\n")
+    reg_cwd, bad_cwd = pair_dir / "reg", pair_dir / "bad"
+    reg_cwd.mkdir()
+    bad_cwd.mkdir()
+    reg_port, bad_port = free_udp_port(), free_udp_port()
+    async with sipp(reg_cwd, "uas_register_auth.xml", "-m", "1", port=reg_port) as registrar, \
+            sipp(bad_cwd, "uas_register_403.xml", "-m", "1", port=bad_port) as refuser:
+        extra_a = sip("a", mwi_port=free_udp_port(), count=1, mode="register",
+                      registrar=f"sip:127.0.0.1:{reg_port}", user="vm",
+                      password_file=str(pair_dir / "pw"))
+        extra_b = sip("b", mwi_port=free_udp_port(), count=1, mode="register",
+                      registrar=f"sip:127.0.0.1:{bad_port}", user="vm",
+                      password_file=str(pair_dir / "pw"))
+        with Pair(pair_dir, extra=FAST, extra_a=extra_a, extra_b=extra_b) as pair:
+            pair.start()
+            await wait_active(pair, "a")
+            await until(lambda: port_states(pair.a) == {"sip-1": "idle"}, "a's line registered")
+            await until(lambda: any(e["event"] == "sip_registration" and "403" in e["message"]
+                                    for e in pair.b.events()), "b's refusal in its event log")
+            assert port_states(pair.b) == {"sip-1": "down"}
+            reg = [e for e in pair.a.events() if e["event"] == "sip_registration"]
+            assert reg and "vm-1: registered (200" in reg[0]["message"], reg
+            assert await refuser.exit_code(30) == 0
+        # a's worker un-registered at shutdown: the registrar saw the whole exchange
+        assert await registrar.exit_code(30) == 0
