@@ -95,6 +95,9 @@ class StoreMailboxes:
         await self.store.mark_heard(mailbox, uid)
 
 
+LAMP_TASKS = 16  # lamps sent at once (a slow MWI target holds only its own lamp)
+
+
 class Messaging:
     def __init__(self, *, node: str, db: ConfigDB, store: MessageStore, spool_dir: Path,
                  streams: Path, sink: MwiSink | None, notifier_factory: Callable[..., SmtpNotifier] | None = None,
@@ -123,6 +126,8 @@ class Messaging:
         self.term: int | None = None
         self._planner_term: int | None = None
         self._resync_now = trio.Event()
+        self._lamps: dict[str, str] = {}  # mailbox -> extension: lamps to bring up to date
+        self._lamp_wake = trio.Event()
         self.counters: dict[str, int] = {"messages": 0, "lamp_jobs_sent": 0, "lamp_jobs_failed": 0,
                                          "lamp_jobs_refused": 0, "resyncs": 0, "notifications": 0,
                                          "notification_errors": 0}
@@ -164,6 +169,7 @@ class Messaging:
 
     def deactivated(self) -> None:
         self.term = None
+        self._lamps.clear()  # the next active node resyncs every lamp
         self.worker.set_enabled(False)
 
     def stats(self) -> dict:
@@ -173,6 +179,7 @@ class Messaging:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.worker.run)
             nursery.start_soon(self._resync_loop)
+            nursery.start_soon(self._lamp_loop)
             task_status.started()
 
     # ------------------------------------------------------------------ messages
@@ -204,8 +211,45 @@ class Messaging:
     # ------------------------------------------------------------------ MWI
 
     async def lamp(self, mailbox: str, extension: str) -> None:
-        """The counts of ``mailbox`` may have changed: send the lamp job if there is one."""
+        """The counts of ``mailbox`` may have changed: its lamp is brought up to date in the
+        background (returns at once: a call never waits for a lamp, whose sink may retry for
+        a long time).  At most ``LAMP_TASKS`` lamps are sent at once, one per mailbox; a
+        mailbox that changes again while its lamp is being sent is looked at once more."""
         if self.term is None:
+            return
+        self._lamps[mailbox] = extension
+        self._lamp_wake.set()
+
+    async def _lamp_loop(self) -> None:
+        limit = trio.CapacityLimiter(LAMP_TASKS)
+        busy: set[str] = set()
+
+        async def one(mailbox: str, extension: str) -> None:
+            try:
+                await self._lamp_now(mailbox, extension)
+            except Exception:  # noqa: BLE001 - one lamp must not stop the others
+                log.exception("lamp of %s failed", mailbox)
+            finally:
+                busy.discard(mailbox)
+                limit.release_on_behalf_of(mailbox)
+                if self._lamps:
+                    self._lamp_wake.set()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._lamp_wake.wait()
+                self._lamp_wake = trio.Event()
+                for mailbox in [m for m in self._lamps if m not in busy]:
+                    await limit.acquire_on_behalf_of(mailbox)
+                    extension = self._lamps.pop(mailbox)
+                    busy.add(mailbox)
+                    nursery.start_soon(one, mailbox, extension)
+
+    async def _lamp_now(self, mailbox: str, extension: str) -> None:
+        if self.term is None:
+            return
+        sub = await self._db(self.directory.by_mailbox, mailbox)
+        if sub is not None and sub.get("mwi_method") == "none":
             return
         try:
             new, old = await self.store.counts(mailbox)
