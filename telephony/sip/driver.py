@@ -346,17 +346,18 @@ class SipPorts:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.media_dir.mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
-            # Started once the first worker said ready (or 30 s); the others start one after
-            # the other in the background.  Waiting for all of them here delayed the health
-            # loop (the service starts it after its drivers) past the node manager's health
-            # timeout, and dozens of workers starting at once stalled the node manager: with
-            # 36 workers on 2 CPUs the service was killed and restarted in a loop.
-            for i, w in enumerate(self.workers):
+            # Started at once: the service starts its health loop after its drivers, and must
+            # report health while the workers start (the ports are down until their worker is
+            # ready).  Waiting for workers here got the service killed for missing health
+            # reports: with 36 workers on 2 CPUs, and after a kill -9 when the dead service's
+            # worker still held its SIP port for a moment (the new one failed to bind and was
+            # restarted).  The workers start one after the other: dozens starting at once
+            # stalled the node manager.
+            task_status.started()
+            for w in self.workers:
                 nursery.start_soon(self._supervise, w, service)
-                with trio.move_on_after(30 if i == 0 else 10):
+                with trio.move_on_after(10):
                     await w.ready.wait()
-                if i == 0:
-                    task_status.started()
 
     # ------------------------------------------------------------------ one worker
 

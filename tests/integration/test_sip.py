@@ -50,6 +50,11 @@ def sip_port(pair: Pair, name: str) -> int:
     return load_config(pair.node(name).config).ports.sip.sip_port
 
 
+def port_states(node, kind: str = "sip") -> dict[str, str]:
+    st = node.status() or {}
+    return {p["name"]: p["state"] for p in st.get("ports", []) if p.get("kind") == kind}
+
+
 def messages(pair: Pair, mailbox: str) -> list[tuple[dict, bytes]]:
     root = load_config(pair.a.config).store.maildir / mailbox
     out = []
@@ -137,6 +142,7 @@ async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers
         r = await admin(pair.a, {"op": "db_write", "ops": [subscriber(e) for e in exts]})
         assert r["ok"], r
         port = sip_port(pair, "a")
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "a's SIP ports up")
         mwi_cwd = pair_dir / "mwi"
         mwi_cwd.mkdir()
         # one lamp per mailbox: 1001..1007 and 1009 (its second message changes no lamp)
@@ -160,11 +166,6 @@ async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers
             for ext in exts:
                 assert f"From=sip:{ext}@vm.example" in log and f"Message-Account: sip:{ext}@" in log, log
             assert log.count("waiting=yes") == 8 and log.count("new=1 old=0") == 8, log
-
-
-def port_states(node, kind: str = "sip") -> dict[str, str]:
-    st = node.status() or {}
-    return {p["name"]: p["state"] for p in st.get("ports", []) if p.get("kind") == kind}
 
 
 async def test_a_call_at_the_inactive_node_fails_over_and_is_answered_there(pair_dir):
@@ -200,6 +201,7 @@ async def test_a_refused_notify_is_retried_reported_and_left_unconfirmed(pair_di
         await wait_active(pair, "a")
         r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
         assert r["ok"], r
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "a's SIP ports up")
         mwi_cwd = pair_dir / "mwi"
         mwi_cwd.mkdir()
         # notify_retries = 2: three NOTIFYs, each answered 403
