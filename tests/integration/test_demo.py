@@ -19,9 +19,47 @@ DEMO = [sys.executable, "-m", "failover.cli", "demo"]
 
 def leftovers(workdir: str) -> list[str]:
     """Processes whose command line names the demo's work dir (node managers: --config,
-    messaging services: --control)."""
-    out = subprocess.run(["pgrep", "-af", workdir], capture_output=True, text=True).stdout
+    messaging services: --control, SIP workers: --control and --media-dir, SIP callers: --wav)."""
+    out = subprocess.run(["pgrep", "-af", workdir], capture_output=True, text=True,
+                         check=False).stdout
     return [line for line in out.splitlines() if line.strip()]
+
+
+def sip_workers(workdir: str) -> list[str]:
+    """``telephony.sip.worker`` processes of the demo's nodes (their own session: not in a
+    node's process group, so ``Node.stop`` does not reach them)."""
+    out = subprocess.run(["pgrep", "-af", "telephony.sip.worker"], capture_output=True,
+                         text=True, check=False).stdout
+    return [line for line in out.splitlines() if workdir in line]
+
+
+def worker_pids(workdir: Path) -> list[int]:
+    """Every SIP worker the demo's services started (from the node logs)."""
+    text = "".join((workdir / f"{n}.log").read_text(errors="replace") for n in "ab")
+    return [int(p) for p in re.findall(r"SIP worker w\d+ ready on 127\.0\.0\.1:\d+ \(pid (\d+)\)", text)]
+
+
+def check_sip(out: str, workdir: Path, *, takeover: bool) -> None:
+    """The SIP part: calls answered, messages stored by both nodes across the takeovers (when
+    the demo ran through them: ``takeover``), and no SIP worker left."""
+    assert "SIP ports (4 per node, UDP): a 127.0.0.1:" in out, out
+    m = re.search(r"SIP calls placed (\d+): answered (\d+), not answered (\d+), failed (\d+)", out)
+    assert m, out
+    placed, answered, unanswered, failed = map(int, m.groups())
+    assert answered > 0 and placed >= answered + unanswered + failed, out
+    m = re.search(r"messages in the Maildir store: (\d+) \(recorded by a (\d+), by b (\d+);", out)
+    assert m, out
+    total, by_a, by_b = map(int, m.groups())
+    assert total == by_a + by_b, out
+    if takeover:
+        assert by_a > 0 and by_b > 0, out  # messages before and after the takeovers
+        assert re.search(r"MESSAGE stored by [ab] in mb100[12]: from 030\d+, forwarded by 100[12]",
+                         out), out
+    pids = worker_pids(workdir)
+    assert pids, "no SIP worker was started"
+    assert all(gone(pid) for pid in pids), [p for p in pids if not gone(p)]
+    assert sip_workers(str(workdir)) == []
+    assert "did not end with their service" not in out, out
 
 
 def workdir_of(out: str) -> str:
@@ -57,12 +95,17 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     assert m, out
     assert 0 < float(m.group(1)) < 5000
     assert re.search(r"failover: b active [\d.]+ ms after kill -9 of a's messaging service", out)
-    # a call on inactive a's trunk: a takes over at once (the guide's call rule: failback by call)
-    assert re.search(r"CALL TAKEOVER: the call on inactive a's trunk was answered by a in term \d+", out), out
+    # a SIP call to inactive a: a takes over at once (the guide's call rule: failback by call)
+    # and answers it
+    assert re.search(r"SIP CALL TAKEOVER: the SIP call to inactive a made it active in term \d+ "
+                     r"\(failback event [\d.]+ ms after the caller was started\)", out), out
+    assert "SIP CALL TAKEOVER: the SIP call to a was answered by a" in out, out
     # the manual failover through the admin socket
     assert re.search(r"FAILOVER: b is active in term \d+, [\d.]+ ms after the request", out), out
-    # the call on the inactive node's trunk after the operator's move: a holds, so it refuses it
+    # the calls on the inactive node's trunk and SIP port after the operator's move: a holds,
+    # so it refuses them
     assert "CALL ON INACTIVE a's TRUNK: rejected" in out, out
+    assert re.search(r"SIP CALL TO INACTIVE a: not answered \((480|486) [^)]*\): it holds", out), out
     # calls were answered (and the ones on the killed service were cut off)
     m = re.search(r"calls placed (\d+): answered (\d+), dropped (\d+)", out)
     assert m, out
@@ -73,6 +116,9 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     assert "processes: all stopped" in out
     assert leftovers(str(work)) == []
     assert all(gone(pid) for pid in manager_pids(out))
+    check_sip(out, work, takeover=True)
+    # the lamps: the nodes' MWI NOTIFYs reached the demo's phones
+    assert re.search(r"MWI NOTIFYs received by the phones: [1-9]", out), out
 
 
 def test_demo_stops_cleanly_on_ctrl_c():
@@ -94,4 +140,5 @@ def test_demo_stops_cleanly_on_ctrl_c():
     work = workdir_of(out)
     assert leftovers(work) == []
     assert all(gone(pid) for pid in manager_pids(out))
+    check_sip(out, Path(work), takeover=False)
     shutil.rmtree(work, ignore_errors=True)  # the demo keeps its temporary dir for the logs
