@@ -51,7 +51,7 @@ from telephony.store import parse_mime
 
 from .config import load_config
 from .eventlog import format_record
-from .testing import Pair, _ephemeral_range
+from .testing import Pair, free_udp_block
 
 # seconds after the pair was started: kill -9 of the active service, a call on the inactive
 # node's trunk (call takeover), an operator failover, a call on the node that now holds
@@ -643,29 +643,6 @@ def sip_usable() -> bool:
     except Exception:  # noqa: BLE001 - ImportError, or bindings not staged
         return False
     return True
-
-
-def free_udp_block(n: int) -> int:
-    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, outside the kernel's
-    ephemeral range (the caller processes' SIP and RTP ports come from there) and below 64000."""
-    lo, hi = _ephemeral_range()
-    for _ in range(200):
-        # below 64000: a node's RTP range must leave room for 1000 ports per worker
-        ranges = [r for r in ((10000, lo - n), (hi + 1, 64000 - n)) if r[0] < r[1]]
-        base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free UDP port block on 127.0.0.1")
 
 
 def sip_section(mwi_port: int) -> dict:

@@ -49,6 +49,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_udp_block(n: int = 1) -> int:
+    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, outside the kernel's
+    ephemeral range (SIP callers' and SIPp's own ports come from there) and below 64000 (a
+    SIP node's RTP range needs 1000 ports per worker above its start)."""
+    lo, hi = _ephemeral_range()
+    for _ in range(200):
+        ranges = [r for r in ((10000, lo - n), (hi + 1, 64000 - n)) if r[0] < r[1]]
+        base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port block on 127.0.0.1")
+
+
 class TcpRelay:
     """Forwards 127.0.0.1:listen -> 127.0.0.1:target.  ``cut()`` stops forwarding in both
     directions without closing anything (a pulled cable: TCP keeps the bytes and delivers them

@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Any
 
+from telephony.sip.pjthread import endpoint_config
+
 try:
     import pjsua2 as pj
 except ImportError:  # pragma: no cover - depends on the machine
@@ -158,21 +160,8 @@ class Caller:
         ep = pj.Endpoint()
         self.ep = ep
         ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = 1
-        cfg.uaConfig.userAgent = "vmha-sip-caller"
-        cfg.uaConfig.mwiUnsolicitedEnabled = False
-        cfg.logConfig.level = o.log_level
-        cfg.logConfig.consoleLevel = o.log_level
-        cfg.logConfig.msgLogging = o.log_level >= 4
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.channelCount = 1
-        cfg.medConfig.sndAutoCloseTime = -1  # the conference-slot leak (see the worker)
-        cfg.medConfig.ecTailLen = 0
-        ep.libInit(cfg)
+        ep.libInit(endpoint_config(pj, max_calls=1, user_agent="vmha-sip-caller",
+                                   log_level=o.log_level))
         ep.audDevManager().setNullDev()
         tcfg = pj.TransportConfig()
         tcfg.port = o.sip_port

@@ -243,3 +243,24 @@ class _Job:
         self.done = done
         self.value: Any = None
         self.error: BaseException | None = None
+
+
+def endpoint_config(pj: Any, *, max_calls: int, user_agent: str, log_level: int) -> Any:
+    """The ``EpConfig`` every vmha pjsua2 process uses: no pj worker threads (one thread
+    polls with ``libHandleEvents``), the 8 kHz mono null-sound bridge, and the fixes of the
+    known traps (``sndAutoCloseTime = -1``: the conference-slot leak; no echo canceller)."""
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.uaConfig.maxCalls = max_calls
+    cfg.uaConfig.userAgent = user_agent
+    cfg.uaConfig.mwiUnsolicitedEnabled = False
+    cfg.logConfig.level = log_level
+    cfg.logConfig.consoleLevel = log_level
+    cfg.logConfig.msgLogging = log_level >= 4
+    cfg.medConfig.clockRate = 8000
+    cfg.medConfig.sndClockRate = 8000
+    cfg.medConfig.channelCount = 1
+    cfg.medConfig.sndAutoCloseTime = -1
+    cfg.medConfig.ecTailLen = 0
+    return cfg

@@ -135,7 +135,7 @@ from typing import Any
 import trio
 
 from telephony._control import ControlError, parse_line
-from telephony.sip.pjthread import PjThread, PjThreadStopped
+from telephony.sip.pjthread import PjThread, PjThreadStopped, endpoint_config
 
 try:  # the worker cannot run without it; the op checks below can
     import pjsua2 as pj
@@ -457,22 +457,10 @@ class Engine:
         ep = classes.Endpoint(self)
         self.ep = ep
         ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.maxCalls = min(o.ports, MAX_WHEEL_CALLS)
-        cfg.uaConfig.userAgent = "vmha-sip-worker"
-        cfg.uaConfig.mwiUnsolicitedEnabled = False
+        cfg = endpoint_config(pj, max_calls=min(o.ports, MAX_WHEEL_CALLS),
+                              user_agent="vmha-sip-worker", log_level=o.log_level)
         self._log_writer = classes.LogWriter()
         cfg.logConfig.writer = self._log_writer
-        cfg.logConfig.level = o.log_level
-        cfg.logConfig.consoleLevel = o.log_level
-        cfg.logConfig.msgLogging = o.log_level >= 4
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.channelCount = 1
-        cfg.medConfig.sndAutoCloseTime = -1      # gotcha 1: conference-slot leak
-        cfg.medConfig.ecTailLen = 0
         ep.libInit(cfg)
         if o.tsx_timeout:
             set_tsx_timeout(o.tsx_timeout)

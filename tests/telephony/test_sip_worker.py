@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,6 +26,8 @@ from typing import Any
 
 import pytest
 import trio
+
+from failover.testing import free_udp_block
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
@@ -56,28 +56,7 @@ needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
 # ============================================================================ helpers
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_udp_block(n: int) -> int:
-    """A first port of n consecutive free UDP ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 2)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free UDP port block")
+    return free_udp_block(1)
 
 
 def write_tone_pcm(path: Path, seconds: float = 1.0, freq: float = 440.0) -> None:
