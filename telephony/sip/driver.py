@@ -357,7 +357,8 @@ class SipPorts:
             for w in self.workers:
                 nursery.start_soon(self._supervise, w, service)
                 with trio.move_on_after(10):
-                    await w.ready.wait()
+                    while not w.ready.is_set():  # a failed start replaces w.ready: re-read it
+                        await trio.sleep(0.05)
 
     # ------------------------------------------------------------------ one worker
 

@@ -6,12 +6,16 @@
   **secondary's**:
 
   - **Hunting order: "first available", top down** (dispatcher algorithm 8, by priority), like
-    a PBX route list / hunt group: the primary's destinations in the order given, then the
-    secondary's.  A call always goes to the first destination that is up; it moves on to the
-    next one when that one sends no reply within ``fr_timer_ms`` (a dead port: kamailio does
-    not act on ICMP "port unreachable" for UDP, so a dead port costs ``fr_timer_ms``), answers
-    408, 480, 486 (a full worker) or any 5xx, or rings without an answer for
-    ``fr_inv_timer_ms``.  Any other final reply (404, 603 ...) is relayed to the caller.
+    a PBX route list of two route groups: dispatcher set 1 holds the primary's destinations in
+    the order given, set 2 the secondary's.  A call goes to the first destination of set 1
+    that is up (set 2 when set 1 is all down).  When a primary destination sends no reply
+    within ``fr_timer_ms`` (a dead port: kamailio does not act on ICMP "port unreachable" for
+    UDP, so a dead port costs ``fr_timer_ms``), or answers 408, 480 (the node holds or is
+    stopping) or any 5xx, or rings without an answer for ``fr_inv_timer_ms``, the call goes to
+    set 2 at once — the primary node is not taking calls, and a primary with dozens of ports
+    must not use up kamailio's 12 branches per call.  A 486 (a full worker) moves on to the
+    next destination of the same set.  In set 2 every failure moves on to its next
+    destination.  Any other final reply (404, 603 ...) is relayed to the caller.
   - A destination that sent **no reply** (or 503) is marked inactive and leaves the rotation;
     kamailio probes every destination with OPTIONS once a second and puts it back after one
     200 (one failed probe also marks an idle destination down).  Busy and ringing-no-answer
@@ -191,10 +195,15 @@ request_route {
     if (is_method("CANCEL")) { if (t_check_trans()) { t_relay(); } exit; }
     t_check_trans();
     if (is_method("INVITE")) record_route();
+    # set 1: the primary's ports; set 2: the secondary's (when set 1 is all down)
+    $avp(vmset) = 1;
     if (!ds_select_dst("1", "8")) {
-        xlog("L_ERR", "VMHA-NODEST $ci at $TV(Sn)\n");
-        send_reply("503", "No destination available");
-        exit;
+        $avp(vmset) = 2;
+        if (!ds_select_dst("2", "8")) {
+            xlog("L_ERR", "VMHA-NODEST $ci at $TV(Sn)\n");
+            send_reply("503", "No destination available");
+            exit;
+        }
     }
     xlog("L_INFO", "VMHA-ROUTE $ci to $du at $TV(Sn)\n");
     t_on_failure("HUNT");
@@ -219,6 +228,19 @@ failure_route[HUNT] {
         ds_mark_dst("ip");
     } else if (!t_check_status("408|480|486|5[0-9][0-9]")) {
         exit;
+    }
+    # a port of the primary that is dead, refuses (480: the node holds or is stopping) or
+    # fails: the primary node is not taking calls, go to the secondary's ports at once (a
+    # primary with dozens of ports must not use up the branches); busy (486): its next port
+    if ($avp(vmset) == 1 && !t_check_status("486")) {
+        $avp(vmset) = 2;
+        if (ds_select_dst("2", "8")) {
+            xlog("L_INFO", "VMHA-HUNT $ci ($T_reply_code) to $du at $TV(Sn)\n");
+            t_on_failure("HUNT");
+            t_on_reply("ANSWER");
+            t_relay();
+            exit;
+        }
     }
     if (ds_next_dst()) {
         xlog("L_INFO", "VMHA-HUNT $ci ($T_reply_code) to $du at $TV(Sn)\n");
@@ -273,13 +295,12 @@ class KamailioPbx:
     # ------------------------------------------------------------------ files
 
     def _dispatcher_list(self) -> str:
-        """Set 1; priorities fall top down (algorithm 8 takes the highest first)."""
+        """Set 1: the primary's ports, set 2: the secondary's; priorities fall top down
+        (algorithm 8 takes the highest first)."""
         lines = ["# setid destination flags priority attrs (written by telephony/sip/lab.py)"]
-        prio = 1000
-        for role, dests in (("primary", self.primary), ("secondary", self.secondary)):
+        for setid, role, dests in ((1, "primary", self.primary), (2, "secondary", self.secondary)):
             for i, (host, port) in enumerate(dests):
-                lines.append(f"1 sip:{host}:{port} 0 {prio} name={role}{i}")
-                prio -= 1
+                lines.append(f"{setid} sip:{host}:{port} 0 {1000 - i} name={role}{i}")
         return "\n".join(lines) + "\n"
 
     def _config(self) -> str:
