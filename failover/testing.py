@@ -49,13 +49,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def free_udp_block(n: int = 1) -> int:
+def free_udp_block(n: int = 1, *, top: int = 64000) -> int:
     """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, outside the kernel's
-    ephemeral range (SIP callers' and SIPp's own ports come from there) and below 64000 (a
-    SIP node's RTP range needs 1000 ports per worker above its start)."""
+    ephemeral range (SIP callers' and SIPp's own ports come from there) and below ``top`` (a
+    SIP node's RTP start needs 1000 ports per worker above it: ``top = 65536 - 1000 *
+    workers``)."""
     lo, hi = _ephemeral_range()
     for _ in range(200):
-        ranges = [r for r in ((10000, lo - n), (hi + 1, 64000 - n)) if r[0] < r[1]]
+        ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
         base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
         socks = []
         try:

@@ -33,8 +33,11 @@ VOICE_HZ = 1250.0  # the caller's tone: none of the prompts uses it
 
 def sip(node: str, *, mwi_port: int, count: int = 4, **more) -> dict:
     """``[ports.sip]`` for one node: its own SIP port and RTP range on 127.0.0.1."""
-    return {"ports": {"sip": {"enabled": True, "bind": "127.0.0.1", "sip_port": free_udp_port(),
-                              "rtp_port": free_udp_block(16), "count": count,
+    workers = -(-count // 4)
+    return {"ports": {"sip": {"enabled": True, "bind": "127.0.0.1",
+                              "sip_port": free_udp_block(workers),
+                              "rtp_port": free_udp_block(16, top=65536 - 1000 * workers),
+                              "count": count,
                               "mwi_target": f"sip:{{extension}}@127.0.0.1:{mwi_port}",
                               "mwi_account": "sip:{extension}@vm.example",
                               "notify_retries": 2, "notify_backoff": 0.2, **more}}}
