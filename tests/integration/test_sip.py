@@ -317,3 +317,25 @@ async def test_register_mode_ports_are_up_only_while_their_lines_are_registered(
             assert await refuser.exit_code(30) == 0
         # a's worker un-registered at shutdown: the registrar saw the whole exchange
         assert await registrar.exit_code(30) == 0
+
+
+async def test_an_unanswered_notify_times_out_is_retried_and_never_holds_the_call(pair_dir):
+    """Nobody listens at the MWI target: each NOTIFY times out after ``notify_timeout`` (the
+    workers' SIP transaction timeout) as 408, is retried, then reported; the caller's call
+    ended normally meanwhile (the lamp is sent beside the call, not in it)."""
+    with Pair(pair_dir, extra=FAST, extra_a=sip("a", mwi_port=free_udp_port(), notify_timeout=1,
+                                                 notify_retries=1)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
+        assert r["ok"], r
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "a's SIP ports up")
+        assert await call(pair_dir / "sipp", sip_port(pair, "a"),
+                          "Diversion: <sip:1001@pbx>;reason=user-busy") == 0
+        await until(lambda: len(messages(pair, "mb1001")) == 1, "the message")
+        failed = await until(lambda: [e for e in pair.a.events() if e["event"] == "sip_mwi_failed"],
+                             "the lamp's failure in the event log")
+        assert "408" in failed[0]["message"], failed
+        log = (pair_dir / "a.log").read_text()
+        # the call had ended before the lamp gave up: "call … ended" precedes the failure
+        assert log.index("on sip-1 ended") < log.index("MWI NOTIFY to sip:1001@")
