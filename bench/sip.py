@@ -50,7 +50,6 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from failover.config import load_config  # noqa: E402
-from failover.testing import Pair  # noqa: E402
+from failover.testing import Pair, free_udp_block  # noqa: E402
+from telephony.sip.lab import write_tone_ulaw  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -124,17 +124,6 @@ def _sigterm(signum, frame):  # noqa: ARG001
 
 # ============================================================================ ports and files
 
-def free_udp_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """A first port of n consecutive free UDP ports on 127.0.0.1."""
-    import random
-
-    for _ in range(500):
-        base = random.randrange(lo, hi - n, 2)
-        if _block_free(base, n):
-            return base
-    raise RuntimeError("no free UDP port block")
-
-
 def _block_free(base: int, n: int) -> bool:
     socks = []
     try:
@@ -162,26 +151,6 @@ def rtp_bases(workers: int) -> tuple[int, int]:
         if all(_block_free(b + 1000 * i, 16) for b in (base, base + 500) for i in range(workers)):
             return base, base + 500
     raise RuntimeError("no free RTP blocks")
-
-
-def _ulaw(sample: int) -> int:
-    sign = 0x80 if sample < 0 else 0
-    sample = min(abs(sample), 32635) + 0x84
-    exponent = max(0, min(7, sample.bit_length() - 8))
-    mantissa = (sample >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-def write_tone_ulaw(path: Path, seconds: float = 1.0, freq: float = TONE_HZ) -> None:
-    """A continuous tone as a G.711 mu-law 8 kHz WAV for SIPp's rtp_stream (loops seamlessly:
-    a whole number of periods)."""
-    n = int(8000 * seconds)
-    data = bytes(_ulaw(int(16000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n))
-    fmt = struct.pack("<HHIIHHH", 7, 1, 8000, 8000, 1, 8, 0)
-    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-            + b"fact" + struct.pack("<I", 4) + struct.pack("<I", n)
-            + b"data" + struct.pack("<I", len(data)) + data)
-    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def scenario(cwd: Path, name: str, hold_s: float) -> Path:
@@ -398,10 +367,10 @@ def messaging_section(max_message: float) -> dict:
 def start_pair(workdir: Path, count_a: int, count_b: int, max_message: float) -> Pair:
     wa, wb = -(-count_a // PER_WORKER), -(-count_b // PER_WORKER)
     ra, rb = rtp_bases(max(wa, wb))
-    sa = free_udp_block(wa, 10000, 20000)
-    sb = free_udp_block(wb, 10000, 20000)
+    sa = free_udp_block(wa)
+    sb = free_udp_block(wb)
     while sa <= sb < sa + wa or sb <= sa < sb + wb:
-        sb = free_udp_block(wb, 10000, 20000)
+        sb = free_udp_block(wb)
     pair = Pair(workdir, extra=messaging_section(max_message),
                 extra_a=sip_section(count_a, sa, ra), extra_b=sip_section(count_b, sb, rb))
     _PAIRS.append(pair)
@@ -567,7 +536,7 @@ def failover_part(tmp: Path, args) -> dict:
     if KamailioPbx is not None:
         kdir = tmp / "kamailio"
         kdir.mkdir()
-        kport = free_udp_block(1, 10000, 20000)
+        kport = free_udp_block(1)
         pbx = KamailioPbx(kdir, port=kport, primary=[("127.0.0.1", p) for p in a_ports],
                           secondary=[("127.0.0.1", p) for p in b_ports],
                           fr_timer_ms=args.fr_timer_ms)
@@ -685,7 +654,7 @@ def run(args, tmp: Path) -> dict:
                               "silence_s": 3.0, "min_message_s": 0.5,
                               "caller_audio": f"continuous {TONE_HZ:g} Hz tone, G.711 mu-law, looped",
                               "subscribers_mwi_method": "none", "node_b_ports": args.b_ports}}
-    write_tone_ulaw(tmp / "tone.wav")
+    write_tone_ulaw(tmp / "tone.wav", 1.0, TONE_HZ)
     TONE_WAV[:] = [tmp / "tone.wav"]
     only = set(args.only.split(","))
     if only & {"concurrent", "cps", "resources"}:

@@ -40,11 +40,13 @@ stopped by PID (SIGTERM, then SIGKILL; kamailio's children too).
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -495,3 +497,33 @@ class BaresipPhone:
 
     def recordings(self) -> list[Path]:
         return sorted(self.rec_dir.glob("*.wav"))
+
+
+# ============================================================================ audio for SIPp
+
+def _ulaw(sample: int) -> int:
+    """G.711 mu-law encoding of one 16-bit sample."""
+    sign = 0x80 if sample < 0 else 0
+    sample = min(abs(sample), 32635) + 0x84
+    exponent = max(0, min(7, sample.bit_length() - 8))
+    mantissa = (sample >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def write_tone_ulaw(path: Path, seconds: float = 2.0, freq: float = 440.0, *,
+                    lead: float = 0.0, tail: float = 0.0) -> None:
+    """A G.711 mu-law 8 kHz mono WAV (format tag 7) for SIPp's ``rtp_stream``: ``lead``
+    seconds of silence, the tone, ``tail`` seconds of silence.  (A tone of a whole number of
+    periods per second loops seamlessly.)"""
+    n = int(8000 * seconds)
+    quiet = _ulaw(0)
+    data = (bytes([quiet]) * int(8000 * lead)
+            + bytes(_ulaw(int(16000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(n))
+            + bytes([quiet]) * int(8000 * tail))
+    n = len(data)
+    fmt = struct.pack("<HHIIHHH", 7, 1, 8000, 8000, 1, 8, 0)
+    fact = struct.pack("<I", n)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"fact" + struct.pack("<I", 4) + fact
+            + b"data" + struct.pack("<I", len(data)) + data)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)

@@ -7,7 +7,6 @@ Hang guards only (``GUARD``); no timing is judged here.
 """
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from failover.config import load_config
 from failover.testing import Pair
 from telephony import media
 from telephony.store import parse_mime
-from tests.telephony.test_sip_worker import (PJSUA2_MISSING, SCENARIOS, free_udp_block,
+from tests.telephony.test_sip_worker import (PJSUA2_MISSING, free_udp_block,
                                              free_udp_port, goertzel, sipp, write_tone_ulaw)
 
 from .conftest import until, wait_active
