@@ -313,8 +313,6 @@ class SipPorts:
         self.report: Callable[[str, str, str], Awaitable[None]] | None = None
         self._registry: PortRegistry | None = None
         self._notify_ids = itertools.count(1)
-        #: register mode: port -> the last registration outcome of its line
-        self.registrations: dict[str, dict] = {}
         self.counters: dict[str, int] = {"calls": 0, "rejected": 0, "dropped_by_worker": 0,
                                          "notify_sent": 0, "notify_failed": 0,
                                          "notify_refused": 0, "worker_restarts": 0}
@@ -507,7 +505,6 @@ class SipPorts:
         name = self.port_of_account(str(ev.get("account", "")))
         if name is None or name not in w.ports or self._registry is None:
             return
-        self.registrations[name] = {k: ev.get(k) for k in ("state", "code", "reason", "expires")}
         port = self._registry.get(name)
         if ev.get("state") == "registered":
             if port.state is PortState.DOWN:
