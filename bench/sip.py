@@ -49,7 +49,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from failover.config import load_config  # noqa: E402
-from failover.testing import Pair, free_udp_block  # noqa: E402
+from failover.testing import Pair, free_udp_block, udp_block_free  # noqa: E402
 from telephony.sip.lab import write_tone_ulaw  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
@@ -124,21 +123,6 @@ def _sigterm(signum, frame):  # noqa: ARG001
 
 # ============================================================================ ports and files
 
-def _block_free(base: int, n: int) -> bool:
-    socks = []
-    try:
-        for p in range(base, base + n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", p))
-        return True
-    except OSError:
-        return False
-    finally:
-        for s in socks:
-            s.close()
-
-
 def rtp_bases(workers: int) -> tuple[int, int]:
     """RTP bases for a and b: worker i of a node uses base + 1000 i .. + 16 (4 calls x 4
     ports); b's blocks sit 500 above a's, so the two never overlap.  Every block is checked
@@ -148,7 +132,7 @@ def rtp_bases(workers: int) -> tuple[int, int]:
     top = 65536 - 1000 * workers
     for _ in range(200):
         base = random.randrange(10000, top - 600, 2)
-        if all(_block_free(b + 1000 * i, 16) for b in (base, base + 500) for i in range(workers)):
+        if all(udp_block_free(b + 1000 * i, 16) for b in (base, base + 500) for i in range(workers)):
             return base, base + 500
     raise RuntimeError("no free RTP blocks")
 

@@ -58,19 +58,25 @@ def free_udp_block(n: int = 1, *, top: int = 64000) -> int:
     for _ in range(200):
         ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
         base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
+        if udp_block_free(base, n):
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError("no free UDP port block on 127.0.0.1")
+
+
+def udp_block_free(base: int, n: int) -> bool:
+    """Whether UDP ports ``base`` .. ``base + n - 1`` can all be bound on 127.0.0.1 now."""
+    socks = []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
 
 
 class TcpRelay:
