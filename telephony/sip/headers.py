@@ -182,10 +182,10 @@ class _Entry:
     params: dict[str, str]         # header parameters after the URI (names lower-cased)
 
 
-def _split_entries(value: str) -> list[tuple[str, bool]]:
-    """Comma-separated entries of one header value: ``(text, balanced)``.  Commas inside
-    ``<...>`` or a quoted string do not split; an entry whose quote or ``<`` is still open at
-    the end of the value is not balanced."""
+def _split_outside(value: str, sep: str, *, angles: bool) -> list[tuple[str, bool]]:
+    """``value`` split at ``sep`` where it is outside a quoted string (and, with ``angles``,
+    outside ``<...>``): ``(text, balanced)`` pieces; only the last piece can be unbalanced (a
+    quote or ``<`` still open at the end)."""
     out: list[tuple[str, bool]] = []
     in_quote = in_angle = escape = False
     start = 0
@@ -202,13 +202,20 @@ def _split_entries(value: str) -> list[tuple[str, bool]]:
                 in_angle = False
         elif ch == '"':
             in_quote = True
-        elif ch == "<":
+        elif ch == "<" and angles:
             in_angle = True
-        elif ch == ",":
+        elif ch == sep:
             out.append((value[start:i], True))
             start = i + 1
     out.append((value[start:], not (in_quote or in_angle)))
     return out
+
+
+def _split_entries(value: str) -> list[tuple[str, bool]]:
+    """Comma-separated entries of one header value: ``(text, balanced)``.  Commas inside
+    ``<...>`` or a quoted string do not split; an entry whose quote or ``<`` is still open at
+    the end of the value is not balanced."""
+    return _split_outside(value, ",", angles=True)
 
 
 def _quoted_end(s: str, start: int) -> int:
@@ -227,26 +234,7 @@ def _quoted_end(s: str, start: int) -> int:
 
 def _split_params(tail: str) -> list[str]:
     """``;a=1;b="x;y"`` -> ``['a=1', 'b="x;y"']`` (the text before the first ``;`` is dropped)."""
-    out: list[str] = []
-    in_quote = escape = False
-    start = None
-    for i, ch in enumerate(tail):
-        if in_quote:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif ch == ";":
-            if start is not None:
-                out.append(tail[start:i])
-            start = i + 1
-    if start is not None:
-        out.append(tail[start:])
-    return out
+    return [text for text, _ in _split_outside(tail, ";", angles=False)[1:]]
 
 
 def _params(pieces: list[str]) -> dict[str, str]:
