@@ -255,6 +255,13 @@ def _mailbox_id(v: Any, ctx: _Ctx) -> str:
     return v
 
 
+def _dtmf_digits(v: Any, ctx: _Ctx) -> str:
+    """An extension dialled by the system (a transfer destination): 1 to 31 DTMF digits."""
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9*#]{1,31}", v):
+        raise _Bad(f"expected 1 to 31 of the digits 0-9, * and #, {_got(v)}")
+    return v
+
+
 def _command(v: Any, ctx: _Ctx) -> tuple[str, ...]:
     if not (isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)):
         raise _Bad(f"expected a non-empty array of non-empty strings, {_got(v)}")
@@ -503,6 +510,7 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "min_message": _K(_Num(0, 60), 0.5),
         "mwi_resync_at": _K(_clock, "03:00"),
         "realtime_audio": _K(_bool, True),
+        "operator": _K(_dtmf_digits, None),  # absent: 0 does not transfer
     },
     "replication": {
         "enabled": _K(_bool, True),
@@ -757,6 +765,7 @@ class MessagingSection:
     min_message: float
     mwi_resync_at: _dt.time
     realtime_audio: bool
+    operator: str | None
 
 
 @dataclass(frozen=True)
@@ -1042,7 +1051,7 @@ MUST_MATCH: tuple[str, ...] = (
     "failback.window_end", "licence.no_contact_limit", "licence.after_contact_limit",
     "replication.enabled", "replication.directories", "replication.handover_wait",
     "replication.max_frame", "store.kind", "store.imap",
-    "messaging.default_mailbox", "messaging.mwi_resync_at",
+    "messaging.default_mailbox", "messaging.mwi_resync_at", "messaging.operator",
 )
 
 

@@ -1,7 +1,7 @@
 """The voice-mail call flow, independent of the port that carries the call.
 
 A port driver answers a call, then hands the flow a :class:`CallPort` (play, record, collect
-digits, hang up) and awaits ``CallFlow.handle(call, port, term)``.  The loopback trunk
+digits, transfer, hang up) and awaits ``CallFlow.handle(call, port, term)``.  The loopback trunk
 implements :class:`CallPort` (``telephony.loopback.LoopbackPort``); tests use an in-memory one.
 
 What the flow does (:meth:`CallFlow.handle`):
@@ -10,7 +10,8 @@ What the flow does (:meth:`CallFlow.handle`):
   subscriber's extension: the subscriber's greeting (the standard greeting when they have
   none, or theirs is not a valid WAV), a beep, then a recording of up to ``max_message_s``
   that ends on ``silence_s`` of silence, on any DTMF digit (callers are told to press #), or
-  on hang-up.  A digit during the greeting skips to the beep.  A recording of at least
+  on hang-up.  A digit during the greeting skips to the beep, except ``0`` when an
+  ``operator`` is set: that transfers the call to the operator (below).  A recording of at least
   ``min_message_s`` becomes a :class:`~telephony.message.VoiceMessage` (id
   ``message_id_for(call_id, node, term)``): ``await deliver(msg)``, then
   ``await lamp(mailbox, extension)``, then the goodbye prompt and the flow hangs up.
@@ -23,8 +24,15 @@ What the flow does (:meth:`CallFlow.handle`):
 * **Anyone else** (unknown calling number, forwarding number that is no subscriber): the
   opening greeting.  Digits typed during it are an extension (finished by ``#`` or
   ``digit_timeout`` seconds without a digit): a subscriber's extension leads to their greeting
-  and a message for them.  Otherwise a beep and a recording for the directory's default
-  mailbox; with no default mailbox the caller hears goodbye and the flow hangs up.
+  and a message for them; ``0`` alone is the operator when one is set.  Otherwise a beep and
+  a recording for the directory's default mailbox; with no default mailbox the caller hears
+  goodbye and the flow hangs up.
+* **Operator transfer** (``operator`` set: the digits of the operator's extension): ``0``
+  during a subscriber's greeting, or ``0`` alone typed during the opening greeting, plays the
+  ``transfer`` prompt ("please hold") and asks the port for a blind transfer
+  (:meth:`CallPort.transfer`).  When the PBX takes the call the flow is over (outcome
+  ``transferred``, no message); when it refuses or does not answer in time the flow goes on
+  where it was: the beep and a recording.  Without an operator ``0`` is a digit like any other.
 
 Hang-up at any point ends the flow cleanly: every port method returns at once after a
 hang-up, the flow stops using the port, and a recording cut short by the hang-up is still
@@ -77,6 +85,14 @@ class CallPort(Protocol):
                              terminator: str = "#") -> str:
         """Collect up to ``max_digits`` digits, stopping at ``terminator`` (not returned) or
         after ``timeout`` seconds without a digit."""
+        ...
+
+    async def transfer(self, destination: str) -> bool:
+        """Blind transfer of the call to ``destination`` (1 to 31 DTMF digits: an extension or
+        number).  True: the PBX took the call; the voice mail's part is over and ``hung_up``
+        is True afterwards.  False: the PBX refused it, or did not say within the port's
+        transfer timeout; the call goes on as before.  After a hang-up it returns False at
+        once.  A bad destination raises ValueError."""
         ...
 
     async def hangup(self) -> None:
@@ -136,7 +152,9 @@ class Outcome:
     * ``mailbox_access``: the subscriber listened (``heard``: uids marked heard, in order;
       ``new_messages``: the count announced, None when the call ended before the count);
     * ``no_message``: a recording was made but too short, or there was nowhere to leave one;
-    * ``hung_up_early``: the caller hung up before the recording began.
+    * ``hung_up_early``: the caller hung up before the recording began;
+    * ``transferred``: the caller asked for the operator and the PBX took the call
+      (``transferred_to``: the operator's extension).
     """
 
     kind: str
@@ -145,6 +163,16 @@ class Outcome:
     mailbox: str | None = None
     new_messages: int | None = None
     end_reason: str | None = None  # how the recording ended, when there was one
+    transferred_to: str | None = None
+
+
+def check_destination(destination: Any) -> str:
+    """A transfer destination: 1 to 31 DTMF digits (0-9, * and #).  Raises ValueError."""
+    if not isinstance(destination, str) or not 1 <= len(destination) <= 31 \
+            or any(c not in DTMF_DIGITS for c in destination):
+        raise ValueError(f"a transfer destination is 1 to 31 of the digits 0-9, * and #, "
+                         f"got {destination!r:.40}")
+    return destination
 
 
 def _utc_now() -> str:
@@ -162,16 +190,19 @@ def _positive(name: str, v: Any, *, zero: bool = False, limit: float = 86400.0) 
 class CallFlow:
     """The voice-mail call flow (see the module docstring).  ``lamp(mailbox, extension)``
     recomputes the message-waiting indicator after a change.  ``prompts`` replaces fixed
-    prompts by name (:data:`telephony.media.PROMPT_NAMES`; WAV bytes, checked here)."""
+    prompts by name (:data:`telephony.media.PROMPT_NAMES`; WAV bytes, checked here).
+    ``operator``: the extension ``0`` transfers to (None: no operator transfer)."""
 
     def __init__(self, *, node: str, directory: Directory, mailboxes: Mailboxes,
                  deliver: Callable[[VoiceMessage], Awaitable[None]],
                  lamp: Callable[[str, str], Awaitable[None]],
                  prompts: dict[str, bytes] | None = None, max_message_s: float = 120.0,
                  silence_s: float = 3.0, min_message_s: float = 0.5,
-                 clock: Callable[[], str] = _utc_now, digit_timeout: float = 3.0) -> None:
+                 clock: Callable[[], str] = _utc_now, digit_timeout: float = 3.0,
+                 operator: str | None = None) -> None:
         if not isinstance(node, str) or not node:
             raise ValueError("node must be a non-empty string")
+        self.operator = None if operator is None else check_destination(operator)
         self.node = node
         self.directory = directory
         self.mailboxes = mailboxes
@@ -223,6 +254,9 @@ class CallFlow:
             return Outcome("hung_up_early")
         if digit is not None and digit not in "*#":
             rest = await port.collect_digits(max_digits=31, timeout=self.digit_timeout)
+            if digit + rest == "0" and self.operator is not None and not port.hung_up \
+                    and await self._to_operator(call, port):
+                return Outcome("transferred", transferred_to=self.operator)
             sub = self._subscriber(digit + rest)
             if sub is not None:
                 return await self._take_message(call, port, term, sub, self._greeting_of(sub))
@@ -239,7 +273,10 @@ class CallFlow:
                             greeting: bytes | None) -> Outcome:
         mailbox, extension = sub["mailbox"], sub.get("extension") or ""
         if greeting is not None:
-            await port.play(greeting, interruptible=True)  # a digit skips to the beep
+            digit = await port.play(greeting, interruptible=True)  # a digit skips to the beep
+            if digit == "0" and self.operator is not None and not port.hung_up \
+                    and await self._to_operator(call, port):
+                return Outcome("transferred", mailbox=mailbox, transferred_to=self.operator)
             if port.hung_up:
                 return Outcome("hung_up_early", mailbox=mailbox)
         await self._announce(port, "beep")
@@ -302,6 +339,17 @@ class CallFlow:
         return Outcome("mailbox_access", heard=heard, mailbox=mailbox, new_messages=new)
 
     # ------------------------------------------------------------------ helpers
+
+    async def _to_operator(self, call: CallArrival, port: CallPort) -> bool:
+        """"Please hold", then a blind transfer to the operator; True if the PBX took it."""
+        assert self.operator is not None
+        await port.play(self.prompts["transfer"], interruptible=False)
+        if port.hung_up:
+            return False
+        taken = await port.transfer(self.operator)
+        log.info("call %s: transfer to the operator %s %s", call.call_id, self.operator,
+                 "taken by the PBX" if taken else "failed: the flow goes on")
+        return taken
 
     def _subscriber(self, ext: str) -> dict | None:
         return self._row(self.directory.by_extension(ext), f"extension {ext}")

@@ -35,6 +35,10 @@ bytes of PCM (160 ms) per line::
     <- {"ev": "record_start"}                       what the client says is recorded now
     <- {"ev": "record_end", "reason": "silence" | "max" | "dtmf"}
     <- {"ev": "hangup"} then {"ev": "ended"}        the service hangs up
+    <- {"ev": "transfer", "to": "0"}                the service asks for a blind transfer
+    -> {"op": "transfer", "ok": true}               the PBX takes the call:
+    <- {"ev": "ended", "transferred": "0"}          ... the call is over for the service
+    -> {"op": "transfer", "ok": false}              the PBX refuses: the call goes on
     -> {"op": "audio", "audio": "<b64 pcm>"}        what the caller says (any time;
                                                     kept only while recording)
     -> {"op": "dtmf", "digit": "1"}                 one of 0-9 * #
@@ -46,7 +50,10 @@ counted in audio received, so a client may send faster than real time; missing a
 silence (the time since the last audio, on the Trio clock), and a recording never lasts longer
 than its maximum on the Trio clock either.  Digits wait in a queue of ``MAX_PENDING_DIGITS``
 (an interruptible play takes a typed-ahead digit at once; a recording starts with the queue
-cleared).  A bad ``audio`` or ``dtmf`` line gets an ``error`` and changes nothing.  After the
+cleared).  A transfer the client does not answer within ``transfer_timeout`` seconds (a
+trunk setting, default 10) has failed and the call goes on; a ``transfer`` answer with no
+transfer asked for gets an ``error``.  A bad ``audio`` or ``dtmf`` line gets an ``error`` and
+changes nothing.  After the
 service hung up, input is read and ignored for up to ``cleanup_timeout`` seconds.  The flow
 may go on after the caller hung up (to store the message) for up to ``flow_grace`` seconds;
 the call counts as in progress (``service.end_call``) until the flow is done.  Without a
@@ -76,6 +83,7 @@ from integrations.loopback import LOOPBACK
 
 from ._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
 from . import media
+from .callflow import check_destination
 from .events import CallArrival
 from .ports import ActiveCall, CallService, PortRegistry, PortState
 
@@ -95,9 +103,9 @@ Flow = Callable[[CallArrival, "LoopbackPort", int], Awaitable[Any]]
 
 def parse_call_op(msg: dict[str, Any]) -> tuple[str, Any]:
     """Check one client message sent during a call (a dict with a string ``op``).  Returns
-    ``("audio", pcm)``, ``("dtmf", digit)`` or ``("hangup", None)``; raises ValueError with a
-    message for the client otherwise.  Pure and bounded: the base64 text is measured before
-    it is decoded."""
+    ``("audio", pcm)``, ``("dtmf", digit)``, ``("transfer", ok)`` or ``("hangup", None)``;
+    raises ValueError with a message for the client otherwise.  Pure and bounded: the base64
+    text is measured before it is decoded."""
     op = msg.get("op")
     if op == "hangup":
         return "hangup", None
@@ -127,7 +135,13 @@ def parse_call_op(msg: dict[str, Any]) -> tuple[str, Any]:
         if not (isinstance(digit, str) and len(digit) == 1 and digit in DTMF_DIGITS):
             raise ValueError(f"digit must be one of 0-9, * and #, got {digit!r:.20}")
         return "dtmf", digit
-    raise ValueError(f"unknown op {op!r:.40} during a call; send audio, dtmf or hangup")
+    if op == "transfer":
+        _no_extra(msg, "ok")
+        if not isinstance(msg.get("ok"), bool):
+            raise ValueError("ok must be true (the transfer is done) or false (refused)")
+        return "transfer", msg["ok"]
+    raise ValueError(f"unknown op {op!r:.40} during a call; send audio, dtmf, transfer "
+                     "or hangup")
 
 
 def _no_extra(msg: dict[str, Any], *allowed: str) -> None:
@@ -148,7 +162,7 @@ class LoopbackTrunk:
                  listeners: list[trio.abc.Listener] | None = None, flow: Flow | None = None,
                  realtime: bool = True, play_chunk: int | None = None,
                  silence_threshold: float = media.SILENCE_THRESHOLD,
-                 flow_grace: float = 30.0) -> None:
+                 flow_grace: float = 30.0, transfer_timeout: float = 10.0) -> None:
         self.kind = profile.port_kind
         self.host = host
         self.port = port
@@ -174,6 +188,11 @@ class LoopbackTrunk:
                 or not (math.isfinite(flow_grace) and flow_grace >= 0):
             raise ValueError(f"flow_grace must be a number of seconds >= 0, not {flow_grace!r}")
         self.flow_grace = flow_grace
+        if isinstance(transfer_timeout, bool) or not isinstance(transfer_timeout, (int, float)) \
+                or not (math.isfinite(transfer_timeout) and 0 < transfer_timeout <= 3600):
+            raise ValueError(f"transfer_timeout must be a number of seconds above 0, "
+                             f"not {transfer_timeout!r}")
+        self.transfer_timeout = float(transfer_timeout)
         self.address: tuple[str, int] | None = None
         # tests may hand in listeners of their own (in-memory streams); else open() binds TCP
         self._given = listeners is not None
@@ -434,7 +453,8 @@ class LoopbackTrunk:
         flow = self.flow
         port = LoopbackPort(line, realtime=self.realtime, play_chunk=self.play_chunk,
                             silence_threshold=self.silence_threshold,
-                            send_timeout=self.cleanup_timeout)
+                            send_timeout=self.cleanup_timeout,
+                            transfer_timeout=self.transfer_timeout)
         arrival = active.arrival
         gone = False
         flow_done = trio.Event()
@@ -498,6 +518,8 @@ class LoopbackTrunk:
                         try:
                             if kind == "audio":
                                 port._feed_audio(value)
+                            elif kind == "transfer":
+                                port._feed_transfer(value)
                             else:
                                 port._feed_digit(value)
                         except ValueError as exc:
@@ -520,13 +542,18 @@ class LoopbackTrunk:
 class LoopbackPort:
     """The media side of one loopback call: a ``telephony.callflow.CallPort`` (and an
     ``Announcer``).  The trunk feeds it the client's audio and digits; the flow calls
-    :meth:`play`, :meth:`record`, :meth:`collect_digits`, :meth:`hangup`."""
+    :meth:`play`, :meth:`record`, :meth:`collect_digits`, :meth:`transfer`,
+    :meth:`hangup`."""
 
     def __init__(self, line: _Line, *, realtime: bool = True,
                  play_chunk: int = media.FRAME_BYTES,
                  silence_threshold: float = media.SILENCE_THRESHOLD,
-                 send_timeout: float = 1.0) -> None:
+                 send_timeout: float = 1.0, transfer_timeout: float = 10.0) -> None:
         self._line = line
+        self.transfer_timeout = transfer_timeout
+        #: a transfer waiting for the client's answer: None (none asked), "pending", or its
+        #: answer True / False
+        self._transfer: bool | str | None = None
         self.send_timeout = send_timeout  # bounds the (shielded) hangup lines
         self.realtime = realtime
         self.play_chunk = play_chunk
@@ -559,6 +586,12 @@ class LoopbackPort:
         if rec.feed(pcm) is not None or rec.speech_started is not talking:
             self._wake()  # over, or the silence timer of record() starts now
 
+    def _feed_transfer(self, ok: bool) -> None:
+        if self._transfer != "pending":
+            raise ValueError("no transfer was asked for")
+        self._transfer = ok
+        self._wake()
+
     def _feed_digit(self, digit: str) -> None:
         if len(self._digits) >= MAX_PENDING_DIGITS:
             raise ValueError(f"{MAX_PENDING_DIGITS} digits are already waiting; "
@@ -584,7 +617,8 @@ class LoopbackPort:
 
     @property
     def ended_by(self) -> str | None:
-        """"caller", "service" (the flow hung up) or "dropped"; None while the call is up."""
+        """"caller", "service" (the flow hung up), "transferred" or "dropped"; None while
+        the call is up."""
         return self._ended_by
 
     async def announce(self, event: str, **fields: int | str) -> None:
@@ -694,6 +728,33 @@ class LoopbackPort:
             with trio.move_on_at(deadline):
                 await changed.wait()
         return out
+
+    async def transfer(self, destination: str) -> bool:
+        check_destination(destination)
+        if self.hung_up:
+            return False
+        self._transfer = "pending"
+        try:
+            if not await self._send(ev="transfer", to=destination):
+                return False
+            with trio.move_on_after(self.transfer_timeout):
+                while self._transfer == "pending" and not self.hung_up:
+                    await self._changed.wait()
+            if self._transfer is not True or self.hung_up:
+                return False
+        finally:
+            self._transfer = None
+        # the PBX has the call: the voice mail's part is over
+        self._end("transferred")
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.send_timeout
+            try:
+                await self._line.reply(ev="ended", transferred=destination)
+                self._line.final_sent = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self._on_service_end()
+        return True
 
     async def hangup(self) -> None:
         if self._ended_by is not None:

@@ -171,6 +171,14 @@ class LoopbackCall:
         for d in digits:
             await self._send_in_call({"op": "dtmf", "digit": d})
 
+    async def answer_transfer(self, ok: bool) -> None:
+        """Answer the service's ``transfer`` event as the PBX: True takes the call (the trunk
+        then ends it with ``{"ev": "ended", "transferred": ...}``), False refuses it."""
+        if not isinstance(ok, bool):
+            raise LoopbackClientError(f"a transfer answer is True or False, not {ok!r:.20}")
+        self._check_up()
+        await self._send_in_call({"op": "transfer", "ok": ok})
+
     async def heard(self, *, until: str | None = None) -> bytes:
         """The PCM played to this call so far (what was read, plus complete lines already
         received).  With ``until``, first :meth:`wait_event` for that event."""

@@ -22,6 +22,7 @@ and prompts travel as WAV files (RIFF) holding exactly that format.
   ``beep``               before a recording: 1 kHz for 0.25 s
   ``goodbye``            before the system hangs up: 660 Hz then 440 Hz, 0.3 s each
   ``end_of_messages``    after the last new message: 400 Hz for 0.5 s
+  ``transfer``           "please hold" before a transfer to the operator: three 784 Hz pips
   ====================  ===============================================================
 
   "You have N new messages" is :func:`messages_prompt`: a 0.2 s 350 Hz lead-in, then one
@@ -311,6 +312,7 @@ _PROMPTS: Final = {
     "beep": ((1000, 0.25),),
     "goodbye": ((660, 0.3), (440, 0.3)),
     "end_of_messages": ((400, 0.5),),
+    "transfer": ((784, 0.2), (0, 0.1), (784, 0.2), (0, 0.1), (784, 0.2)),
 }
 #: The names of the fixed prompts (see the module docstring).
 PROMPT_NAMES: Final = tuple(_PROMPTS)

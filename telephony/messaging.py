@@ -103,7 +103,7 @@ class Messaging:
                  streams: Path, sink: MwiSink | None, notifier_factory: Callable[..., SmtpNotifier] | None = None,
                  default_mailbox: str | None = None, max_message_s: float = 120.0,
                  silence_s: float = 3.0, min_message_s: float = 0.5,
-                 resync_at_s: float = 3 * 3600.0) -> None:
+                 resync_at_s: float = 3 * 3600.0, operator: str | None = None) -> None:
         self.node = node
         self.db = db
         self.store = store
@@ -121,7 +121,8 @@ class Messaging:
                                           self.events) if notifier_factory else None)
         self.flow = CallFlow(node=node, directory=self.directory, mailboxes=StoreMailboxes(store),
                              deliver=self.deliver, lamp=self.lamp, max_message_s=max_message_s,
-                             silence_s=silence_s, min_message_s=min_message_s)
+                             silence_s=silence_s, min_message_s=min_message_s,
+                             operator=operator)
         self.resync_at_s = resync_at_s
         self.term: int | None = None
         self._planner_term: int | None = None
@@ -385,4 +386,5 @@ def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
                      streams=cfg.replication.files_root / "streams", sink=sink,
                      notifier_factory=factory, default_mailbox=m.default_mailbox,
                      max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
-                     resync_at_s=at.hour * 3600 + at.minute * 60 + at.second)
+                     resync_at_s=at.hour * 3600 + at.minute * 60 + at.second,
+                     operator=m.operator)

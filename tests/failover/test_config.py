@@ -134,7 +134,7 @@ FULL = {
               "imap_passwords": "/etc/vmha/imap.pw", "timeout": 3},
     "notify": {"smtp": "mail.example:25", "sender": "vm@example.com", "attach_audio": True},
     "messaging": {"default_mailbox": "operator", "max_message": 300, "silence": 2.5, "min_message": 1,
-                  "mwi_resync_at": "02:30", "realtime_audio": False},
+                  "mwi_resync_at": "02:30", "realtime_audio": False, "operator": "0"},
 }
 
 
@@ -171,6 +171,7 @@ def test_full_config(tmp_path):
     ser, prof = sm.serial_settings(), sm.profile()
     assert (ser.device, ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == ("/dev/ttyS1", 4800, 8, "none", 2)
     assert ser.bits_per_char == 11
+    assert c.messaging.operator == "0"
     assert (prof.terminals, prof.desk, prof.record_wait, prof.ring_wait) == ((5, 6, 7, 8), 1, 20.0, 1.5)
     assert prof.port_of(6) == "loopback-2" and prof.port_of(1) is None
     assert prof.inbound("15551002") == "1002" and prof.station("1002") == "5551002"
@@ -372,6 +373,10 @@ def test_unknown_keys_are_errors(tmp_path, dotted):
     ("admin.socket", ["a"], "a path"),
     ("log.level", "trace", '"debug", "info", "warning", "error"'),
     ("log.console", 0, "true or false"),
+    ("messaging.operator", "", "1 to 31 of the digits"),
+    ("messaging.operator", 0, "1 to 31 of the digits"),
+    ("messaging.operator", "0a", "1 to 31 of the digits"),
+    ("messaging.operator", "1" * 32, "1 to 31 of the digits"),
 ])
 def test_bad_values_name_key_file_and_expectation(tmp_path, dotted, value, expected):
     e = error_for(tmp_path, set_key(minimal(), dotted, value))
@@ -563,6 +568,7 @@ def test_mode_and_local_settings_may_differ():
     ("failback", {"type": "scheduled", "window_start": "22:00", "window_end": "23:00"}, "failback.type"),
     ("licence", {"no_contact_limit": 60}, "licence.no_contact_limit"),
     ("licence", {"after_contact_limit": 60}, "licence.after_contact_limit"),
+    ("messaging", {"operator": "0"}, "messaging.operator"),
 ])
 def test_shared_settings_must_match(section, values, key):
     a, b = pair_docs()

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from telephony import media
-from telephony.callflow import Announcer, CallFlow, CallPort, Outcome
+from telephony.callflow import Announcer, CallFlow, CallPort, Outcome, check_destination
 from telephony.events import CallArrival, Reason
 from telephony.message import VoiceMessage, message_id_for
 
@@ -100,11 +100,12 @@ class FakePort:
     """An in-memory CallPort.  ``play_digits[k]``: the digit that interrupts the play of step
     k (if interruptible).  ``recording``: (PCM, reason) that record() returns.  ``typed``: what
     collect_digits() returns.  ``hang_up_at``: the step during which the caller hangs up (a
-    recording cut so keeps its audio)."""
+    recording cut so keeps its audio).  ``transfer_ok``: whether the PBX takes a transfer."""
 
     def __init__(self, *, recording: tuple[bytes, str] = (SPEECH, "silence"),
                  play_digits: dict[int, str] | None = None, typed: str = "",
-                 hang_up_at: int | None = None) -> None:
+                 hang_up_at: int | None = None, transfer_ok: bool = True) -> None:
+        self.transfer_ok = transfer_ok
         self.recording = recording
         self.play_digits = play_digits or {}
         self.typed = typed
@@ -155,6 +156,17 @@ class FakePort:
         was_up = not self.hung_up
         _, cut = self._step("collect", max_digits=max_digits, timeout=timeout)
         return "" if cut or not was_up else self.typed[:max_digits]
+
+    async def transfer(self, destination: str) -> bool:
+        check_destination(destination)
+        await trio.lowlevel.checkpoint()
+        was_up = not self.hung_up
+        _, cut = self._step("transfer", to=destination)
+        if not was_up or cut:
+            return False
+        if self.transfer_ok:
+            self.ended_by = "transferred"
+        return self.transfer_ok
 
     async def hangup(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -340,6 +352,81 @@ async def test_an_unknown_or_no_extension_typed_falls_back_to_the_default_mailbo
     assert ("collect" in kinds(port)) == (first not in "#*")
 
 
+# ============================================================================ operator transfer
+
+
+async def test_zero_during_a_subscribers_greeting_transfers_to_the_operator():
+    flow, sink = make_flow(operator="5000")
+    port = FakePort(play_digits={0: "0"})
+    out = await flow.handle(arrival(), port, 3)
+    assert kinds(port) == ["play", "play", "transfer"]
+    assert port.played()[1] == pcm("transfer") and not port.steps[1][1]["interruptible"]
+    assert port.steps[2][1] == {"to": "5000"}
+    assert out == Outcome("transferred", mailbox="mb-4000", transferred_to="5000")
+    assert port.ended_by == "transferred" and not port.after_hangup
+    assert sink.delivered == [] and sink.lamps == []
+
+
+async def test_a_refused_transfer_goes_on_to_the_beep_and_the_message():
+    flow, sink = make_flow(operator="5000")
+    port = FakePort(play_digits={0: "0"}, transfer_ok=False)
+    out = await flow.handle(arrival(), port, 3)
+    assert kinds(port) == ["play", "play", "transfer", "play", "record", "play", "hangup"]
+    assert port.played()[2] == pcm("beep")
+    assert out.kind == "message" and out.message.mailbox == "mb-4000"
+    assert sink.lamps == [("mb-4000", "4000")]
+
+
+async def test_without_an_operator_zero_is_any_digit():
+    flow, sink = make_flow()
+    port = FakePort(play_digits={0: "0"})
+    out = await flow.handle(arrival(), port, 3)
+    assert "transfer" not in kinds(port) and out.kind == "message"
+
+
+async def test_zero_alone_in_the_opening_greeting_is_the_operator():
+    flow, sink = make_flow(operator="0")
+    port = FakePort(play_digits={0: "0"}, typed="")
+    out = await flow.handle(arrival(forwarding="", reason="direct"), port, 3)
+    assert kinds(port) == ["play", "collect", "play", "transfer"]
+    assert out == Outcome("transferred", transferred_to="0") and sink.delivered == []
+
+
+@pytest.mark.parametrize("typed,mailbox", [("1", "mb-operator"), ("001", "mb-4001")])
+async def test_zero_followed_by_more_digits_is_an_extension(typed, mailbox):
+    flow, sink = make_flow(operator="0", directory=FakeDirectory(
+        subscribers={**SUBSCRIBERS, "0001": sub("0001") | {"mailbox": "mb-4001"}}))
+    port = FakePort(play_digits={0: "0"}, typed=typed)
+    out = await flow.handle(arrival(forwarding="", reason="direct"), port, 3)
+    assert "transfer" not in kinds(port)
+    assert out.kind == "message" and out.message.mailbox == mailbox
+
+
+async def test_a_refused_transfer_from_the_opening_greeting_leaves_a_message():
+    """The operator's own subscriber row (extension 0 here) then takes the message."""
+    flow, sink = make_flow(operator="0")
+    port = FakePort(play_digits={0: "0"}, transfer_ok=False)
+    out = await flow.handle(arrival(forwarding="", reason="direct"), port, 3)
+    assert kinds(port)[:4] == ["play", "collect", "play", "transfer"]
+    assert out.kind == "message" and out.message.mailbox == "mb-operator"
+
+
+@pytest.mark.parametrize("k", range(3))
+async def test_hang_up_during_the_transfer_steps(k):
+    flow, sink = make_flow(operator="5000")
+    port = FakePort(play_digits={0: "0"}, hang_up_at=k)
+    out = await flow.handle(arrival(), port, 3)
+    assert out.kind == "hung_up_early" and port.ended_by == "caller"
+    assert len(port.steps) == k + 1 and not port.after_hangup
+    assert sink.delivered == [] and sink.lamps == []
+
+
+@pytest.mark.parametrize("bad", ["", "12a", "1" * 32, 5, None, "0 "])
+def test_a_bad_transfer_destination_is_refused(bad):
+    with pytest.raises(ValueError, match="transfer destination"):
+        check_destination(bad)
+
+
 # ============================================================================ mailbox access
 
 
@@ -407,6 +494,8 @@ PATHS = {
     "nowhere": dict(call=dict(forwarding="", reason="direct"), port=dict(), default=None),
     "mailbox access": dict(call=dict(calling="4000", forwarding="", reason="direct"),
                            port=dict(), messages=3),
+    "operator refused": dict(call=dict(forwarding="4000"), flow=dict(operator="0"),
+                             port=dict(play_digits={0: "0"}, transfer_ok=False)),
 }
 
 
@@ -414,7 +503,7 @@ async def run_path(path: str, hang_up_at: int | None):
     spec = PATHS[path]
     store = box(spec.get("messages", 0))
     flow, sink = make_flow(directory=FakeDirectory(default=spec.get("default", OPERATOR)),
-                           mailboxes=store)
+                           mailboxes=store, **spec.get("flow", {}))
     port = AnnouncingPort(hang_up_at=hang_up_at, **spec["port"])
     out = await flow.handle(arrival(**spec["call"]), port, 3)
     return out, port, sink, store
@@ -474,6 +563,7 @@ async def test_custom_prompts_replace_the_generated_ones():
     (dict(silence_s=-1), "silence_s"),
     (dict(min_message_s=200), "min_message_s"),
     (dict(digit_timeout=True), "digit_timeout"),
+    (dict(operator="0x"), "transfer destination"),
     (dict(node=""), "node"),
 ])
 def test_bad_configuration_is_refused_clearly(kw, fragment):

@@ -406,6 +406,83 @@ async def test_tcp_mailbox_access_plays_new_messages_and_reports_the_count():
             assert sink.lamps == [("mb-4000", "4000")]
 
 
+@pytest.mark.parametrize("taken", [True, False])
+async def test_tcp_zero_during_the_greeting_asks_the_pbx_for_a_transfer(taken):
+    """Taken: the call ends as transferred and no message is left.  Refused: the caller gets
+    the beep and leaves a message as before."""
+    flow, sink = make_flow(operator="0")
+    with trio.fail_after(30):
+        async with tcp_flow_service(flow.handle, realtime=True) as (svc, mgr, (host, port)):
+            async with open_call(host, port, "x1", forwarding="4000", reason="busy") as call:
+                await call.dtmf("0")
+                assert await call.wait_event("transfer") == {"ev": "transfer", "to": "0"}
+                assert (await call.heard()).endswith(prompt("transfer"))
+                await call.answer_transfer(taken)
+                if taken:
+                    assert await call.wait_event("ended") == {"ev": "ended", "transferred": "0"}
+                    assert not call.in_progress
+                else:
+                    await call.wait_event("record_start")
+                    await call.say(SPEECH)
+                    await call.dtmf("#")
+                    assert await call.wait_event("ended") == {"ev": "ended"}
+            ended = await mgr.expect("call", event="ended")
+            assert ended["call"]["call_id"] == "x1"
+            if taken:
+                assert sink.delivered == [] and sink.lamps == []
+            else:
+                [msg] = sink.delivered
+                assert media.pcm_of(msg.audio) == SPEECH and msg.mailbox == "mb-4000"
+            assert svc.desk.calls_in_progress == 0
+
+
+async def test_a_transfer_nobody_answers_fails_after_the_timeout(autojump_clock):
+    flow, sink = make_flow(operator="0")
+    trunk, listener = make_trunk(flow=flow.handle, realtime=False, transfer_timeout=4.0)
+    with trio.fail_after(60):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await activate(mgr)
+            client = RawClient(await listener.connect())
+            await client.send({"op": "offer", "call_id": "t1", "forwarding": "4000",
+                               "reason": "busy"})
+            assert (await client.reply())["ev"] == "answered"
+            await client.send({"op": "dtmf", "digit": "0"})
+            while (ev := await client.reply())["ev"] != "transfer":
+                pass
+            asked = trio.current_time()
+            while (ev := await client.reply())["ev"] != "record_start":
+                assert ev["ev"] in ("play", "play_end", "beep"), ev
+            assert trio.current_time() - asked >= 4.0  # not before the timeout
+            await client.send({"op": "transfer", "ok": True})  # too late: nothing pending
+            err = await client.reply()
+            assert err["ev"] == "error" and "no transfer was asked for" in err["message"]
+            for i in range(0, len(SPEECH), 2560):
+                await client.send({"op": "audio", "audio": b64(SPEECH[i:i + 2560])})
+            await client.send({"op": "hangup"})
+            assert await client.reply() == {"ev": "ended"}
+            await mgr.expect("call", event="ended")
+            assert [m.mailbox for m in sink.delivered] == ["mb-4000"]
+
+
+async def test_a_caller_who_hangs_up_while_the_transfer_waits_leaves_nothing(autojump_clock):
+    flow, sink = make_flow(operator="0")
+    trunk, listener = make_trunk(flow=flow.handle, realtime=False)
+    with trio.fail_after(60):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            await activate(mgr)
+            client = RawClient(await listener.connect())
+            await client.send({"op": "offer", "call_id": "t2", "forwarding": "4000",
+                               "reason": "busy"})
+            assert (await client.reply())["ev"] == "answered"
+            await client.send({"op": "dtmf", "digit": "0"})
+            while (await client.reply())["ev"] != "transfer":
+                pass
+            await client.send({"op": "hangup"})
+            assert (await client.reply())["ev"] == "ended"
+            await mgr.expect("call", event="ended")
+            assert sink.delivered == [] and sink.lamps == []
+
+
 async def test_place_call_still_works_with_a_flow():
     flow, sink = make_flow()
     with trio.fail_after(30):
@@ -507,6 +584,10 @@ async def test_recording_stops_at_the_maximum_of_audio_received(autojump_clock):
     ({"op": "dtmf", "digit": "12"}, "digit must be one of"),
     ({"op": "dtmf", "digit": 1}, "digit must be one of"),
     ({"op": "dtmf"}, "digit must be one of"),
+    ({"op": "transfer", "ok": True}, "no transfer was asked for"),
+    ({"op": "transfer", "ok": 1}, "ok must be true"),
+    ({"op": "transfer"}, "ok must be true"),
+    ({"op": "transfer", "ok": False, "to": "0"}, "unknown fields to"),
     ({"op": "offer", "call_id": "again"}, "unknown op 'offer' during a call"),
     ({"op": "dance"}, "unknown op 'dance' during a call"),
 ])
