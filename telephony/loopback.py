@@ -84,6 +84,7 @@ from integrations.loopback import LOOPBACK
 from ._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
 from . import media
 from .callflow import check_destination
+from .mwi import require_term
 from .events import CallArrival
 from .ports import ActiveCall, CallService, PortRegistry, PortState
 
@@ -206,6 +207,9 @@ class LoopbackTrunk:
         #: True: run the flow only for offers with "media": true (the messaging service sets
         #: it, so a signalling-only client keeps the old behaviour: the call is held)
         self.media_only = False
+        #: the term the service answers in, or None (``MessagingService.answering_term``): a
+        #: lamp job of any other term is refused; None here: no gate (a trunk without service)
+        self.gate: Callable[[], int | None] | None = None
 
     async def _monitor(self, line: "_Line") -> None:
         """The simulated PBX's MWI side: ``{"op": "monitor"}`` gets ``{"ev": "monitoring"}``,
@@ -219,8 +223,12 @@ class LoopbackTrunk:
             self._monitors.discard(line)
 
     async def send_mwi(self, job) -> None:
-        """Send a lamp job (``telephony.mwi.MwiJob``) to every monitor; raises ConnectionError
-        when no monitor got it (the MWI ledger then keeps the lamp unconfirmed)."""
+        """Send a lamp job (``telephony.mwi.MwiJob``) to every monitor; raises
+        :class:`~telephony.mwi.TransmitRefused` (nothing sent) unless the service is active in
+        the job's term, ConnectionError when no monitor got it (the MWI ledger then keeps the
+        lamp unconfirmed)."""
+        if self.gate is not None:
+            require_term(self.gate(), job, f"lamp job for {job.extension}")
         sent = 0
         for line in list(self._monitors):
             try:

@@ -47,6 +47,19 @@ class StaleTerm(MwiError):
     """A ledger write (or a new planner term) from a term older than one already seen."""
 
 
+class TransmitRefused(Exception):
+    """A driver was handed a lamp job of a term the node is not active in: it sent nothing."""
+
+
+def require_term(active_term: int | None, job: "MwiJob", what: str) -> None:
+    """A driver's last check before a lamp job goes on the wire: raises
+    :class:`TransmitRefused` unless the node is active (``active_term`` is not None) in the
+    job's own term.  ``what`` names what was not sent, for the message."""
+    if active_term is None or active_term != job.term:
+        raise TransmitRefused(f"not active in term {job.term} (active term: {active_term}): "
+                              f"{what} not sent")
+
+
 @dataclass(frozen=True)
 class MwiJob:
     """Set the lamp of ``extension`` (the phone of ``mailbox``) on or off.  ``new``/``old``

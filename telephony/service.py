@@ -596,6 +596,8 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                                offer_hold=opts.offer_hold, hello_extra=extra,
                                messaging=messaging)
     box["service"] = service
+    if trunk is not None:
+        trunk.gate = service.answering_term  # lamp jobs only while active, in that term
     if sip is not None:
         sip.gate = service.answering_term  # NOTIFY only while active, in that term
         sip.report = service.report

@@ -35,6 +35,7 @@ import trio
 from integrations.smdi import PARITIES, SerialSettings, SmdiProfile
 
 from ..events import CallArrival
+from ..mwi import TransmitRefused, require_term
 from ..ports import CallService, PortRegistry, PortState
 from .codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
 from .core import FailureMatcher, LinePacer, RecordMatcher
@@ -45,10 +46,6 @@ LINK_PORT = "smdi-link"
 KIND = "smdi"
 
 Report = Callable[[str, str, str], Awaitable[None]]  # (level, event, message)
-
-
-class TransmitRefused(Exception):
-    """The node is not active in the job's term: nothing was written to the line."""
 
 
 class LinkDown(ConnectionError):
@@ -367,11 +364,11 @@ class SmdiLink:
             # bytes written by any time never exceed the line rate's by more than one command
             start = self.pacer.start_at(trio.current_time())
             await trio.sleep_until(start)
-            term = self.gate()
-            if term is None or term != job.term:
+            try:
+                require_term(self.gate(), job, f"lamp command for {station}")
+            except TransmitRefused:
                 self.counters["mwi_refused"] += 1
-                raise TransmitRefused(f"not active in term {job.term} (active term: {term}): "
-                                      f"lamp command for {station} not sent")
+                raise
             port = self._port
             if port is None:
                 raise LinkDown(f"SMDI link {self.serial.device} is down")

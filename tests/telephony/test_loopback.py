@@ -916,3 +916,31 @@ async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock
             await activate(mgr)
             assert await svc.announce(call) is False
             assert svc.answering_term() == 2
+
+
+async def test_lamp_jobs_go_to_monitors_only_in_the_active_term(autojump_clock):
+    """The trunk is a lamp driver too: a job of a term the service does not answer in is
+    refused and no monitor sees it (issue 4: drivers refuse jobs from an older term)."""
+    from telephony.mwi import MwiJob, TransmitRefused
+
+    trunk, listener = make_trunk()
+    answering: list[int | None] = [None]
+    trunk.gate = lambda: answering[0]
+    with trio.fail_after(60):
+        async with running_service(drivers=[trunk]) as (svc, mgr, _):
+            monitor = RawClient(await listener.connect())
+            await monitor.send({"op": "monitor"})
+            assert await monitor.reply() == {"ev": "monitoring"}
+
+            def job(term: int, ext: str = "4000") -> MwiJob:
+                return MwiJob(extension=ext, mailbox=f"mb-{ext}", on=True, new=1, old=0,
+                              term=term, reason="message")
+
+            with pytest.raises(TransmitRefused, match="not active in term 5"):
+                await trunk.send_mwi(job(5))  # inactive
+            answering[0] = 6
+            with pytest.raises(TransmitRefused, match=r"term 5 \(active term: 6\)"):
+                await trunk.send_mwi(job(5))  # an older term's job
+            await trunk.send_mwi(job(6, "4001"))
+            got = await monitor.reply()
+            assert (got["ev"], got["extension"], got["term"]) == ("mwi", "4001", 6)
