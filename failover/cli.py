@@ -68,6 +68,8 @@ def format_status(st: dict) -> str:
               f"failover after {s['takeover_after_s']} s of silence ({s['missed_pings']} x "
               f"{s['ping_interval_s'] * 1000:.0f} ms), lease {s['lease_s']} s, failback {s['failback']}"]
     lines += _format_replication(st.get("replication"))
+    lines += [f"{group}: " + ", ".join(f"{k} {v}" for k, v in counters.items())
+              for group, counters in (st.get("counters") or {}).items()]
     return "\n".join(lines)
 
 

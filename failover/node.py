@@ -130,6 +130,7 @@ class NodeManager:
                      "link": self.link.stats()},
             "replication": self.repl.stats(),
             "ports": self.service.ports,
+            "counters": self.service.counters,
             "calls_in_progress": s.calls,
             "settings": {"ping_interval_s": self.cfg.failover.ping_interval,
                          "missed_pings": self.cfg.failover.missed_pings,

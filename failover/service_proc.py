@@ -32,6 +32,9 @@ class ServiceRunner:
         self._codec = ControlConnection()
         self._send_lock = trio.Lock()
         self.ports: list[dict] = []
+        #: the running service's counters by group (driver kind, "messaging"); reset when a
+        #: new service starts
+        self.counters: dict[str, dict[str, int]] = {}
         self.pid: int | None = None
 
     # ------------------------------------------------------------------ process
@@ -53,6 +56,7 @@ class ServiceRunner:
         self.generation += 1
         gen = self.generation
         self.ports = []
+        self.counters = {}
         cmd = self.command()
         self.events.write("info", "service_start", f"starting messaging service ({reason})")
         try:
@@ -194,6 +198,8 @@ class ServiceRunner:
                               f"call {call['call_id']} on {call['port']} {msg['event']}"
                               + (f" in term {msg['term']}" if msg.get("term") is not None else ""),
                               {"call": call})
+        elif op == "counters":  # the drivers' and messaging core's counters, when changed
+            self.counters = msg["groups"]
         elif op == "event":  # a driver's event (SMDI link down/up, switch refusals)
             self.events.write(msg["level"], msg["event"], msg["message"])
         elif op == "error":

@@ -270,6 +270,25 @@ _opt_until.may_be_absent = True  # type: ignore[attr-defined]
 _COUNT = _int(0, 2**31 - 1)
 _NAME = _text(64, nonempty=True)
 _PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME})
+MAX_COUNTER_GROUPS: Final = 16
+MAX_COUNTERS: Final = 64
+
+
+def _counters(name: str, v: Any) -> dict:
+    """``{group: {counter: int >= 0}}``: at most 16 groups (a driver kind, ``messaging``) of at
+    most 64 counters, names as node names."""
+    if not isinstance(v, dict) or len(v) > MAX_COUNTER_GROUPS:
+        raise FieldError(f"{name} must be an object of at most {MAX_COUNTER_GROUPS} groups, "
+                         f"got {_show(v)}")
+    for group, counters in v.items():
+        _NAME(f"{name} group", group)
+        if not isinstance(counters, dict) or len(counters) > MAX_COUNTERS:
+            raise FieldError(f"{name}.{group:.64} must be an object of at most {MAX_COUNTERS} "
+                             f"counters, got {_show(counters)}")
+        for key, n in counters.items():
+            _NAME(f"{name}.{group:.64} counter", key)
+            _int(0, 2**63 - 1)(f"{name}.{group:.64}.{key:.64}", n)
+    return v
 
 #: node manager -> service: op -> {field: check}
 TO_SERVICE: Final[dict[str, dict[str, Check]]] = {
@@ -293,6 +312,7 @@ FROM_SERVICE: Final[dict[str, dict[str, Check]]] = {
     "error": {"message": _text(1000), "ref": _opt(_text(64))},
     "event": {"level": _choice(("info", "warning", "error")), "event": _NAME,
               "message": _text(1000)},
+    "counters": {"groups": _counters},
 }
 
 

@@ -47,6 +47,8 @@ log = logging.getLogger("telephony.service")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: seconds between looks at the drivers' counters (sent to the node manager when changed)
+COUNTERS_INTERVAL = 1.0
 
 
 class MessagingService:
@@ -130,6 +132,7 @@ class MessagingService:
                 if self.messaging is not None:
                     await nursery.start(self.messaging.run)
                 nursery.start_soon(self._health_loop)
+                nursery.start_soon(self._counters_loop)
                 log.info("running with %d ports: %s", len(self.registry),
                          ", ".join(self.registry.names()) or "none")
                 task_status.started()
@@ -247,6 +250,28 @@ class MessagingService:
                                     calls=self.desk.calls_in_progress,
                                     ports=self.registry.status()))
             await trio.sleep(self.health_interval)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The counters of every driver that keeps some (``counters``: a dict of name -> int),
+        by driver kind, and the voice-messaging core's as ``messaging``."""
+        groups: dict[str, dict[str, int]] = {}
+        for source in [*self.drivers, self.messaging]:
+            counters = getattr(source, "counters", None)
+            if isinstance(counters, dict) and counters:
+                kind = "messaging" if source is self.messaging else source.kind
+                groups[kind] = dict(counters)
+        return groups
+
+    async def _counters_loop(self) -> None:
+        """Counters go to the node manager (``vmha status`` shows them) when they changed,
+        at most once per :data:`COUNTERS_INTERVAL`: not with every health report."""
+        last: dict[str, dict[str, int]] = {}
+        while True:
+            now = self.counters()
+            if now != last:
+                await self._notify(make("counters", groups=now))
+                last = now
+            await trio.sleep(COUNTERS_INTERVAL)
 
     async def _error(self, message: str, ref: Any) -> None:
         await self._notify(make("error", message=_printable(message)[:1000], ref=_ref(ref)))

@@ -22,6 +22,7 @@ from telephony.smdi.lab import SerialSplitterLab
 from telephony.smdi.pbxsim import PbxSimulator
 
 from .conftest import until, wait_active
+from .test_pair import _vmha
 from .test_messaging import FAST, _stored_directly, admin
 
 pytestmark = [pytest.mark.multiprocess,
@@ -146,6 +147,23 @@ async def test_garbage_changes_nothing_and_a_refused_lamp_is_reported(pair_dir):
 
                 await until(unconfirmed, "the ledger keeps the refused lamp unconfirmed")
                 assert wire(lab, "b") == []
+                # the link's counters are in both nodes' status (sent when they change)
+                await until(lambda: smdi_counters(pair.a).get("mwi_failures") == 1
+                            and smdi_counters(pair.b).get("records", 0) >= 1,
+                            "the SMDI counters in the status")
+                ca, cb = smdi_counters(pair.a), smdi_counters(pair.b)
+                assert ca["protocol_errors"] >= 1 and cb["protocol_errors"] >= 1, (ca, cb)
+                assert (ca["records"], ca["mwi_sent"], ca["matched"]) == (1, 1, 1), ca
+                assert (cb["mwi_sent"], cb["matched"], cb["mwi_failures"]) == (0, 0, 0), cb
+                text = await trio.to_thread.run_sync(_vmha, "status", "-c", str(pair.a.config))
+                assert text.returncode == 0, text.stderr
+                line = next(x for x in text.stdout.splitlines() if x.startswith("smdi: "))
+                assert f"protocol_errors {ca['protocol_errors']}" in line and "mwi_failures 1" in line
+                assert any(x.startswith("messaging: messages 1") for x in text.stdout.splitlines())
+
+
+def smdi_counters(node) -> dict:
+    return ((node.status() or {}).get("counters") or {}).get("smdi") or {}
 
 
 async def test_a_pty_that_disappears_is_reopened_and_the_status_says_so(pair_dir):

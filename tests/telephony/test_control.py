@@ -54,6 +54,25 @@ def events(conn: ControlConnection) -> list:
             return out
 
 
+def test_counters_by_group_and_their_bounds():
+    groups = {"smdi": {"records": 3, "protocol_errors": 0}, "messaging": {"messages": 1}}
+    msg = make("counters", groups=groups)
+    assert validate(msg, FROM_SERVICE) is msg and msg["groups"] == groups
+    assert validate({"op": "counters", "groups": {}}, FROM_SERVICE)
+    for bad, fragment in (
+            ({"smdi": {"records": -1}}, "between 0 and"),
+            ({"smdi": {"records": True}}, "must be an integer"),
+            ({"smdi": {"records": 1.5}}, "must be an integer"),
+            ({"smdi": {"": 1}}, "counter"),
+            ({"": {"records": 1}}, "group"),
+            ({"smdi": [1]}, "at most 64 counters"),
+            ({"smdi": {f"c{i}": 0 for i in range(65)}}, "at most 64 counters"),
+            ({f"g{i}": {} for i in range(17)}, "at most 16 groups"),
+            ([], "at most 16 groups")):
+        with pytest.raises(FieldError, match=fragment):
+            validate({"op": "counters", "groups": bad}, FROM_SERVICE)
+
+
 # ----------------------------------------------------------------------------- framing
 
 

@@ -330,3 +330,20 @@ async def test_manager_receives_every_message_well_formed(autojump_clock):
             assert {"hello", "health", "call_offered", "call", "activated", "fenced",
                     "deactivated"} <= seen
             assert not d.answered
+
+
+async def test_driver_counters_go_to_the_node_manager_only_when_they_change(autojump_clock):
+    from telephony.service import COUNTERS_INTERVAL
+
+    trunk = DirectTrunk()
+    trunk.counters = {"records": 0}
+    async with running_service(drivers=[trunk]) as (svc, mgr, _):
+        first = await mgr.expect("counters")
+        assert first["groups"] == {trunk.kind: {"records": 0}}
+        seen = len([m for m in mgr.received if m["op"] == "counters"])
+        # unchanged for ten intervals: nothing more is sent (health reports go on)
+        with trio.move_on_after(10 * COUNTERS_INTERVAL):
+            await mgr.expect("counters")
+        assert len([m for m in mgr.received if m["op"] == "counters"]) == seen
+        trunk.counters["records"] = 3
+        assert (await mgr.expect("counters"))["groups"] == {trunk.kind: {"records": 3}}
