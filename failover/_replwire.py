@@ -18,7 +18,8 @@ Encoding notes where the page is terse (same choices as ``_wire.py``): ``node`` 
 MAC and in the session keys is the field as encoded on the wire (u8 length prefix + ASCII), so
 names cannot run together; ``channel`` is its u8.  A message is only accepted on its channel
 and in the direction of the table (the dialer is the sender, the acceptor the receiver; the
-``DbState`` goes both ways); ``send()`` refuses the others, the receiver drops them.
+``DbSchema`` and ``DbState`` go both ways); ``send()`` refuses the others, the receiver drops
+them.
 
 A sealed frame with a bad MAC, a repeated or skipped seq, an unknown type, a message of the
 other channel or direction, or a body that does not parse (a bad ``path`` included, see
@@ -88,6 +89,7 @@ class MsgType(IntEnum):
     FILE_END = 12
     FILE_DELETE = 13
     FILE_ACK = 14
+    DB_SCHEMA = 15
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -295,6 +297,13 @@ class Hello:
 
 
 @dataclass(frozen=True)
+class DbSchema:
+    """The configuration database schema version of the sending program; the first message
+    of each side of a DB session.  Changes and snapshots flow only between equal versions."""
+    version: int
+
+
+@dataclass(frozen=True)
 class DbState:
     head_seq: int
     head_term: int
@@ -411,11 +420,11 @@ class FileAck:
 
 DROP_REASONS = ("mac", "seq", "type", "parse", "channel", "direction")
 
-Message = (DbState | DbChanges | DbSnapshotRequest | DbSnapshotBegin | DbSnapshotChunk
+Message = (DbSchema | DbState | DbChanges | DbSnapshotRequest | DbSnapshotBegin | DbSnapshotChunk
            | FileManifestRequest | FileManifest | FileBegin | FileOffer | FileChunk | FileEnd
            | FileDelete | FileAck)
 MESSAGE_TYPES: dict[type, MsgType] = {
-    DbState: MsgType.DB_STATE, DbChanges: MsgType.DB_CHANGES,
+    DbSchema: MsgType.DB_SCHEMA, DbState: MsgType.DB_STATE, DbChanges: MsgType.DB_CHANGES,
     DbSnapshotRequest: MsgType.DB_SNAPSHOT_REQUEST, DbSnapshotBegin: MsgType.DB_SNAPSHOT_BEGIN,
     DbSnapshotChunk: MsgType.DB_SNAPSHOT_CHUNK,
     FileManifestRequest: MsgType.FILE_MANIFEST_REQUEST, FileManifest: MsgType.FILE_MANIFEST,
@@ -426,9 +435,9 @@ _CLASSES = {t: cls for cls, t in MESSAGE_TYPES.items()}
 CHANNEL_OF: dict[type, Channel] = {
     cls: Channel.DB if cls.__name__.startswith("Db") else Channel.FILES for cls in MESSAGE_TYPES}
 # who may send what (docs/replication.md, "direction"): the dialer is the channel's sender
-FROM_DIALER = frozenset({DbState, DbChanges, DbSnapshotBegin, DbSnapshotChunk,
+FROM_DIALER = frozenset({DbSchema, DbState, DbChanges, DbSnapshotBegin, DbSnapshotChunk,
                          FileManifestRequest, FileBegin, FileChunk, FileEnd, FileDelete})
-FROM_ACCEPTOR = frozenset({DbState, DbSnapshotRequest, FileManifest, FileOffer, FileAck})
+FROM_ACCEPTOR = frozenset({DbSchema, DbState, DbSnapshotRequest, FileManifest, FileOffer, FileAck})
 
 
 # Reference layouts of the entry lists; _DbEntries and _FileEntries are hand-rolled equivalents
@@ -518,6 +527,7 @@ class _FileEntries(Construct):
 
 
 BODIES = {
+    MsgType.DB_SCHEMA: Struct("version" / Int16ul, Terminated),
     MsgType.DB_STATE: Struct(
         "head_seq" / _U64, "head_term" / _U64, "first_seq" / _U64, "applied_seq" / _U64,
         "applied_term" / _U64, "checksum" / _U64, "active" / _BOOL, Terminated),

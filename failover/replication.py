@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import trio
 
 from . import _events as ev
-from ._replwire import (Channel, DbChanges, DbEntry, DbSnapshotBegin, DbSnapshotChunk,
+from ._replwire import (Channel, DbChanges, DbEntry, DbSchema, DbSnapshotBegin, DbSnapshotChunk,
                         DbSnapshotRequest, DbState, max_data)
 from ._state import Mode, Role, State
 from .config import NodeConfig
-from .configdb import ConfigDB, DiskFull, LogEntry, LogGap, Refused, Snapshot
+from .configdb import SCHEMA_VERSION, ConfigDB, DiskFull, LogEntry, LogGap, Refused, Snapshot
 from .eventlog import EventLog
 from .filerepl import FileReplicator
 from .replchan import ChannelClosed, ReplEndpoint
@@ -71,6 +71,8 @@ class Replication:
         self.peer = _Peer()
         self.counters: Counter[str] = Counter()
         self.paused: str | None = None
+        #: why the database does not replicate because of the peer's schema version, or None
+        self.schema_mismatch: str | None = None
         self.diverged = False
         self.last_error: str | None = None
         self._head = 0  # our log head, cached after every write/state read
@@ -216,7 +218,8 @@ class Replication:
                    "applied_seq": self._applied,
                    "behind_changes": None if st is None else max(0, st.head_seq - self._applied),
                    "checksum": f"{self._checksum:016x}", "diverged": self.diverged,
-                   "conflicts": self._conflicts, "paused": self.paused,
+                   "conflicts": self._conflicts, "paused": self.schema_mismatch or self.paused,
+                   "schema_version": SCHEMA_VERSION,
                    "last_error": self.last_error, **dict(sorted(self.counters.items()))},
             "files": self.files.stats() if self.files is not None else None,
             "channels": ep,
@@ -270,6 +273,27 @@ class Replication:
             self._last_log[event] = now
             self.events.write(level, event, message, fields or None)
 
+    def _peer_schema(self, version: int | None) -> bool:
+        """The peer's schema version (None: it sent a ``DbState`` without saying, so it runs
+        an older program).  Changes and snapshots flow only between equal versions: a
+        snapshot of another schema would leave a database this program (or the peer's) cannot
+        open.  Logged once per change of verdict; True if they match."""
+        if version == SCHEMA_VERSION:
+            if self.schema_mismatch is not None:
+                self.schema_mismatch = None
+                self.events.write("info", "db_schema_ok", f"the peer's configuration database "
+                                  f"schema is {version}, as here: database replication resumes")
+                self._wake()
+            return True
+        why = (f"schema {version if version is not None else 'unknown (an older program)'} on "
+               f"the peer, {SCHEMA_VERSION} here: upgrade the node with the older program")
+        if self.schema_mismatch != why:
+            self.schema_mismatch = why
+            self.counters["schema_mismatches"] += 1
+            self.events.write("error", "db_schema_mismatch", f"database replication paused: {why}; "
+                              "changes wait in each node's log until both run the same version")
+        return False
+
     async def _peer_state(self, st: DbState) -> None:
         """A DbState from the peer (either connection): divergence check."""
         self.peer.state = st
@@ -297,15 +321,23 @@ class Replication:
         inflight: deque[int] = deque()  # last seq of each batch not answered yet
         snapshot_wanted = trio.Event()
         next_snapshot = 0.0  # back-off between snapshots the peer did not take
+        schema_ok = False  # the peer said its schema on this connection, and it is ours
+        await chan.send(DbSchema(SCHEMA_VERSION))
         await chan.send(await self._our_state())
         async with trio.open_nursery() as nursery:
             pruned = 0
 
             async def reader() -> None:
-                nonlocal sent, pruned
+                nonlocal sent, pruned, schema_ok
                 while True:
                     msg = await chan.receive()
-                    if isinstance(msg, DbState):
+                    if isinstance(msg, DbSchema):
+                        schema_ok = self._peer_schema(msg.version)
+                    elif not schema_ok:
+                        if isinstance(msg, DbState):
+                            self._peer_schema(None)
+                        self.counters["refused_schema"] += 1  # nothing flows: see _peer_schema
+                    elif isinstance(msg, DbState):
                         self.peer.acked_seq = msg.applied_seq
                         if inflight:
                             expected = inflight.popleft()
@@ -405,6 +437,8 @@ class Replication:
         snap: DbSnapshotBegin | None = None
         buf = bytearray()
         gap_answered = False
+        schema_ok = False  # the peer said its schema on this connection, and it is ours
+        await chan.send(DbSchema(SCHEMA_VERSION))
         await chan.send(await self._our_state())
         while True:
             if self.diverged and self.role is Role.SECONDARY and not self._snapshot_requested:
@@ -416,7 +450,14 @@ class Replication:
                 msg = await chan.receive()
             if msg is None:
                 continue
-            if isinstance(msg, DbState):
+            if isinstance(msg, DbSchema):
+                schema_ok = self._peer_schema(msg.version)
+            elif not schema_ok:  # nothing is applied across schema versions (_peer_schema)
+                if isinstance(msg, DbState):
+                    self._peer_schema(None)
+                self.counters["refused_schema"] += 1
+                snap = None
+            elif isinstance(msg, DbState):
                 await self._peer_state(msg)
             elif isinstance(msg, DbChanges):
                 entries = [LogEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)

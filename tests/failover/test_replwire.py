@@ -17,7 +17,7 @@ from failover._replwire import (
     DB_ENTRY_OVERHEAD, DEFAULT_MAX_FRAME, FILE_ENTRY_OVERHEAD, FRAME_OVERHEAD, NEED_DATA, Channel,
     Closed, DbChanges, DbEntry, DbSnapshotBegin, DbSnapshotChunk, DbSnapshotRequest, DbState,
     Dropped, FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry, FileManifest,
-    FileManifestRequest, FileOffer, Hello, LocalReplError, MsgType, RemoteReplError,
+    DbSchema, FileManifestRequest, FileOffer, Hello, LocalReplError, MsgType, RemoteReplError,
     ReplConnection, check_path, max_changes_bytes, max_data, max_manifest_bytes,
 )
 from failover._state import Role
@@ -116,6 +116,8 @@ MANIFEST = FileManifest(7, False, (FileEntry("greetings/100.wav", 12345, D1, 2, 
                                    FileEntry("mailbox/200/msg0001.txt", 0, D2, 4, 10)))
 SAMPLES = {
     # channel, sent by the dialer, message
+    "db_schema_d": (Channel.DB, True, DbSchema(2)),
+    "db_schema_a": (Channel.DB, False, DbSchema(65535)),
     "db_state_d": (Channel.DB, True, DB_STATE),
     "db_state_a": (Channel.DB, False, dataclasses.replace(DB_STATE, active=False, checksum=0)),
     "db_changes": (Channel.DB, True, DbChanges(ENTRIES)),
@@ -141,7 +143,7 @@ def test_samples_cover_every_message_type():
     assert {type(m) for _, _, m in SAMPLES.values()} == set(rw.MESSAGE_TYPES)
     assert set(rw.MESSAGE_TYPES.values()) == set(MsgType) - {MsgType.HELLO}
     assert rw.FROM_DIALER | rw.FROM_ACCEPTOR == set(rw.MESSAGE_TYPES)
-    assert rw.FROM_DIALER & rw.FROM_ACCEPTOR == {DbState}
+    assert rw.FROM_DIALER & rw.FROM_ACCEPTOR == {DbSchema, DbState}
 
 
 # ---- golden bytes ---------------------------------------------------------------------------
@@ -209,6 +211,11 @@ def test_golden_file_frames():
 
 
 def test_golden_db_frames():
+    d, a = pair()
+    assert d.send(DbSchema(2)) == seal(K_D2A, 15, 1, b"\x02\x00")
+    assert a.send(DbSchema(3)) == seal(K_A2D, 15, 1, b"\x03\x00")
+    with pytest.raises(LocalReplError):
+        d.send(DbSchema(65536))
     d, a = pair()
     frame = d.send(DbChanges(ENTRIES))
     body = (u32(2) + u64(2) + u64(5) + D1 + u32(11) + b"changeset-5"
@@ -379,8 +386,10 @@ BODY_OK = u64(1) * 6 + b"\x01"
 
 
 @pytest.mark.parametrize("ftype,body,reason", [
-    (15, b"", "type"),
+    (16, b"", "type"),
     (0, b"x", "type"),
+    (15, b"\x02", "parse"),                                  # DbSchema: u16, one byte short
+    (15, b"\x02\x00\x00", "parse"),                          # ... one byte long
     (255, BODY_OK, "type"),
     (2, b"", "parse"),
     (2, BODY_OK + b"\x00", "parse"),                         # trailing byte

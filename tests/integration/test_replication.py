@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover._replwire import Channel, DbChanges, DbEntry, NEED_DATA, ReplConnection
+from failover._replwire import (Channel, DbChanges, DbEntry, DbSchema, DbState, NEED_DATA,
+                                ReplConnection)
 from failover._state import Role
 from failover.config import load_config
-from failover.configdb import ConfigDB
+from failover.configdb import SCHEMA_VERSION, ConfigDB
 from failover.configure import load_key
 from failover.testing import Node, Pair
 
@@ -222,7 +223,10 @@ def _entry(term: int, seq: int, ext: str, tmp: Path) -> DbEntry:
         db.close()
 
 
-async def _forge_session(node: Node, psk: bytes, entries: list[DbEntry], *, tamper: bool = False):
+async def _forge_session(node: Node, psk: bytes, entries: list[DbEntry], *, tamper: bool = False,
+                         schema: int | None = SCHEMA_VERSION):
+    """Play the primary's DB sender: say ``schema`` (None: say nothing, as an older program
+    would) and our state, then send ``entries``."""
     cfg = load_config(node.config)
     stream = await trio.open_tcp_stream("127.0.0.1", cfg.replication.listen.port)
     conn = ReplConnection(psk=psk, node="a", role=Role.PRIMARY, channel=Channel.DB, dialer=True,
@@ -232,6 +236,11 @@ async def _forge_session(node: Node, psk: bytes, entries: list[DbEntry], *, tamp
         conn.receive_data(await stream.receive_some(65536))
         while (ev := conn.next_event()) is not NEED_DATA:
             pass
+    if schema is not None:
+        await stream.send_all(conn.send(DbSchema(schema)))
+    await stream.send_all(conn.send(DbState(head_seq=entries[-1].seq, head_term=entries[-1].term,
+                                            first_seq=1, applied_seq=0, applied_term=0,
+                                            checksum=0, active=True)))
     frame = conn.send(DbChanges(tuple(entries)))
     if tamper:
         frame = frame[:-1] + bytes([frame[-1] ^ 1])  # bad HMAC
@@ -272,6 +281,30 @@ async def test_forged_and_stale_changesets_are_refused_and_change_nothing(pair_d
                       for v in st["channels"].values())
         assert dropped >= 1 or "dropped_mac" in json.dumps(st["channels"]), st["channels"]
         assert any(e["event"] == "db_refused" for e in pair.b.events())
+
+
+async def test_changes_from_a_peer_with_another_schema_version_are_not_applied(pair_dir, tmp_path):
+    """A node upgraded first must not take (or give) changes or a snapshot the other program
+    cannot read: the database replication pauses, says why, and resumes when versions match."""
+    with Pair(pair_dir) as pair:
+        pair.b.start()
+        await until(lambda: pair.b.state() == "active", "secondary active alone")
+        psk = load_key(load_config(pair.b.config).node.key_file)
+        await _forge_session(pair.b, psk, [_entry(4, 1, "7101", tmp_path)], schema=SCHEMA_VERSION + 1)
+        await _forge_session(pair.b, psk, [_entry(4, 1, "7102", tmp_path)], schema=None)
+        assert await get(pair.b, "7101") is None and await get(pair.b, "7102") is None
+        db = repl(pair.b)["db"]
+        assert db["applied_seq"] == 0 and db["refused_schema"] >= 2, db
+        assert db["paused"].startswith("schema unknown (an older program) on the peer"), db
+        mismatches = [e["message"] for e in pair.b.events() if e["event"] == "db_schema_mismatch"]
+        assert len(mismatches) == 2, mismatches
+        assert f"schema {SCHEMA_VERSION + 1} on the peer, {SCHEMA_VERSION} here" in mismatches[0]
+        # the other node runs this version again: its changes apply and the pause is over
+        await _forge_session(pair.b, psk, [_entry(4, 1, "7103", tmp_path)])
+        assert await get(pair.b, "7103") is not None
+        db = repl(pair.b)["db"]
+        assert db["paused"] is None and db["applied_seq"] == 1, db
+        assert any(e["event"] == "db_schema_ok" for e in pair.b.events())
 
 
 # ============================================================================ files
