@@ -484,6 +484,7 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "notify_retries": _K(_Num(0, 10, integer=True), 3),
         "notify_backoff": _K(_Num(0.01, 60), 1.0),
         "notify_timeout": _K(_Num(1, 64), 32.0),
+        "transfer_timeout": _K(_Num(1, 120), 10.0),
     },
     "admin": {
         "socket": _K(_path, None),  # <data_dir>/run/admin.sock
@@ -695,6 +696,7 @@ class SipPorts:
     notify_retries: int
     notify_backoff: float
     notify_timeout: float
+    transfer_timeout: float
 
     def profile(self):
         """``integrations.cucm_sip.SipProfile`` (ValueError on a bad combination)."""
@@ -706,7 +708,8 @@ class SipPorts:
                           password_file=str(self.password_file or ""), select=self.select,
                           mwi_target=self.mwi_target, mwi_account=self.mwi_account,
                           notify_retries=self.notify_retries, notify_backoff=self.notify_backoff,
-                          notify_timeout=self.notify_timeout)
+                          notify_timeout=self.notify_timeout,
+                          transfer_timeout=self.transfer_timeout)
 
 
 @dataclass(frozen=True)

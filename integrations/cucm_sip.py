@@ -39,6 +39,8 @@ class SipProfile:
       ``Message-Account`` ``mwi_account``; 403 and timeouts are retried ``notify_retries``
       times with backoff from ``notify_backoff`` seconds; a NOTIFY without a final answer
       counts as a timeout after ``notify_timeout`` seconds (the SIP transaction timeout).
+    * Transfer: a blind transfer (REFER) counts as failed when the PBX has not reported a 2xx
+      final status within ``transfer_timeout`` seconds (the call then goes on).
     """
 
     bind: str = "127.0.0.1"
@@ -56,6 +58,7 @@ class SipProfile:
     notify_retries: int = 3
     notify_backoff: float = 1.0
     notify_timeout: float = 32.0
+    transfer_timeout: float = 10.0
     base: IntegrationProfile = CUCM_SIP
 
     def __post_init__(self) -> None:
@@ -76,6 +79,10 @@ class SipProfile:
                 raise ValueError(f"{name} must be a sip: URI containing {{extension}}, not {v!r}")
         if not (isinstance(self.notify_timeout, (int, float)) and 1 <= self.notify_timeout <= 64):
             raise ValueError(f"notify_timeout must be 1..64 seconds, not {self.notify_timeout!r}")
+        if not (isinstance(self.transfer_timeout, (int, float))
+                and not isinstance(self.transfer_timeout, bool)
+                and 1 <= self.transfer_timeout <= 120):
+            raise ValueError(f"transfer_timeout must be 1..120 seconds, not {self.transfer_timeout!r}")
         last = self.sip_port + self.workers - 1
         if not (1 <= self.sip_port and last <= 65535):
             raise ValueError(f"SIP ports {self.sip_port}..{last} do not fit 1..65535")

@@ -13,6 +13,10 @@ the messaging service, and the call flow driven over them.
   WAV files the worker plays; a recording is a WAV file the worker writes while this side
   reads it as it grows and ends it on silence, the maximum, a digit or hang-up
   (:class:`telephony.media.Recorder`, the same rules as every port).
+* :meth:`SipCall.transfer` is a blind transfer (REFER) of the answered call to
+  ``sip:<digits>@<the PBX's signalling address>`` (where the INVITE came from); success is a
+  2xx final status from the PBX within the profile's ``transfer_timeout``, after which the
+  worker sends BYE and the call is over (docs/sip.md, *Transfer*).
 * :meth:`SipPorts.send_mwi` (the messaging core's lamp sink) sends an unsolicited
   ``message-summary`` NOTIFY through a live worker, only while the service is active in the
   job's term; 403, 408 and 5xx are retried with backoff, then the job fails (the ledger keeps
@@ -24,6 +28,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections import deque
@@ -36,7 +41,9 @@ import trio
 from integrations.cucm_sip import SipProfile
 
 from .. import media
+from ..callflow import check_destination
 from ..events import CallArrival
+from ..mwi import TransmitRefused, require_term
 from ..ports import ActiveCall, CallService, PortRegistry, PortState
 from .headers import call_reason, message_summary
 
@@ -46,12 +53,11 @@ KIND = "sip"
 MAX_LINE = 256 * 1024  # the worker's events carry the raw INVITE (at most 16 KiB)
 WAV_HEADER = 44  # pjmedia's PCM WAV writer: a 44-byte header, then the samples
 RETRY_CODES = {403, 408, 480, 500, 503, 504}
+#: the PBX's signalling address as the worker reports it (pjsip: "1.2.3.4:5060", "[::1]:5060")
+_REMOTE = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}")
+BYE_WAIT = 5.0  # s a transferred call waits for the worker's "disconnected"
 
 Flow = Callable[[CallArrival, Any, int], Awaitable[Any]]
-
-
-class TransmitRefused(Exception):
-    """Not active in the job's term: no NOTIFY was sent."""
 
 
 class WorkerGone(ConnectionError):
@@ -69,6 +75,17 @@ def user_of(uri: str) -> str:
             break
     s = s.split(";", 1)[0]
     return s.split("@", 1)[0] if "@" in s else (s if uri.lower().lstrip('"< ').startswith("tel:") else "")
+
+
+def transfer_target(destination: str, remote: Any) -> str:
+    """The Refer-To URI of a blind transfer: ``sip:<destination>@<remote>``, ``remote`` being
+    the address the call's INVITE came from (the PBX, or the proxy in front of it).  ``#`` is
+    escaped as ``%23`` (RFC 3261 allows it in no user part).  ValueError for a bad
+    destination or a ``remote`` that is no ``host:port``."""
+    user = check_destination(destination).replace("#", "%23")
+    if not isinstance(remote, str) or not _REMOTE.fullmatch(remote):
+        raise ValueError(f"the call has no usable signalling address ({remote!r:.60})")
+    return f"sip:{user}@{remote}"
 
 
 class _Lines:
@@ -110,11 +127,16 @@ class SipCall:
     """One answered SIP call, as the call flow sees it (:class:`telephony.callflow.CallPort`)."""
 
     def __init__(self, worker: "Worker", call_id: str, media_dir: Path, *,
-                 record_poll: float = 0.05) -> None:
+                 record_poll: float = 0.05, remote: str = "", transfer_timeout: float = 10.0,
+                 label: str | None = None) -> None:
         self.worker = worker
         self.id = call_id
         self.media_dir = media_dir
         self.record_poll = record_poll
+        self.remote = remote                   # where the INVITE came from ("host:port")
+        self.transfer_timeout = transfer_timeout
+        self.label = label or call_id          # the call id in log lines
+        self._abandoned: set[int] = set()      # transfers given up on (timeout)
         self.digits: deque[str] = deque(maxlen=32)
         self.changed = trio.Event()
         self.done: dict[tuple[str, int], dict] = {}  # ("played"|"recorded", id) -> event
@@ -130,6 +152,16 @@ class SipCall:
             self.digits.append(ev["digit"])
         elif kind in ("played", "recorded") and isinstance(ev.get("id"), int):
             self.done[(kind, ev["id"])] = ev
+        elif kind == "transfer_result" and isinstance(ev.get("id"), int):
+            if ev["id"] in self._abandoned:
+                self._abandoned.discard(ev["id"])
+                log.info("call %s: late transfer result after the timeout: %s %s", self.label,
+                         ev.get("code"), ev.get("reason", ""))
+            else:
+                self.done[(kind, ev["id"])] = ev
+        elif kind == "error" and ev.get("op") == "transfer" and isinstance(ev.get("ref"), int):
+            self.done[("transfer_result", ev["ref"])] = {
+                "code": 0, "reason": f"refused by the worker: {ev.get('message', '')}"}
         elif kind == "disconnected":
             self.end_info = ev
             self.ended.set()
@@ -138,7 +170,11 @@ class SipCall:
 
     def gone(self) -> None:
         """The worker died: the call is over."""
-        self.end_info = {"by": "worker", "reason": "worker process ended"}
+        self._mark_ended({"by": "worker", "reason": "worker process ended"})
+
+    def _mark_ended(self, info: dict) -> None:
+        if not self.ended.is_set():
+            self.end_info = info
         self.ended.set()
         self.changed.set()
 
@@ -250,6 +286,50 @@ class SipCall:
             await self._wait(lambda: self.hung_up, 5)
         if not self.hung_up:
             self.gone()
+
+    async def transfer(self, destination: str) -> bool:
+        """Blind transfer (REFER) to ``destination`` (1 to 31 of ``0-9 * #``; ValueError
+        otherwise).  True when the PBX reports a 2xx final status within
+        ``transfer_timeout``: the worker sends BYE and ``hung_up`` is True on return.  False
+        when it refuses, reports a failure, says nothing in time, or the call ends first;
+        the call goes on as before unless it ended.  False at once after a hang-up."""
+        dest = check_destination(destination)
+        if self.hung_up:
+            return False
+        try:
+            target = transfer_target(dest, self.remote)
+        except ValueError as e:
+            log.warning("call %s: transfer to %s not attempted: %s", self.label, dest, e)
+            return False
+        n = next(self._ids)
+        key = ("transfer_result", n)
+        if not await self._op(op="transfer", id=n, target=target):
+            log.warning("call %s: transfer to %s not sent: the call or its worker is gone",
+                        self.label, dest)
+            return False
+        await self._wait(lambda: key in self.done or self.hung_up, self.transfer_timeout)
+        res = self.done.pop(key, None)
+        if res is None:
+            if self.hung_up:
+                log.info("call %s: transfer to %s (%s): the call ended first (%s)",
+                         self.label, dest, target, self.end_info.get("reason", ""))
+            else:
+                self._abandoned.add(n)
+                log.warning("call %s: transfer to %s (%s): no final status within %g s; "
+                            "the call goes on", self.label, dest, target, self.transfer_timeout)
+            return False
+        code = res.get("code") if isinstance(res.get("code"), int) else 0
+        ok = 200 <= code < 300
+        then = "transferred" if ok else "the call ended" if self.hung_up else "the call goes on"
+        log.info("call %s: transfer to %s (%s): %s %s -> %s", self.label, dest, target, code,
+                 res.get("reason", ""), then)
+        if not ok:
+            return False
+        if not await self._wait(lambda: self.hung_up, BYE_WAIT):  # the worker's BYE
+            log.warning("call %s: no disconnect %g s after the transfer; counted as ended",
+                        self.label, BYE_WAIT)
+            self._mark_ended({"by": "local", "reason": "transferred"})
+        return True
 
 
 def _read_from(path: Path, offset: int) -> bytes:
@@ -496,6 +576,8 @@ class SipPorts:
                                        f"({ev.get('code')} {ev.get('reason', '')})")
                 elif kind == "error":
                     log.warning("SIP worker %s: %s", w.name, ev.get("message"))
+                    if isinstance(ev.get("call"), str) and ev["call"] in w.calls:
+                        w.calls[ev["call"]].event(ev)   # e.g. a refused transfer op
                 elif isinstance(ev.get("call"), str) and ev["call"] in w.calls:
                     w.calls[ev["call"]].event(ev)
 
@@ -549,7 +631,8 @@ class SipPorts:
             log.warning("SIP call %s refused: %s", wid, e)
             await self._reply(w, op="reject", call=wid, code=400)
             return
-        call = SipCall(w, wid, self.media_dir)
+        call = SipCall(w, wid, self.media_dir, remote=str(ev.get("remote") or ""),
+                       transfer_timeout=self.profile.transfer_timeout, label=arrival.call_id)
         w.calls[wid] = call
         try:
             decision = await service.offer(arrival)
@@ -615,11 +698,11 @@ class SipPorts:
         delay = self.profile.notify_backoff
         last = "no SIP worker running"
         for attempt in range(self.profile.notify_retries + 1):
-            term = self.gate()
-            if term is None or term != job.term:
+            try:
+                require_term(self.gate(), job, f"NOTIFY for {job.extension}")
+            except TransmitRefused:
                 self.counters["notify_refused"] += 1
-                raise TransmitRefused(f"not active in term {job.term} (active term: {term}): "
-                                      f"NOTIFY for {job.extension} not sent")
+                raise
             w = next((w for w in self.workers if w.alive), None)
             if w is not None:
                 code, reason = await self._notify(w, target, self.profile.account(job.extension),

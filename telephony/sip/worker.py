@@ -65,6 +65,7 @@ Worker -> service, every line has ``"ev"``::
     {"ev":"recorded","call":..,"id":N,"path":..,"bytes":B}
     {"ev":"disconnected","call":..,"code":..,"reason":..,"by":"remote"|"local"}
     {"ev":"notify_result","id":N,"code":200,"reason":"OK"}
+    {"ev":"transfer_result","call":..,"id":N,"code":200,"reason":"OK"}
     {"ev":"stats","calls":n,"media_ports":m,"pending_notifies":p}
     {"ev":"error","message":..,"ref":<the op's id, if it had one>,"op":..,"call":..}
 
@@ -77,6 +78,8 @@ Service -> worker, every line has ``"op"``::
     {"op":"record","call":..,"id":N,"path":"m.wav"} the file grows while recording
     {"op":"stop_record","call":..,"id":N}           -> "recorded"
     {"op":"hangup","call":..}                      BYE (or 603 if not yet answered)
+    {"op":"transfer","call":..,"id":N,"target":"sip:0@10.0.0.5:5060"}
+                                                   blind transfer (REFER) -> "transfer_result"
     {"op":"notify","id":N,"target":"sip:1001@pbx","account":"sip:1001@pbx","body":"..",
      "headers":{"Event":"message-summary","Subscription-State":"active"}}
     {"op":"stats"}
@@ -108,6 +111,27 @@ Rules:
   passed its checks ends in exactly one ``notify_result`` (the final status; a timeout is 408,
   after ``--tsx-timeout``).  One that fails before it is sent gets an ``error`` with ``ref``
   and no ``notify_result``.  Two pending notifies may not share an ``id``.
+* ``transfer``: a blind transfer of an answered call (RFC 3515 REFER, ``Call.xfer``) with
+  ``Refer-To: <target>`` (a ``sip:``/``sips:`` URI of at most 256 characters).  One transfer
+  at a time per call.  Every transfer that passed its checks ends in exactly one
+  ``transfer_result`` on that call, before its ``disconnected``; ``code`` is
+
+  - the status line of the ``message/sipfrag`` NOTIFY that carries a final status (2xx-6xx;
+    normally the one with ``Subscription-State: terminated``), or the status of a NOTIFY
+    that terminates the subscription with a 1xx body;
+  - the REFER's own final status when it is refused (e.g. 403, 405, 603);
+  - 200 "Accepted" when the REFER's 2xx says ``Refer-Sub: false`` (RFC 4488: no NOTIFY
+    will come; pjsua counts the transfer as done);
+  - 500 when pjsua ended the subscription without a status (e.g. the REFER timed out);
+  - 487 "call ended before the transfer's final status" (", REFER accepted" added when a
+    2xx to the REFER or a NOTIFY had come) when the call ends first (either side's BYE, the
+    worker's shutdown).
+
+  On a 2xx result the worker hangs the call up itself (BYE, RFC 5589: the transferor ends
+  its dialog with the transferee), so ``disconnected`` (by local) follows unless the far end
+  was quicker.  On any other result the call goes on unchanged.  A transfer that fails
+  before the REFER is sent (call unknown, not answered, or pjsua refusing) gets an
+  ``error`` with ``ref`` and no ``transfer_result``.
 * A bad line (not JSON, not an object, no ``"op"``, unknown op, bad fields, unknown call, a
   line over 64 KiB) gets ``error`` and changes nothing.
 * ``shutdown``, SIGTERM, SIGINT and the control socket closing all do the same: hang up every
@@ -157,6 +181,7 @@ MAX_ID = 2**53               # ids stay exact in JSON numbers
 MAX_BODY = 16384
 MAX_HEADERS = 32
 NOTIFY_TYPE = "application/simple-message-summary"
+MAX_TRANSFER_URI = 256       # characters of a transfer's target URI
 _TOKEN = re.compile(r"[A-Za-z0-9!%*_+`'~.-]{1,64}")
 _FORBIDDEN_HEADERS = {"via", "from", "to", "call-id", "cseq", "content-length", "contact",
                       "max-forwards", "route", "record-route", "v", "f", "t", "i", "m", "l"}
@@ -252,6 +277,14 @@ def check_op(msg: dict) -> dict:
                 extra.append((name, value))
         out["content_type"] = content_type
         out["headers"] = extra
+    elif op == "transfer":
+        out["call"] = _str(msg, "call")
+        out["id"] = _id(msg)
+        target = _str(msg, "target", MAX_TRANSFER_URI)
+        _line_safe("target", target)
+        if not _URI.fullmatch(target):
+            raise OpError("target must be a sip: or sips: URI")
+        out["target"] = target
     elif op in ("shutdown", "stats"):
         pass
     else:
@@ -378,6 +411,8 @@ class CallState:
     end_reason: str = ""
     reported_end: bool = False
     closing_recs: list[tuple[int, str, float]] = field(default_factory=list)
+    transfer: int | None = None    # id of the transfer waiting for its final status
+    transfer_accepted: bool = False  # its REFER got a 2xx (or a NOTIFY came)
 
 
 def _pj_message(exc: BaseException) -> str:
@@ -694,6 +729,11 @@ class Engine:
             return
         st.ended = True
         st.end_code, st.end_reason = code, reason
+        if st.transfer is not None:   # pjsua reports nothing for a call that is hanging up
+            tid, st.transfer = st.transfer, None
+            self.emit("transfer_result", call=st.wid, id=tid, code=487,
+                      reason="call ended before the transfer's final status"
+                             + (", REFER accepted" if st.transfer_accepted else ""))
         for pid in list(st.players):
             self._drop_player(st, pid)
             self.emit("played", call=st.wid, id=pid, how="stopped")
@@ -888,6 +928,57 @@ class Engine:
         acc.sendRequest(prm)
         self.notifies[int(token.this)] = (f["id"], token, acc)
 
+    def op_transfer(self, f: dict) -> None:
+        st = self._call(f["call"])
+        if not st.answered:
+            raise OpError(f"call {st.wid} is not answered: a transfer needs an answered call")
+        if st.transfer is not None:
+            raise OpError(f"transfer {st.transfer} is still pending on {st.wid}")
+        st.transfer, st.transfer_accepted = f["id"], False
+        try:
+            st.call.xfer(f["target"], pj.CallOpParam(True))
+        except Exception:
+            if st.transfer == f["id"]:     # no result was reported: the op failed
+                st.transfer = None
+                raise
+            log.warning("%s: transfer %s reported before xfer() returned an error", st.wid,
+                        f["id"])
+            return
+        log.info("%s: transfer %s: REFER to %s", st.wid, f["id"], f["target"])
+
+    def on_transfer_status(self, call: Any, prm: Any) -> None:
+        """``Call.onCallTransferStatus`` (pj thread): pjsua reports 100 "Accepted" for the
+        REFER's 2xx, the sipfrag status of each NOTIFY, the REFER's final status when it is
+        refused, 200 for ``Refer-Sub: false`` and 500 for a subscription ended without one;
+        ``finalNotify`` when the subscription is over.  Nothing comes once the call is
+        hanging up (then :meth:`_end_call` reports 487)."""
+        st = self.calls.get(getattr(call, "wid", None) or "")
+        code, final = int(prm.statusCode), bool(prm.finalNotify)
+        reason = clean_text(prm.reason)
+        if st is None or st.call is not call or st.ended or st.transfer is None:
+            prm.cont = False
+            return
+        if not final and code < 200:     # accepted, or a provisional NOTIFY: wait on
+            st.transfer_accepted = True
+            return
+        tid, st.transfer = st.transfer, None
+        prm.cont = False                 # no more reports for this REFER
+        log.info("%s: transfer %s: %d %s%s", st.wid, tid, code, reason,
+                 "" if final else " (subscription still active)")
+        self.emit("transfer_result", call=st.wid, id=tid, code=code, reason=reason)
+        if 200 <= code < 300:
+            assert self.pjt is not None
+            self.pjt.submit(self._hang_up_transferred, st)   # not inside pjsua's callback
+
+    def _hang_up_transferred(self, st: CallState) -> None:
+        """RFC 5589: after a successful transfer the transferor sends BYE."""
+        if st.ended or st.call is None:
+            return                       # the far end hung up first
+        try:
+            self._hangup(st, None)
+        except Exception as exc:
+            log.warning("BYE after the transfer of %s failed: %s", st.wid, _pj_message(exc))
+
     def on_send_request(self, prm: Any) -> None:
         key = int(prm.userData) if prm.userData is not None else None
         entry = self.notifies.get(key) if key is not None else None
@@ -1037,6 +1128,9 @@ def _pj_classes() -> Any:
 
         def onCallMediaState(self, prm: Any) -> None:
             self.engine.guard("media_state", self.engine.on_media_state, self)
+
+        def onCallTransferStatus(self, prm: Any) -> None:
+            self.engine.guard("transfer_status", self.engine.on_transfer_status, self, prm)
 
         def onDtmfDigit(self, prm: Any) -> None:
             try:

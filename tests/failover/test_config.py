@@ -122,7 +122,7 @@ FULL = {
                       "user": "vmport", "password_file": "/etc/vmha/sip.pw", "select": "first",
                       "mwi_target": "sip:{extension}@cm.example:5060",
                       "mwi_account": "sip:{extension}@vm.example", "notify_retries": 2,
-                      "notify_backoff": 0.5, "notify_timeout": 8}},
+                      "notify_backoff": 0.5, "notify_timeout": 8, "transfer_timeout": 25}},
     "admin": {"socket": "/run/vmha/admin.sock"},
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
@@ -184,6 +184,7 @@ def test_full_config(tmp_path):
         ("register", "sip:cm.example:5060", "vmport", "/etc/vmha/sip.pw", "first")
     assert sp.target("1001") == "sip:1001@cm.example:5060" and sp.account("1001") == "sip:1001@vm.example"
     assert (sp.notify_retries, sp.notify_backoff, sp.notify_timeout) == (2, 0.5, 8)
+    assert sp.transfer_timeout == 25.0 and isinstance(sp.transfer_timeout, float)
 
 
 def test_sip_port_settings_are_checked_together(tmp_path):
@@ -202,6 +203,19 @@ def test_sip_port_settings_are_checked_together(tmp_path):
     both = set_key(set_key(minimal(), "ports.sip", on), "ports.smdi",
                    {"enabled": True, "device": "x", "terminals": [1]})
     assert "ports.sip.enabled" in str(error_for(tmp_path, both))
+
+
+def test_sip_transfer_timeout_default_bounds_and_bad_values(tmp_path):
+    on = {"enabled": True}
+    c = load_config(write(tmp_path, set_key(minimal(), "ports.sip", dict(on))))
+    assert c.ports.sip.transfer_timeout == 10.0 and c.ports.sip.profile().transfer_timeout == 10.0
+    for ok in (1, 120, 2.5):
+        c = load_config(write(tmp_path, set_key(minimal(), "ports.sip", {**on, "transfer_timeout": ok})))
+        assert c.ports.sip.profile().transfer_timeout == ok
+    for bad in (0, 0.5, 121, -3, "10", True, float("inf")):
+        err = str(error_for(tmp_path, set_key(minimal(), "ports.sip", {**on, "transfer_timeout": bad})))
+        assert "ports.sip.transfer_timeout" in err, (bad, err)
+        assert "from 1 to 120" in err, (bad, err)
 
 
 def test_smdi_link_settings_are_checked_together(tmp_path):

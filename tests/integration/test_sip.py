@@ -338,3 +338,56 @@ async def test_an_unanswered_notify_times_out_is_retried_and_never_holds_the_cal
         log = (pair_dir / "a.log").read_text()
         # the call had ended before the lamp gave up: "call … ended" precedes the failure
         assert log.index("on sip-1 ended") < log.index("MWI NOTIFY to sip:1001@")
+
+
+async def operator_call(cwd: Path, port: int, scenario: str) -> int:
+    """A SIPp caller forwarded to 1001 who presses 0 during the greeting (``scenario``: the
+    PBX takes or refuses the REFER); it streams 3 s of silence, 1.5 s of VOICE_HZ (heard only
+    if the flow records: after "please hold", the refused transfer and the beep), then
+    silence.  Returns SIPp's exit code (0: every step of the scenario was seen)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    write_tone_ulaw(cwd / "tone.wav", seconds=1.5, freq=VOICE_HZ, lead=3.0, tail=3.0)
+    args = [f"127.0.0.1:{port}", "-s", "5000", "-m", "1", "-mp", str(free_udp_block(4)),
+            "-key", "divnum", "1001", "-trace_logs"]
+    async with sipp(cwd, scenario, *args) as uac:
+        code = await uac.exit_code(60)
+        refer_to = [line.split("Refer-To=", 1)[1] for f in cwd.glob("*_logs.log")
+                    for line in f.read_text(errors="replace").splitlines() if "Refer-To=" in line]
+        assert refer_to == [f"sip:0@127.0.0.1:{uac.port}"], refer_to  # the PBX's address
+        return code
+
+
+async def test_operator_transfer_taken_leaves_no_message_refused_records_one(pair_dir):
+    """``[messaging] operator = "0"``: a caller forwarded to 1001 presses 0 in the greeting.
+    (a) The PBX (SIPp) takes the REFER (202, NOTIFY sipfrag 200): the node hangs up (BYE) and
+    no message is stored.  (b) The PBX refuses it (603): the flow goes on to the beep and
+    records, and the message holds the caller's audio."""
+    fast = {"messaging": {**FAST["messaging"], "operator": "0"}}
+    with Pair(pair_dir, extra=fast, extra_a=sip("a", mwi_port=free_udp_port(), transfer_timeout=5),
+              extra_b=sip("b", mwi_port=free_udp_port(), transfer_timeout=5)) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+        r = await admin(pair.a, {"op": "db_write", "ops": [subscriber("1001")]})
+        assert r["ok"], r
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "a's SIP ports up")
+        port = sip_port(pair, "a")
+        log_path = pair_dir / "a.log"
+
+        # (a) taken: the scenario ends only after the node's BYE
+        assert await operator_call(pair_dir / "taken", port, "uac_operator_accept_rtp.xml") == 0
+        await until(lambda: ": transferred for mailbox mb1001" in log_path.read_text(),
+                    "the flow's outcome (transferred) in a's log")
+        log = log_path.read_text()
+        assert "transfer to 0 (sip:0@127.0.0.1:" in log and "200 OK -> transferred" in log, log
+        assert messages(pair, "mb1001") == []        # the flow was over before any recording
+        await until(lambda: set(port_states(pair.a).values()) == {"idle"}, "the port free again")
+
+        # (b) refused: the flow goes on, beep and recording, the node hangs up after goodbye
+        assert await operator_call(pair_dir / "refused", port, "uac_operator_refuse_rtp.xml") == 0
+        await until(lambda: len(messages(pair, "mb1001")) == 1, "the message after the refusal")
+        (h, wav), = messages(pair, "mb1001")
+        assert h["x-vmha-node"] == "a" and h["x-vmha-reason"] == "no_answer", h
+        assert has_voice(wav), "the caller's audio is not in the message"
+        log = log_path.read_text()
+        assert "603 Decline -> the call goes on" in log, log
+        assert log.count(": transferred for mailbox mb1001") == 1

@@ -366,6 +366,123 @@ async def test_dtmf_by_sip_info_both_bodies():
         assert digits == [("5", "info"), ("7", "info"), ("#", "info")]
 
 
+def refer_to_seen(cwd: Path, scenario: str) -> list[str]:
+    """The Refer-To values SIPp logged (``-trace_logs``) in ``cwd`` for ``scenario``."""
+    logs = "".join(f.read_text(errors="replace") for f in cwd.glob(f"{scenario}_*_logs.log"))
+    return re.findall(r"Refer-To=(.*)", logs)
+
+
+async def answered_call(w: Parent) -> tuple[str, str]:
+    """Take the next ``incoming``, answer it, wait for its media: (call, sip:0@<remote>)."""
+    inc = await w.expect("incoming")
+    call = inc["call"]
+    await w.send(op="answer", call=call)
+    await w.expect("media", call=call)
+    return call, f"sip:0@{inc['remote']}"
+
+
+@needs_sipp
+async def test_transfer_accepted_final_notify_200_then_the_worker_sends_bye():
+    async with worker() as w:
+        async with sipp(w.tmp, "uac_refer_accept.xml",
+                        *uac_args(w, "-key", "sipfrag", "SIP/2.0 200 OK", "-m", "1",
+                                  "-trace_logs")) as uac:
+            with trio.fail_after(GUARD):
+                inc = await w.expect("incoming")
+                call, target = inc["call"], f"sip:0@{inc['remote']}"
+                assert inc["remote"] == f"127.0.0.1:{uac.port}"
+                await w.send(op="transfer", call=call, id=1, target=target)  # not answered
+                err = await w.expect("error", ref=1)
+                assert err["op"] == "transfer" and "not answered" in err["message"], err
+                await w.send(op="answer", call=call)
+                await w.expect("media", call=call)
+                await w.send(op="transfer", call=call, id=2, target=target)
+                await w.send(op="transfer", call=call, id=3, target=target)  # one at a time
+                assert "still pending" in (await w.expect("error", ref=3))["message"]
+                res = await w.expect("transfer_result", call=call)
+                gone = await w.expect("disconnected", call=call)
+            # SIPp saw the REFER, its NOTIFY got 200, then our BYE came (its scenario checks)
+            assert await uac.exit_code() == 0
+        assert (res["id"], res["code"], res["reason"]) == (2, 200, "OK")
+        assert (gone["code"], gone["by"]) == (200, "local")
+        assert refer_to_seen(w.tmp, "uac_refer_accept") == [target]
+        kinds = [e["ev"] for e in w.events if e.get("call") == call and e["ev"] != "error"]
+        assert kinds[-2:] == ["transfer_result", "disconnected"], kinds
+        assert kinds.count("transfer_result") == 1
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
+@needs_sipp
+@pytest.mark.parametrize("refusal", ["603 Decline", "405 Method Not Allowed"])
+async def test_transfer_refused_gives_the_refer_status_and_the_call_stays_up(refusal):
+    async with worker() as w:
+        write_tone_pcm(w.tmp / "prompt.wav", 0.5)
+        # SIPp checks status lines at load time (no key there): a copy with this status
+        scenario = w.tmp / "uac_refer_refuse.xml"
+        text = (SCENARIOS / "uac_refer_refuse.xml").read_text(encoding="latin-1")
+        assert text.count("SIP/2.0 603 Decline") == 1
+        scenario.write_text(text.replace("SIP/2.0 603 Decline", f"SIP/2.0 {refusal}"),
+                            encoding="latin-1")
+        async with sipp(w.tmp, str(scenario), *uac_args(w, "-m", "1", "-trace_logs")) as uac:
+            with trio.fail_after(GUARD):
+                call, target = await answered_call(w)
+                await w.send(op="transfer", call=call, id=5, target=target)
+                res = await w.expect("transfer_result", call=call)
+                # the call is still up: a prompt plays to its end on it
+                await w.send(op="play", call=call, id=6, path="prompt.wav")
+                assert (await w.expect("played", call=call, id=6))["how"] == "eof"
+                await w.send(op="hangup", call=call)
+                gone = await w.expect("disconnected", call=call)
+            assert await uac.exit_code() == 0      # the BYE was the test's hang-up
+        code, reason = refusal.split(" ", 1)
+        assert (res["id"], res["code"], res["reason"]) == (5, int(code), reason)
+        assert gone["by"] == "local"
+        assert refer_to_seen(w.tmp, "uac_refer_refuse") == [target]
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
+@needs_sipp
+async def test_transfer_final_notify_486_gives_486_and_the_call_stays_up():
+    async with worker() as w:
+        write_tone_pcm(w.tmp / "prompt.wav", 0.5)
+        async with sipp(w.tmp, "uac_refer_accept.xml",
+                        *uac_args(w, "-key", "sipfrag", "SIP/2.0 486 Busy Here", "-m", "1",
+                                  "-trace_logs")) as uac:
+            with trio.fail_after(GUARD):
+                call, target = await answered_call(w)
+                await w.send(op="transfer", call=call, id=7, target=target)
+                res = await w.expect("transfer_result", call=call)
+                await w.send(op="play", call=call, id=8, path="prompt.wav")
+                assert (await w.expect("played", call=call, id=8))["how"] == "eof"
+                await w.send(op="hangup", call=call)
+                gone = await w.expect("disconnected", call=call)
+            assert await uac.exit_code() == 0
+        assert (res["id"], res["code"], res["reason"]) == (7, 486, "Busy Here")
+        assert gone["by"] == "local"
+        assert refer_to_seen(w.tmp, "uac_refer_accept") == [target]
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
+@needs_sipp
+async def test_transfer_cut_by_the_far_ends_bye_reports_487():
+    async with worker() as w:
+        async with sipp(w.tmp, "uac_refer_then_bye.xml", *uac_args(w, "-m", "1")) as uac:
+            with trio.fail_after(GUARD):
+                call, target = await answered_call(w)
+                await w.send(op="transfer", call=call, id=9, target=target)
+                res = await w.expect("transfer_result", call=call)
+                gone = await w.expect("disconnected", call=call)
+            assert await uac.exit_code() == 0
+        assert (res["id"], res["code"]) == (9, 487)
+        assert res["reason"] == "call ended before the transfer's final status, REFER accepted"
+        assert (gone["code"], gone["by"]) == (200, "remote")
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
 DTMF_CALLER = textwrap.dedent('''
     import sys, time
     import pjsua2 as pj
@@ -610,6 +727,10 @@ async def test_bad_lines_change_nothing_and_socket_close_exits():
             b'{"op": "stop_play", "call": "w1-1", "id": 1}\n',
             b"x" * 70000 + b"\n",                 # over the 64 KiB line limit
             b'\xff\xfe{"op": "stats"}\n',
+            b'{"op": "transfer", "call": "w1-1", "id": 7, "target": "tel:0"}\n',
+            b'{"op": "transfer", "call": "w1-1", "id": 8, "target": "sip:0@a\\r\\nX: y"}\n',
+            b'{"op": "transfer", "call": "w1-1", "id": 9, "target": "sip:' + b"0" * 300 + b'@a"}\n',
+            b'{"op": "transfer", "call": "w1-1", "id": 10, "target": "sip:0@127.0.0.1"}\n',
         ]
         for line in bad:
             await w.send_raw(line)
@@ -618,6 +739,9 @@ async def test_bad_lines_change_nothing_and_socket_close_exits():
         assert all(e["message"] for e in errors)
         assert errors[8].get("ref") == 1 and errors[8]["op"] == "record"
         assert errors[10]["ref"] == 4
+        assert [(e.get("ref"), e.get("op")) for e in errors[-4:]] == \
+            [(7, "transfer"), (8, "transfer"), (9, "transfer"), (10, "transfer")]
+        assert "no call" in errors[-1]["message"]           # unknown call
         await w.send(op="stats")                  # still alive and unchanged
         with trio.fail_after(GUARD):
             stats = await w.expect("stats")
