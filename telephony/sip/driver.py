@@ -56,6 +56,10 @@ RETRY_CODES = {403, 408, 480, 500, 503, 504}
 #: the PBX's signalling address as the worker reports it (pjsip: "1.2.3.4:5060", "[::1]:5060")
 _REMOTE = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}")
 BYE_WAIT = 5.0  # s a transferred call waits for the worker's "disconnected"
+#: s between looks at a growing recording: pjmedia writes it in 4096-byte steps (256 ms of
+#: audio), so looking more often finds nothing new (bench: 3.7 ms/s of the service's CPU per
+#: call with 0.05 s)
+RECORD_POLL = 0.25
 
 Flow = Callable[[CallArrival, Any, int], Awaitable[Any]]
 
@@ -127,7 +131,8 @@ class SipCall:
     """One answered SIP call, as the call flow sees it (:class:`telephony.callflow.CallPort`)."""
 
     def __init__(self, worker: "Worker", call_id: str, media_dir: Path, *,
-                 record_poll: float = 0.05, remote: str = "", transfer_timeout: float = 10.0,
+                 record_poll: float = RECORD_POLL, remote: str = "",
+                 transfer_timeout: float = 10.0,
                  label: str | None = None) -> None:
         self.worker = worker
         self.id = call_id
