@@ -92,6 +92,22 @@ def transfer_target(destination: str, remote: Any) -> str:
     return f"sip:{user}@{remote}"
 
 
+_MEDIA_FILE = re.compile(r".+-(?:play|rec)-\d+\.wav")
+
+
+def sweep_media(media_dir: Path) -> int:
+    """Remove the play and recording files a previous service left in ``media_dir`` (it was
+    killed: its ``finally`` never ran).  Run before this service starts its workers, so
+    every such file is a leftover; a dying old worker still writing one loses nothing (the
+    recording died with its service, docs/messaging-service.md).  Returns how many."""
+    n = 0
+    for path in media_dir.iterdir():
+        if _MEDIA_FILE.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 class _Lines:
     """JSON lines from a stream, bounded."""
 
@@ -428,6 +444,10 @@ class SipPorts:
                   task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.media_dir.mkdir(parents=True, exist_ok=True)
+        swept = await trio.to_thread.run_sync(sweep_media, self.media_dir)
+        if swept:
+            log.warning("removed %d media files left by a messaging service that did not stop "
+                        "cleanly (the recordings of its calls in progress)", swept)
         async with trio.open_nursery() as nursery:
             # Started at once: the service starts its health loop after its drivers, and must
             # report health while the workers start (the ports are down until their worker is

@@ -153,3 +153,16 @@ async def test_a_worker_gone_during_the_wait(tmp_path):
     _, call3 = make_call(tmp_path)
     call3.worker = w                                  # the op cannot be sent at all
     assert await call3.transfer("0") is False and call3.hung_up
+
+
+def test_media_files_left_by_a_killed_service_are_swept(tmp_path):
+    from telephony.sip.driver import sweep_media
+
+    left = ["w1-3-rec-2.wav", "w12-40-play-1.wav", "w1-3-play-17.wav"]
+    kept = ["greeting.wav", "w1-3-rec-2.wav.json", "notes.txt", "w1-rec-.wav"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"RIFF")
+    (tmp_path / "x-rec-1.wav.d").mkdir()
+    assert sweep_media(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x-rec-1.wav.d"])
+    assert sweep_media(tmp_path) == 0
