@@ -436,19 +436,26 @@ async def test_tcp_zero_during_the_greeting_asks_the_pbx_for_a_transfer(taken):
             assert svc.desk.calls_in_progress == 0
 
 
+async def zero_for_the_operator(listener, call_id: str) -> RawClient:
+    """A call forwarded to 4000 whose caller presses 0 in the greeting; returns once the
+    trunk asked for the transfer."""
+    client = RawClient(await listener.connect())
+    await client.send({"op": "offer", "call_id": call_id, "forwarding": "4000",
+                       "reason": "busy"})
+    assert (await client.reply())["ev"] == "answered"
+    await client.send({"op": "dtmf", "digit": "0"})
+    while (await client.reply())["ev"] != "transfer":
+        pass
+    return client
+
+
 async def test_a_transfer_nobody_answers_fails_after_the_timeout(autojump_clock):
     flow, sink = make_flow(operator="0")
     trunk, listener = make_trunk(flow=flow.handle, realtime=False, transfer_timeout=4.0)
     with trio.fail_after(60):
         async with running_service(drivers=[trunk]) as (svc, mgr, _):
             await activate(mgr)
-            client = RawClient(await listener.connect())
-            await client.send({"op": "offer", "call_id": "t1", "forwarding": "4000",
-                               "reason": "busy"})
-            assert (await client.reply())["ev"] == "answered"
-            await client.send({"op": "dtmf", "digit": "0"})
-            while (ev := await client.reply())["ev"] != "transfer":
-                pass
+            client = await zero_for_the_operator(listener, "t1")
             asked = trio.current_time()
             while (ev := await client.reply())["ev"] != "record_start":
                 assert ev["ev"] in ("play", "play_end", "beep"), ev
@@ -470,13 +477,7 @@ async def test_a_caller_who_hangs_up_while_the_transfer_waits_leaves_nothing(aut
     with trio.fail_after(60):
         async with running_service(drivers=[trunk]) as (svc, mgr, _):
             await activate(mgr)
-            client = RawClient(await listener.connect())
-            await client.send({"op": "offer", "call_id": "t2", "forwarding": "4000",
-                               "reason": "busy"})
-            assert (await client.reply())["ev"] == "answered"
-            await client.send({"op": "dtmf", "digit": "0"})
-            while (await client.reply())["ev"] != "transfer":
-                pass
+            client = await zero_for_the_operator(listener, "t2")
             await client.send({"op": "hangup"})
             assert (await client.reply())["ev"] == "ended"
             await mgr.expect("call", event="ended")

@@ -42,6 +42,19 @@ async def next_op(w: FakeWorker) -> dict:
     return w.ops[-1]
 
 
+async def run_transfer(w: FakeWorker, call: SipCall, worker_side) -> dict:
+    """``call.transfer("0")`` in a task; once its op is out, ``await worker_side(op, result)``
+    plays the worker.  Returns ``result`` (``ok``: what transfer returned)."""
+    result: dict = {}
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as n:
+            async def run():
+                result["ok"] = await call.transfer("0")
+            n.start_soon(run)
+            await worker_side(await next_op(w), result)
+    return result
+
+
 def test_destination_and_target():
     assert transfer_target("0", "10.1.2.3:5060") == "sip:0@10.1.2.3:5060"
     assert transfer_target("*12#", "[2001:db8::1]:5061") == "sip:*12%23@[2001:db8::1]:5061"
@@ -58,20 +71,17 @@ async def test_success_waits_for_the_disconnect_and_the_call_is_over(tmp_path, c
     caplog.set_level("INFO", logger="telephony.sip")
     w, call = make_call(tmp_path)
     assert isinstance(call, CallPort)
-    result = {}
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as n:
-            async def run():
-                result["ok"] = await call.transfer("0")
-            n.start_soon(run)
-            op = await next_op(w)
-            assert op == {"call": "w1-1", "op": "transfer", "id": op["id"],
-                          "target": "sip:0@10.0.0.5:5060"}
-            call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 200,
-                        "reason": "OK"})
-            await trio.lowlevel.checkpoint()
-            assert "ok" not in result          # not over before the worker's disconnect
-            call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "local"})
+
+    async def worker_side(op, result):
+        assert op == {"call": "w1-1", "op": "transfer", "id": op["id"],
+                      "target": "sip:0@10.0.0.5:5060"}
+        call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 200,
+                    "reason": "OK"})
+        await trio.lowlevel.checkpoint()
+        assert "ok" not in result          # not over before the worker's disconnect
+        call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "local"})
+
+    result = await run_transfer(w, call, worker_side)
     assert result["ok"] is True and call.hung_up
     assert "call call-x: transfer to 0 (sip:0@10.0.0.5:5060): 200 OK -> transferred" in caplog.text
 
@@ -84,33 +94,25 @@ async def test_success_waits_for_the_disconnect_and_the_call_is_over(tmp_path, c
 async def test_a_failure_returns_false_and_the_call_goes_on(tmp_path, ev, caplog):
     caplog.set_level("INFO", logger="telephony.sip")
     w, call = make_call(tmp_path)
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as n:
-            result = {}
 
-            async def run():
-                result["ok"] = await call.transfer("0")
-            n.start_soon(run)
-            op = await next_op(w)
-            ref = {"ref": op["id"]} if ev["ev"] == "error" else {"id": op["id"]}
-            call.event({**ev, "call": "w1-1", **ref})
+    async def worker_side(op, result):
+        ref = {"ref": op["id"]} if ev["ev"] == "error" else {"id": op["id"]}
+        call.event({**ev, "call": "w1-1", **ref})
+
+    result = await run_transfer(w, call, worker_side)
     assert result["ok"] is False and not call.hung_up
     assert "the call goes on" in caplog.text
 
 
 async def test_call_ended_before_the_final_status(tmp_path):
     w, call = make_call(tmp_path)
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as n:
-            result = {}
 
-            async def run():
-                result["ok"] = await call.transfer("0")
-            n.start_soon(run)
-            op = await next_op(w)
-            call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 487,
-                        "reason": "call ended before the transfer's final status"})
-            call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "remote"})
+    async def worker_side(op, result):
+        call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 487,
+                    "reason": "call ended before the transfer's final status"})
+        call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "remote"})
+
+    result = await run_transfer(w, call, worker_side)
     assert result["ok"] is False and call.hung_up
 
 
@@ -139,15 +141,11 @@ async def test_after_a_hang_up_or_without_remote_nothing_is_sent(tmp_path):
 
 async def test_a_worker_gone_during_the_wait(tmp_path):
     w, call = make_call(tmp_path)
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as n:
-            result = {}
 
-            async def run():
-                result["ok"] = await call.transfer("0")
-            n.start_soon(run)
-            await next_op(w)
-            call.gone()
+    async def worker_side(op, result):
+        call.gone()
+
+    result = await run_transfer(w, call, worker_side)
     assert result["ok"] is False and call.hung_up and call.end_info["by"] == "worker"
     w.gone = True
     _, call3 = make_call(tmp_path)

@@ -425,15 +425,7 @@ async def test_transfer_refused_gives_the_refer_status_and_the_call_stays_up(ref
         scenario.write_text(text.replace("SIP/2.0 603 Decline", f"SIP/2.0 {refusal}"),
                             encoding="latin-1")
         async with sipp(w.tmp, str(scenario), *uac_args(w, "-m", "1", "-trace_logs")) as uac:
-            with trio.fail_after(GUARD):
-                call, target = await answered_call(w)
-                await w.send(op="transfer", call=call, id=5, target=target)
-                res = await w.expect("transfer_result", call=call)
-                # the call is still up: a prompt plays to its end on it
-                await w.send(op="play", call=call, id=6, path="prompt.wav")
-                assert (await w.expect("played", call=call, id=6))["how"] == "eof"
-                await w.send(op="hangup", call=call)
-                gone = await w.expect("disconnected", call=call)
+            target, res, gone = await failed_transfer_then_hang_up(w, 5)
             assert await uac.exit_code() == 0      # the BYE was the test's hang-up
         code, reason = refusal.split(" ", 1)
         assert (res["id"], res["code"], res["reason"]) == (5, int(code), reason)
@@ -443,6 +435,19 @@ async def test_transfer_refused_gives_the_refer_status_and_the_call_stays_up(ref
         assert await wait_exit(w.proc) == 0
 
 
+async def failed_transfer_then_hang_up(w, tid: int) -> tuple[str, dict, dict]:
+    """Answer SIPp's call, transfer it (id ``tid``), then show the call is still up after the
+    result (a prompt plays to its end on it) and hang up: (target, result, disconnected)."""
+    with trio.fail_after(GUARD):
+        call, target = await answered_call(w)
+        await w.send(op="transfer", call=call, id=tid, target=target)
+        res = await w.expect("transfer_result", call=call)
+        await w.send(op="play", call=call, id=tid + 1, path="prompt.wav")
+        assert (await w.expect("played", call=call, id=tid + 1))["how"] == "eof"
+        await w.send(op="hangup", call=call)
+        return target, res, await w.expect("disconnected", call=call)
+
+
 @needs_sipp
 async def test_transfer_final_notify_486_gives_486_and_the_call_stays_up():
     async with worker() as w:
@@ -450,14 +455,7 @@ async def test_transfer_final_notify_486_gives_486_and_the_call_stays_up():
         async with sipp(w.tmp, "uac_refer_accept.xml",
                         *uac_args(w, "-key", "sipfrag", "SIP/2.0 486 Busy Here", "-m", "1",
                                   "-trace_logs")) as uac:
-            with trio.fail_after(GUARD):
-                call, target = await answered_call(w)
-                await w.send(op="transfer", call=call, id=7, target=target)
-                res = await w.expect("transfer_result", call=call)
-                await w.send(op="play", call=call, id=8, path="prompt.wav")
-                assert (await w.expect("played", call=call, id=8))["how"] == "eof"
-                await w.send(op="hangup", call=call)
-                gone = await w.expect("disconnected", call=call)
+            target, res, gone = await failed_transfer_then_hang_up(w, 7)
             assert await uac.exit_code() == 0
         assert (res["id"], res["code"], res["reason"]) == (7, 486, "Busy Here")
         assert gone["by"] == "local"
