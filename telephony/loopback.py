@@ -53,12 +53,12 @@ than its maximum on the Trio clock either.  Digits wait in a queue of ``MAX_PEND
 cleared).  A transfer the client does not answer within ``transfer_timeout`` seconds (a
 trunk setting, default 10) has failed and the call goes on; a ``transfer`` answer with no
 transfer asked for gets an ``error``.  A bad ``audio`` or ``dtmf`` line gets an ``error`` and
-changes nothing.  After the
-service hung up, input is read and ignored for up to ``cleanup_timeout`` seconds.  The flow
-may go on after the caller hung up (to store the message) for up to ``flow_grace`` seconds;
-the call counts as in progress (``service.end_call``) until the flow is done.  Without a
-``flow`` the trunk behaves as before: the call is held until a side hangs up, and ``audio``
-and ``dtmf`` lines get "unknown op" errors.
+changes nothing.  After the service hung up, input is read and ignored for up to
+``cleanup_timeout`` seconds.  The flow may go on after the caller hung up (to store the
+message) for up to ``flow_grace`` seconds; the call counts as in progress
+(``service.end_call``) until the flow is done.  Without a ``flow`` the trunk behaves as
+before: the call is held until a side hangs up, and ``audio`` and ``dtmf`` lines get
+"unknown op" errors.
 
 Lines are bounded (``max_line``, 4 KiB).  A bad line gets ``{"ev": "error", "message": ...}``
 and changes nothing; an over-long line gets the error and the connection is closed (the
@@ -84,8 +84,8 @@ from integrations.loopback import LOOPBACK
 from ._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
 from . import media
 from .callflow import check_destination
-from .mwi import require_term
 from .events import CallArrival
+from .mwi import require_term
 from .ports import ActiveCall, CallService, PortRegistry, PortState
 
 log = logging.getLogger("telephony.loopback")

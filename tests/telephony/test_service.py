@@ -347,3 +347,15 @@ async def test_driver_counters_go_to_the_node_manager_only_when_they_change(auto
         assert len([m for m in mgr.received if m["op"] == "counters"]) == seen
         trunk.counters["records"] = 3
         assert (await mgr.expect("counters"))["groups"] == {trunk.kind: {"records": 3}}
+
+
+async def test_counters_out_of_bounds_are_logged_and_the_service_goes_on(autojump_clock, caplog):
+    trunk = DirectTrunk()
+    trunk.counters = {"records": -1}  # below the bound of the control message
+    async with running_service(drivers=[trunk]) as (svc, mgr, result):
+        await trio.sleep(3)
+        assert not result["done"].is_set()
+        assert not [m for m in mgr.received if m["op"] == "counters"]
+        trunk.counters = {"records": 2}
+        assert (await mgr.expect("counters"))["groups"] == {trunk.kind: {"records": 2}}
+    assert "counters not reported: " in caplog.text
