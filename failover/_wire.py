@@ -90,7 +90,7 @@ STATUS_BODY = Struct(
     "node" / _NODE, "role" / _EnumField(Role), "state" / _EnumField(State), "term" / Int64ul,
     "service" / _EnumField(ServiceHealth), "mode" / _EnumField(Mode), "flags" / _FLAGS,
     "calls" / Int16ul, "ports" / Int16ul, "repl_pos" / Int64ul,
-    "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul, Terminated)
+    "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul, "settings" / Int64ul, Terminated)
 COMMAND_BODY = Struct("kind" / _EnumField(CommandKind), "term" / Int64ul,
                       "reason" / _REASON, Terminated)
 _FLAG_NAMES = ("eligible", "licensed", "hold", "shutting_down")
@@ -122,6 +122,7 @@ class Status:
     repl_pos: int
     ping_interval_ms: int
     uptime_ms: int
+    settings: int = 0  # digest of the settings both nodes must share (0: not said)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ def format_status(st: dict) -> str:
               f"{sum(v for k, v in p['link'].items() if k.startswith('dropped_'))}",
               f"failover after {s['takeover_after_s']} s of silence ({s['missed_pings']} x "
               f"{s['ping_interval_s'] * 1000:.0f} ms), lease {s['lease_s']} s, failback {s['failback']}"]
+    if p["link"].get("settings_match") is False:
+        lines.append("SHARED SETTINGS DIFFER from the peer's: vmha configure --check on both "
+                     "files names them")
     lines += _format_replication(st.get("replication"))
     lines += [f"{group}: " + ", ".join(f"{k} {v}" for k, v in counters.items())
               for group, counters in (st.get("counters") or {}).items()]

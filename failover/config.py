@@ -10,7 +10,9 @@ docs/configuration.md documents every key; tests check that the page names every
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -1068,6 +1070,15 @@ def _get(c: NodeConfig, dotted: str) -> Any:
     if isinstance(v, _dt.time):
         return v.strftime("%H:%M")
     return v
+
+
+def shared_settings_digest(c: NodeConfig) -> int:
+    """64 bits of SHA-256 over the :data:`MUST_MATCH` keys and their values.  The node link
+    carries it in every status frame, so each node sees at run time whether its peer runs
+    with the same shared settings (``vmha configure --check`` names the keys).  Never 0,
+    which on the wire means "not said"."""
+    text = json.dumps([[key, _get(c, key)] for key in MUST_MATCH], default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") or 1
 
 
 def settings_that_must_match(a: NodeConfig, b: NodeConfig) -> list[str]:

@@ -16,7 +16,7 @@ import trio
 from . import _events as ev
 from ._wire import (NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection,
                     LinkError, Status)
-from .config import NodeConfig
+from .config import NodeConfig, shared_settings_digest
 from .eventlog import EventLog
 
 COMMAND_NAMES = {CommandKind.STEP_DOWN: "step_down", CommandKind.TAKE_OVER: "take_over",
@@ -36,6 +36,10 @@ class PeerLink:
         self.counters: Counter[str] = Counter()
         self._last_log: dict[str, float] = {}
         self._redial = trio.Event()  # set when the peer dials us: it is up, dial it now
+        #: digest of the settings both nodes must share (sent in every status frame), and
+        #: the peer's last one (None: not heard yet, or an older program that does not say)
+        self.settings = shared_settings_digest(cfg)
+        self.peer_settings: int | None = None
 
     # ------------------------------------------------------------------ API for the node manager
 
@@ -56,7 +60,23 @@ class PeerLink:
 
     def stats(self) -> dict:
         return {"out_connected": self.out_connected, "in_connections": len(self.inbound),
+                "settings_match": None if self.peer_settings is None
+                else self.peer_settings == self.settings,
                 **{k: v for k, v in sorted(self.counters.items())}}
+
+    def _peer_settings(self, digest: int) -> None:
+        """Say once when the peer's shared settings start or stop matching ours."""
+        if not digest or digest == self.peer_settings:
+            return
+        before, self.peer_settings = self.peer_settings, digest
+        if digest != self.settings:
+            self.events.write("error", "settings_differ", f"{self.cfg.link.peer_name} runs with "
+                              "other values of the settings both nodes must share (failover "
+                              "timing, failback, replication, store, messaging): run vmha "
+                              "configure --check on the two files to see which")
+        elif before is not None:
+            self.events.write("info", "settings_match", f"{self.cfg.link.peer_name} runs with "
+                              "the same shared settings again")
 
     # ------------------------------------------------------------------ tasks
 
@@ -193,6 +213,7 @@ class PeerLink:
     async def _deliver(self, e) -> None:
         if isinstance(e, Status):
             self.counters["heartbeats_in"] += 1
+            self._peer_settings(e.settings)
             await self.inbox.send(ev.heartbeat_from(e))
         elif isinstance(e, Command):
             self.counters["commands_in"] += 1

@@ -237,7 +237,7 @@ class NodeManager:
         return Status(**{**fields, "calls": min(s.calls, 65535)},
                       ports=min(len(self.service.ports), 65535), repl_pos=self.repl.head,
                       ping_interval_ms=int(self.cfg.failover.ping_interval * 1000),
-                      uptime_ms=int(s.uptime * 1000))
+                      uptime_ms=int(s.uptime * 1000), settings=self.link.settings)
 
     def _set_priority(self) -> None:
         prio = self.cfg.failover.realtime_priority

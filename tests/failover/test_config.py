@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from failover._state import FailbackType, Mode, Role
 from failover.config import (
-    PROFILES, SCHEMA, Address, ConfigError, NodeConfig, guide_settings, load_config,
+    MUST_MATCH, PROFILES, SCHEMA, Address, ConfigError, NodeConfig, guide_settings, load_config,
     parse_address, parse_config, settings_that_must_match,
 )
 from failover.configure import configure_main, load_key, make_pair, write_pair
@@ -589,6 +589,23 @@ def test_shared_settings_must_match(section, values, key):
     b[section] = values
     out = settings_that_must_match(*pair(a, b))
     assert out and out[0].startswith(key + ": "), out
+
+
+def test_the_shared_settings_digest_changes_with_the_shared_settings_only():
+    from failover.config import shared_settings_digest
+
+    a, b = pair(*pair_docs())
+    assert shared_settings_digest(a) == shared_settings_digest(b) != 0  # names, roles differ
+    x, y = pair_docs()
+    y["failover"] = {"mode": "manual", "drain_timeout": 10.0}  # local settings
+    assert shared_settings_digest(pair(x, y)[1]) == shared_settings_digest(a)
+    for section, values in (("messaging", {"operator": "0"}), ("failover", {"missed_pings": 7}),
+                            ("store", {"timeout": 3}), ("replication", {"max_frame": 1048576})):
+        x, y = pair_docs()
+        y[section] = values
+        changed = shared_settings_digest(pair(x, y)[1]) != shared_settings_digest(a)
+        must = any(k.startswith(section + ".") and k.split(".")[1] in values for k in MUST_MATCH)
+        assert changed == must, (section, values)
 
 
 def test_window_must_match():

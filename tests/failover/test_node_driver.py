@@ -17,6 +17,8 @@ from failover.statefile import load_state
 
 
 class FakeLink:
+    settings = 0x5E77  # the shared-settings digest the node puts in its status frames
+
     def __init__(self):
         self.sent: list[tuple[float, object]] = []
 
@@ -110,6 +112,8 @@ async def test_heartbeats_go_out_every_ping_interval(tmp_path, autojump_clock):
     gaps = [round(b - a, 9) for a, b in zip(times, times[1:])]
     assert max(gaps) <= 0.1 + 1e-9  # never later than the ping interval
     assert len(times) >= 20
+    # every status frame carries the digest of the settings both nodes must share
+    assert {m.settings for _, m in link.sent if type(m).__name__ == "Status"} == {0x5E77}
 
 
 async def test_silent_peer_is_taken_over_exactly_at_the_timeout(tmp_path, autojump_clock):

@@ -120,25 +120,26 @@ def test_not_established_before_handshake():
 
 NODE32 = "primary-node-0123456789abcdefghi"
 GOLDEN_STATUS = (
-    "564d01026e00"                                    # magic, version 1, type 2, length 110
+    "564d01027600"                                    # magic, version 1, type 2, length 118
     "0100000000000000"                                # seq 1
     "20" + NODE32.encode().hex() +                    # node
     "00" "03" "2a00000000000000" "02" "00" "0b"       # role, state, term 42, service, mode, flags
     "0300" "1800" "15cd5b0700000000"                  # calls 3, ports 24, repl_pos 123456789
     "e8030000" "005c260500000000"                     # ping 1000 ms, uptime 86400000 ms
+    "0807060504030201"                                # settings digest
 )
 
 
 def test_golden_status_frame():
     d, a = pair(d_node=NODE32)
-    frame = d.send(status(node=NODE32))
+    frame = d.send(status(node=NODE32, settings=0x0102030405060708))
     assert frame[:2] == b"VM" and frame[2] == 1 and frame[3] == FrameType.STATUS
     assert struct.unpack("<H", frame[4:6])[0] == len(frame) - 6
     assert frame[6:14] == (1).to_bytes(8, "little")
     assert frame[:-32].hex() == GOLDEN_STATUS
     key = spec_key(PSK, N_D, N_A, NODE32, "beta")
     assert frame[-32:] == hmac.new(key, b"d2a" + frame[:-32], hashlib.sha256).digest()
-    assert len(frame) == 116 <= 200  # the guide's packet was 785 bytes
+    assert len(frame) == 124 <= 200  # the guide's packet was 785 bytes
     assert d.send(status(node=NODE32))[6:14] == (2).to_bytes(8, "little")
 
 
@@ -504,6 +505,7 @@ def test_constructor_validation(kw):
     status(node="other"),
     status(term=-1), status(term=2**64), status(calls=70000), status(ports=-1),
     status(ping_interval_ms=2**32), status(uptime_ms=1.5), status(eligible=1),
+    status(settings=2**64), status(settings=-1),
     status(state=17), status(role="primary"),
     Command(CommandKind.STEP_DOWN, 1, "é" * 61),  # 122 bytes of utf-8
     Command(CommandKind.STEP_DOWN, 2**64, "x"), Command(5, 1, "x"), Command(1, 1, b"x"),
@@ -567,7 +569,7 @@ def fuzz_status(node="alpha"):
         term=u(64), service=st.sampled_from(ServiceHealth), mode=st.sampled_from(Mode),
         eligible=st.booleans(), licensed=st.booleans(), hold=st.booleans(),
         shutting_down=st.booleans(), calls=u(16), ports=u(16), repl_pos=u(64),
-        ping_interval_ms=u(32), uptime_ms=u(64))
+        ping_interval_ms=u(32), uptime_ms=u(64), settings=u(64))
 
 
 def fuzz_command():

@@ -577,6 +577,8 @@ async def test_cli_status(pair_dir):
 
         r = await trio.to_thread.run_sync(_vmha, "status", "-c", str(pair.a.config))
         assert r.returncode == 0 and "a (this)" in r.stdout and "active" in r.stdout, r
+        assert "SHARED SETTINGS DIFFER" not in r.stdout
+        assert js["peer"]["link"]["settings_match"] is True
 
         rc_b = await trio.to_thread.run_sync(pair.b.stop)
         assert rc_b == 0
@@ -588,3 +590,19 @@ async def test_cli_status(pair_dir):
         s = await until(lambda: (x := pair.a.status()) and not x["peer"]["reachable"] and x,
                         "a to see b gone")
         assert s["node"]["state"] == "active"
+
+
+async def test_shared_settings_that_differ_at_run_time_are_reported(pair_dir):
+    """b runs with an operator extension a does not have: both nodes say so in their status
+    and event log (the heartbeat carries a digest of the settings that must match)."""
+    with Pair(pair_dir, extra_b={"messaging": {"operator": "0"}}) as pair:
+        pair.start(first="a")
+        await wait_active(pair, "a")
+        for node in (pair.a, pair.b):
+            await until(lambda: (s := node.status()) and s["peer"]["link"]["settings_match"]
+                        is False, f"{node.name} to see the difference")
+            await until(lambda: any(e["event"] == "settings_differ" for e in node.events()),
+                        f"{node.name}'s event log")
+        r = await trio.to_thread.run_sync(_vmha, "status", "-c", str(pair.a.config))
+        assert r.returncode == 0 and "SHARED SETTINGS DIFFER" in r.stdout, r
+        assert pair.states() == {"a": "active", "b": "inactive"}  # reported, nothing else
