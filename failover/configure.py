@@ -20,6 +20,7 @@ from .config import (
     DEFAULT_LINK_PORT, PROFILES, ConfigError, check_node_name, load_config, parse_address,
     parse_config, settings_that_must_match,
 )
+from .statefile import write_new_file
 
 __all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "PairFiles", "make_pair", "write_pair",
            "load_key", "configure_main"]
@@ -112,16 +113,8 @@ def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Write ``data`` to a fresh temp file (O_CREAT|O_EXCL, ``mode``), fsync, then move it to
     ``path``: ``os.replace`` with ``force``, else ``os.link`` (fails if ``path`` exists)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # exact mode whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(tmp, data, mode)
         if force:
             os.replace(tmp, path)
         else:

@@ -31,6 +31,21 @@ def load_state(path: Path) -> Persisted:
     return Persisted(term=term, last_contact_wall=contact)
 
 
+def write_new_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (which must not exist: ``O_EXCL``) with exactly ``mode`` whatever the
+    umask, write all of ``data``, fsync and close it.  The caller then links or renames it into
+    place (and fsyncs the directory), and removes it if that fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_state(path: Path, state: Persisted) -> None:
     """Atomic and durable: a crash leaves either the old or the new file, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import trio
 
+from failover.statefile import write_new_file
+
 from .events import Reason
 from .message import VoiceMessage
 from .store import (MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, _fsync_dir,
@@ -197,14 +199,7 @@ class Spool:
                         return self.directory / name
                 counter = max(self._counter, top) + 1
                 tmp = self.directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                write_new_file(tmp, data, 0o644)
                 while True:
                     target = self.directory / f"{counter:012d}-{safe}{SUFFIX}"
                     try:

@@ -43,6 +43,8 @@ from typing import Protocol
 
 import trio
 
+from failover.statefile import write_new_file
+
 from .events import check_text
 from .message import VoiceMessage
 
@@ -437,15 +439,8 @@ class MaildirStore:
             return False
         tmp = d / "tmp" / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
         target = d / "new" / key
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, data, 0o600)
             try:
                 os.link(tmp, target)  # atomic, never replaces: an existing name is a duplicate
             except FileExistsError:
