@@ -213,10 +213,13 @@ class LoopbackTrunk:
 
     async def _monitor(self, line: "_Line") -> None:
         """The simulated PBX's MWI side: ``{"op": "monitor"}`` gets ``{"ev": "monitoring"}``,
-        then one ``{"ev": "mwi", ...}`` line per lamp job, until the client closes."""
-        await line.reply(ev="monitoring")
-        self._monitors.add(line)
+        then one ``{"ev": "mwi", ...}`` line per lamp job, until the client closes.  It is a
+        monitor before ``monitoring`` goes out: every job sent after the client read that line
+        reaches it."""
         try:
+            async with line.lock:  # "monitoring" goes out before any job
+                self._monitors.add(line)
+                await line.stream.send_all(_line_bytes(ev="monitoring"))
             while await line.read() is not None:
                 pass  # nothing is expected from a monitor; its lines are ignored
         finally:
@@ -779,6 +782,10 @@ class LoopbackPort:
         self._on_service_end()
 
 
+def _line_bytes(**msg: Any) -> bytes:
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
 class _Line:
     """JSON lines on one client connection; reads are bounded, replies are serialised."""
 
@@ -813,7 +820,7 @@ class _Line:
             return ev
 
     async def reply(self, **msg: Any) -> None:
-        data = json.dumps(msg, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        data = _line_bytes(**msg)
         async with self.lock:
             await self.stream.send_all(data)
 
