@@ -21,7 +21,7 @@ from enum import IntEnum
 
 from construct import (
     Adapter, BitsInteger, BitStruct, Bytes, Const, ConstructError, ExprValidator, Flag,
-    Int8ul, Int16ul, Int32ul, Int64ul, MappingError, PascalString, Struct, Terminated,
+    GreedyBytes, Int8ul, Int16ul, Int32ul, Int64ul, MappingError, PascalString, Struct, Terminated,
 )
 
 from ._state import Mode, Role, ServiceHealth, State
@@ -86,11 +86,16 @@ HELLO_BODY = Struct("node" / _NODE, "role" / _EnumField(Role), "nonce" / Bytes(N
                     "mac" / Bytes(MAC_SIZE), Terminated)
 _FLAGS = BitStruct(Const(0, BitsInteger(4)), "shutting_down" / Flag, "hold" / Flag,
                    "licensed" / Flag, "eligible" / Flag)  # first field = most significant bit
-STATUS_BODY = Struct(
+_STATUS_FIELDS = (
     "node" / _NODE, "role" / _EnumField(Role), "state" / _EnumField(State), "term" / Int64ul,
     "service" / _EnumField(ServiceHealth), "mode" / _EnumField(Mode), "flags" / _FLAGS,
     "calls" / Int16ul, "ports" / Int16ul, "repl_pos" / Int64ul,
-    "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul, "settings" / Int64ul, Terminated)
+    "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul)
+STATUS_BODY = Struct(*_STATUS_FIELDS, "settings" / Int64ul, Terminated)
+# Reading is lenient at the end only: a body that stops after uptime_ms (the version before
+# ``settings``) reads as settings 0, and bytes after ``settings`` (fields a later version
+# appends) are ignored; 1 to 7 bytes there are a parse error.  The frame is authenticated.
+_STATUS_READ = Struct(*_STATUS_FIELDS, "rest" / GreedyBytes)
 COMMAND_BODY = Struct("kind" / _EnumField(CommandKind), "term" / Int64ul,
                       "reason" / _REASON, Terminated)
 _FLAG_NAMES = ("eligible", "licensed", "hold", "shutting_down")
@@ -327,7 +332,10 @@ class LinkConnection:
         body = signed[HEADER_SIZE + _SEQ.sizeof():]
         try:
             if ftype == FrameType.STATUS:
-                f = STATUS_BODY.parse(body)
+                f = _STATUS_READ.parse(body)
+                if 0 < len(f.rest) < 8:
+                    return self._drop("parse", frame)
+                f.settings = int.from_bytes(f.rest[:8], "little")
                 event = Status(**{k: f[k] for k in Status.__dataclass_fields__
                                   if k not in _FLAG_NAMES},
                                **{k: f.flags[k] for k in _FLAG_NAMES})

@@ -309,14 +309,25 @@ def test_authentic_but_unusable_frames_are_dropped_and_consume_seq(ftype, body, 
     assert a.next_event() == status()
 
 
+def test_status_bodies_of_the_version_before_and_of_later_versions_are_read():
+    """Without ``settings`` (the previous version): settings 0.  With bytes after it (fields a
+    later version appends): they are ignored."""
+    d, a = pair()
+    good = d.send(status(settings=77))[14:-32]
+    for seq, (body, settings) in enumerate([(good[:-8], 0), (good + b"new-field", 77),
+                                            (good, 77)], start=1):
+        a.receive_data(seal(KEY, FrameType.STATUS, seq, body))
+        assert a.next_event() == status(settings=settings)
+
+
 def test_status_body_checks():
     d, a = pair()
     good = d.send(status())[14:-32]
     variants = {
         "parse": [good[:6] + b"\x09" + good[7:],                 # unknown state
                   good[:16] + bytes([good[16] | 0x10]) + good[17:],  # reserved flag bit
-                  good + b"\x00",                                # trailing byte
-                  good[:-1]],                                    # short
+                  good[:-1],                                     # settings cut short
+                  good[:-8] + b"\x00"],                          # 1 byte where 8 go
         "node": [b"\x04beta" + good[6:]],                        # not the authenticated peer
     }
     seq = 1
