@@ -188,20 +188,24 @@ async def test_starved_service_reads_renewals_sent_in_time_instead_of_fencing():
     SIGCONT it handles the queued renewals and keeps its term.  Renewals that stop do fence it."""
     import time as _time
 
+    # The stop (1.5 s) is longer than the lease (1 s), so the activation's own deadline passes
+    # while the service is stopped; the lease leaves the service up to 0.9 s after SIGCONT to
+    # get a CPU (a loaded machine took more than 0.3 s with a 0.4 s lease).
+    lease = 1.0
     async with service_process() as (proc, mgr, hello, log_path):
-        await mgr.send("activate", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+        await mgr.send("activate", term=2, lease=lease, until=_time.monotonic() + lease)
         with trio.fail_after(GUARD):
             await mgr.expect("activated", term=2)
         os.kill(proc.pid, signal.SIGSTOP)
         try:
-            for _ in range(10):  # 1 s of renewals queue up in the socket
+            for _ in range(15):  # 1.5 s of renewals queue up in the socket
                 await trio.sleep(0.1)
-                await mgr.send("renew", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+                await mgr.send("renew", term=2, lease=lease, until=_time.monotonic() + lease)
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         for _ in range(3):
             await trio.sleep(0.1)
-            await mgr.send("renew", term=2, lease=0.4, until=_time.monotonic() + 0.4)
+            await mgr.send("renew", term=2, lease=lease, until=_time.monotonic() + lease)
         for _ in range(3):  # the service is running again and has read its queue
             await mgr.expect("health")
         assert not [m for m in mgr.received if m["op"] == "fenced"], mgr.received[-5:]
