@@ -17,13 +17,10 @@ from telephony.mwi import MwiJob
 from telephony.ports import PortRegistry
 from telephony.smdi.driver import SmdiLink
 from telephony.smdi.pbxsim import PbxSimulator
+from tests.telephony.test_smdi_driver import Service, until
 
 GUARD = 60.0  # seconds: a hang guard only
 CALL_TYPES = "ABDNU"
-
-
-class Service:
-    node = "a"
 
 
 def make_link(settings) -> SmdiLink:
@@ -36,14 +33,6 @@ def make_link(settings) -> SmdiLink:
 
     link.report = report
     return link
-
-
-async def until(pred, what: str) -> None:
-    with trio.move_on_after(GUARD):
-        while not pred():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_records_and_lamps_cross_the_line_intact(smdi_line, hw_report):
