@@ -29,37 +29,63 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+# Ports this process has handed out.  A port is only checked free when it is picked, and
+# nothing holds it until the process it was meant for binds it, so without this two picks for
+# the same pair could return the same number (seen in CI: a node's loopback trunk and its
+# replication listener both given 61235).  Not handing a number out again rules that out; only
+# after 4,000 (about a sixth of the ports) are the oldest half forgotten (those were for tests
+# long finished).
+_given_tcp: dict[tuple[str, int], None] = {}
+_given_udp: dict[int, None] = {}
+_given_lock = threading.Lock()
+
+
+def _remember(given: dict, keys) -> None:
+    for k in keys:
+        given[k] = None
+    if len(given) > 4000:
+        for k in list(given)[:len(given) // 2]:
+            del given[k]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now and outside the kernel's ephemeral range: a port the kernel
-    hands out for bind(0) may be given again to an outgoing connection's source port before
-    the node binds it (seen as "Address already in use" with many connections in a test)."""
+    """A TCP port that is free now, outside the kernel's ephemeral range, and not handed out
+    before by this process.  Outside the ephemeral range: a port the kernel hands out for
+    bind(0) may be given again to an outgoing connection's source port before the node binds
+    it (seen as "Address already in use" with many connections in a test)."""
     lo, hi = _ephemeral_range()
-    ranges = [(1024 + 1, lo - 1), (hi + 1, 65535)]
-    for _ in range(200):
-        a, b = random.choice([r for r in ranges if r[0] < r[1]] or [(20000, 30000)])
-        port = random.randint(a, b)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
+    ranges = [r for r in ((1024 + 1, lo - 1), (hi + 1, 65535)) if r[0] < r[1]] or [(20000, 30000)]
+    with _given_lock:
+        for _ in range(1000):
+            port = random.randint(*random.choice(ranges))
+            if (host, port) in _given_tcp:
                 continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _remember(_given_tcp, [(host, port)])
             return port
-    with socket.socket() as s:  # fall back to what the kernel picks
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    raise RuntimeError(f"no free TCP port on {host}")
 
 
 def free_udp_block(n: int = 1, *, top: int = 64000) -> int:
-    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, outside the kernel's
-    ephemeral range (SIP callers' and SIPp's own ports come from there) and below ``top`` (a
-    SIP node's RTP start needs 1000 ports per worker above it: ``top = 65536 - 1000 *
-    workers``)."""
+    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, none of them handed
+    out before by this process, outside the kernel's ephemeral range (SIP callers' and SIPp's
+    own ports come from there) and below ``top`` (a SIP node's RTP start needs 1000 ports per
+    worker above it: ``top = 65536 - 1000 * workers``)."""
     lo, hi = _ephemeral_range()
-    for _ in range(200):
-        ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
-        base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
-        if udp_block_free(base, n):
-            return base
+    ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
+    with _given_lock:
+        for _ in range(1000):
+            base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
+            block = range(base, base + n)
+            if any(p in _given_udp for p in block):
+                continue
+            if udp_block_free(base, n):
+                _remember(_given_udp, block)
+                return base
     raise RuntimeError("no free UDP port block on 127.0.0.1")
 
 

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import os
 import secrets
-import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from failover.filerepl import (
     DISK_FULL, MANIFEST_PATH, RECEIVER_ACTIVE, TMP_DIR, FileReplicator, IndexEntry, plan,
 )
 from failover.replchan import ChannelClosed
+from failover.testing import free_port
 
 DIRS = ["prompts", "streams", "support", "spool"]
 MIB = 1024 * 1024
@@ -978,11 +978,6 @@ async def test_over_a_real_replication_endpoint_pair(nursery, tmp_path):
     await a.start(nursery)
     await b.start(nursery)
     psk = secrets.token_bytes(32)
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     pa, pb = free_port(), free_port()
     eps = []

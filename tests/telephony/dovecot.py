@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from failover.testing import free_port
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 #: mbNNNN -> its password, for mailboxes 1001..1010.
 USERS = {f"mb{n}": f"secret-{n}" for n in range(1001, 1011)}
@@ -82,12 +84,6 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "dovecot needs root here to switch to uid 'mail'"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DovecotServer:

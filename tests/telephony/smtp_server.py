@@ -106,12 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------- test helpers
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def port_accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -129,6 +123,7 @@ class SmtpServerProcess:
                  auth: str | None = None) -> None:
         self.maildir = Path(maildir)
         self.host = host
+        from failover.testing import free_port  # here: the script itself runs without the repo on sys.path
         self.port = port or free_port(host)
         self.auth = auth
         self.proc: subprocess.Popen | None = None

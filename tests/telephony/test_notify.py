@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 import pytest
 import trio
 
+from failover.testing import free_port
 from telephony.events import Reason
 from telephony.message import VoiceMessage, message_id_for
 from telephony.notify import (MemoryLedger, NotificationFailed, NotificationLedger, NotifyError,
                               SmtpNotifier, build_notification, notification_key,
                               notification_message_id)
 
-from .smtp_server import SmtpServerProcess, free_port, smtp_server
+from .smtp_server import SmtpServerProcess, smtp_server
 
 GUARD = 30  # seconds; only a guard against a hang
 
