@@ -164,21 +164,26 @@ class MessagingService:
                 self.activation.stop()
                 return f"control channel protocol error: {exc}", EXIT_FAILED
             if ev is NEED_DATA:
+                deadline = self.activation.next_deadline()
+                if deadline is not None and trio.current_time() >= deadline:
+                    # The lease deadline has passed.  If this process was starved (stopped, or
+                    # no CPU) a renewal sent in time may be waiting unread: handle what is
+                    # queued before judging the lease.  This is checked here, not only when
+                    # the wait below times out: the process may have been stopped anywhere,
+                    # e.g. between sending "activated" and its next read.
+                    pending = _read_queued(self._control)
+                    if pending is not None:
+                        self._conn.receive_data(pending)
+                        continue
                 # judge the lease only once every queued command has been handled
                 await self._check_timer()
                 deadline = self.activation.next_deadline()
-                with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+                with trio.move_on_at(math.inf if deadline is None else deadline):
                     try:
                         data = await self._control.receive_some(65536)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         data = b""
                     self._conn.receive_data(data)
-                if scope.cancelled_caught:
-                    # The lease deadline passed.  If this process was starved, a renewal sent in
-                    # time may be waiting unread: read what is queued before judging the lease.
-                    pending = _read_queued(self._control)
-                    if pending is not None:
-                        self._conn.receive_data(pending)
                 continue
             if isinstance(ev, Closed):
                 self.activation.stop()  # the node manager is gone: stop answering at once

@@ -3,10 +3,14 @@
 Every test runs under ``fail_after`` on the virtual clock."""
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import trio
 import trio.testing
 
+from telephony._control import NEED_DATA, ControlConnection
 from telephony.ports import PortState
 from telephony.service import EXIT_FAILED, EXIT_OK, MessagingService
 
@@ -359,3 +363,92 @@ async def test_counters_out_of_bounds_are_logged_and_the_service_goes_on(autojum
         trunk.counters = {"records": 2}
         assert (await mgr.expect("counters"))["groups"] == {trunk.kind: {"records": 2}}
     assert "counters not reported: " in caplog.text
+
+
+class _StallAfterActivated(trio.abc.HalfCloseableStream):
+    """The service's end of a real socket pair; right after it sends "activated" the whole
+    process blocks for ``stall`` seconds (the event loop included), as if SIGSTOPped or
+    starved of CPU between that send and its next read."""
+
+    def __init__(self, stream: trio.SocketStream, stall: float) -> None:
+        self.stream, self.socket, self.stall = stream, stream.socket, stall
+
+    async def send_all(self, data) -> None:
+        await self.stream.send_all(data)
+        if b'"activated"' in bytes(data):
+            time.sleep(self.stall)  # noqa: ASYNC251 -- the stall is the point
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def test_a_service_stalled_right_after_activating_handles_queued_renewals_before_its_lease():
+    """Real time and a real socket pair.  The service stalls just after it sends "activated",
+    before its next read, for longer than the lease; meanwhile the node manager (a thread on
+    the other end) renews in time with absolute deadlines.  On waking the service must handle
+    the queued renewals before it judges the lease: it stays active, never fences.  (Seen
+    under load with SIGSTOP: the service fenced first, then read renewals that were in time.)
+    When the renewals stop, the lease does run out."""
+    lease, stall = 0.5, 1.2
+    ours, theirs = socket.socketpair()
+    stream = _StallAfterActivated(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), stall)
+    service = MessagingService(node="a", control=stream, drivers=[DirectTrunk()],
+                               health_interval=0.1, send_timeout=5.0, pid=4242)
+    received: list[dict] = []
+    marks: dict[str, int] = {}
+
+    def manager() -> None:
+        """The node manager: activate, then renew every 50 ms through the stall and a second
+        after it, reading everything the service says; then stop and wait for the fence."""
+        conn = ControlConnection()
+
+        def read(until_op: str | None, timeout: float) -> None:
+            theirs.settimeout(timeout)
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    try:
+                        conn.receive_data(theirs.recv(65536))
+                    except (BlockingIOError, TimeoutError):
+                        return
+                    continue
+                assert isinstance(ev, dict), ev
+                received.append(ev)
+                if ev["op"] == until_op:
+                    return
+
+        theirs.sendall(conn.send({"op": "activate", "term": 2, "lease": lease,
+                                  "until": time.monotonic() + lease}))
+        read("activated", 10)
+        end = time.monotonic() + stall + 1.0
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            theirs.sendall(conn.send({"op": "renew", "term": 2, "lease": lease,
+                                      "until": time.monotonic() + lease}))
+            read(None, 0)
+        marks["stopped"] = len(received)
+        if not [m for m in received if m["op"] == "fenced"]:
+            read("fenced", 10)  # the renewals stopped: the lease runs out
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            await trio.to_thread.run_sync(manager)
+            nursery.cancel_scope.cancel()
+    theirs.close()
+    fenced = [i for i, m in enumerate(received) if m["op"] == "fenced"]
+    assert len(fenced) == 1, [received[i] for i in fenced]
+    assert fenced[0] >= marks["stopped"], f"fenced while renewals were coming: {received[fenced[0]]}"
+    assert received[fenced[0]]["term"] == 2
+    # and it was serving in between: health said "active" after the stall
+    before = received[:fenced[0]]
+    assert [m for m in before if m["op"] == "health" and m["state"] == "active"], before
