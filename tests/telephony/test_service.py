@@ -1,6 +1,7 @@
 """The messaging service's Trio driver on an in-memory control channel, in virtual time
 (``autojump_clock``): hello/health, the offer/hold/activate path, lease lapse, drain, shutdown.
-Every test runs under ``fail_after`` on the virtual clock."""
+Every test runs under ``fail_after`` on the virtual clock, except the last: a stalled process
+needs real time and a real socket (its queued renewals are read straight from the socket)."""
 from __future__ import annotations
 
 import socket
