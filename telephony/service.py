@@ -272,15 +272,15 @@ class MessagingService:
         at most once per :data:`COUNTERS_INTERVAL`: not with every health report."""
         last: dict[str, dict[str, int]] = {}
         while True:
-            now = self.counters()
-            if now != last:
+            current = self.counters()
+            if current != last:
                 try:
-                    msg = make("counters", groups=now)
+                    msg = make("counters", groups=current)
                 except FieldError as exc:  # a driver's counters out of bounds: say so, go on
                     log.warning("counters not reported: %s", exc)
                 else:
                     await self._notify(msg)
-                last = now
+                last = current
             await trio.sleep(COUNTERS_INTERVAL)
 
     async def _error(self, message: str, ref: Any) -> None:
