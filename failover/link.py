@@ -8,7 +8,6 @@ closed and the dialer reconnects with exponential backoff.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 
 import trio
@@ -16,16 +15,26 @@ import trio
 from . import _events as ev
 from ._wire import (NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection,
                     LinkError, Status)
+from telephony.tasks import Backoff, TaskFailures, guard_handler, keep_running, listen_tcp
+
 from .config import NodeConfig, shared_settings_digest
 from .eventlog import EventLog
+
+#: errors that end one link connection (the dialer then reconnects with backoff)
+CONNECTION_ERRORS = (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     LinkError)
 
 COMMAND_NAMES = {CommandKind.STEP_DOWN: "step_down", CommandKind.TAKE_OVER: "take_over",
                  CommandKind.YIELD: "yield", CommandKind.HAND_OVER: "hand_over"}
 
 
 class PeerLink:
-    def __init__(self, cfg: NodeConfig, psk: bytes, inbox: trio.MemorySendChannel, events: EventLog):
+    def __init__(self, cfg: NodeConfig, psk: bytes, inbox: trio.MemorySendChannel, events: EventLog,
+                 failures: TaskFailures | None = None):
         self.cfg = cfg
+        #: failures of the link's own tasks (dial loop, listener, one inbound connection):
+        #: counted and logged, never raised out of ``run``
+        self.failures = failures or TaskFailures(events.write)
         self.psk = psk
         self.inbox = inbox
         self.events = events
@@ -34,7 +43,6 @@ class PeerLink:
         self.inbound: set[int] = set()
         self._inbound_gen = 0
         self.counters: Counter[str] = Counter()
-        self._last_log: dict[str, float] = {}
         self._redial = trio.Event()  # set when the peer dials us: it is up, dial it now
         #: digest of the settings both nodes must share (sent in every status frame), and
         #: the peer's last one (None: not heard yet, or an older program that does not say)
@@ -82,17 +90,22 @@ class PeerLink:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         addr = self.cfg.link.listen
-        listeners = await trio.open_tcp_listeners(addr.port, host=addr.host or None)
+        listeners = await listen_tcp("[link] listen", addr.host, addr.port)
+        handler = guard_handler("link.inbound", self.failures, self._accepted)
+
+        async def serve() -> None:
+            await trio.serve_listeners(handler, listeners)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._accepted, listeners)
-            nursery.start_soon(self._dial_loop)
+            # Neither task may end the node manager: whatever escapes one is counted, logged
+            # and the task starts again after a growing delay.
+            nursery.start_soon(keep_running, "link.listen", serve, self.failures)
+            nursery.start_soon(keep_running, "link.dial", self._dial_loop, self.failures,
+                               Backoff(first=self.cfg.link.reconnect_min, cap=self.cfg.link.reconnect_max))
             task_status.started()
 
     def _log_limited(self, level: str, event: str, message: str, every: float = 30.0) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(event, -1e9) >= every:
-            self._last_log[event] = now
-            self.events.write(level, event, message)
+        self.failures.limited(level, event, message, every)
 
     async def _dial_loop(self) -> None:
         link = self.cfg.link
@@ -117,7 +130,7 @@ class PeerLink:
                 was_up = True
                 await self._pump(stream, conn)
                 reason = "peer closed the connection"
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, LinkError) as e:
+            except CONNECTION_ERRORS as e:
                 reason = f"{type(e).__name__}: {e}"
             finally:
                 self.out_connected = False
@@ -158,23 +171,40 @@ class PeerLink:
             self._dropped(e)
 
     async def _pump(self, stream: trio.SocketStream, conn: LinkConnection) -> None:
+        """Send queued frames until the connection ends.  The reader beside the sender catches
+        its own errors (a reset arrives there first) and cancels the sender; the error is then
+        raised here, after the nursery, as one plain exception the dial loop handles."""
+        failed: list[BaseException] = []
         async with trio.open_nursery() as nursery:
             async def watch() -> None:
                 # the acceptor never sends after its hello: anything it sends is dropped,
                 # and EOF or an error ends this connection
-                while True:
-                    data = await stream.receive_some(4096)
-                    conn.receive_data(data)
-                    while (e := conn.next_event()) is not NEED_DATA:
-                        if isinstance(e, Closed):
-                            nursery.cancel_scope.cancel()
-                            return
-                        self._dropped(e)
+                try:
+                    while True:
+                        data = await stream.receive_some(4096)
+                        conn.receive_data(data)
+                        while (e := conn.next_event()) is not NEED_DATA:
+                            if isinstance(e, Closed):
+                                return
+                            self._dropped(e)
+                except CONNECTION_ERRORS as e:
+                    failed.append(e)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            async def send() -> None:
+                try:
+                    async for msg in self._out_recv:
+                        data = conn.send(msg)
+                        await stream.send_all(data)
+                        self.counters["frames_out"] += 1
+                except CONNECTION_ERRORS as e:
+                    failed.append(e)
+                    nursery.cancel_scope.cancel()
             nursery.start_soon(watch)
-            async for msg in self._out_recv:
-                data = conn.send(msg)
-                await stream.send_all(data)
-                self.counters["frames_out"] += 1
+            nursery.start_soon(send)
+        if failed:
+            raise failed[0]
 
     async def _accepted(self, stream: trio.SocketStream) -> None:
         link = self.cfg.link
@@ -201,7 +231,7 @@ class PeerLink:
                         if not self.out_connected:
                             self._redial.set()
                     await self._deliver(e)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, LinkError) as e:
+        except CONNECTION_ERRORS as e:
             self.counters["in_rejected"] += 1
             self._log_limited("warning", "link_reject", f"inbound link connection closed: "
                               f"{type(e).__name__}: {e}", every=5.0)

@@ -94,11 +94,12 @@ class TaskFailures:
         msg += f", {more} more not logged)" if more else ")"
         self._log(level, "task_failed", msg)
 
-    def limited(self, level: str, event: str, message: str) -> None:
-        """Write a line at most once per ``every`` seconds per ``event`` (no count kept)."""
+    def limited(self, level: str, event: str, message: str, every: float | None = None) -> None:
+        """Write a line at most once per ``every`` seconds (default: this object's) per
+        ``event``; no count is kept (the caller counts what matters to it)."""
         now = self._clock()
         key = "log:" + event
-        if now - self._logged_at.get(key, -1e18) >= self.every:
+        if now - self._logged_at.get(key, -1e18) >= (self.every if every is None else every):
             self._logged_at[key] = now
             self._log(level, event, message)
 
@@ -127,7 +128,7 @@ class Backoff:
 
 
 async def keep_running(task: str, body: Callable[[], Awaitable[Any]], failures: TaskFailures,
-                       *, backoff: Backoff | None = None) -> None:
+                       backoff: Backoff | None = None) -> None:
     """Run ``body()`` again and again, forever.  Whatever escapes it (an ``Exception`` or an
     exception group of them; a plain return too, which a long-lived body should not do) is
     recorded and followed by a growing delay.  Only cancellation ends this."""
