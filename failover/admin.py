@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from telephony._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from telephony.tasks import describe, guard_handler, keep_running
 
 if TYPE_CHECKING:
     from .node import NodeManager
@@ -51,15 +52,24 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
                         msg = codec.next_event()
                 if idle.cancelled_caught or isinstance(msg, Closed):
                     return
-                reply = await answer(nm, msg)
+                try:
+                    reply = await answer(nm, msg)
+                except Exception as e:  # noqa: BLE001 - a bug in one request: say so, go on
+                    nm.failures.failed("admin.request", e)
+                    reply = {"ok": False, "error": f"internal error, nothing changed: {describe(e)}"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
         except (trio.BrokenResourceError, OSError, ControlProtocolError):
             return
         finally:
             await trio.aclose_forcefully(stream)
 
+    # one failing request never ends the listener; the listener never ends the node manager
+    handler = guard_handler("admin.connection", nm.failures, handle)
+
+    async def serve() -> None:
+        await trio.serve_listeners(handler, [listener])
     try:
-        await trio.serve_listeners(handle, [listener])
+        await keep_running("admin.listen", serve, nm.failures)
     finally:
         try:
             path.unlink()

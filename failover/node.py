@@ -30,6 +30,7 @@ from .link import COMMAND_NAMES, PeerLink
 from .replication import Replication
 from .service_proc import ServiceRunner
 from .statefile import load_state, save_state
+from telephony.tasks import TaskFailures, contained
 
 COMMAND_KINDS = {name: kind for kind, name in COMMAND_NAMES.items()}  # supervisor name -> wire
 
@@ -57,14 +58,17 @@ class NodeManager:
         persisted = load_state(self.state_path)
         self.sup = Supervisor(self.cfg.supervisor_config(), now=trio.current_time(), persisted=persisted)
         self.inbox_send, self.inbox = trio.open_memory_channel(1024)
+        #: failures of the node manager's long-lived tasks (link, admin and control listeners,
+        #: service supervision): counted, logged and shown in status; none ends the process
+        self.failures = TaskFailures(self.events.write)
         need_key = self.link is None or (self.repl is None and self.cfg.replication.enabled)
         psk = load_key(self.cfg.node.key_file) if need_key else b""
         if self.link is None:
-            self.link = PeerLink(self.cfg, psk, self.inbox_send, self.events)
+            self.link = PeerLink(self.cfg, psk, self.inbox_send, self.events, self.failures)
         if self.repl is None:
             self.repl = Replication(self.cfg, psk, self.events, self.inbox_send)
         if self.service is None:
-            self.service = ServiceRunner(self.cfg, self.inbox_send, self.events)
+            self.service = ServiceRunner(self.cfg, self.inbox_send, self.events, self.failures)
         self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
         self._next_request = 0
         self.started_wall = time.time()
@@ -132,6 +136,7 @@ class NodeManager:
             "ports": self.service.ports,
             "counters": self.service.counters,
             "calls_in_progress": s.calls,
+            "tasks": self.failures.stats(),
             "settings": {"ping_interval_s": self.cfg.failover.ping_interval,
                          "missed_pings": self.cfg.failover.missed_pings,
                          "takeover_after_s": round(self.cfg.peer_timeout, 3),
@@ -182,8 +187,10 @@ class NodeManager:
         for i, a in enumerate(actions):
             try:
                 await self._run(a)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            except Exception as e:  # noqa: BLE001 - an action that fails is the supervisor's event
                 # the rest of this batch depended on it (e.g. activate after persisting a term)
+                if not isinstance(e, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+                    self.failures.failed(f"action.{type(a).__name__}", e)
                 rest = [x for x in actions[i + 1:] if isinstance(x, ev.Log)]
                 await self._run_actions(rest)
                 followup = self.sup.handle(ev.ActionFailed(a, str(e)), trio.current_time())
@@ -210,7 +217,7 @@ class NodeManager:
         elif isinstance(a, ev.RefuseCall):
             await self.service.send({"op": "refuse_call", "call_id": a.call_id, "reason": a.reason})
         elif isinstance(a, ev.StartService):
-            self.nursery.start_soon(self.service.start, a.reason)
+            self.nursery.start_soon(self._start_service, a.reason)
         elif isinstance(a, ev.KillService):
             self.service.kill(a.reason)
         elif isinstance(a, ev.ShutdownService):
@@ -221,7 +228,8 @@ class NodeManager:
                 waiter.send_nowait(a)
         elif isinstance(a, ev.ReplicationBarrier):
             if self.cfg.replication.enabled:
-                self.nursery.start_soon(self.repl.barrier, a.number)
+                self.nursery.start_soon(contained, "replication.barrier", self.failures,
+                                        self.repl.barrier, a.number)
             else:
                 self.inbox_send.send_nowait(ev.ReplicationProgress(pending=0, barrier=a.number))
         elif isinstance(a, ev.Log):
@@ -230,6 +238,17 @@ class NodeManager:
             self.exit_code = a.code
         else:  # pragma: no cover - a new action without a driver is a bug
             raise TypeError(f"no driver for action {a!r}")
+
+    async def _start_service(self, reason: str) -> None:
+        """Start the service child and watch it until it exits.  Whatever goes wrong in doing
+        so is the service's failure (the supervisor restarts it with backoff), never the node
+        manager's end."""
+        try:
+            await self.service.start(reason)
+        except Exception as e:  # noqa: BLE001 - reported as the service's exit, see above
+            self.failures.failed("service.start", e)
+            await self.inbox_send.send(ev.ServiceExited(f"could not start or watch the service: "
+                                                        f"{type(e).__name__}: {e}"))
 
     def _status_frame(self) -> Status:
         s = self.sup.status(trio.current_time())
@@ -252,24 +271,96 @@ class NodeManager:
 
 
 async def run_node(cfg: NodeConfig) -> int:
+    """Run the node manager until it exits; returns the exit code.
+
+    A configuration that stops the node from starting is one line per problem on standard
+    error (``vmha node: ...``) and an ``error`` record in the event log, and the exit code
+    ``config.EXIT_CONFIG``, never a traceback: ports that collide (``config.port_collisions``:
+    this node's own sockets against each other and against the peer's listeners on this
+    host), a listener that cannot bind (``telephony.tasks.ListenError``, at any time) and, at
+    start, any other bind error (address in use, not ours, no permission)."""
+    import errno
+    import socket
+
+    from telephony.tasks import ListenError
+
+    from .config import EXIT_CONFIG, listen_binds, port_collisions
+
     events = EventLog(cfg.node.data_dir / "events.jsonl", cfg.node.name, level=cfg.log.level,
                       console=sys.stderr if cfg.log.console else None)
+    refused: list[tuple[str, str]] = []  # (event, message)
+
+    def leaves(group: BaseExceptionGroup) -> list[BaseException]:
+        return [x for e in group.exceptions
+                for x in (leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
+
+    def unnamed(e: OSError) -> str:
+        """A bind error that does not say where: bind the node manager's own TCP listen
+        addresses here (its listeners are closed by now) and name those that fail alike."""
+        binds = [b for b in listen_binds(cfg) if b.proto == "tcp" and b.setting != "[ports.loopback] listen"]
+        culprits = []
+        for b in binds:
+            try:
+                for family, kind, proto, _, addr in socket.getaddrinfo(
+                        b.host, b.lo, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+                    with socket.socket(family, kind, proto) as s:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        if family == socket.AF_INET6:
+                            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                        s.bind(addr)
+            except OSError as probe:
+                if probe.errno == e.errno:
+                    culprits.append(f"{b.address} (setting {b.setting})")
+        where = " and ".join(culprits) or "one of " + ", ".join(f"{b.address} (setting {b.setting})"
+                                                                  for b in binds)
+        return f"cannot listen on {where}: {e.strerror or e}"
+
     try:
-        nm = NodeManager(cfg, events)
-        async with trio.open_nursery() as nursery:
-            async def signals() -> None:
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-                    async for sig in sigs:
-                        await nm.inbox_send.send(ev.ShutdownRequested(signal.Signals(sig).name))
-            nursery.start_soon(signals)
-            code = await nm.run()
-            nursery.cancel_scope.cancel()
+        refused += [("port_collision", line) for line in port_collisions(cfg)]
+        code = EXIT_CONFIG
+        if not refused:
+            nm = NodeManager(cfg, events)
+            started = False
+            try:
+                async with trio.open_nursery() as nursery:
+                    async def signals() -> None:
+                        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                            async for sig in sigs:
+                                await nm.inbox_send.send(ev.ShutdownRequested(signal.Signals(sig).name))
+
+                    async def manager(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        nonlocal code
+                        code = await nm.run(task_status=task_status)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(signals)
+                    await nursery.start(manager)
+                    started = True
+            except* ListenError as group:
+                refused += [("listen_failed", str(e)) for e in leaves(group)]
+            except* OSError as group:
+                bind_errors = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+                if started or not all(getattr(e, "errno", None) in bind_errors for e in leaves(group)):
+                    raise
+                refused += [("listen_failed", unnamed(e)) for e in leaves(group)]
+        if refused:
+            # the console gets the one line below; the event log's record goes to the file only
+            record = EventLog(events.path, cfg.node.name, console=None)
+            try:
+                for event, line in dict.fromkeys(refused):
+                    print(f"vmha node: {line}", file=sys.stderr, flush=True)
+                    record.write("error", event, f"cannot start: {line}")
+            finally:
+                record.close()
+            return EXIT_CONFIG
         return code
     finally:
         events.close()
 
 
 def main_node(cfg: NodeConfig) -> int:
+    """``vmha node``: :func:`run_node` in a Trio run.  Returns the exit code (0 after a
+    shutdown, ``config.EXIT_CONFIG`` when the configuration stops the node from starting)."""
     return trio.run(run_node, cfg)
 
 

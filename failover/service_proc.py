@@ -14,14 +14,18 @@ import trio
 from telephony._control import (NEED_DATA, Closed, ControlConnection, ControlError,
                                 ControlProtocolError, FieldError, FROM_SERVICE, validate)
 
+from telephony.tasks import TaskFailures, guard_handler, keep_running
+
 from . import _events as ev
 from .config import NodeConfig
 from .eventlog import EventLog
 
 
 class ServiceRunner:
-    def __init__(self, cfg: NodeConfig, inbox: trio.MemorySendChannel, events: EventLog):
+    def __init__(self, cfg: NodeConfig, inbox: trio.MemorySendChannel, events: EventLog,
+                 failures: TaskFailures | None = None):
         self.cfg = cfg
+        self.failures = failures or TaskFailures(events.write)
         self.inbox = inbox
         self.events = events
         self.generation = 0
@@ -62,8 +66,9 @@ class ServiceRunner:
         try:
             proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL,
                                                     preexec_fn=self._child_scheduling())
-        except OSError as e:
-            await self._report_exit(gen, f"could not start: {e}")
+        except (OSError, subprocess.SubprocessError) as e:
+            # SubprocessError: the child failed between fork and exec (its preexec_fn)
+            await self._report_exit(gen, f"could not start: {type(e).__name__}: {e}")
             return
         self.proc, self.pid = proc, proc.pid
         rc = await proc.wait()
@@ -76,12 +81,17 @@ class ServiceRunner:
         against the node managers in round-robin slices.  The service runs one step below:
         still ahead of ordinary load, never ahead of a node manager."""
         prio = self.cfg.failover.realtime_priority
-        if prio <= 0:
-            return None
+        if prio <= 0 or os.sched_getscheduler(0) != os.SCHED_RR:
+            return None  # the node manager itself could not get SCHED_RR (it logged why)
         child = max(1, prio - 1)
 
         def lower() -> None:  # runs in the child between fork and exec: one system call
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(child))
+            try:
+                os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(child))
+            except OSError:
+                # Refused (no CAP_SYS_NICE, RLIMIT_RTPRIO): the child keeps the parent's
+                # scheduling.  An exception here would fail the start (SubprocessError).
+                pass
         return lower
 
     async def _report_exit(self, gen: int, reason: str) -> None:
@@ -127,9 +137,13 @@ class ServiceRunner:
 
         path: Path = self.cfg.control_socket
         listener = await open_unix_listener(path, backlog=8)
+        handler = guard_handler("control.connection", self.failures, self._connection)
+
+        async def serve() -> None:
+            await trio.serve_listeners(handler, [listener])
         task_status.started()
         try:
-            await trio.serve_listeners(self._connection, [listener])
+            await keep_running("control.listen", serve, self.failures)
         finally:
             try:
                 path.unlink()

@@ -39,6 +39,7 @@ class FakeService:
     def __init__(self, state_path):
         self.ops: list[tuple[float, dict]] = []
         self.ports: list[dict] = []
+        self.counters: dict = {}
         self.inbox = None
         self.state_path = state_path
         self.term_on_disk_at_activate: list[int] = []
