@@ -48,6 +48,7 @@ import trio
 
 from telephony.loopback_client import LoopbackClientError, place_call
 from telephony.store import parse_mime
+from telephony.tasks import describe
 
 from .config import load_config
 from .eventlog import format_record
@@ -387,16 +388,25 @@ class Demo:
         self.sip_calls["placed"] += 1
         self.sip_in_progress += 1
         res: dict = {}
+        failed: str | None = None
         try:
+            # run_process reads the caller's stdout in a nursery of its own: its errors arrive
+            # as an exception group (cancellation passes through: the demo is stopping, and
+            # the caller gets SIGTERM by its PID, hangs up and exits)
             with open(self.caller_log, "ab") as log:  # noqa: ASYNC230 - a local log file
-                # cancelled (the demo stops): SIGTERM to this PID, the caller hangs up and exits
                 proc = await trio.run_process(cmd, capture_stdout=True, stderr=log, check=False,
                                               stdin=subprocess.DEVNULL)
-            res = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-        except (OSError, ValueError, IndexError) as e:
-            res = {"answered": False, "code": 0, "reason": f"{type(e).__name__}: {e}", "failed": True}
+        except* Exception as group:  # noqa: BLE001 - one call failing never ends the demo
+            failed = describe(group)
         finally:
             self.sip_in_progress -= 1
+        if failed is None:
+            try:
+                res = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError) as e:
+                failed = f"{type(e).__name__}: {e}"
+        if failed is not None:
+            res = {"answered": False, "code": 0, "reason": failed, "failed": True}
         if res.get("failed") or (not res.get("answered") and not res.get("code")):
             outcome = "failed"
         else:
