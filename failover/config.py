@@ -30,9 +30,12 @@ __all__ = [
     "StoreSection", "NotifySection", "MessagingSection", "Profile", "PROFILES", "GuideSetting",
     "guide_settings", "SCHEMA", "DEFAULT_LINK_PORT", "load_config", "parse_config",
     "parse_address", "check_node_name", "settings_that_must_match", "MUST_MATCH",
+    "EXIT_CONFIG", "Bind", "listen_binds", "peer_binds", "is_loopback", "hosts_overlap",
+    "binds_collide", "same_host", "port_collisions",
 ]
 
 DEFAULT_LINK_PORT = 3653  # the guide's Node Manager port
+EXIT_CONFIG = 2  # `vmha node` exit code: its configuration stops it from starting
 _SUN_PATH_MAX = 107  # bytes usable in sockaddr_un.sun_path (108 with the NUL)
 _EPS = 1e-9  # float slack when comparing products of seconds
 
@@ -1109,4 +1112,182 @@ def settings_that_must_match(a: NodeConfig, b: NodeConfig) -> list[str]:
         va, vb = _get(a, key), _get(b, key)
         if va != vb:
             out.append(f"{key}: {an} has {va!r}, {bn} has {vb!r}")
+    return out
+
+
+# ============================================================================ ports that bind
+
+#: RTP ports one SIP port takes (two RTP/RTCP pairs); telephony.sip.worker.RTP_PORTS_PER_CALL
+RTP_PORTS_PER_SIP_PORT = 4
+
+
+class Bind(NamedTuple):
+    """One socket a node binds (or, with ``peer=True``, one its file says the peer binds).
+
+    ``proto`` is ``"tcp"``, ``"udp"`` or ``"unix"`` (then ``host`` is the socket's path and the
+    ports are 0); ``lo``..``hi`` is a port range (``lo == hi`` for one port)."""
+
+    source: str  # the file
+    setting: str  # "[section] key" as the operator writes it
+    proto: str
+    host: str
+    lo: int
+    hi: int
+    peer: bool = False
+
+    @property
+    def address(self) -> str:
+        if self.proto == "unix":
+            return self.host
+        ports = str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+        return f"[{self.host}]:{ports}" if ":" in self.host else f"{self.host}:{ports}"
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.setting} {self.address}"
+
+
+def listen_binds(c: NodeConfig) -> list[Bind]:
+    """Every socket this node binds: the node link and replication listeners (node manager),
+    the loopback trunk, the SIP signalling ports and RTP ranges (messaging service and its
+    workers), and the admin and control Unix sockets."""
+    src = c.source
+    out = [Bind(src, "[link] listen", "tcp", c.link.listen.host, c.link.listen.port, c.link.listen.port)]
+    r = c.replication
+    if r.enabled:
+        out.append(Bind(src, "[replication] listen", "tcp", r.listen.host, r.listen.port, r.listen.port))
+    lb = c.ports.loopback
+    if lb.enabled and lb.listen is not None:
+        out.append(Bind(src, "[ports.loopback] listen", "tcp", lb.listen.host, lb.listen.port,
+                        lb.listen.port))
+    sip = c.ports.sip
+    if sip.enabled:  # integrations.cucm_sip.SipProfile: worker i on sip_port + i, RTP from rtp_port + 1000 i
+        workers = -(-sip.count // sip.per_worker)
+        out.append(Bind(src, "[ports.sip] sip_port", "udp", sip.bind, sip.sip_port,
+                        sip.sip_port + workers - 1))
+        for i in range(workers):
+            n = min(sip.per_worker, sip.count - i * sip.per_worker)
+            lo = sip.rtp_port + 1000 * i
+            out.append(Bind(src, "[ports.sip] rtp_port", "udp", sip.bind, lo,
+                            lo + RTP_PORTS_PER_SIP_PORT * n - 1))
+    out.append(Bind(src, "[admin] socket", "unix", str(c.admin.socket), 0, 0))
+    out.append(Bind(src, "[node] data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))
+    return out
+
+
+def peer_binds(c: NodeConfig) -> list[Bind]:
+    """The peer's listeners as this node's file knows them: ``link.peer`` and, with
+    replication, ``replication.peer``."""
+    out = [Bind(c.source, "[link] peer", "tcp", c.link.peer.host, c.link.peer.port,
+                c.link.peer.port, peer=True)]
+    if c.replication.enabled:
+        p = c.replication.peer
+        out.append(Bind(c.source, "[replication] peer", "tcp", p.host, p.port, p.port, peer=True))
+    return out
+
+
+def _ip(host: str):
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _norm(host: str) -> str:
+    ip = _ip(host)
+    return str(ip) if ip is not None else host.lower().rstrip(".")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or the name ``localhost``."""
+    ip = _ip(host)
+    return ip.is_loopback if ip is not None else _norm(host) == "localhost"
+
+
+def hosts_overlap(h1: str, h2: str, proto: str = "tcp") -> bool:
+    """Whether sockets bound to ``h1`` and ``h2`` on one machine can take the same address.
+
+    Equal addresses overlap; ``0.0.0.0`` overlaps every IPv4 address; ``::`` every IPv6
+    address, and for UDP also every IPv4 one (the TCP listeners set ``IPV6_V6ONLY``; a UDP
+    socket of the SIP stack may be dual-stack).  127.0.0.1 and 127.0.0.2 are different
+    addresses.  Host names are not looked up: equal names overlap, ``localhost`` overlaps
+    127.0.0.1 and ::1, and a name overlaps the wildcards."""
+    a, b = _ip(h1), _ip(h2)
+    for x, y in ((a, b), (b, a)):
+        if x is not None and x.is_unspecified:
+            if y is None:
+                return True
+            return x.version == y.version or (x.version == 6 and proto == "udp")
+    if a is not None and b is not None:
+        return a == b
+    if a is None and b is None:
+        return _norm(h1) == _norm(h2)
+    name, ip = (h1, b) if a is None else (h2, a)
+    return _norm(name) == "localhost" and str(ip) in ("127.0.0.1", "::1")
+
+
+def binds_collide(x: Bind, y: Bind) -> bool:
+    """Same protocol, overlapping port ranges and overlapping addresses (one machine assumed).
+    TCP and UDP on the same number do not collide; Unix sockets collide on the same path."""
+    if x.proto != y.proto:
+        return False
+    if x.proto == "unix":
+        return os.path.normpath(x.host) == os.path.normpath(y.host)
+    return x.lo <= y.hi and y.lo <= x.hi and hosts_overlap(x.host, y.host, x.proto)
+
+
+def same_host(a: NodeConfig, b: NodeConfig) -> bool:
+    """Whether the two nodes of a pair run on one machine: either dials the other on a
+    loopback address, or both have the same host address (a node's address is its
+    ``link.listen`` host, and the peer's ``link.peer`` host, which also covers a node that
+    listens on a wildcard)."""
+    if is_loopback(a.link.peer.host) or is_loopback(b.link.peer.host):
+        return True
+
+    def hosts(x: NodeConfig, y: NodeConfig) -> set[str]:
+        out = {_norm(y.link.peer.host)}
+        if not x.link.listen.is_wildcard:
+            out.add(_norm(x.link.listen.host))
+        return out
+
+    return bool(hosts(a, b) & hosts(b, a))
+
+
+def _collision(x: Bind, y: Bind) -> str:
+    text = f"{x} collides with {y}"
+    if y.peer:
+        text += " (where the peer listens, on this host)"
+    return text + (" (UDP)" if x.proto == "udp" else "")
+
+
+def port_collisions(a: NodeConfig, b: NodeConfig | None = None) -> list[str]:
+    """Sockets that cannot all be bound, one line each naming both settings and the address:
+    ``primary.toml [replication] listen 127.0.0.1:13654 collides with secondary.toml [link]
+    listen 127.0.0.1:13654``.
+
+    With one node (at node start): its own sockets against each other and against the peer's
+    link and replication listeners its file names, when those are on this host (a loopback
+    address, or the host of one of this node's own listen addresses).  With a pair: each
+    node's own sockets, and every socket of one against every socket of the other when
+    :func:`same_host` says they share a machine."""
+    out: list[str] = []
+
+    def within(binds: list[Bind]) -> None:
+        for i, x in enumerate(binds):
+            for y in binds[i + 1:]:
+                if binds_collide(x, y):
+                    out.append(_collision(x, y))
+
+    own_a = listen_binds(a)
+    within(own_a)
+    if b is None:
+        local = {_norm(x.host) for x in own_a if x.proto != "unix" and _ip(x.host) is not None
+                 and not _ip(x.host).is_unspecified}
+        for p in peer_binds(a):
+            if is_loopback(p.host) or _norm(p.host) in local:
+                out.extend(_collision(x, p) for x in own_a if binds_collide(x, p))
+        return out
+    own_b = listen_binds(b)
+    within(own_b)
+    if same_host(a, b):
+        out.extend(_collision(x, y) for x in own_a for y in own_b if binds_collide(x, y))
     return out
