@@ -297,8 +297,14 @@ async def run_node(cfg: NodeConfig) -> int:
     def unnamed(e: OSError) -> str:
         """A bind error that does not say where: bind the node manager's own TCP listen
         addresses here (its listeners are closed by now) and name those that fail alike."""
+        if e.filename:  # a Unix socket's directory or path: the error says where
+            return f"cannot listen on {e.filename}: {e.strerror or e}"
         binds = [b for b in listen_binds(cfg) if b.proto == "tcp" and b.setting != "[ports.loopback] listen"]
         culprits = []
+
+        def named(b) -> str:  # as telephony.tasks.listen_tcp says it
+            return f"{b.address} (setting {b.setting})"
+
         for b in binds:
             try:
                 for family, kind, proto, _, addr in socket.getaddrinfo(
@@ -310,9 +316,8 @@ async def run_node(cfg: NodeConfig) -> int:
                         s.bind(addr)
             except OSError as probe:
                 if probe.errno == e.errno:
-                    culprits.append(f"{b.address} (setting {b.setting})")
-        where = " and ".join(culprits) or "one of " + ", ".join(f"{b.address} (setting {b.setting})"
-                                                                  for b in binds)
+                    culprits.append(named(b))
+        where = " and ".join(culprits) or "one of " + ", ".join(named(b) for b in binds)
         return f"cannot listen on {where}: {e.strerror or e}"
 
     try:
@@ -337,7 +342,7 @@ async def run_node(cfg: NodeConfig) -> int:
                     await nursery.start(manager)
                     started = True
             except* ListenError as group:
-                refused += [("listen_failed", str(e)) for e in leaves(group)]
+                refused += [("listen_failed", e.strerror or str(e)) for e in leaves(group)]
             except* OSError as group:
                 bind_errors = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
                 if started or not all(getattr(e, "errno", None) in bind_errors for e in leaves(group)):
