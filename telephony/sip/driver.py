@@ -45,6 +45,7 @@ from ..callflow import check_destination
 from ..events import CallArrival
 from ..mwi import TransmitRefused, require_term
 from ..ports import ActiveCall, CallService, PortRegistry, PortState
+from ..tasks import Backoff, ListenError, TaskFailures, describe, python_logger
 from .headers import call_reason, message_summary
 
 log = logging.getLogger("telephony.sip")
@@ -124,7 +125,7 @@ class _Lines:
                 del self.buf[:i + 1]
                 try:
                     msg = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply
                     log.warning("bad line from a SIP worker: %r", line[:80])
                     continue
                 if isinstance(msg, dict):
@@ -416,7 +417,12 @@ class SipPorts:
         self._notify_ids = itertools.count(1)
         self.counters: dict[str, int] = {"calls": 0, "rejected": 0, "dropped_by_worker": 0,
                                          "notify_sent": 0, "notify_failed": 0,
-                                         "notify_refused": 0, "worker_restarts": 0}
+                                         "notify_refused": 0, "worker_restarts": 0,
+                                         "supervisor_errors": 0, "bad_events": 0,
+                                         "call_errors": 0}
+        #: failures of the workers' supervision, events and calls (the service puts its own
+        #: here, so ``vmha status`` shows them as the ``tasks`` counters)
+        self.task_failures = TaskFailures(python_logger(log))
 
     def register(self, registry: PortRegistry) -> None:
         self._registry = registry
@@ -424,8 +430,10 @@ class SipPorts:
             for name in w.ports:
                 registry.register(name, KIND)
 
-    async def _report(self, level: str, event: str, message: str) -> None:
-        getattr(log, level)("%s: %s", event, message)
+    async def _report(self, level: str, event: str, message: str, *, local: bool = True) -> None:
+        """``message`` to the node's event log (and, with ``local``, this service's log)."""
+        if local:
+            getattr(log, level)("%s: %s", event, message)
         if self.report is not None:
             try:
                 await self.report(level, event, message)
@@ -448,6 +456,17 @@ class SipPorts:
         if swept:
             log.warning("removed %d media files left by a messaging service that did not stop "
                         "cleanly (the recordings of its calls in progress)", swept)
+        if self.workers:  # a socket that can never be bound is a configuration error
+            probe = self.runtime_dir / f"sip-{self.workers[-1].name}.sock"
+            try:
+                probe.unlink(missing_ok=True)
+                await (await _unix_listener(probe)).aclose()
+            except OSError as e:
+                raise ListenError(e.errno, f"cannot listen on {probe} (the SIP workers' "
+                                  f"sockets, under setting node.data_dir): "
+                                  f"{e.strerror or e}") from e
+            finally:
+                probe.unlink(missing_ok=True)
         async with trio.open_nursery() as nursery:
             # Started at once: the service starts its health loop after its drivers, and must
             # report health while the workers start (the ports are down until their worker is
@@ -480,21 +499,43 @@ class SipPorts:
         return argv
 
     async def _supervise(self, w: Worker, service: CallService) -> None:
-        delay = self.restart_min
-        sock = self.runtime_dir / f"sip-{w.name}.sock"
+        """Run worker ``w`` for ever.  Whenever a run of it ends (the process exited or
+        crashed, its socket closed or was reset, it did not connect within 30 s) or anything
+        here failed (the socket could not be bound, ``accept`` failed, e.g. EMFILE, a bug while
+        serving it), the failure is recorded (``task_failures``, task ``sip-wN``; the event
+        log gets ``sip_worker_restart``), its ports stay ``down`` and it is started again
+        after a growing delay.  Only cancellation ends this."""
+        backoff = Backoff(self.restart_min, self.restart_max, healthy_after=60.0)
         while True:
-            sock.unlink(missing_ok=True)
-            listener = await _unix_listener(sock)
             started_at = trio.current_time()
+            try:
+                why = await self._run_worker(w, service)
+            except Exception as e:  # noqa: BLE001 - nothing escapes a worker's supervision
+                why = f"failed: {describe(e)}"
+                self.counters["supervisor_errors"] += 1
+            self._set(w, PortState.DOWN)  # also when it failed before a worker ever ran
+            self.counters["worker_restarts"] += 1
+            w.restarts += 1
+            delay = backoff.next(trio.current_time() - started_at)
+            what = f"SIP worker {w.name} ({', '.join(w.ports)}) {why}"
+            self.task_failures.failed(f"sip-{w.name}", what, retry_in=delay, level="warning")
+            await self._report("warning", "sip_worker_restart",
+                               f"{what}; restarting in {delay:.1f} s", local=False)
+            await trio.sleep(delay)
+
+    async def _run_worker(self, w: Worker, service: CallService) -> str:
+        """One run of worker ``w``: listen, start it, serve it until it ends; returns why it
+        ended.  Raises whatever failed around it (``_supervise`` records it)."""
+        sock = self.runtime_dir / f"sip-{w.name}.sock"
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        listener = await _unix_listener(sock)
+        try:
             try:
                 w.proc = await trio.lowlevel.open_process(self._argv(w, sock), stdin=None,
                                                           start_new_session=True)
             except OSError as e:
-                await self._report("error", "sip_worker_failed", f"cannot start SIP worker {w.name}: {e}")
-                await listener.aclose()
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.restart_max)
-                continue
+                return f"could not be started: {describe(e)}"
             why = "exited"
             try:
                 async with trio.open_nursery() as n:
@@ -506,7 +547,10 @@ class SipPorts:
                         # (the call flows keep what was recorded) and returns
                     n.start_soon(watch_exit)
                     with trio.move_on_after(30) as accept_timer:
-                        stream = await listener.accept()
+                        try:
+                            stream = await listener.accept()
+                        finally:  # one connection per run; a late one is refused at once
+                            await listener.aclose()
                     if accept_timer.cancelled_caught:
                         why = "did not connect within 30 s"
                         n.cancel_scope.cancel()
@@ -514,20 +558,17 @@ class SipPorts:
                         w.lines = _Lines(stream)
                         why = await self._serve(w, service)
                         n.cancel_scope.cancel()
+            except Exception as e:
+                why = f"failed: {describe(e)}"
+                raise
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop(w, why)
-                    await listener.aclose()
-                    sock.unlink(missing_ok=True)
-            self.counters["worker_restarts"] += 1
-            w.restarts += 1
-            if trio.current_time() - started_at > 60:
-                delay = self.restart_min
-            await self._report("warning", "sip_worker_restart",
-                               f"SIP worker {w.name} ({', '.join(w.ports)}) {why}; "
-                               f"restarting in {delay:.1f} s")
-            await trio.sleep(delay)
-            delay = min(delay * 2, self.restart_max)
+            return why
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+                sock.unlink(missing_ok=True)
 
     async def _stop(self, w: Worker, why: str) -> None:
         w.ready = trio.Event()
@@ -578,33 +619,48 @@ class SipPorts:
                 if ev is None:
                     self._lost(w, "closed its connection")
                     return "closed its connection"
-                kind = ev.get("ev")
-                if kind == "ready":
-                    if self.profile.mode == "trunk":  # a registered line is up once registered
-                        self._set(w, PortState.IDLE)
-                    w.ready.set()
-                    log.info("SIP worker %s ready on %s (pid %s): %s", w.name, ev.get("sip"),
-                             ev.get("pid"), ", ".join(w.ports))
-                elif kind == "incoming":
-                    n.start_soon(self._incoming, w, ev, service)
-                elif kind == "notify_result":
-                    box = w.notifies.get(ev.get("id"))
-                    if box is not None:
-                        box["result"] = ev
-                        w.notify_done.set()
-                        w.notify_done = trio.Event()
-                elif kind == "registration":
-                    self._registration(w, ev)
-                    level = "info" if ev.get("state") == "registered" else "warning"
-                    await self._report(level, "sip_registration",
-                                       f"SIP {ev.get('account')}: {ev.get('state')} "
-                                       f"({ev.get('code')} {ev.get('reason', '')})")
-                elif kind == "error":
-                    log.warning("SIP worker %s: %s", w.name, ev.get("message"))
-                    if isinstance(ev.get("call"), str) and ev["call"] in w.calls:
-                        w.calls[ev["call"]].event(ev)   # e.g. a refused transfer op
-                elif isinstance(ev.get("call"), str) and ev["call"] in w.calls:
-                    w.calls[ev["call"]].event(ev)
+                try:
+                    await self._event(w, ev, service, n)
+                except Exception as e:  # noqa: BLE001 - one odd event never ends the worker
+                    self.counters["bad_events"] += 1
+                    self.task_failures.failed(f"sip-{w.name}-events", e)
+
+    async def _event(self, w: Worker, ev: dict, service: CallService,
+                     calls: trio.Nursery) -> None:
+        """One event from worker ``w`` (its fields are the worker's word: checked here)."""
+        kind = ev.get("ev")
+        if kind == "ready":
+            if self.profile.mode == "trunk":  # a registered line is up once registered
+                self._set(w, PortState.IDLE)
+            w.ready.set()
+            log.info("SIP worker %s ready on %s (pid %s): %s", w.name, ev.get("sip"),
+                     ev.get("pid"), ", ".join(w.ports))
+        elif kind == "incoming":
+            calls.start_soon(self._incoming, w, ev, service)
+        elif kind == "notify_result":
+            nid = ev.get("id")
+            box = w.notifies.get(nid) if isinstance(nid, int) else None
+            if box is not None:
+                box["result"] = ev
+                w.notify_done.set()
+                w.notify_done = trio.Event()
+        elif kind == "registration":
+            self._registration(w, ev)
+            level = "info" if ev.get("state") == "registered" else "warning"
+            await self._report(level, "sip_registration",
+                               f"SIP {ev.get('account')}: {ev.get('state')} "
+                               f"({ev.get('code')} {ev.get('reason', '')})")
+        elif kind == "error":
+            message = str(ev.get("message"))
+            if message.startswith("start failed"):  # e.g. its SIP address is taken
+                p = self.profile
+                message = (f"cannot start on {p.bind}:{p.sip_port + w.index} (settings "
+                           f"ports.sip.bind, ports.sip.sip_port): {message}")
+            log.warning("SIP worker %s: %s", w.name, message)
+            if isinstance(ev.get("call"), str) and ev["call"] in w.calls:
+                w.calls[ev["call"]].event(ev)   # e.g. a refused transfer op
+        elif isinstance(ev.get("call"), str) and ev["call"] in w.calls:
+            w.calls[ev["call"]].event(ev)
 
     def _registration(self, w: Worker, ev: dict) -> None:
         """Register mode: a port is ``idle`` while its line is registered, ``down`` otherwise
@@ -632,11 +688,33 @@ class SipPorts:
     # ------------------------------------------------------------------ calls
 
     async def _incoming(self, w: Worker, ev: dict, service: CallService) -> None:
+        """One offered call, contained: whatever fails in it (outside the call flow, which
+        has its own backstop) is recorded (task ``sip-call``), the port it claimed is given
+        back and the worker is told to reject or hang up; the worker's other calls go on."""
+        held: dict[str, Any] = {}
+        try:
+            await self._take_call(w, ev, service, held)
+        except Exception as e:  # noqa: BLE001 - one call never ends its worker's others
+            self.counters["call_errors"] += 1
+            self.task_failures.failed("sip-call", e)
+            port = held.get("port")
+            if port is not None and port.state is PortState.RINGING:
+                port.state = PortState.IDLE
+            wid = ev.get("call")
+            if isinstance(wid, str):
+                if "answered" in held:
+                    await self._reply(w, op="hangup", call=wid)
+                else:
+                    await self._reply(w, op="reject", call=wid, code=500)
+
+    async def _take_call(self, w: Worker, ev: dict, service: CallService,
+                         held: dict[str, Any]) -> None:
         wid = ev.get("call")
         if not isinstance(wid, str):
             return
         assert self._registry is not None
         port = self._claim(w, self.port_of_account(str(ev.get("account") or "")))
+        held["port"] = port
         if port is None:
             await self._reply(w, op="reject", call=wid, code=486)
             return
@@ -667,6 +745,7 @@ class SipPorts:
                 return
             active = decision.call
             assert active is not None
+            held["answered"] = True
             w.active[wid] = active
             self.counters["calls"] += 1
             await self._reply(w, op="answer", call=wid)
@@ -707,7 +786,8 @@ class SipPorts:
     async def _reply(self, w: Worker, **msg: Any) -> None:
         try:
             await w.send(**msg)
-        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.BusyResourceError):
             pass
 
     # ------------------------------------------------------------------ MWI
@@ -778,6 +858,10 @@ def _number(profile, field: str, value: str) -> str:
 
 async def _unix_listener(path: Path) -> trio.SocketListener:
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    sock.listen(4)
+    try:
+        await sock.bind(str(path))
+        sock.listen(4)
+    except BaseException:
+        sock.close()
+        raise
     return trio.SocketListener(sock)
