@@ -15,7 +15,8 @@ import trio
 from . import _events as ev
 from ._wire import (NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection,
                     LinkError, Status)
-from telephony.tasks import Backoff, TaskFailures, guard_handler, keep_running, listen_tcp
+from telephony.tasks import (Backoff, TaskFailures, describe, guard_handler, keep_running,
+                             listen_tcp)
 
 from .config import NodeConfig, shared_settings_digest
 from .eventlog import EventLog
@@ -131,7 +132,7 @@ class PeerLink:
                 await self._pump(stream, conn)
                 reason = "peer closed the connection"
             except CONNECTION_ERRORS as e:
-                reason = f"{type(e).__name__}: {e}"
+                reason = describe(e)  # with the error it came from (a reset: ConnectionResetError)
             finally:
                 self.out_connected = False
                 if stream is not None:
