@@ -37,6 +37,7 @@ from integrations.smdi import PARITIES, SerialSettings, SmdiProfile
 from ..events import CallArrival
 from ..mwi import TransmitRefused, require_term
 from ..ports import CallService, PortRegistry, PortState
+from ..tasks import TaskFailures, describe, python_logger
 from .codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
 from .core import FailureMatcher, LinePacer, RecordMatcher
 
@@ -186,6 +187,8 @@ class SmdiLink:
             "unmatched_rings": 0, "protocol_errors": 0, "mwi_sent": 0, "mwi_refused": 0,
             "mwi_failures": 0, "mwi_failures_unmatched": 0}
         self.last_error: str | None = None
+        #: failures of the link's reader (the service puts its own here: ``tasks`` counters)
+        self.task_failures = TaskFailures(python_logger(log))
 
     # ------------------------------------------------------------------ PortDriver
 
@@ -227,7 +230,10 @@ class SmdiLink:
                 self.last_error = None
                 delay = self.reopen_min
                 if self.on_up is not None and self.gate() is not None:
-                    self.on_up()
+                    try:
+                        self.on_up()
+                    except Exception as e:  # noqa: BLE001 - the link is up all the same
+                        self.task_failures.failed("smdi-link", e)
                 if not started:
                     task_status.started()
                     started = True
@@ -241,13 +247,23 @@ class SmdiLink:
                     self.last_error = str(e)
                     await self._report("warning", "smdi_down",
                                        f"SMDI link {self.serial.device} lost: {e}; reopening")
+                except Exception as e:  # noqa: BLE001 - a failure reading the link: reopen it
+                    self.last_error = describe(e)
+                    self.task_failures.failed("smdi-link", e, retry_in=delay)
+                    await self._report("warning", "smdi_down",
+                                       f"SMDI link {self.serial.device} failed: "
+                                       f"{self.last_error}; reopening")
+                    reader = SmdiReader()  # what was half read is not trusted
                 finally:
                     port, self._port = self._port, None
                     self._set_state(PortState.DOWN)
                     if port is not None:
                         await port.aclose()
-                for event in reader.close():
-                    await self._handle(event, service)
+                try:
+                    for event in reader.close():
+                        await self._handle(event, service)
+                except Exception as e:  # noqa: BLE001
+                    self.task_failures.failed("smdi-link", e)
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.reopen_max)
         finally:

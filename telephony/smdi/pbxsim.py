@@ -13,13 +13,17 @@ as a switch does.  Used by tests, benchmarks, the demo and lab runs against a da
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import trio
 
+from ..tasks import TaskFailures, python_logger
 from .codec import CommandReader, MwiCommand, ProtocolError, encode_call_record, encode_mwi_failure
+
+log = logging.getLogger("telephony.smdi.pbxsim")
 
 
 class PbxSimulator:
@@ -39,6 +43,9 @@ class PbxSimulator:
         self._ser = None
         self._stream: trio.lowlevel.FdStream | None = None
         self._changed = trio.Event()
+        #: failures of the reader (a failure answer that could not be written, a bug): it
+        #: records them and reads on, so nothing escapes ``running()`` from it
+        self.task_failures = TaskFailures(python_logger(log))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator["PbxSimulator"]:
@@ -53,28 +60,45 @@ class PbxSimulator:
         self._ser = await trio.to_thread.run_sync(opener)
         self._stream = trio.lowlevel.FdStream(os.dup(self._ser.fileno()))
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                yield self
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    yield self
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # the reader never raises: the group holds the block's own error, which the
+                # caller gets as it was raised (not wrapped by this helper's nursery)
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
         finally:
             await self._stream.aclose()
             self._ser.close()
 
     async def _read_loop(self) -> None:
-        assert self._stream is not None
+        """Read the line for ever; a failure of one turn (an ``INV`` answer that cannot be
+        written, a bug) is recorded and reading goes on."""
         reader = CommandReader()
         while True:
             try:
-                data = await self._stream.receive_some(4096)
-            except (OSError, trio.BrokenResourceError):
-                await trio.sleep(0.05)  # the splitter is restarting; keep the PBX side up
-                continue
-            if not data:
+                await self._read_some(reader)
+            except Exception as e:  # noqa: BLE001 - the PBX side stays up
+                self.task_failures.failed("pbxsim-reader", e)
                 await trio.sleep(0.05)
-                continue
-            self.received += data
-            now = trio.current_time()
+
+    async def _read_some(self, reader: CommandReader) -> None:
+        assert self._stream is not None
+        try:
+            data = await self._stream.receive_some(4096)
+        except (OSError, trio.BrokenResourceError):
+            await trio.sleep(0.05)  # the splitter is restarting; keep the PBX side up
+            return
+        if not data:
+            await trio.sleep(0.05)
+            return
+        self.received += data
+        now = trio.current_time()
+        try:
             for ev in reader.feed(data):
                 if isinstance(ev, MwiCommand):
                     self.commands.append((now, ev))
@@ -84,6 +108,7 @@ class PbxSimulator:
                         await self.send(encode_mwi_failure(ev.number, cause))
                 else:
                     self.errors.append(ev)
+        finally:
             self._changed.set()
             self._changed = trio.Event()
 
