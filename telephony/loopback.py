@@ -87,6 +87,7 @@ from .callflow import check_destination
 from .events import CallArrival
 from .mwi import require_term
 from .ports import ActiveCall, CallService, PortRegistry, PortState
+from .tasks import Backoff, TaskFailures, contained, listen_tcp, python_logger
 
 log = logging.getLogger("telephony.loopback")
 
@@ -210,6 +211,8 @@ class LoopbackTrunk:
         #: the term the service answers in, or None (``MessagingService.answering_term``): a
         #: lamp job of any other term is refused; None here: no gate (a trunk without service)
         self.gate: Callable[[], int | None] | None = None
+        #: failures of the accept loop and of connections (the service puts its own here)
+        self.task_failures = TaskFailures(python_logger(log))
 
     async def _monitor(self, line: "_Line") -> None:
         """The simulated PBX's MWI side: ``{"op": "monitor"}`` gets ``{"ev": "monitoring"}``,
@@ -257,7 +260,7 @@ class LoopbackTrunk:
         if self._given:
             self.address = self.address or ("memory", 0)
         elif not self._listeners:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            listeners = await listen_tcp("ports.loopback.listen", self.host, self.port)
             sockname = listeners[0].socket.getsockname()
             self._listeners = list(listeners)
             self.address = (sockname[0], sockname[1])
@@ -288,21 +291,28 @@ class LoopbackTrunk:
 
     async def _accept_loop(self, listener: trio.abc.Listener, service: CallService,
                            nursery: trio.Nursery) -> None:
+        """Accept for ever.  A failed accept (EMFILE and friends, anything else) is recorded
+        (task ``loopback-accept``) and followed by a growing delay, never the end of the
+        listener; the ports stay usable for the connections already open."""
+        backoff = Backoff(first=0.1, cap=5.0, healthy_after=0.0)
         while True:
             try:
                 stream = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off rather than spin
-                log.warning("loopback accept failed: %s", exc)
-                await trio.sleep(0.1)
+            except trio.ClosedResourceError:
+                raise  # the trunk is stopping
+            except Exception as exc:  # noqa: BLE001 - back off rather than spin or die
+                delay = backoff.next(0.0)
+                self.task_failures.failed("loopback-accept", exc, retry_in=delay)
+                await trio.sleep(delay)
                 continue
+            backoff.reset()
             nursery.start_soon(self._guarded, stream, service)
 
     async def _guarded(self, stream: trio.abc.Stream, service: CallService) -> None:
-        """One bad connection must not take the service (and its other calls) down."""
-        try:
-            await self.handle_connection(stream, service)
-        except Exception:
-            log.exception("loopback connection failed")
+        """One bad connection must not take the service (and its other calls) down: what
+        escapes its handler is recorded (task ``loopback-connection``)."""
+        await contained("loopback-connection", self.task_failures, self.handle_connection,
+                        stream, service)
 
     # ------------------------------------------------------------------ one connection
 
@@ -356,7 +366,8 @@ class LoopbackTrunk:
                 client_gone = await self._in_call(line, active, service)
             else:
                 client_gone = await self._in_call_flow(line, active, service)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            # the client's connection broke or was reset (alone, or from a nursery's child)
             client_gone = True
         finally:
             with trio.CancelScope(shield=True) as scope:

@@ -12,6 +12,14 @@ health interval, and answers calls only while activated with a live lease (docs/
 When the control socket closes, the node manager is gone: the service stops answering at once,
 hangs up its calls and exits 0.  ``shutdown`` and SIGTERM exit 0 the same way.
 
+It exits only then, on a configuration error at start (a listening address that cannot be
+bound, a driver that cannot start: one log line naming the setting, exit 1) and when its
+control channel breaks.  Every long-lived task contains its own failures
+(:mod:`telephony.tasks`): a driver whose run fails after its start is recorded, its ports are
+``down`` and it is run again after a growing delay; so are the health and counters loops, the
+voice-messaging core and a command whose handling fails.  The failure counts per task go to
+the node manager as the ``tasks`` counters group.
+
 This module is the thin Trio driver; the decisions live in the pure cores
 :mod:`telephony._activation` (the lease) and :mod:`telephony._control` (the framing), and in
 :class:`telephony.ports.CallDesk` (the offer/hold path).
@@ -36,11 +44,12 @@ import trio
 
 from ._activation import Activation, ActivationError
 from ._control import (
-    NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, ControlProtocolError,
-    FieldError, make, validate,
+    MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError,
+    ControlProtocolError, FieldError, make, validate,
 )
 from .events import CallArrival
-from .ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry
+from .ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
+from .tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
 
 log = logging.getLogger("telephony.service")
 
@@ -87,6 +96,12 @@ class MessagingService:
         self._seq = 0
         self.stop_reason: str | None = None
         self.exit_code = EXIT_OK
+        #: failures of the service's long-lived tasks (drivers and the messaging core that
+        #: have a ``task_failures`` record share this one): the ``tasks`` counters group
+        self.task_failures = TaskFailures(python_logger(log))
+        for part in [*self.drivers, messaging]:
+            if part is not None and isinstance(getattr(part, "task_failures", None), TaskFailures):
+                part.task_failures = self.task_failures
 
     # ------------------------------------------------------------------ driver API
 
@@ -127,18 +142,28 @@ class MessagingService:
             async with trio.open_nursery() as nursery:
                 await self._notify(make("hello", pid=self._pid, node=self.node,
                                         ports=self.registry.names(), **self._hello_extra))
-                for d in self.drivers:
-                    await nursery.start(d.run, self)
-                if self.messaging is not None:
-                    await nursery.start(self.messaging.run)
-                nursery.start_soon(self._health_loop)
-                nursery.start_soon(self._counters_loop)
-                log.info("running with %d ports: %s", len(self.registry),
-                         ", ".join(self.registry.names()) or "none")
-                task_status.started()
                 outcome: tuple[str, int] | None = None
-                with self._control_scope:
-                    outcome = await self._control_loop()
+                try:
+                    for d in self.drivers:
+                        await nursery.start(self._keep_running, f"driver-{d.kind}", d.run,
+                                            d.kind)
+                    if self.messaging is not None:
+                        await nursery.start(self._keep_running, "messaging",
+                                            self._run_messaging, None)
+                except Exception as exc:  # noqa: BLE001 - a start failure: a configuration error
+                    why = exc.strerror if isinstance(exc, ListenError) else describe(exc)
+                    outcome = f"cannot start: {why}", EXIT_FAILED
+                else:
+                    nursery.start_soon(keep_running, "health", self._health_loop,
+                                       self.task_failures)
+                    nursery.start_soon(keep_running, "counters", self._counters_loop,
+                                       self.task_failures)
+                    log.info("running with %d ports: %s", len(self.registry),
+                             ", ".join(self.registry.names()) or "none")
+                task_status.started()
+                if outcome is None:
+                    with self._control_scope:
+                        outcome = await self._control_loop()
                 if outcome is not None and self.stop_reason is None:
                     self.stop_reason, self.exit_code = outcome
                 # from here on the service never answers again
@@ -153,6 +178,38 @@ class MessagingService:
             with trio.CancelScope(shield=True):
                 await self._control.aclose()
         return self.exit_code
+
+    async def _run_messaging(self, service: "MessagingService", *,
+                             task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        await self.messaging.run(task_status=task_status)
+
+    async def _keep_running(self, task: str, run: Any, kind: str | None, *,
+                            task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """``await run(self, task_status=...)`` (a driver's run) for ever.  Its first start must
+        succeed: an error before it reports started is raised (the service cannot start as
+        configured).  After that, whatever ends a run (an error, an exception group from its
+        nursery, a return) is recorded as a failure of ``task``, the ports of ``kind`` are
+        ``down`` and it is run again after a growing delay.  Only cancellation ends this."""
+        status = _Started(task_status)
+        backoff = Backoff()
+        while True:
+            began = trio.current_time()
+            try:
+                await run(self, task_status=status)
+            except Exception as exc:  # noqa: BLE001 - nothing escapes a long-lived task
+                if not status.done:
+                    raise
+                what: BaseException | str = exc
+            else:
+                if not status.done:
+                    raise RuntimeError(f"{task} returned before it started")
+                what = "returned unexpectedly"
+            if kind is not None:
+                self.registry.set_state(kind, PortState.DOWN)
+            delay = backoff.next(trio.current_time() - began)
+            self.task_failures.failed(task, what, retry_in=delay)
+            await trio.sleep(delay)
+            status = _Started(trio.TASK_STATUS_IGNORED)
 
     # ------------------------------------------------------------------ control channel
 
@@ -191,7 +248,13 @@ class MessagingService:
             if isinstance(ev, ControlError):
                 log.warning("control line dropped: %s: %r", ev.reason, ev.raw[:200])
                 continue
-            if await self._handle(ev):
+            try:
+                stop = await self._handle(ev)
+            except Exception as exc:  # noqa: BLE001 - one command's failure is not the end
+                self.task_failures.failed("control", exc)
+                await self._error(f"{ev.get('op')} failed: {describe(exc)}", ev.get("op"))
+                continue
+            if stop:
                 return "shutdown requested by the node manager", EXIT_OK
 
     async def _handle(self, msg: dict) -> bool:
@@ -258,13 +321,17 @@ class MessagingService:
 
     def counters(self) -> dict[str, dict[str, int]]:
         """The counters of every driver that keeps some (``counters``: a dict of name -> int),
-        by driver kind, and the voice-messaging core's as ``messaging``."""
+        by driver kind, the voice-messaging core's as ``messaging``, and the failures of the
+        long-lived tasks by task name as ``tasks`` (once there is one)."""
         groups: dict[str, dict[str, int]] = {}
         for source in [*self.drivers, self.messaging]:
             counters = getattr(source, "counters", None)
             if isinstance(counters, dict) and counters:
                 kind = "messaging" if source is self.messaging else source.kind
                 groups[kind] = dict(counters)
+        tasks = task_counters(self.task_failures.counts)
+        if tasks:
+            groups["tasks"] = tasks
         return groups
 
     async def _counters_loop(self) -> None:
@@ -307,6 +374,30 @@ class MessagingService:
             self._control_ok = False
             self.activation.stop()
             self.request_stop(failure, EXIT_OK)
+
+
+class _Started:
+    """A task status that reports the first ``started()`` only and remembers it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self.inner.started(value)
+
+
+def task_counters(counts: dict[str, int]) -> dict[str, int]:
+    """Failure counts by task name within one counters group's bounds (64 counters): beyond
+    63 tasks the least frequent are summed as ``other``."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(items) <= MAX_COUNTERS:
+        return {name[:64]: n for name, n in items}
+    out = {name[:64]: n for name, n in items[:MAX_COUNTERS - 1]}
+    out["other"] = out.get("other", 0) + sum(n for _, n in items[MAX_COUNTERS - 1:])
+    return out
 
 
 def _lease_left(msg: dict) -> float:
@@ -577,9 +668,10 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                               realtime=cfg.messaging.realtime_audio if cfg else True)
         try:
             host, port = await trunk.open()
-        except OSError as exc:
-            log.error("cannot listen on %s:%d for the loopback trunk: %s",
-                      *opts.loopback, exc.strerror or exc)
+        except OSError as exc:  # ListenError: one line naming the setting and the address
+            log.error("loopback trunk: %s", exc.strerror if isinstance(exc, ListenError)
+                      else f"cannot listen on {opts.loopback[0]}:{opts.loopback[1]} "
+                           f"(setting ports.loopback.listen): {exc.strerror or exc}")
             return EXIT_FAILED
         drivers.append(trunk)
         extra["loopback"] = f"{host}:{port}"
@@ -657,6 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(serve, opts)
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a start that failed in a way not foreseen
+        log.debug("messaging service failed", exc_info=True)
+        log.error("messaging service failed: %s", describe(exc))
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
