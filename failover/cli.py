@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, load_config
+from .config import EXIT_CONFIG, ConfigError, load_config
 
 EXIT_NOT_RUNNING = 3
 
@@ -33,14 +33,23 @@ def _admin(cfg, request: dict) -> dict | None:
 
 
 def cmd_node(args) -> int:
+    """Exit codes: 0 after a shutdown, 2 (``EXIT_CONFIG``) when the configuration stops the
+    node from starting (an invalid file or key, colliding ports, a listener that cannot bind:
+    one line each, never a traceback), 130 on Ctrl-C."""
     from .node import main_node
 
-    cfg = _config(args)
+    path = args.config or os.environ.get("VMHA_CONFIG")
+    if not path:
+        raise SystemExit("vmha: error: no node configuration: pass --config FILE or set VMHA_CONFIG")
     try:
-        return main_node(cfg)
+        return main_node(load_config(path))
     except KeyboardInterrupt:
         return 130
-    except (ConfigError, OSError) as e:
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"vmha node: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:
         print(f"vmha node: {e}", file=sys.stderr)
         return 1
 

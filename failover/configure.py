@@ -17,17 +17,19 @@ from typing import NamedTuple, Sequence
 import tomli_w
 
 from .config import (
-    DEFAULT_LINK_PORT, PROFILES, ConfigError, check_node_name, load_config, parse_address,
-    parse_config, settings_that_must_match,
+    DEFAULT_LINK_PORT, PROFILES, Address, Bind, ConfigError, NodeConfig, Problem, binds_collide, check_node_name,
+    listen_binds, load_config, parse_address, parse_config, port_collisions, same_host,
+    settings_that_must_match,
 )
 from .statefile import write_new_file
 
-__all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "PairFiles", "make_pair", "write_pair",
+__all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pair", "write_pair",
            "load_key", "configure_main"]
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "link.key"
 DEFAULT_LOOPBACK_PORTS = (3671, 3672)  # (primary, secondary) [ports.loopback] listen ports
+AUTO = "auto"  # loopback_ports: the defaults, moved up when they would collide
 
 
 # ============================================================================ make_pair (pure)
@@ -61,7 +63,7 @@ def _header(role: str, name: str, peer: str) -> str:
 
 def make_pair(primary_name: str, secondary_name: str, primary_addr: str, secondary_addr: str,
               data_root: str | os.PathLike = "data", *,
-              loopback_ports: tuple[int, int] | None = DEFAULT_LOOPBACK_PORTS,
+              loopback_ports: tuple[int, int] | None | str = AUTO,
               profile: str = "default", failback: str = "manual",
               window: tuple[str, str] | None = None,
               key: bytes | None = None,
@@ -71,33 +73,104 @@ def make_pair(primary_name: str, secondary_name: str, primary_addr: str, seconda
     ``*_addr`` are each node's cluster-interface ``host:port``: it is that node's
     ``link.listen`` and the other node's ``link.peer``.  Each ``node.data_dir`` is
     ``<data_root>/<name>`` (a relative ``data_root`` is taken from the TOML file's directory);
-    ``node.key_file`` is ``link.key`` next to the TOML files.  ``loopback_ports=None`` disables
-    the loopback ports.  ``failback="scheduled"`` needs ``window=("HH:MM", "HH:MM")``.
-    ``key`` defaults to 32 fresh random bytes.  ``base_dir`` is where the files will live (only
-    used to check the resulting paths, e.g. the Unix socket length limit).  Raises
-    :class:`ConfigError` for bad input: the output is checked with ``parse_config`` and as a
-    pair before it is returned."""
+    ``node.key_file`` is ``link.key`` next to the TOML files.  ``loopback_ports`` is
+    ``(primary, secondary)``, ``None`` (disabled) or ``"auto"`` (3671/3672, each moved up to
+    the next free port if it would collide).  ``failback="scheduled"`` needs
+    ``window=("HH:MM", "HH:MM")``.  ``key`` defaults to 32 fresh random bytes.  ``base_dir``
+    is where the files will live (only used to check the resulting paths, e.g. the Unix
+    socket length limit).
+
+    Ports: the link ports are the operator's and never change.  The replication listeners
+    default to link port + 1; when that (or an ``"auto"`` loopback port) would collide with
+    another port of the pair (:func:`~failover.config.port_collisions`: both nodes on one
+    host), the next free port up is taken and written explicitly (``[replication] listen`` and
+    ``peer`` in both files).  A collision among ports the operator gave is refused.
+
+    Raises :class:`ConfigError` for bad input: the output is checked with ``parse_config``,
+    as a pair and for port collisions before it is returned."""
     if key is None:
         key = secrets.token_bytes(KEY_BYTES)
     if len(key) != KEY_BYTES:
         raise ConfigError("make_pair", f"the key must be {KEY_BYTES} bytes, not {len(key)}")
     if window is not None and failback != "scheduled":
         raise ConfigError("make_pair", 'a failback window needs failback="scheduled"', "failback.type")
-    lb = loopback_ports if loopback_ports is not None else (None, None)
+    auto_loopback = isinstance(loopback_ports, str)
+    if auto_loopback and loopback_ports != AUTO:
+        raise ConfigError("make_pair", f'loopback_ports must be (P, S), None or "{AUTO}"')
+    lb = (DEFAULT_LOOPBACK_PORTS if auto_loopback else loopback_ports) or (None, None)
     docs = {
         "primary": _node_doc(primary_name, "primary", primary_addr, secondary_name, secondary_addr,
                              str(data_root), lb[0], profile, failback, window),
         "secondary": _node_doc(secondary_name, "secondary", secondary_addr, primary_name,
                                primary_addr, str(data_root), lb[1], profile, failback, window),
     }
-    # check both documents exactly as the node manager will read them
-    cfgs = {role: parse_config(doc, f"{role}.toml", base_dir=base_dir) for role, doc in docs.items()}
+
+    def parse_all() -> dict[str, NodeConfig]:  # exactly as the node manager will read them
+        return {role: parse_config(doc, f"{role}.toml", base_dir=base_dir) for role, doc in docs.items()}
+
+    cfgs = parse_all()
     problems = settings_that_must_match(cfgs["primary"], cfgs["secondary"])
     if problems:
         raise ConfigError("make_pair", "; ".join(problems))
+    if _derive_ports(docs, cfgs, auto_loopback):
+        cfgs = parse_all()
+    problems = port_collisions(cfgs["primary"], cfgs["secondary"])
+    if problems:
+        raise ConfigError("make_pair", [Problem("", p + " (change one of the ports given)")
+                                         for p in problems])
     texts = [_header(role, doc["node"]["name"], doc["link"]["peer_name"]) + tomli_w.dumps(doc)
              for role, doc in docs.items()]
     return texts[0], texts[1], key
+
+
+def _free_port(want: Bind, taken: list[Bind]) -> int:
+    """``want.lo`` or the next port up (wrapping to 1024 after 65535) that collides with
+    nothing in ``taken``; ``want.lo`` itself when every port is taken (the final check then
+    reports it)."""
+    port = want.lo
+    for _ in range(65536):
+        if not any(binds_collide(want._replace(lo=port, hi=port), t) for t in taken):
+            return port
+        port = port + 1 if port < 65535 else 1024
+    return want.lo
+
+
+def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopback: bool) -> bool:
+    """Move the ports the operator did not give (the replication listeners, and the loopback
+    trunks when ``auto_loopback``) off any port they would collide with; edit ``docs``.
+    Returns whether anything changed."""
+    roles = ("primary", "secondary")
+    shared = same_host(cfgs["primary"], cfgs["secondary"])
+    derivable = {"[replication] listen"} | ({"[ports.loopback] listen"} if auto_loopback else set())
+    placed = {r: [b for b in listen_binds(cfgs[r]) if b.setting not in derivable] for r in roles}
+    chosen: dict[tuple[str, str], int] = {}
+    for setting in ("[replication] listen", "[ports.loopback] listen"):
+        for role in roles:
+            want = [b for b in listen_binds(cfgs[role]) if b.setting == setting and setting in derivable]
+            if not want:
+                continue
+            other = roles[1 - roles.index(role)]
+            taken = placed[role] + (placed[other] if shared else [])
+            port = _free_port(want[0], taken)
+            chosen[setting, role] = port
+            placed[role].append(want[0]._replace(lo=port, hi=port))
+    changed = False
+    for role in roles:
+        lb = chosen.get(("[ports.loopback] listen", role))
+        if lb is not None and lb != cfgs[role].ports.loopback.listen.port:
+            docs[role]["ports"]["loopback"]["listen"] = f"{cfgs[role].ports.loopback.listen.host}:{lb}"
+            changed = True
+    rp = {r: chosen.get(("[replication] listen", r)) for r in roles}
+    if None not in rp.values() and any(rp[r] != cfgs[r].replication.listen.port for r in roles):
+        for role in roles:  # both ends of both channels, written out
+            other = roles[1 - roles.index(role)]
+            c = cfgs[role]
+            docs[role]["replication"] = {
+                "listen": str(Address(c.replication.listen.host, rp[role])),
+                "peer": str(Address(c.replication.peer.host, rp[other])),
+            }
+        changed = True
+    return changed
 
 
 # ============================================================================ files
@@ -220,13 +293,13 @@ def _window_arg(text: str) -> tuple[str, str]:
     return start.strip(), end.strip()
 
 
-def _ports_arg(text: str) -> tuple[int, int] | None:
-    if text == "none":
-        return None
+def _ports_arg(text: str) -> tuple[int, int] | None | str:
+    if text in ("none", AUTO):
+        return None if text == "none" else AUTO
     try:
         p, s = (int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PRIMARY,SECONDARY ports or none") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PRIMARY,SECONDARY ports, auto or none") from None
     return p, s
 
 
@@ -245,12 +318,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-root", metavar="DIR", default="data",
                     help="each node's data_dir is DIR/NAME; relative = next to the TOML file "
                          "(default: data)")
-    ap.add_argument("--loopback-ports", metavar="P,S", type=_ports_arg, default=DEFAULT_LOOPBACK_PORTS,
-                    help="[ports.loopback] listen ports on 127.0.0.1 for primary,secondary, or "
-                         "'none' to disable (default: 3671,3672)")
+    ap.add_argument("--loopback-ports", metavar="P,S", type=_ports_arg, default=AUTO,
+                    help="[ports.loopback] listen ports on 127.0.0.1 for primary,secondary, "
+                         "'none' to disable, or 'auto' (default: 3671,3672, moved up to a free "
+                         "port if either would collide with another port of the pair)")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")
     ap.add_argument("--check", nargs=2, metavar=("A.toml", "B.toml"),
-                    help="print the settings that must match on both nodes but differ; exit 1 if any")
+                    help="print the settings that must match on both nodes but differ, and "
+                         "ports that collide; exit 1 if any")
     return ap
 
 
@@ -288,15 +363,18 @@ def configure_main(argv: Sequence[str]) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    print(f"wrote {files.primary}\nwrote {files.secondary}\nwrote {files.key} (mode 0600)\n"
-          f"Copy {files.secondary.name} and {files.key.name} to the secondary (keep mode 0600), "
+    print(f"wrote {files.primary}\nwrote {files.secondary}\nwrote {files.key} (mode 0600)")
+    for path in (files.primary, files.secondary):
+        binds = [b for b in listen_binds(load_config(path)) if b.proto != "unix"]
+        print(f"{path.name} listens on: " + ", ".join(f"{b.setting} {b.address}" for b in binds))
+    print(f"Copy {files.secondary.name} and {files.key.name} to the secondary (keep mode 0600), "
           f"then start each node with: vmha node --config FILE")
     return 0
 
 
 def _check(a_path: str, b_path: str) -> int:
     a, b = load_config(a_path), load_config(b_path)
-    problems = settings_that_must_match(a, b)
+    problems = settings_that_must_match(a, b) + port_collisions(a, b)
     # the pre-shared keys must be equal too; compared only where both files are present here
     ka, kb = a.node.key_file, b.node.key_file
     if ka.exists() and kb.exists():
@@ -311,9 +389,9 @@ def _check(a_path: str, b_path: str) -> int:
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} difference(s): {a_path} and {b_path} do not form a working pair",
+        print(f"{len(problems)} problem(s): {a_path} and {b_path} do not form a working pair",
               file=sys.stderr)
         return 1
     print(f"OK: {a.node.name} ({a.node.role.label}) and {b.node.name} ({b.node.role.label}) "
-          "form a pair; shared settings match")
+          "form a pair; shared settings match and no ports collide")
     return 0
