@@ -1151,37 +1151,37 @@ def listen_binds(c: NodeConfig) -> list[Bind]:
     the loopback trunk, the SIP signalling ports and RTP ranges (messaging service and its
     workers), and the admin and control Unix sockets."""
     src = c.source
-    out = [Bind(src, "[link] listen", "tcp", c.link.listen.host, c.link.listen.port, c.link.listen.port)]
+    out = [Bind(src, "link.listen", "tcp", c.link.listen.host, c.link.listen.port, c.link.listen.port)]
     r = c.replication
     if r.enabled:
-        out.append(Bind(src, "[replication] listen", "tcp", r.listen.host, r.listen.port, r.listen.port))
+        out.append(Bind(src, "replication.listen", "tcp", r.listen.host, r.listen.port, r.listen.port))
     lb = c.ports.loopback
     if lb.enabled and lb.listen is not None:
-        out.append(Bind(src, "[ports.loopback] listen", "tcp", lb.listen.host, lb.listen.port,
+        out.append(Bind(src, "ports.loopback.listen", "tcp", lb.listen.host, lb.listen.port,
                         lb.listen.port))
     sip = c.ports.sip
     if sip.enabled:  # integrations.cucm_sip.SipProfile: worker i on sip_port + i, RTP from rtp_port + 1000 i
         workers = -(-sip.count // sip.per_worker)
-        out.append(Bind(src, "[ports.sip] sip_port", "udp", sip.bind, sip.sip_port,
+        out.append(Bind(src, "ports.sip.sip_port", "udp", sip.bind, sip.sip_port,
                         sip.sip_port + workers - 1))
         for i in range(workers):
             n = min(sip.per_worker, sip.count - i * sip.per_worker)
             lo = sip.rtp_port + 1000 * i
-            out.append(Bind(src, "[ports.sip] rtp_port", "udp", sip.bind, lo,
+            out.append(Bind(src, "ports.sip.rtp_port", "udp", sip.bind, lo,
                             lo + RTP_PORTS_PER_SIP_PORT * n - 1))
-    out.append(Bind(src, "[admin] socket", "unix", str(c.admin.socket), 0, 0))
-    out.append(Bind(src, "[node] data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))
+    out.append(Bind(src, "admin.socket", "unix", str(c.admin.socket), 0, 0))
+    out.append(Bind(src, "node.data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))
     return out
 
 
 def peer_binds(c: NodeConfig) -> list[Bind]:
     """The peer's listeners as this node's file knows them: ``link.peer`` and, with
     replication, ``replication.peer``."""
-    out = [Bind(c.source, "[link] peer", "tcp", c.link.peer.host, c.link.peer.port,
+    out = [Bind(c.source, "link.peer", "tcp", c.link.peer.host, c.link.peer.port,
                 c.link.peer.port, peer=True)]
     if c.replication.enabled:
         p = c.replication.peer
-        out.append(Bind(c.source, "[replication] peer", "tcp", p.host, p.port, p.port, peer=True))
+        out.append(Bind(c.source, "replication.peer", "tcp", p.host, p.port, p.port, peer=True))
     return out
 
 
@@ -1261,7 +1261,7 @@ def _collision(x: Bind, y: Bind) -> str:
 
 def port_collisions(a: NodeConfig, b: NodeConfig | None = None) -> list[str]:
     """Sockets that cannot all be bound, one line each naming both settings and the address:
-    ``primary.toml [replication] listen 127.0.0.1:13654 collides with secondary.toml [link]
+    ``primary.toml replication.listen 127.0.0.1:13654 collides with secondary.toml link
     listen 127.0.0.1:13654``.
 
     With one node (at node start): its own sockets against each other and against the peer's

@@ -28,7 +28,7 @@ __all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pai
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "link.key"
-DEFAULT_LOOPBACK_PORTS = (3671, 3672)  # (primary, secondary) [ports.loopback] listen ports
+DEFAULT_LOOPBACK_PORTS = (3671, 3672)  # (primary, secondary) ports.loopback.listen ports
 AUTO = "auto"  # loopback_ports: the defaults, moved up when they would collide
 
 
@@ -83,7 +83,7 @@ def make_pair(primary_name: str, secondary_name: str, primary_addr: str, seconda
     Ports: the link ports are the operator's and never change.  The replication listeners
     default to link port + 1; when that (or an ``"auto"`` loopback port) would collide with
     another port of the pair (:func:`~failover.config.port_collisions`: both nodes on one
-    host), the next free port up is taken and written explicitly (``[replication] listen`` and
+    host), the next free port up is taken and written explicitly (``replication.listen`` and
     ``peer`` in both files).  A collision among ports the operator gave is refused.
 
     Raises :class:`ConfigError` for bad input: the output is checked with ``parse_config``,
@@ -141,10 +141,10 @@ def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopb
     Returns whether anything changed."""
     roles = ("primary", "secondary")
     shared = same_host(cfgs["primary"], cfgs["secondary"])
-    derivable = {"[replication] listen"} | ({"[ports.loopback] listen"} if auto_loopback else set())
+    derivable = {"replication.listen"} | ({"ports.loopback.listen"} if auto_loopback else set())
     placed = {r: [b for b in listen_binds(cfgs[r]) if b.setting not in derivable] for r in roles}
     chosen: dict[tuple[str, str], int] = {}
-    for setting in ("[replication] listen", "[ports.loopback] listen"):
+    for setting in ("replication.listen", "ports.loopback.listen"):
         for role in roles:
             want = [b for b in listen_binds(cfgs[role]) if b.setting == setting and setting in derivable]
             if not want:
@@ -156,11 +156,11 @@ def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopb
             placed[role].append(want[0]._replace(lo=port, hi=port))
     changed = False
     for role in roles:
-        lb = chosen.get(("[ports.loopback] listen", role))
+        lb = chosen.get(("ports.loopback.listen", role))
         if lb is not None and lb != cfgs[role].ports.loopback.listen.port:
             docs[role]["ports"]["loopback"]["listen"] = f"{cfgs[role].ports.loopback.listen.host}:{lb}"
             changed = True
-    rp = {r: chosen.get(("[replication] listen", r)) for r in roles}
+    rp = {r: chosen.get(("replication.listen", r)) for r in roles}
     if None not in rp.values() and any(rp[r] != cfgs[r].replication.listen.port for r in roles):
         for role in roles:  # both ends of both channels, written out
             other = roles[1 - roles.index(role)]
@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="each node's data_dir is DIR/NAME; relative = next to the TOML file "
                          "(default: data)")
     ap.add_argument("--loopback-ports", metavar="P,S", type=_ports_arg, default=AUTO,
-                    help="[ports.loopback] listen ports on 127.0.0.1 for primary,secondary, "
+                    help="ports.loopback.listen ports on 127.0.0.1 for primary,secondary, "
                          "'none' to disable, or 'auto' (default: 3671,3672, moved up to a free "
                          "port if either would collide with another port of the pair)")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")

@@ -91,7 +91,7 @@ class PeerLink:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         addr = self.cfg.link.listen
-        listeners = await listen_tcp("[link] listen", addr.host, addr.port)
+        listeners = await listen_tcp("link.listen", addr.host, addr.port)
         handler = guard_handler("link.inbound", self.failures, self._accepted)
 
         async def serve() -> None:

@@ -299,7 +299,7 @@ async def run_node(cfg: NodeConfig) -> int:
         addresses here (its listeners are closed by now) and name those that fail alike."""
         if e.filename:  # a Unix socket's directory or path: the error says where
             return f"cannot listen on {e.filename}: {e.strerror or e}"
-        binds = [b for b in listen_binds(cfg) if b.proto == "tcp" and b.setting != "[ports.loopback] listen"]
+        binds = [b for b in listen_binds(cfg) if b.proto == "tcp" and b.setting != "ports.loopback.listen"]
         culprits = []
 
         def named(b) -> str:  # as telephony.tasks.listen_tcp says it

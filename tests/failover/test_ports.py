@@ -58,7 +58,7 @@ def bind_all_tcp(*cfgs) -> None:
     try:
         for c in cfgs:
             for b in listen_binds(c):
-                if b.setting in ("[link] listen", "[replication] listen"):
+                if b.setting in ("link.listen", "replication.listen"):
                     s = socket.socket()
                     socks.append(s)
                     s.bind((b.host, b.lo))
@@ -114,15 +114,15 @@ def test_make_pair_moves_the_default_loopback_ports_but_not_given_ones():
     assert len(lb) == 2 and not lb & {"127.0.0.1:3671", "127.0.0.1:3672"}
     with pytest.raises(ConfigError) as ei:
         make_pair("vm1", "vm2", "127.0.0.1:13653", "127.0.0.1:13654", loopback_ports=(13654, 3672))
-    assert ("primary.toml [ports.loopback] listen 127.0.0.1:13654 collides with "
-            "secondary.toml [link] listen 127.0.0.1:13654") in str(ei.value)
+    assert ("primary.toml ports.loopback.listen 127.0.0.1:13654 collides with "
+            "secondary.toml link.listen 127.0.0.1:13654") in str(ei.value)
 
 
 def test_make_pair_refuses_colliding_link_ports():
     with pytest.raises(ConfigError) as ei:
         make_pair("vm1", "vm2", "127.0.0.1:13653", "127.0.0.1:13653")
-    assert ("primary.toml [link] listen 127.0.0.1:13653 collides with "
-            "secondary.toml [link] listen 127.0.0.1:13653") in str(ei.value)
+    assert ("primary.toml link.listen 127.0.0.1:13653 collides with "
+            "secondary.toml link.listen 127.0.0.1:13653") in str(ei.value)
     # the same port on two hosts is the normal case
     make_pair("vm1", "vm2", "10.0.0.1:3653", "10.0.0.2:3653")
 
@@ -137,7 +137,7 @@ def test_vmha_configure_adjacent_link_ports_gives_a_pair_that_binds(tmp_path):
     a, b = load_config(out / "primary.toml"), load_config(out / "secondary.toml")
     assert port_collisions(a, b) == []
     assert a.replication.listen.port != b.link.listen.port
-    assert "primary.toml listens on: [link] listen" in r.stdout
+    assert "primary.toml listens on: link.listen" in r.stdout
     bind_all_tcp(a, b)  # both nodes' link and replication listeners, at once, on this host
     r = vmha("configure", "--check", str(out / "primary.toml"), str(out / "secondary.toml"))
     assert r.returncode == 0 and "no ports collide" in r.stdout, r.stdout + r.stderr
@@ -149,8 +149,8 @@ def test_vmha_configure_refuses_colliding_given_ports_and_writes_nothing(tmp_pat
              "--secondary", "vm2@127.0.0.1:13654", "--loopback-ports", "3671,13653")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
-    assert ("secondary.toml [ports.loopback] listen 127.0.0.1:13653" in r.stderr
-            and "primary.toml [link] listen 127.0.0.1:13653" in r.stderr), r.stderr
+    assert ("secondary.toml ports.loopback.listen 127.0.0.1:13653" in r.stderr
+            and "primary.toml link.listen 127.0.0.1:13653" in r.stderr), r.stderr
     assert not out.exists()
 
 
@@ -176,10 +176,10 @@ def test_check_names_both_settings_of_each_collision(tmp_path):
     lines = r.stdout.splitlines()
     collisions = [x for x in lines if " collides with " in x]
     assert collisions == [
-        f"{a} [replication] listen 127.0.0.1:13654 collides with {b} [link] listen 127.0.0.1:13654",
-        f"{a} [ports.loopback] listen 127.0.0.1:3671 collides with {b} [ports.loopback] listen 127.0.0.1:3671",
-        f"{a} [ports.sip] sip_port 127.0.0.1:5070-5071 collides with {b} [ports.sip] sip_port 127.0.0.1:5071-5072 (UDP)",
-        f"{a} [ports.sip] rtp_port 127.0.0.1:21000-21015 collides with {b} [ports.sip] rtp_port 127.0.0.1:21008-21023 (UDP)",
+        f"{a} replication.listen 127.0.0.1:13654 collides with {b} link.listen 127.0.0.1:13654",
+        f"{a} ports.loopback.listen 127.0.0.1:3671 collides with {b} ports.loopback.listen 127.0.0.1:3671",
+        f"{a} ports.sip.sip_port 127.0.0.1:5070-5071 collides with {b} ports.sip.sip_port 127.0.0.1:5071-5072 (UDP)",
+        f"{a} ports.sip.rtp_port 127.0.0.1:21000-21015 collides with {b} ports.sip.rtp_port 127.0.0.1:21008-21023 (UDP)",
     ], lines
 
 
@@ -192,7 +192,7 @@ def test_check_within_one_node_and_udp_tcp_do_not_collide(tmp_path):
     r = vmha("configure", "--check", str(a), str(b))
     assert r.returncode == 1
     assert [x for x in r.stdout.splitlines() if "collides" in x] == [
-        f"{a} [replication] listen 127.0.0.1:14100 collides with {a} [ports.loopback] listen 127.0.0.1:14100"]
+        f"{a} replication.listen 127.0.0.1:14100 collides with {a} ports.loopback.listen 127.0.0.1:14100"]
 
 
 def test_rtp_ranges_overlap_as_ranges(tmp_path):
@@ -301,8 +301,8 @@ def test_vmha_node_refuses_ports_that_collide_with_the_peers(tmp_path):
     patch(a, log={"console": False})
     r = vmha("node", "--config", str(a))
     line = assert_one_line(r)
-    assert line == (f"vmha node: {a} [replication] listen 127.0.0.1:{base + 1} collides with "
-                    f"{a} [link] peer 127.0.0.1:{base + 1} (where the peer listens, on this host)")
+    assert line == (f"vmha node: {a} replication.listen 127.0.0.1:{base + 1} collides with "
+                    f"{a} link.peer 127.0.0.1:{base + 1} (where the peer listens, on this host)")
     assert [x["event"] for x in events_of(a) if x["level"] == "error"] == ["port_collision"]
 
 
@@ -312,8 +312,8 @@ def test_vmha_node_refuses_its_own_colliding_ports(tmp_path):
     patch(primary, ports__loopback={"listen": str(cfg.replication.listen)})
     r = vmha("node", "--config", str(primary))
     line = assert_one_line(r)
-    assert line == (f"vmha node: {primary} [replication] listen {cfg.replication.listen} collides "
-                    f"with {primary} [ports.loopback] listen {cfg.replication.listen}")
+    assert line == (f"vmha node: {primary} replication.listen {cfg.replication.listen} collides "
+                    f"with {primary} ports.loopback.listen {cfg.replication.listen}")
 
 
 def test_a_plain_bind_error_at_start_is_one_line_naming_the_setting(tmp_path, capsys, monkeypatch):
@@ -334,5 +334,5 @@ def test_a_plain_bind_error_at_start_is_one_line_naming_the_setting(tmp_path, ca
         code = trio.run(run_node, cfg)
     assert code == EXIT_CONFIG
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"vmha node: cannot listen on {cfg.link.listen} (setting [link] listen): "
+    assert err == [f"vmha node: cannot listen on {cfg.link.listen} (setting link.listen): "
                    "Address already in use"], err
