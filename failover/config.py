@@ -1261,8 +1261,8 @@ def _collision(x: Bind, y: Bind) -> str:
 
 def port_collisions(a: NodeConfig, b: NodeConfig | None = None) -> list[str]:
     """Sockets that cannot all be bound, one line each naming both settings and the address:
-    ``primary.toml replication.listen 127.0.0.1:13654 collides with secondary.toml link
-    listen 127.0.0.1:13654``.
+    ``primary.toml replication.listen 127.0.0.1:13654 collides with secondary.toml
+    link.listen 127.0.0.1:13654``.
 
     With one node (at node start): its own sockets against each other and against the peer's
     link and replication listeners its file names, when those are on this host (a loopback
