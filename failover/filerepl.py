@@ -74,6 +74,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -85,7 +86,9 @@ from ._replwire import (
     FILE_ENTRY_OVERHEAD, MAX_ERROR, FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry,
     FileManifest, FileManifestRequest, FileOffer, check_path, max_data, max_manifest_bytes,
 )
-from .replchan import ChannelClosed
+from telephony.tasks import Backoff, keep_running
+
+from .replchan import ChannelClosed, ReplTasks, events_log
 
 __all__ = ["FileReplicator", "IndexEntry", "plan", "DEFAULT_DIRECTORIES", "TMP_DIR",
            "DISK_FULL", "RECEIVER_ACTIVE", "MANIFEST_PATH"]
@@ -185,6 +188,20 @@ def _hash_fd(fd: int, end: int | None = None) -> bytes:
     return h.digest()
 
 
+class _Turn:
+    """Stop event of one run of the watcher: set by ``set()`` (its own turn is over) or by
+    the watcher's overall ``stop``."""
+
+    def __init__(self, stop: threading.Event):
+        self._stop, self._own = stop, threading.Event()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or self._stop.is_set()
+
+    def set(self) -> None:
+        self._own.set()
+
+
 class _Unstable(Exception):
     """The file changed while it was read."""
 
@@ -276,7 +293,8 @@ class FileReplicator:
                  retry_max: float = 10.0, watch_debounce_ms: int = 20, watch_step_ms: int = 5,
                  watch_force_polling: bool | None = None, watch_poll_delay_ms: int = 50,
                  max_inflight_files: int = 64, max_inflight_bytes: int = 16 * 1024 * 1024,
-                 on_conflict: Callable[[dict], None] | None = None):
+                 on_conflict: Callable[[dict], None] | None = None,
+                 failures: ReplTasks | None = None):
         self.root = Path(root)
         dirs = []
         for d in directories:
@@ -308,6 +326,8 @@ class FileReplicator:
         self.max_inflight_files = max(1, max_inflight_files)
         self.max_inflight_bytes = max(1, max_inflight_bytes)
         self.on_conflict = on_conflict
+        #: failures of the watcher, sweep and index writer (shared with the glue's status)
+        self.failures = failures if failures is not None else ReplTasks(events_log(events))
         self.tmp_dir = self.root / TMP_DIR
         self.conflicts_dir = self.data_dir / "conflicts" / "files"
 
@@ -331,12 +351,13 @@ class FileReplicator:
         self._scan_lock = trio.Lock()
         self._recheck: set[str] = set()
         self._logged_skips: set[str] = set()
+        self._unreadable: dict[str, str] = {}  # path -> why it could not be looked at
         self._rx_paused: str | None = None
         self._last_sweep_s: float | None = None
         self._last_error: str | None = None
         self.counters: Counter[str] = Counter(
             sent=0, received=0, deleted_sent=0, deleted_received=0, conflicts=0, errors=0,
-            bytes_sent=0, bytes_received=0, resumed=0, sweeps=0)
+            bytes_sent=0, bytes_received=0, resumed=0, sweeps=0, scan_errors=0)
 
     # ------------------------------------------------------------------ API for the glue
 
@@ -387,6 +408,7 @@ class FileReplicator:
             "last_sweep_s": self._last_sweep_s,
             "paused": paused,
             "last_error": self._last_error,
+            "unreadable": len(self._unreadable),
             **dict(sorted(self.counters.items())),
         }
 
@@ -396,15 +418,19 @@ class FileReplicator:
         self._db, self._index, self._seq, self._seq_saved = db, index, seq, seq
         self._loaded.set()
         task_status.started()
+        backoff = lambda: Backoff(self.retry_min, self.retry_max)  # noqa: E731
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flusher)
+                nursery.start_soon(partial(keep_running, "files.index", self._flusher,
+                                           self.failures, backoff=backoff()))
                 while True:
                     while not self._sending:
                         await self._role_ev.wait()
                     async with trio.open_nursery() as active:
-                        active.start_soon(self._watch_loop)
-                        active.start_soon(self._sweep_loop)
+                        active.start_soon(partial(keep_running, "files.watch", self._watch_loop,
+                                                  self.failures, backoff=backoff()))
+                        active.start_soon(partial(keep_running, "files.sweep", self._sweep_loop,
+                                                  self.failures, backoff=backoff()))
                         while self._sending:
                             await self._role_ev.wait()
                         active.cancel_scope.cancel()
@@ -571,8 +597,10 @@ class FileReplicator:
             self._logged_skips.add(rel)
             self._log("info", "file_skipped", f"not replicated: {rel} ({why})", {"path": rel})
 
-    def _walk(self, top: str, skipped: list) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files under ``top`` (relative), not following symlinks below it."""
+    def _walk(self, top: str, skipped: list,
+              errors: list) -> Iterator[tuple[str, os.stat_result]]:
+        """Regular files under ``top`` (relative), not following symlinks below it.  A
+        directory or entry that cannot be read goes to ``errors`` (path, why)."""
         stack = [top]
         while stack:
             d = stack.pop()
@@ -581,10 +609,17 @@ class FileReplicator:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as e:
-                skipped.append((d, _error_text(e)))
+                errors.append((d, _error_text(e)))
                 continue
             with it:
-                for entry in it:
+                while True:
+                    try:  # reading the directory itself can fail half-way (EIO, ESTALE)
+                        entry = next(it, None)
+                    except OSError as e:
+                        errors.append((d, _error_text(e)))
+                        break
+                    if entry is None:
+                        break
                     name = entry.name
                     if name.startswith(RESERVED_PREFIX):
                         continue
@@ -594,7 +629,7 @@ class FileReplicator:
                     except FileNotFoundError:
                         continue
                     except OSError as e:
-                        skipped.append((rel, _error_text(e)))
+                        errors.append((rel, _error_text(e)))
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(rel)
@@ -643,10 +678,17 @@ class FileReplicator:
             os.close(fd)
 
     def _scan_sync(self, snap: dict[str, IndexEntry], only: list[str] | None):
+        """Compare the disk with ``snap`` (everything, or ``only`` these paths).  Returns
+        (changed, removed, unstable, skipped, errors, looked): ``errors`` are the paths that
+        could not be looked at (a stat or directory read failed other than "not found"),
+        ``looked`` the paths (and directories) looked at without error.  Nothing at or below
+        a path in ``errors`` counts as removed: an unreadable directory never turns into
+        deletions on the peer."""
         changed: list[tuple[str, int, bytes, Sig | None]] = []
         removed: list[str] = []
         unstable: list[str] = []
         skipped: list[tuple[str, str]] = []
+        errors: list[tuple[str, str]] = []
         seen: set[str] = set()
 
         def visit(rel: str, st: os.stat_result) -> None:
@@ -660,26 +702,47 @@ class FileReplicator:
                 unstable.append(rel)
                 return
             except OSError as e:
-                skipped.append((rel, _error_text(e)))
+                errors.append((rel, _error_text(e)))
                 return
             if got is None:
                 seen.discard(rel)
                 return
             changed.append((rel, *got))
 
+        def unknown(p: str) -> bool:
+            """``p`` is at or below a path that could not be looked at."""
+            return any(p == bad or p.startswith(bad + "/") for bad, _ in errors)
+
         if only is None:
             for top in self.directories:
-                for rel, st in self._walk(top, skipped):
+                for rel, st in self._walk(top, skipped, errors):
                     visit(rel, st)
-            removed = [p for p in snap if p not in seen]
-            return changed, removed, unstable, skipped
+            removed = [p for p in snap if p not in seen and not unknown(p)]
+            return changed, removed, unstable, skipped, errors, list(self.directories)
 
+        # a configured directory that cannot be looked at (a symlink loop, a share that went
+        # away): nothing below it is looked at, nothing below it is removed
+        for top in sorted({self._top_of(rel) or rel for rel in only} & set(self.directories)):
+            try:
+                os.stat(self._abs(top))
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as e:
+                errors.append((top, _error_text(e)))
         prefixes = []
         for rel in only:
+            if unknown(rel):
+                continue
             try:  # a configured directory may be a symlink; nothing below it is followed
                 st = (os.stat if rel in self.directories else os.lstat)(self._abs(rel))
             except (FileNotFoundError, NotADirectoryError):
                 st = None
+            except OSError as e:
+                if e.errno == errno.ELOOP and rel not in self.directories:
+                    st = None  # below a symbolic link (a loop): not in the tree
+                else:  # EACCES, EIO, ESTALE...: look again later, remove nothing
+                    errors.append((rel, _error_text(e)))
+                    continue
             if st is not None and stat.S_ISREG(st.st_mode):
                 why = self._local_name_error(rel)
                 if why:
@@ -687,7 +750,7 @@ class FileReplicator:
                 else:
                     visit(rel, st)
             elif st is not None and stat.S_ISDIR(st.st_mode):
-                for sub, sst in self._walk(rel, skipped):
+                for sub, sst in self._walk(rel, skipped, errors):
                     visit(sub, sst)
                 prefixes.append(rel + "/")
             else:
@@ -700,24 +763,33 @@ class FileReplicator:
         if prefixes:
             pre = tuple(prefixes)
             for p in snap:
-                if p.startswith(pre) and p not in seen:
+                if p.startswith(pre) and p not in seen and not unknown(p):
                     try:
                         st = os.lstat(self._abs(p))
                         gone = not stat.S_ISREG(st.st_mode)
                     except (FileNotFoundError, NotADirectoryError):
                         gone = True
+                    except OSError as e:
+                        if e.errno == errno.ELOOP:
+                            gone = True  # below a symbolic link (a loop): not in the tree
+                        else:
+                            errors.append((p, _error_text(e)))
+                            continue
                     if gone:
                         removed.append(p)
-        return changed, removed, unstable, skipped
+        looked = [rel for rel in only if not unknown(rel)]
+        return changed, removed, unstable, skipped, errors, looked
 
     async def _scan(self, only: Iterable[str] | None = None) -> None:
         """Bring the index up to date with the disk: everything, or ``only`` these paths
-        (files or directories)."""
+        (files or directories).  A path that cannot be looked at is counted
+        (``scan_errors``), kept as it was in the index, reported (``unreadable``, task
+        ``files.scan``) and looked at again by the next sweep or event."""
         rels = None if only is None else sorted(set(only))
         async with self._scan_lock:
             t0 = time.monotonic()
             snap = dict(self._index)
-            changed, removed, unstable, skipped = await trio.to_thread.run_sync(
+            changed, removed, unstable, skipped, errors, looked = await trio.to_thread.run_sync(
                 self._scan_sync, snap, rels)
             for rel, size, digest, sig in changed:
                 if self._index.get(rel) is not snap.get(rel):
@@ -733,10 +805,25 @@ class FileReplicator:
             for rel, why in skipped:
                 self._skip_once(rel, why)
             self._recheck.update(unstable)
+            self._note_errors(looked, errors)
             if rels is None:
                 self._last_sweep_s = time.monotonic() - t0
                 self.counters["sweeps"] += 1
         await self._flush()
+
+    def _note_errors(self, looked: list[str], errors: list[tuple[str, str]]) -> None:
+        """What a scan could not read replaces what the last scan of the same paths could
+        not; the task ``files.scan`` is failing while any path stays unreadable."""
+        for rel in looked:
+            pre = rel + "/"
+            for p in [p for p in self._unreadable if p == rel or p.startswith(pre)]:
+                del self._unreadable[p]
+        for rel, why in errors:
+            self.counters["scan_errors"] += 1
+            self._unreadable[rel] = why
+            self.failures.failed("files.scan", f"cannot read {rel}: {why}", level="warning")
+        if not self._unreadable:
+            self.failures.ok("files.scan")
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -760,21 +847,54 @@ class FileReplicator:
         send, recv = trio.open_memory_channel(math.inf)
         stop = threading.Event()
 
+        def watchable() -> tuple[list[str], list[str]]:
+            """(directories that can be watched, why the others cannot)."""
+            good, bad = [], []
+            for d in dirs:
+                try:
+                    os.makedirs(d, exist_ok=True)
+                    good.append(d)
+                except OSError as e:  # a symlink loop, a share that went away...
+                    bad.append(f"{d}: {_error_text(e)}")
+            return good, bad
+
         async def pump() -> None:
+            """Watch the directories that can be watched; one that cannot (or a watcher
+            that fails) is recorded, and the watch starts again after a growing delay, so
+            one bad directory never stops the others being watched."""
             delay = self.retry_min
             while not stop.is_set():
+                turn = _Turn(stop)
                 try:
-                    await trio.to_thread.run_sync(
-                        lambda: [os.makedirs(d, exist_ok=True) for d in dirs])
-                    async for changes in watchfiles.awatch(
-                            *dirs, watch_filter=None, debounce=self.watch_debounce_ms,
-                            step=self.watch_step_ms, stop_event=stop, rust_timeout=1000,
-                            force_polling=self.watch_force_polling,
-                            poll_delay_ms=self.watch_poll_delay_ms, recursive=True):
-                        send.send_nowait(changes)
-                        delay = self.retry_min
+                    good, bad = await trio.to_thread.run_sync(watchable)
+                    if bad:
+                        self.failures.failed("files.watcher", "cannot watch " + "; ".join(bad),
+                                             retry_in=delay, level="warning")
+                    else:
+                        self.failures.ok("files.watcher")
+                    async with trio.open_nursery() as retry:
+                        if bad:  # look at the bad ones again later
+                            async def later() -> None:
+                                await trio.sleep(delay)
+                                turn.set()
+                            retry.start_soon(later)
+                        if good:
+                            async for changes in watchfiles.awatch(
+                                    *good, watch_filter=None, debounce=self.watch_debounce_ms,
+                                    step=self.watch_step_ms, stop_event=turn, rust_timeout=1000,
+                                    force_polling=self.watch_force_polling,
+                                    poll_delay_ms=self.watch_poll_delay_ms, recursive=True):
+                                send.send_nowait(changes)
+                                if not bad:
+                                    delay = self.retry_min
+                        retry.cancel_scope.cancel()
+                    if bad:
+                        send.send_nowait({(None, d) for d in dirs})  # rescan what was missed
+                        delay = min(self.retry_max, delay * 2)
                 except Exception as e:  # e.g. a watched directory vanished
-                    self._error(f"file watcher failed, restarting: {type(e).__name__}: {e}")
+                    self.counters["errors"] += 1
+                    self._last_error = f"file watcher failed: {type(e).__name__}: {e}"
+                    self.failures.failed("files.watcher", e, retry_in=delay)
                     send.send_nowait({(None, d) for d in dirs})  # rescan what it may have missed
                     await trio.sleep(delay)
                     delay = min(self.retry_max, delay * 2)

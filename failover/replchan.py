@@ -29,9 +29,12 @@ import os
 import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Awaitable, Callable
 
 import trio
+
+from telephony.tasks import TaskFailures, contained, describe, keep_running, listen_tcp
 
 from ._replwire import (
     DEFAULT_MAX_FRAME, NEED_DATA, Channel, Closed, Dropped, Hello, LocalReplError,
@@ -40,13 +43,41 @@ from ._replwire import (
 from ._state import Role
 from .config import Address
 
-__all__ = ["ChannelClosed", "ReplChannel", "ReplEndpoint", "Session", "INBOX_ITEMS",
-           "RECEIVE_SIZE"]
+__all__ = ["ChannelClosed", "ReplChannel", "ReplEndpoint", "ReplTasks", "Session",
+           "INBOX_ITEMS", "RECEIVE_SIZE", "LISTEN_SETTING"]
 
 RECEIVE_SIZE = 65536
 INBOX_ITEMS = 64
 LONG_CONNECTION = 1.0  # seconds: a connection that lasted longer resets the backoff
 _DISCONNECTS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, RemoteReplError)
+LISTEN_SETTING = "replication.listen"  # named in the one-line error when the port is taken
+
+
+class ReplTasks(TaskFailures):
+    """``TaskFailures`` of the replication tasks, plus which of them are failing *now*: a task
+    is failing from a recorded failure until it reports that it works again (``ok``), e.g. the
+    next successful poll, connection or scan.  Status shows ``failing()`` as unhealthy."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._ok_at: dict[str, int] = {}
+
+    def ok(self, task: str) -> None:
+        if task in self.counts:
+            self._ok_at[task] = self.counts[task]
+
+    def failing(self) -> dict[str, str]:
+        """task -> its last error, for the tasks that failed since they last worked."""
+        return {t: self.last.get(t, "") for t, n in sorted(self.counts.items())
+                if n > self._ok_at.get(t, 0)}
+
+
+def events_log(events):
+    """A ``telephony.tasks.LogFn`` writing to an event log (``events.write``)."""
+    def write(level: str, event: str, message: str) -> None:
+        if events is not None:
+            events.write(level, event, message)
+    return write
 
 
 class ChannelClosed(Exception):
@@ -277,13 +308,20 @@ class ReplEndpoint:
     ``peer`` is read at each dial attempt, so it may be changed while running.  With port 0
     in ``listen``, ``listen_port`` gives the bound port once ``run`` has started (if the host
     is empty, the first of the listeners).
+
+    Nothing but cancellation ends ``run`` once it has started: a connection that fails at any
+    point (a reset during the handshake or mid-frame, garbage) ends only itself; a dial loop or
+    the accept loop that fails is recorded in ``failures`` (``ReplTasks``: count, last error,
+    rate-limited log, failing now) and started again after a growing delay.  Opening the
+    listener (``open()``, also done by ``run``) raises one ``ListenError`` naming the setting.
     """
 
     def __init__(self, *, node: str, role: Role, peer_name: str, psk: bytes, listen: Address,
                  peer: Address, events, sessions_out: dict[Channel, Session],
                  sessions_in: dict[Channel, Session], max_frame: int = DEFAULT_MAX_FRAME,
                  connect_timeout: float = 1.0, reconnect_min: float = 0.05,
-                 reconnect_max: float = 2.0, handshake_timeout: float = 5.0):
+                 reconnect_max: float = 2.0, handshake_timeout: float = 5.0,
+                 failures: ReplTasks | None = None):
         try:  # validates node, role, psk, peer_name, max_frame like the connections will
             ReplConnection(psk=psk, node=node, role=role, channel=Channel.DB, dialer=True,
                            nonce=bytes(16), expected_peer=peer_name, max_frame=max_frame)
@@ -306,6 +344,7 @@ class ReplEndpoint:
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.handshake_timeout = handshake_timeout
         self.counters: Counter[str] = Counter()  # in_rejected, session_errors
+        self.failures = failures if failures is not None else ReplTasks(events_log(events))
         self._state = {ch: _ChannelState() for ch in Channel}
         self._listeners: list[trio.SocketListener] = []
         self._last_log: dict[str, float] = {}
@@ -337,26 +376,44 @@ class ReplEndpoint:
                 "last_error": st.last_error}
         return out
 
+    async def open(self) -> None:
+        """Open the listening sockets (if not open yet).  Raises ``ListenError`` (one line:
+        the setting, the address, why) when the address is in use or not ours."""
+        if not self._listeners:
+            self._listeners = await listen_tcp(LISTEN_SETTING, self.listen.host or None,
+                                               self.listen.port)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        host = self.listen.host or None
-        self._listeners = await trio.open_tcp_listeners(self.listen.port, host=host)
+        await self.open()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._accepted, self._listeners)
+            nursery.start_soon(keep_running, "repl.listener", self._serve, self.failures)
             for ch in self.sessions_out:
-                nursery.start_soon(self._dial_loop, ch)
+                nursery.start_soon(keep_running, f"repl.{ch.name.lower()}.dialer",
+                                   partial(self._dial_loop, ch), self.failures)
             task_status.started()
+
+    async def _serve(self) -> None:
+        """Accept connections until cancelled.  ``serve_listeners`` closes the sockets when
+        it fails, so a restart (after a failure recorded by ``keep_running``) opens them
+        again."""
+        if any(listener.socket.fileno() < 0 for listener in self._listeners):
+            self._listeners = []
+            await self.open()
+            self.failures.ok("repl.listener")
+        await trio.serve_listeners(self._accepted, self._listeners)
 
     # ---- logging -------------------------------------------------------------------------
 
     def _log(self, level: str, event: str, message: str, fields: dict | None = None) -> None:
         self.events.write(level, event, message, fields)
 
-    def _log_limited(self, level: str, event: str, message: str, every: float = 30.0,
-                     fields: dict | None = None) -> None:
+    def _log_limited(self, level: str, key: str, message: str, every: float = 30.0,
+                     fields: dict | None = None, event: str | None = None) -> None:
+        """Write ``event`` (default: ``key``) at most once per ``every`` seconds per ``key``."""
         now = trio.current_time()
-        if now - self._last_log.get(event, -1e9) >= every:
-            self._last_log[event] = now
-            self._log(level, event, message, fields)
+        if now - self._last_log.get(key, -1e9) >= every:
+            self._last_log[key] = now
+            self._log(level, event or key, message, fields)
 
     def _dropped(self, chan: ReplChannel, e: Dropped) -> None:
         total = chan.counters[f"dropped_{e.reason}"]
@@ -366,12 +423,20 @@ class ReplEndpoint:
                           every=5.0)
 
     def _bug(self, what: str, exc: BaseException) -> None:
+        """A bug (not a disconnect) ended one connection: counted in ``session_errors`` and
+        in ``failures`` (task ``repl.<what>``, without a second log line), logged with its
+        traceback at most once per 30 s per ``what``."""
         self.counters["session_errors"] += 1
+        task = "repl." + what.lower().replace(" ", ".")
+        self.failures.counts[task] += 1
+        self.failures.last[task] = describe(exc)
         tb = "".join(traceback.format_exception(exc))
         summary = " | ".join(tb.strip().splitlines()[-6:])
-        self._log("error", "repl_session_error",
-                  f"replication {what} failed: {type(exc).__name__}: {exc}; "
-                  "closing the connection", {"traceback": tb[-8000:], "summary": summary})
+        self._log_limited("error", f"repl_session_error:{task}",
+                          f"replication {what} failed: {type(exc).__name__}: {exc}; closing the "
+                          f"connection (failure {self.failures.counts[task]})",
+                          fields={"traceback": tb[-8000:], "summary": summary},
+                          event="repl_session_error")
 
     # ---- connections ---------------------------------------------------------------------
 
@@ -417,6 +482,9 @@ class ReplEndpoint:
                 if admit is not None and (reason := await admit()) is not None:
                     chan._cancel(reason)
                 else:
+                    name = chan.channel.name.lower()
+                    self.failures.ok(f"repl.{name}.session")  # the channel works again
+                    self.failures.ok(f"repl.{name}.reader")
                     reason = await self._session(chan, session)
                     chan._cancel(reason)
         finally:
@@ -479,6 +547,7 @@ class ReplEndpoint:
                 st.out_connected = True
                 st.connects_out += 1
                 st.redial = trio.Event()
+                self.failures.ok(f"repl.{ch.name.lower()}.dialer")
                 self._log("info", "repl_up", f"replication {ch.name} channel connected to "
                           f"{self.peer_name} at {peer}", {"channel": ch.name.lower()})
                 reason = await self._run_connection(chan, session)
@@ -538,6 +607,7 @@ class ReplEndpoint:
                               f"refused: {type(e).__name__}: {e} "
                               f"(total {self.counters['in_rejected']})", every=5.0)
             return
+        self.failures.ok("repl.accept")
         for other in self._state.values():  # the peer is up: dial it now
             other.redial.set()
         ch = conn.channel

@@ -22,6 +22,14 @@ Database sessions, one pair per direction:
 * **divergence**: when both sides have applied each other's whole log their checksums must be
   equal; if not, it is reported, and the secondary asks the primary for a snapshot (the primary
   wins; the secondary's differing rows are kept in its conflict table).
+
+Nothing here ends the node manager once ``run`` has started: each long-lived task (the write
+loop, the watch for other writers, the file watcher and sweep, the listener and dialers)
+records what escapes it in ``failures`` (``ReplTasks``: count, last error, rate-limited
+``task_failed`` line) and starts again after a growing delay; a DB session that fails (an
+``apsw`` error, say) ends its connection only, and the dialer reconnects.  ``stats()`` shows
+the counts under ``tasks`` and ``healthy: false`` with ``unhealthy_reason`` while a task is
+failing (until it next works) or files cannot be read.
 """
 from __future__ import annotations
 
@@ -30,18 +38,22 @@ import math
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from functools import partial
 
 import trio
+
+from telephony.tasks import Backoff, describe, keep_running
 
 from . import _events as ev
 from ._replwire import (Channel, DbChanges, DbEntry, DbSchema, DbSnapshotBegin, DbSnapshotChunk,
                         DbSnapshotRequest, DbState, max_data)
 from ._state import Mode, Role, State
 from .config import NodeConfig
-from .configdb import SCHEMA_VERSION, ConfigDB, DiskFull, LogEntry, LogGap, Refused, Snapshot
+from .configdb import (SCHEMA_VERSION, ConfigDB, ConfigDBError, DiskFull, LogEntry, LogGap,
+                       Refused, Snapshot)
 from .eventlog import EventLog
 from .filerepl import FileReplicator
-from .replchan import ChannelClosed, ReplEndpoint
+from .replchan import ChannelClosed, ReplEndpoint, ReplTasks, events_log
 
 WINDOW = 5000  # log entries sent ahead of the receiver's acknowledgements
 BATCH_ENTRIES = 500
@@ -67,6 +79,8 @@ class Replication:
         self.role = cfg.node.role
         self.peer_role = Role.SECONDARY if self.role is Role.PRIMARY else Role.PRIMARY
         self.limiter = trio.CapacityLimiter(1)
+        #: failures of the long-lived tasks (this module's, the files', the channels')
+        self.failures = ReplTasks(events_log(events))
         self.db: ConfigDB | None = None
         self.peer = _Peer()
         self.counters: Counter[str] = Counter()
@@ -94,14 +108,17 @@ class Replication:
         self.files = FileReplicator(
             root=r.files_root, directories=list(r.directories), data_dir=cfg.node.data_dir,
             events=events, max_frame=r.max_frame, batch_delay=r.batch_delay,
-            sweep_interval=r.sweep_interval)
+            sweep_interval=r.sweep_interval, failures=self.failures)
         self.endpoint = ReplEndpoint(
             node=cfg.node.name, role=self.role, peer_name=cfg.link.peer_name, psk=psk,
             listen=r.listen, peer=r.peer, events=events,
-            sessions_out={Channel.DB: self._db_sender, Channel.FILES: self.files.sender_session},
-            sessions_in={Channel.DB: self._db_receiver, Channel.FILES: self.files.receiver_session},
+            sessions_out={Channel.DB: self._contained("db.sender", self._db_sender),
+                          Channel.FILES: self.files.sender_session},
+            sessions_in={Channel.DB: self._contained("db.receiver", self._db_receiver),
+                         Channel.FILES: self.files.receiver_session},
             max_frame=r.max_frame, connect_timeout=cfg.link.connect_timeout,
-            reconnect_min=cfg.link.reconnect_min, reconnect_max=cfg.link.reconnect_max)
+            reconnect_min=cfg.link.reconnect_min, reconnect_max=cfg.link.reconnect_max,
+            failures=self.failures)
 
     # ------------------------------------------------------------------ database calls
 
@@ -121,11 +138,33 @@ class Replication:
             raise slot[2]
         return slot[2]
 
+    def _contained(self, task: str, session):
+        """A DB session whose failure (anything but the connection ending: an ``apsw``
+        error, a bug) is recorded under ``task`` and ends only its connection, as a
+        ``ChannelClosed`` naming it (the dialer reconnects with backoff)."""
+        async def run(chan) -> None:
+            try:
+                await session(chan)
+            except Exception as e:
+                if isinstance(e, ChannelClosed) or (
+                        isinstance(e, ExceptionGroup) and e.split(ChannelClosed)[1] is None):
+                    raise  # the connection ended: not a failure of ours
+                self.failures.failed(task, e, retry_in=None)
+                raise ChannelClosed(f"{task} failed: {describe(e)}") from e
+        return run
+
     async def _watch_other_writers(self, every: float = 0.01) -> None:
         """Changes committed by another process (the messaging service writes the MWI and
         notification ledgers with the term it is active in) go into the same change log; notice
-        them so the sender ships them."""
+        them so the sender ships them.  An error (``apsw.IOError``, a locked or replaced
+        file) is recorded and the watch starts again after a growing delay."""
+        await keep_running("db.watch_writers", partial(self._watch_writers, every),
+                           self.failures, backoff=Backoff(RETRY_MIN, RETRY_MAX))
+
+    async def _watch_writers(self, every: float) -> None:
         last = await self.call(ConfigDB.data_version)
+        await self._refresh()  # what was written while this watch was failing
+        self.failures.ok("db.watch_writers")
         while True:
             await trio.sleep(every)
             dv = await self.call(ConfigDB.data_version)
@@ -134,12 +173,19 @@ class Replication:
                 await self._refresh()  # wakes the sender if the log grew
 
     async def _write_loop(self) -> None:
+        await keep_running("db.write_loop", self._write_batches, self.failures,
+                           backoff=Backoff(RETRY_MIN, RETRY_MAX))
+
+    async def _write_batches(self) -> None:
         def run(batch: list[list]) -> None:
             for slot in batch:
                 try:
                     slot[2] = self.db.write(slot[0], slot[1])
-                except Exception as e:  # ConfigDBError, DiskFull...: handed to the caller
+                except ConfigDBError as e:  # refused, DiskFull...: handed to the caller
                     slot[2] = e
+                except Exception as e:  # the database failed (apsw.IOError...): reported too
+                    slot[2] = ConfigDBError(f"the configuration database failed: {describe(e)}")
+                    slot[2].__cause__ = e
 
         async for first in self._writes_out:
             batch = [first]
@@ -148,12 +194,23 @@ class Replication:
                     batch.append(self._writes_out.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await trio.to_thread.run_sync(run, batch, limiter=self.limiter)
-            for slot in batch:
-                if not isinstance(slot[2], BaseException) and slot[2].seq > self._head:
-                    self._head = slot[2].seq
-                slot[3].set()
-            self._wake()
+            try:
+                await trio.to_thread.run_sync(run, batch, limiter=self.limiter)
+                for slot in batch:
+                    res = slot[2]
+                    if isinstance(res, ConfigDBError) and isinstance(res.__cause__, Exception) \
+                            and not isinstance(res.__cause__, ConfigDBError):
+                        self.failures.failed("db.write", res.__cause__)
+                    elif not isinstance(res, BaseException):
+                        self.failures.ok("db.write")
+                        if res.seq > self._head:
+                            self._head = res.seq
+            finally:  # whatever happened, no writer is left waiting
+                for slot in batch:
+                    if slot[2] is None:
+                        slot[2] = ConfigDBError("the configuration write was not carried out")
+                    slot[3].set()
+                self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -207,11 +264,23 @@ class Replication:
                 return
             await trio.sleep(0.005)
 
+    def health(self) -> tuple[bool, str | None]:
+        """(healthy, why not): unhealthy while a task is failing, from a failure until it
+        works again (``files.scan``: while a path of the replicated directories cannot be
+        read)."""
+        why = [f"{task}: {error}" for task, error in self.failures.failing().items()]
+        return not why, ("; ".join(why) or None)
+
     def stats(self) -> dict:
         st = self.peer.state
         ep = self.endpoint.stats() if self.endpoint is not None else None
+        healthy, why = self.health()
+        failing = self.failures.failing()
         return {
             "enabled": self.cfg.replication.enabled,
+            "healthy": healthy,
+            "unhealthy_reason": why,
+            "tasks": {t: {**v, "failing": t in failing} for t, v in self.failures.stats().items()},
             "db": {"head_seq": self._head, "peer_acked_seq": self.peer.acked_seq if st else None,
                    "lag_changes": self.db_pending(),
                    "peer_head_seq": st.head_seq if st else None,
@@ -236,9 +305,11 @@ class Replication:
             return ConfigDB(path, role=self.role, log_keep=r.log_keep, log_max=r.log_max)
 
         self.db = await trio.to_thread.run_sync(open_db, limiter=self.limiter)
-        await self._refresh()
-        self._conflicts = await self.call(ConfigDB.conflict_count)
         try:
+            await self._refresh()
+            self._conflicts = await self.call(ConfigDB.conflict_count)
+            if self.endpoint is not None:
+                await self.endpoint.open()  # a port in use: one ListenError, before started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._watch_other_writers)
@@ -338,6 +409,7 @@ class Replication:
                             self._peer_schema(None)
                         self.counters["refused_schema"] += 1  # nothing flows: see _peer_schema
                     elif isinstance(msg, DbState):
+                        self.failures.ok("db.sender")  # the peer hears us again
                         self.peer.acked_seq = msg.applied_seq
                         if inflight:
                             expected = inflight.popleft()
@@ -450,6 +522,8 @@ class Replication:
                 msg = await chan.receive()
             if msg is None:
                 continue
+            if not isinstance(msg, (DbChanges, DbSnapshotChunk)):
+                self.failures.ok("db.receiver")  # a message taken without failing
             if isinstance(msg, DbSchema):
                 schema_ok = self._peer_schema(msg.version)
             elif not schema_ok:  # nothing is applied across schema versions (_peer_schema)
@@ -469,6 +543,7 @@ class Replication:
                     gap_answered = True
                 elif outcome == "ok":
                     retry, gap_answered = RETRY_MIN, False
+                    self.failures.ok("db.receiver")
                 else:
                     await trio.sleep(retry)  # do not let a bad batch spin
                     retry = min(retry * 2, RETRY_MAX)
