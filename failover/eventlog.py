@@ -20,6 +20,9 @@ class EventLog:
         self._f = open(path, "a", encoding="utf-8", buffering=1)
         self._console = console
         self._min = LEVELS[level]
+        #: records that could not be written (a full or failing disk): writing the event log
+        #: never raises, since every task's failure report goes through it
+        self.write_errors = 0
 
     def write(self, level: str, event: str, message: str, fields: dict | None = None) -> dict:
         rec = {"ts": round(time.time(), 6), "node": self.node, "level": level, "event": event,
@@ -27,14 +30,31 @@ class EventLog:
         if fields:
             rec["fields"] = fields
         if LEVELS.get(level, 20) >= self._min:
-            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            if self._console is not None:
-                self._console.write(format_record(rec) + "\n")
-                self._console.flush()
+            try:
+                self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            except (OSError, ValueError) as e:  # ENOSPC, EIO; ValueError: the file was closed
+                self.write_errors += 1
+                if self.write_errors == 1 or self.write_errors % 1000 == 0:
+                    self._to_console({**rec, "level": "error", "event": "eventlog_failed",
+                                      "message": f"cannot write the event log {self.path}: {e} "
+                                      f"({self.write_errors} records lost)"})
+            self._to_console(rec)
         return rec
 
+    def _to_console(self, rec: dict) -> None:
+        if self._console is None:
+            return
+        try:
+            self._console.write(format_record(rec) + "\n")
+            self._console.flush()
+        except (OSError, ValueError):
+            pass  # nowhere left to say it
+
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            self.write_errors += 1  # the last buffered record could not be written either
 
 
 def format_record(rec: dict) -> str:

@@ -63,3 +63,24 @@ def test_vmha_events_prints_the_log_and_follows_it(tmp_path):
         proc.kill()
         proc.wait(timeout=5)
         log.close()
+
+
+def test_writing_the_event_log_never_raises_when_the_disk_fails(tmp_path):
+    """Every task's failure report goes through the event log: a full disk must not turn a
+    report into a new failure.  /dev/full answers every write with ENOSPC."""
+    import io
+
+    from failover.eventlog import EventLog
+
+    console = io.StringIO()
+    log = EventLog(tmp_path / "events.jsonl", "a", console=console)
+    log._f.close()
+    log._f = open("/dev/full", "a", encoding="utf-8", buffering=1)
+    for i in range(3):
+        rec = log.write("error", "task_failed", f"failure {i}")
+        assert rec["message"] == f"failure {i}"
+    assert log.write_errors == 3
+    out = console.getvalue()
+    assert out.count("eventlog_failed") == 1 and "No space left on device" in out
+    assert "failure 2" in out
+    log.close()
