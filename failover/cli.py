@@ -82,7 +82,24 @@ def format_status(st: dict) -> str:
     lines += _format_replication(st.get("replication"))
     lines += [f"{group}: " + ", ".join(f"{k} {v}" for k, v in counters.items())
               for group, counters in (st.get("counters") or {}).items()]
+    lines += _format_tasks(st)
     return "\n".join(lines)
+
+
+def _format_tasks(st: dict) -> list[str]:
+    """Failures the node manager's and replication's long-lived tasks contained (each was
+    logged as task_failed); nothing when there were none."""
+    out = []
+    tasks = dict(st.get("tasks") or {})
+    repl = st.get("replication") or {}
+    tasks.update({f"replication {k}": v for k, v in (repl.get("tasks") or {}).items()})
+    if tasks:
+        out.append("task failures (contained): " + ", ".join(
+            f"{name} {t['failures']}" + (" FAILING" if t.get("failing") else "")
+            for name, t in sorted(tasks.items())))
+    if repl.get("healthy") is False:
+        out.append(f"REPLICATION UNHEALTHY: {repl.get('unhealthy_reason') or '?'}")
+    return out
 
 
 def _format_replication(r: dict | None) -> list[str]:

@@ -8,6 +8,7 @@ client.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -16,7 +17,7 @@ import sys
 import trio
 
 from failover import _events as ev
-from failover.admin import serve_admin
+from failover.cli import format_status
 from failover.eventlog import EventLog
 from failover.node import NodeManager
 from failover.service_proc import ServiceRunner
@@ -152,6 +153,8 @@ async def test_admin_listener_survives_resets_and_a_failing_request(tmp_path):
             nm.status_dict = real
             reply = await trio.to_thread.run_sync(admin_call, path, b'{"op": "status"}\n')
             assert b'"ok": true' in reply and b'"admin.request"' in reply  # counted in status
+            shown = format_status(json.loads(reply)["status"])
+            assert "task failures (contained): admin.request 1" in shown, shown
             nursery.cancel_scope.cancel()
     events.close()
 
