@@ -30,7 +30,7 @@ class ServiceHealth(IntEnum):
     STOPPED = 0
     STARTING = 1
     RUNNING = 2
-    FAILED = 3  # restart budget exhausted
+    FAILED = 3  # failed repeatedly: backing off, the next start is scheduled (never given up)
 
     @property
     def label(self) -> str:

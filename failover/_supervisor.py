@@ -47,8 +47,11 @@ class SupervisorConfig(Timing):
     licence_after_contact: float = 60 * 86400.0
     health_timeout: float = 1.0
     start_timeout: float = 10.0
-    max_restarts: int = 5
-    restart_window: float = 60.0
+    max_restarts: int = 5  # quick restarts within restart_window before the node backs off
+    restart_window: float = 60.0  # a service failure counts for this long
+    restart_backoff: float = 0.5  # the first delay once the quick restarts are used up; doubles
+    restart_backoff_max: float = 30.0  # the longest delay while the peer is serving
+    restart_backoff_alone: float = 2.0  # the longest delay while the peer is not serving
 
     def __post_init__(self) -> None:
         if not 0 < self.lease_s < self.peer_timeout:
@@ -59,6 +62,18 @@ class SupervisorConfig(Timing):
 class Persisted:
     term: int = 0  # reservation: no term at or below this is taken again
     last_contact_wall: float | None = None  # secondary only: last time the primary was heard
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A planned handover waiting for replication on the active node."""
+
+    cause: str
+    started: float
+    deadline: float
+    barrier: int
+    kind: str  # "operator" (asked here), "peer" (the peer's operator asked: hand_over),
+    # "scheduled" (failback window) or "shutdown"
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class StatusView:
     peer_term: int | None
     peer_heartbeat_age: float | None
     cause: str
+    service_failures: int = 0  # service failures within restart_window
+    service_retry_in: float | None = None  # seconds to the next start attempt while backing off
 
 
 class Supervisor:
@@ -101,7 +118,9 @@ class Supervisor:
         # local service
         self.service = ServiceHealth.STOPPED
         self._service_deadline: float | None = None  # start or health timeout
-        self._restarts: deque[float] = deque()
+        self._failures: deque[float] = deque()  # times of service failures within restart_window
+        self._retry_at: float | None = None  # backing off: the next start attempt
+        self._backoff_since: float | None = None  # the failure the current backoff follows
         self.calls = 0
         # activity
         self._lease_expiry: float | None = None
@@ -115,8 +134,14 @@ class Supervisor:
         self._settle_until: float | None = None
         self.hold = False
         self.shutting_down = False
-        # planned handover waiting for replication: (cause, started, deadline, barrier)
-        self._handover: tuple[str, float, float, int] | None = None
+        # planned handover waiting for replication (active node)
+        self._handover: Handover | None = None
+        # inactive node: when it asked the active peer to hand over (hand_over) ...
+        self._asked_handover: float | None = None
+        # ... or to stay active (take_over from an inactive node): until then a take_over
+        # from the peer crossed the request in flight and is refused (docs/failover-rules.md)
+        self._stay_asked_until: float | None = None
+        self._failback_skip = False  # the operator overrode the schedule for this window
         self._barrier = 0  # last ReplicationBarrier asked for
         self._barrier_done = 0  # last barrier the replication driver reported on
         self.repl_pending: int | None = None  # changes the peer has not acknowledged
@@ -164,15 +189,23 @@ class Supervisor:
             calls=self.calls, uptime=now - self._start, peer_reachable=self.peer_fresh(now),
             peer_state=p.state if p else None, peer_term=p.term if p else None,
             peer_heartbeat_age=None if self._peer_heard is None else now - self._peer_heard,
-            cause=self.cause,
+            cause=self.cause, service_failures=self.service_failures(now),
+            service_retry_in=None if self._retry_at is None else max(0.0, self._retry_at - now),
         )
+
+    def service_failures(self, now: float) -> int:
+        """Service failures that still count: those within the last ``restart_window``."""
+        return sum(1 for t in self._failures if now - t <= self.cfg.restart_window)
+
+    def peer_serving(self, now: float) -> bool:
+        return self.peer_fresh(now) and self.peer is not None and self.peer.state in ACTIVE_STATES
 
     def next_deadline(self) -> float | None:
         if self.state is State.STOPPED:
             return None
-        cands = [self._service_deadline, self._next_renew, self._activation_deadline, self._settle_until,
-                 self._quiet_until, self._drain_deadline, self._lease_expiry,
-                 self._handover[2] if self._handover else None]
+        cands = [self._service_deadline, self._retry_at, self._next_renew, self._activation_deadline,
+                 self._settle_until, self._quiet_until, self._drain_deadline, self._lease_expiry,
+                 self._handover.deadline if self._handover else None]
         if self.state in (State.STARTING, State.INACTIVE, State.DRAINING):
             cands.append(self._peer_deadline())
         if self.cfg.role is Role.SECONDARY and self._last_contact_wall is None:
@@ -199,6 +232,7 @@ class Supervisor:
         handler(event, now, acts)
         if self.state is not State.STOPPED:
             self._check_service_deadline(now, acts)
+            self._check_service_retry(now, acts)
             self._check_handover(now, acts)
             self._reconcile(now, acts)
             self._timers(now, acts)
@@ -270,14 +304,30 @@ class Supervisor:
         elif e.kind == "take_over":
             if self._stale_peer_command(e, acts):
                 return
-            self._peer_said(now, State.DRAINING, e.term)
+            # from an active peer: it hands over; from an inactive one: "you be active"
+            known = self.peer.state if self.peer else State.INACTIVE
+            self._peer_said(now, State.DRAINING if known in ACTIVE_STATES else known, e.term)
             if self.state in ACTIVE_STATES:
+                h = self._handover
+                if h is not None and self.shutting_down:
+                    acts.append(ev.Log("warning", "handover_continues", f"peer asked {self.cfg.node} "
+                                       f"to stay active ({e.reason}) but it is shutting down"))
+                elif h is not None:
+                    self._cancel_handover(now, acts, f"{self.cfg.peer_name} asked {self.cfg.node} "
+                                          f"to stay active: {e.reason}")
+                return
+            if self._stay_asked_until is not None and now < self._stay_asked_until:
+                # it crossed our request to stay active: the peer re-activates when it reads it
+                acts.append(ev.Log("warning", "handover_refused", f"take_over from the peer "
+                                   f"({e.reason}) crossed this node's request that it stay active"))
                 return
             if not self.eligible(now):
                 acts.append(ev.Log("error", "handover_refused",
                                    f"peer asked this node to take over ({e.reason}) but it is not eligible"))
                 return
             self._activate(now, acts, f"handover from peer: {e.reason}")
+            if not (self.peer and self.peer.shutting_down):
+                self._skip_failback_window()  # an operator moved activity here
         elif e.kind == "hand_over":
             if self._stale_peer_command(e, acts):
                 return
@@ -288,7 +338,7 @@ class Supervisor:
                 acts.append(ev.Log("error", "handover_refused",
                                    f"peer asked for a handover ({e.reason}) but it is not eligible"))
                 return
-            self._hand_over(now, acts, e.reason)
+            self._hand_over(now, acts, e.reason, kind="peer")
         else:
             acts.append(ev.Log("error", "bad_command", f"unknown peer command {e.kind!r} ignored"))
 
@@ -351,6 +401,8 @@ class Supervisor:
     def _on_ServiceExited(self, e: ev.ServiceExited, now: float, acts: list) -> None:
         if self.service is ServiceHealth.STOPPED and self._service_deadline is None:
             return
+        if self.service is ServiceHealth.FAILED:
+            return  # backing off: no service is running, the next start is already scheduled
         self.service = ServiceHealth.STOPPED
         self._service_deadline = None
         lost = self.calls
@@ -364,7 +416,7 @@ class Supervisor:
             self._go_inactive(now, acts, f"messaging service stopped: {e.reason}", drain=False,
                               tell_service=False)
         acts.append(ev.SendStatus())  # the peer learns at once that this node cannot serve
-        self._maybe_restart(now, acts, e.reason)
+        self._service_failed(now, acts, e.reason)
 
     def _on_CallOffered(self, e: ev.CallOffered, now: float, acts: list) -> None:
         if self.state in ACTIVE_STATES:
@@ -393,27 +445,33 @@ class Supervisor:
         return ""
 
     def _on_AdminRequest(self, e: ev.AdminRequest, now: float, acts: list) -> None:
+        """Operator commands.  A command that conflicts with a pending planned handover takes
+        effect (cancels it) or is refused; the table is in docs/failover-rules.md."""
         if e.kind == "mode":
-            try:
-                self.mode = Mode[e.arg.upper()]
-            except KeyError:
-                acts.append(ev.AdminReply(e.request_id, False, f"unknown mode {e.arg!r}: automatic or manual"))
-                return
-            acts.append(ev.Log("warning", "mode", f"node manager mode set to {self.mode.label}"))
-            acts.append(ev.AdminReply(e.request_id, True, f"mode {self.mode.label}"))
-            acts.append(ev.SendStatus())
+            self._admin_mode(e, now, acts)
             return
         if e.kind not in ("failover", "failback"):
             acts.append(ev.AdminReply(e.request_id, False, f"unknown request {e.kind!r}"))
             return
         target = Role.SECONDARY if e.kind == "failover" else Role.PRIMARY
+        me, other = self.cfg.node, self.cfg.peer_name
         peer_ok = self.peer_fresh(now)
+        self._expire_asked_handover(now)
         if target is self.cfg.role:  # make this node active
             if self.state in ACTIVE_STATES:
-                acts.append(ev.AdminReply(e.request_id, True, f"{self.cfg.node} is already active"))
+                h = self._handover
+                if h is None:
+                    acts.append(ev.AdminReply(e.request_id, True, f"{me} is already active"))
+                elif self.shutting_down:
+                    acts.append(ev.AdminReply(e.request_id, False, f"{me} is shutting down: its handover "
+                                              f"to {other} cannot be cancelled; nothing changed"))
+                else:
+                    self._cancel_handover(now, acts, f"operator {e.kind}")
+                    acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: cancelled the pending "
+                                              f"handover to {other} ({h.cause}); {me} stays active"))
                 return
             if not self.eligible(now):
-                acts.append(ev.AdminReply(e.request_id, False, f"{self.cfg.node} is not eligible "
+                acts.append(ev.AdminReply(e.request_id, False, f"{me} is not eligible "
                                           f"(service {self.service.label}, licensed {self.licensed(now)})"))
                 return
             if not peer_ok and not e.force:
@@ -423,32 +481,94 @@ class Supervisor:
             if (peer_ok and not e.force and self.cfg.handover_wait > 0 and self.peer is not None
                     and self.peer.state in ACTIVE_STATES):
                 # planned move: the active peer hands over once replication is complete
+                again = (f" (asked {now - self._asked_handover:.1f}s ago already)"
+                         if self._asked_handover is not None else "")
                 self.hold = False
+                self._stay_asked_until = None
+                self._asked_handover = now if self._asked_handover is None else self._asked_handover
                 acts.append(ev.SendCommand("hand_over", self.term, f"operator {e.kind}"))
-                acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: asked {self.cfg.peer_name} "
-                                          f"to hand over to {self.cfg.node} once replication is complete"))
+                acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: asked {other} to hand over "
+                                          f"to {me} once replication is complete{again}"))
                 return
             self._activate(now, acts, f"operator {e.kind}", tell_peer="yield")
-            acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: {self.cfg.node} activating in term {self.term}"))
+            self._skip_failback_window()
+            acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: {me} activating in term {self.term}"))
             return
         # make the peer active
         if self.state not in ACTIVE_STATES:
-            if self.peer and self.peer.state in ACTIVE_STATES and peer_ok:
-                acts.append(ev.AdminReply(e.request_id, True, f"{self.cfg.peer_name} is already active"))
+            if not (self.peer and self.peer.state in ACTIVE_STATES and peer_ok):
+                acts.append(ev.AdminReply(e.request_id, False, f"{me} is not active; "
+                                          f"run {e.kind} on {other}"))
+            elif self.peer.shutting_down:
+                acts.append(ev.AdminReply(e.request_id, False, f"{other} is shutting down and hands "
+                                          f"over to {me}; it cannot stay active: nothing changed"))
             else:
-                acts.append(ev.AdminReply(e.request_id, False, f"{self.cfg.node} is not active; "
-                                          f"run {e.kind} on {self.cfg.peer_name}"))
+                self._ask_peer_to_stay(now, acts, e)
             return
         if not (peer_ok and self.peer and self.peer.eligible):
-            acts.append(ev.AdminReply(e.request_id, False, f"peer {self.cfg.peer_name} is not reachable "
+            acts.append(ev.AdminReply(e.request_id, False, f"peer {other} is not reachable "
                                       "or not eligible; nothing changed"))
             return
         if self._handover is not None:
             acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: already handing over to "
-                                      f"{self.cfg.peer_name}, waiting for replication"))
+                                      f"{other}, waiting for replication"))
             return
-        self._hand_over(now, acts, f"operator {e.kind}")
-        acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: handing over to {self.cfg.peer_name}"))
+        self._hand_over(now, acts, f"operator {e.kind}", kind="operator")
+        acts.append(ev.AdminReply(e.request_id, True, f"{e.kind}: handing over to {other}"))
+
+    def _ask_peer_to_stay(self, now: float, acts: list, e: ev.AdminRequest) -> None:
+        """On an inactive node, a command to make the (active) peer active: the peer may be
+        waiting to hand over to this node (asked here, by its own operator, by the schedule),
+        and this node cannot see that.  So it sends ``take_over``, which an active node reads
+        as "stay active": it cancels a pending handover (docs/failover-rules.md).  A take_over
+        the peer sent before it read ours crosses it: this node refuses it for a few pings and
+        does not take activity meanwhile; the peer, reading ours while draining, re-activates."""
+        me, other = self.cfg.node, self.cfg.peer_name
+        window = 4 * self.cfg.ping_interval
+        self._stay_asked_until = now + window
+        self._quiet_until = max(self._quiet_until or now, now + window)
+        asked, self._asked_handover = self._asked_handover, None
+        acts.append(ev.SendCommand("take_over", self.term, f"operator {e.kind} on {me}: stay active"))
+        acts.append(ev.Log("info", "stay_asked", f"operator {e.kind}: asked {other} to stay active"
+                           + (f", cancelling the handover to {me} asked {now - asked:.1f}s ago"
+                              if asked is not None else "")))
+        if asked is not None:
+            msg = (f"{e.kind}: asked {other} to cancel the handover to {me} requested "
+                   f"{now - asked:.1f}s ago; {other} stays active")
+        else:
+            msg = (f"{e.kind}: {other} is active; asked it to stay active (a handover to {me} "
+                   "it may be waiting for is cancelled)")
+        acts.append(ev.AdminReply(e.request_id, True, msg))
+
+    def _expire_asked_handover(self, now: float) -> float | None:
+        """When this (inactive) node asked its peer to hand over, while that may still be pending."""
+        if self._asked_handover is not None and (
+                not self.peer_fresh(now) or self.peer is None or self.peer.state not in ACTIVE_STATES
+                or now > self._asked_handover + self.cfg.handover_wait + self.cfg.handover_timeout):
+            self._asked_handover = None
+        return self._asked_handover
+
+    def _admin_mode(self, e: ev.AdminRequest, now: float, acts: list) -> None:
+        try:
+            mode = Mode[e.arg.upper()]
+        except KeyError:
+            acts.append(ev.AdminReply(e.request_id, False, f"unknown mode {e.arg!r}: automatic or manual"))
+            return
+        self.mode = mode
+        acts.append(ev.Log("warning", "mode", f"node manager mode set to {self.mode.label}"))
+        note = ""
+        h = self._handover
+        if h is not None and mode is Mode.MANUAL and h.kind == "scheduled":
+            self._cancel_handover(now, acts, "mode manual: no scheduled failback")
+            note = f"; the scheduled failback to {self.cfg.peer_name} is cancelled"
+        elif h is not None:
+            note = (f"; the handover to {self.cfg.peer_name} already under way ({h.cause}) goes ahead"
+                    " (manual mode still obeys commands)" if mode is Mode.MANUAL else "")
+        elif self._expire_asked_handover(now) is not None and mode is Mode.MANUAL:
+            note = (f"; the handover to {self.cfg.node} asked of {self.cfg.peer_name} goes ahead "
+                    "(manual mode still obeys commands)")
+        acts.append(ev.AdminReply(e.request_id, True, f"mode {self.mode.label}{note}"))
+        acts.append(ev.SendStatus())
 
     def _on_ShutdownRequested(self, e: ev.ShutdownRequested, now: float, acts: list) -> None:
         if self.shutting_down:
@@ -459,7 +579,7 @@ class Supervisor:
         if self._handover is not None:
             return  # already handing over: it goes on, then the drain, then the stop
         if self.state in ACTIVE_STATES and peer_ok:
-            self._hand_over(now, acts, f"{self.cfg.node} shutting down")
+            self._hand_over(now, acts, f"{self.cfg.node} shutting down", kind="shutdown")
             if self._handover is not None:
                 return  # stays active until replication is complete
         elif self.state in ACTIVE_STATES:
@@ -484,6 +604,7 @@ class Supervisor:
                   kind: str | None = None) -> None:
         """Take a new term (durable first), tell the peer if asked, then activate the service."""
         self._handover = None
+        self._asked_handover = self._stay_asked_until = None
         new = next_term(self.cfg.role, max(self.term, self.highest_seen))
         self.term = self.highest_seen = new
         if new > self.reserved:
@@ -525,7 +646,7 @@ class Supervisor:
                            {"cause": cause, "term": self.term}))
         acts.append(ev.SendStatus())
 
-    def _hand_over(self, now: float, acts: list, cause: str) -> None:
+    def _hand_over(self, now: float, acts: list, cause: str, *, kind: str) -> None:
         """Planned move to the peer.  With ``handover_wait``: stay active (calls are still
         answered; configuration writes are refused while ``handing_over``) until the peer has
         acknowledged every change made before the barrier, or the wait ends; then stop new
@@ -534,14 +655,35 @@ class Supervisor:
             self._finish_handover(now, acts, cause)
             return
         self._barrier += 1
-        self._handover = (cause, now, now + self.cfg.handover_wait, self._barrier)
+        self._handover = Handover(cause, now, now + self.cfg.handover_wait, self._barrier, kind)
         acts.append(ev.Log("info", "handover_waiting", f"handing over to {self.cfg.peer_name} once "
-                           f"replication is complete (at most {self.cfg.handover_wait:g}s): {cause}"))
+                           f"replication is complete (at most {self.cfg.handover_wait:g}s): {cause}",
+                           {"cause": cause, "kind": kind}))
         acts.append(ev.ReplicationBarrier(self._barrier))
 
     @property
     def handing_over(self) -> bool:
         return self._handover is not None
+
+    def _cancel_handover(self, now: float, acts: list, why: str) -> None:
+        h = self._handover
+        if h is None:
+            return
+        self._handover = None
+        if h.kind == "scheduled":
+            self._failback_skip = True  # not again in this window
+        acts.append(ev.Log("warning", "handover_cancelled", f"handover to {self.cfg.peer_name} "
+                           f"({h.cause}) cancelled after {now - h.started:.3f}s: {why}; "
+                           f"{self.cfg.node} stays active",
+                           {"cause": h.cause, "kind": h.kind, "why": why,
+                            "wait_s": round(now - h.started, 3)}))
+        acts.append(ev.SendStatus())
+
+    def _skip_failback_window(self) -> None:
+        """An operator moved activity to the secondary: the schedule does not undo it before
+        the current failback window ends."""
+        if self.cfg.role is Role.SECONDARY and self._failback_due():
+            self._failback_skip = True
 
     def _finish_handover(self, now: float, acts: list, cause: str) -> None:
         self._handover = None
@@ -555,10 +697,16 @@ class Supervisor:
         everything, or at the deadline; give up if the peer disappears (it is not waited for)."""
         if self._handover is None:
             return
-        cause, started, deadline, barrier = self._handover
+        h = self._handover
+        cause, started, deadline, barrier = h.cause, h.started, h.deadline, h.barrier
         waited = now - started
         if self.state is not State.ACTIVE:  # fenced, stepped down or reactivating meanwhile
             self._handover = None
+            return
+        if h.kind == "scheduled" and (self.mode is Mode.MANUAL
+                                      or (self.peer is not None and self.peer.mode is Mode.MANUAL)):
+            who = self.cfg.node if self.mode is Mode.MANUAL else self.cfg.peer_name
+            self._cancel_handover(now, acts, f"{who} is in manual mode: no scheduled failback")
             return
         if not (self.peer_fresh(now) and self.peer is not None and self.peer.eligible):
             self._handover = None
@@ -581,25 +729,54 @@ class Supervisor:
     def _stop(self, acts: list, cause: str) -> None:
         if self.service is not ServiceHealth.STOPPED:
             acts.append(ev.ShutdownService(cause))
+        self._retry_at = self._backoff_since = None
         self.state = State.STOPPED
         self.cause = cause
         acts.append(ev.SendStatus())
         acts.append(ev.Log("warning", "stopped", f"{self.cfg.node} stopped: {cause}"))
         acts.append(ev.Exit(0))
 
-    def _maybe_restart(self, now: float, acts: list, reason: str) -> None:
-        while self._restarts and now - self._restarts[0] > self.cfg.restart_window:
-            self._restarts.popleft()
-        if len(self._restarts) >= self.cfg.max_restarts:
-            self.service = ServiceHealth.FAILED
-            acts.append(ev.Log("error", "service_failed",
-                               f"messaging service failed {len(self._restarts)} times in "
-                               f"{self.cfg.restart_window:.0f}s; not restarting"))
+    def _service_failed(self, now: float, acts: list, reason: str) -> None:
+        """Restart a failed service: at once for the first ``max_restarts`` failures within
+        ``restart_window``, then after a delay that doubles from ``restart_backoff`` up to
+        ``restart_backoff_max`` (``restart_backoff_alone`` while the peer is not serving).
+        The node never gives up: a failure older than the window no longer counts, and while
+        it backs off the node is not eligible (service ``failed``), so a healthy peer is preferred."""
+        while self._failures and now - self._failures[0] > self.cfg.restart_window:
+            self._failures.popleft()
+        self._failures.append(now)
+        n = len(self._failures)
+        if n <= self.cfg.max_restarts:
+            self._start_service(now, acts, f"restart after: {reason}")
             return
-        self._restarts.append(now)
+        delay = min(self.cfg.restart_backoff * 2 ** min(n - self.cfg.max_restarts - 1, 40),
+                    self.cfg.restart_backoff_max)
+        if not self.peer_serving(now):
+            delay = min(delay, self.cfg.restart_backoff_alone)
+        self.service = ServiceHealth.FAILED
+        self._backoff_since, self._retry_at = now, now + delay
+        acts.append(ev.Log("error", "service_backoff",
+                           f"messaging service failed {n} times in {self.cfg.restart_window:g}s "
+                           f"({reason}): next start in {delay:g}s",
+                           {"failures": n, "retry_in_s": round(delay, 3), "reason": reason}))
+
+    def _check_service_retry(self, now: float, acts: list) -> None:
+        """Backing off: start the service again at the end of the delay, sooner once the peer
+        is not serving either (the pair must not stay without a service for long)."""
+        if self._retry_at is None or self.shutting_down:
+            return
+        if not self.peer_serving(now) and self._backoff_since is not None:
+            self._retry_at = min(self._retry_at, self._backoff_since + self.cfg.restart_backoff_alone)
+        if now < self._retry_at:
+            return
+        n = self.service_failures(now)
+        self._start_service(now, acts, f"retry after {n} failures in {self.cfg.restart_window:g}s")
+
+    def _start_service(self, now: float, acts: list, reason: str) -> None:
+        self._retry_at = self._backoff_since = None
         self.service = ServiceHealth.STARTING
         self._service_deadline = now + self.cfg.start_timeout
-        acts.append(ev.StartService(f"restart after: {reason}"))
+        acts.append(ev.StartService(reason))
 
     def start(self, now: float) -> list[ev.Action]:
         """Actions to run once at start-up."""
@@ -631,6 +808,8 @@ class Supervisor:
             self._settle_until = None
         peer_ok = self.peer_fresh(now)
         peer = self.peer if peer_ok else None
+        if self._failback_skip and not self._failback_due():
+            self._failback_skip = False  # the window is over
 
         if st is State.ACTIVATING and self._activation_deadline is not None and now >= self._activation_deadline:
             self._go_inactive(now, acts, "service did not confirm activation", drain=False)
@@ -646,8 +825,9 @@ class Supervisor:
                 return
             if (st is State.ACTIVE and self.cfg.role is Role.SECONDARY and peer
                     and self._handover is None and self._failback_due() and self.mode is Mode.AUTOMATIC
+                    and not self._failback_skip and peer.mode is Mode.AUTOMATIC
                     and peer.eligible and peer.state is State.INACTIVE):
-                self._hand_over(now, acts, "scheduled failback window")
+                self._hand_over(now, acts, "scheduled failback window", kind="scheduled")
             return
 
         if st is State.DRAINING:

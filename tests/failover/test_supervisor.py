@@ -140,14 +140,139 @@ def test_active_service_crash_fails_over_at_once():
     assert sim.actives() == ["b"]
 
 
-def test_inactive_service_crash_restarts_locally_with_bounded_retries():
-    sim = booted(max_restarts=3, restart_window=60.0)
-    for k in range(5):
-        sim.at(2.1 + k * 0.2, "b", "crash_service")
-    sim.run_until(3.5)
-    assert sim.actives() == ["a"]
-    assert sim.nodes["b"].sup.service is ServiceHealth.FAILED
-    assert sim.logs("b", "service_failed")
+def crash_loop(sup: Supervisor, failures: int, *, peer_state: State | None = State.ACTIVE,
+               peer_until: float = float("inf"), up_for: float = 0.02):
+    """Drive one supervisor whose service dies ``up_for`` after every start, ``failures`` times.
+    The peer (if ``peer_state``) sends a heartbeat every ping until ``peer_until``.  Time only
+    moves to the supervisor's own deadlines and to these inputs, so a retry that is not a
+    supervisor deadline would be late.  Returns [(failed_at, delay to the next start)], logs."""
+    t = 0.0
+    queue: list[tuple[float, object]] = []
+    acts = sup.start(t)
+    next_hb = 0.0 if peer_state is not None else float("inf")
+    failed_at: float | None = None
+    out, logs = [], []
+    n = 0
+    while True:
+        for a in acts:
+            if isinstance(a, ev.StartService):
+                if failed_at is not None:
+                    out.append((failed_at, t - failed_at))
+                    failed_at = None
+                if n == failures:
+                    return out, logs
+                queue.append((t + 0.01, ev.ServiceStarted(1)))
+                queue.append((t + 0.01 + up_for, ev.ServiceExited("killed")))
+            elif isinstance(a, ev.Log):
+                logs.append(a)
+        queue.sort(key=lambda x: x[0])
+        cands = [sup.next_deadline(), next_hb if next_hb < peer_until else float("inf")]
+        if queue:
+            cands.append(queue[0][0])
+        t = min(cands)
+        assert t < 10_000, "no retry scheduled"
+        if queue and queue[0][0] == t:
+            e = queue.pop(0)[1]
+            if isinstance(e, ev.ServiceExited):
+                n += 1
+                failed_at = t
+        elif t == next_hb:
+            e = ev.PeerHeartbeat("a", Role.PRIMARY, peer_state, 2, ServiceHealth.RUNNING)
+            next_hb += PING
+        else:
+            e = ev.Tick(0, 0)
+        acts = sup.handle(e, t)
+
+
+def test_service_backoff_doubles_and_caps_while_the_peer_serves():
+    cfg = make_config(Role.SECONDARY, max_restarts=2, restart_window=1000.0)
+    sup = Supervisor(cfg, now=0.0)
+    delays, logs = crash_loop(sup, 11)
+    assert [round(d, 6) for _, d in delays] == [0, 0, 0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    backoffs = [lg for lg in logs if lg.event == "service_backoff"]
+    assert [lg.fields["failures"] for lg in backoffs] == list(range(3, 12))
+    assert [lg.fields["retry_in_s"] for lg in backoffs] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert sup.service is ServiceHealth.STARTING  # the 12th start is under way: never given up
+
+
+def test_backing_off_node_is_not_eligible_and_reports_count_and_next_attempt():
+    cfg = make_config(Role.SECONDARY, max_restarts=1, restart_window=1000.0)
+    sup = Supervisor(cfg, now=0.0)
+    crash_loop(sup, 3)  # the 3rd start is under way: let it fail
+    t = 100.0
+    sup.handle(ev.PeerHeartbeat("a", Role.PRIMARY, State.ACTIVE, 2, ServiceHealth.RUNNING), t)
+    sup.handle(ev.ServiceStarted(1), t)
+    acts = sup.handle(ev.ServiceExited("killed"), t + 0.01)
+    st = sup.status(t + 0.01)
+    assert st.service is ServiceHealth.FAILED and not st.eligible
+    assert st.service_failures == 4 and st.service_retry_in == pytest.approx(2.0)
+    assert ev.heartbeat_from(st).eligible is False
+    assert not any(isinstance(a, ev.StartService) for a in acts)
+    assert sup.next_deadline() <= t + 0.01 + 2.0
+    st = sup.status(t + 1.01)
+    assert st.service_retry_in == pytest.approx(1.0)
+
+
+def test_service_failures_expire_after_the_restart_window():
+    cfg = make_config(Role.SECONDARY, max_restarts=2, restart_window=10.0)
+    sup = Supervisor(cfg, now=0.0)
+    delays, _ = crash_loop(sup, 4)
+    assert [round(d, 6) for _, d in delays] == [0, 0, 0.5, 1]
+    t = delays[-1][0] + 1 + 0.01
+    sup.handle(ev.ServiceStarted(1), t)
+    assert sup.status(t).service_failures == 4
+    while t < delays[-1][0] + 10.5:  # the service runs for longer than the window
+        t += 0.05
+        sup.handle(ev.ServiceHealthReport("inactive", None, 0), t)
+    assert sup.status(t).service_failures == 0
+    acts = sup.handle(ev.ServiceExited("killed"), t)
+    assert any(isinstance(a, ev.StartService) for a in acts)  # a quick restart again
+    assert sup.status(t).service_failures == 1 and sup.status(t).service_retry_in is None
+
+
+def test_a_node_whose_peer_is_not_serving_never_stops_retrying():
+    """100 failures in a row: every one is followed by a start within restart_backoff_alone."""
+    cfg = make_config(Role.SECONDARY, max_restarts=5, restart_window=10_000.0)
+    for peer_state in (None, State.INACTIVE):
+        sup = Supervisor(cfg, now=0.0)
+        delays, logs = crash_loop(sup, 100, peer_state=peer_state)
+        assert len(delays) == 100
+        assert max(d for _, d in delays) == pytest.approx(cfg.restart_backoff_alone)
+        assert [round(d, 6) for _, d in delays[:9]] == [0, 0, 0, 0, 0, 0.5, 1, 2, 2]
+        assert [lg.fields["failures"] for lg in logs if lg.event == "service_backoff"][-1] == 100
+
+
+def test_a_long_backoff_shortens_when_the_peer_stops_serving():
+    cfg = make_config(Role.SECONDARY, max_restarts=0, restart_window=10_000.0)
+    sup = Supervisor(cfg, now=0.0)
+    delays, _ = crash_loop(sup, 6)  # delays 0.5 1 2 4 8 16: the 6th start is under way
+    t = sum(d for _, d in delays) + 1.0
+    sup.handle(ev.PeerHeartbeat("a", Role.PRIMARY, State.ACTIVE, 2, ServiceHealth.RUNNING), t)
+    sup.handle(ev.ServiceStarted(1), t)
+    sup.handle(ev.ServiceExited("killed"), t)
+    assert sup.status(t).service_retry_in == pytest.approx(cfg.restart_backoff_max)
+    # the peer goes silent: the node must not wait 30 s with nobody serving
+    now, started = t, None
+    while started is None:
+        now = sup.next_deadline()
+        if any(isinstance(a, ev.StartService) for a in sup.handle(ev.Tick(0, 0), now)):
+            started = now
+    assert started == pytest.approx(t + cfg.restart_backoff_alone)
+
+
+def test_active_service_killed_every_3s_the_pair_never_gives_up():
+    """Kill whichever service is active every 3 s, 15 times, with the default budget: after
+    every kill the other node takes over, and at the end exactly one node is active."""
+    sim = booted(max_restarts=5, restart_window=60.0)
+    for k in range(15):
+        (victim,) = sim.actives()
+        sim.at(sim.now, victim, "crash_service")
+        sim.run_until(sim.now + 3.0)
+        assert len(sim.actives()) == 1, (k, [(n, v.sup.state, v.sup.service) for n, v in sim.nodes.items()])
+    sim.run_until(sim.now + 5.0)
+    assert len(sim.actives()) == 1
+    assert all(n.sup.service is ServiceHealth.RUNNING for n in sim.nodes.values())
+    assert sim.logs("a", "service_backoff") and sim.logs("b", "service_backoff")
 
 
 def test_service_hang_is_detected_by_missed_health_reports():

@@ -119,6 +119,15 @@ def test_invariants_hold_with_replication_wait(faults, repl_delay):
     _run_faults(Sim(max_restarts=1000, handover_wait=0.4, _repl_delay=repl_delay), faults)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(faults=st.lists(st.tuples(FAULTS_REPL, st.floats(0.0, 1.5)), min_size=1, max_size=12),
+       max_restarts=st.sampled_from([0, 1, 2]))
+def test_invariants_hold_while_services_back_off(faults, max_restarts):
+    """A small restart budget: crashed services back off (never give up) under the same
+    faults; the invariants and the convergence to one active node still hold."""
+    _run_faults(Sim(max_restarts=max_restarts, handover_wait=0.4, _repl_delay=0.05), faults)
+
+
 def _run_faults(sim: Sim, faults) -> None:
     sim.run_until(2.0)
     n = 0
