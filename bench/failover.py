@@ -379,8 +379,8 @@ def jitter(profile_interval: float) -> None:
 
 
 def bench_crash(workdir: Path, profile: str, runs: int, ping: float) -> dict:
-    # max_restarts: each node's service is killed every other run; the default budget
-    # (5 restarts in 60 s) would mark it failed after a few runs.  No effect on timing.
+    # max_restarts: each node's service is killed every other run; past the default (5 in
+    # 60 s) each restart would wait a growing backoff.  No effect on the timing measured.
     pair = start_pair(workdir, profile, {"service": {"max_restarts": 1000}})
     res: dict = {"samples": [], "errors": [], "directions": []}
     with pair:

@@ -69,8 +69,12 @@ def format_status(st: dict) -> str:
     ports = ", ".join(f"{x['name']} {x['state']}" for x in st["ports"]) or "none reported"
     s = st["settings"]
     flags = [f for f in ("hold", "shutting_down") if n.get(f)] + ([] if n["licensed"] else ["UNLICENSED"])
-    lines += ["", f"last change: {n['cause']}" + (f"   [{', '.join(flags)}]" if flags else ""),
-              f"ports: {ports}",
+    lines += ["", f"last change: {n['cause']}" + (f"   [{', '.join(flags)}]" if flags else "")]
+    if n.get("service_failures"):
+        retry = n.get("service_retry_in_s")
+        lines.append(f"service failures in the restart window: {n['service_failures']}"
+                     + ("" if retry is None else f"; backing off, next start in {retry:.1f} s"))
+    lines += [f"ports: {ports}",
               f"peer link: {'connected' if p['link'].get('out_connected') else 'down'} out, "
               f"{p['link'].get('in_connections', 0)} in; dropped frames: "
               f"{sum(v for k, v in p['link'].items() if k.startswith('dropped_'))}",

@@ -443,6 +443,9 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "start_timeout": _K(_Num(0.1, 3600), 10.0),
         "max_restarts": _K(_Num(0, 1000, integer=True), 5),
         "restart_window": _K(_Num(1, 86400), 60.0),
+        "restart_backoff": _K(_Num(0.01, 3600), 0.5),
+        "restart_backoff_max": _K(_Num(0.01, 86400), 30.0),
+        "restart_backoff_alone": _K(_Num(0.01, 60), 2.0),
         "offer_hold": _K(_Num(0, 60), 2.0),
         "command": _K(_command, None),
     },
@@ -626,6 +629,9 @@ class ServiceSection:
     start_timeout: float
     max_restarts: int
     restart_window: float
+    restart_backoff: float
+    restart_backoff_max: float
+    restart_backoff_alone: float
     offer_hold: float
     command: tuple[str, ...] | None
 
@@ -836,6 +842,9 @@ class NodeConfig:
             licence_after_contact=self.licence.after_contact_limit,
             health_timeout=self.service.health_timeout, start_timeout=self.service.start_timeout,
             max_restarts=self.service.max_restarts, restart_window=self.service.restart_window,
+            restart_backoff=self.service.restart_backoff,
+            restart_backoff_max=self.service.restart_backoff_max,
+            restart_backoff_alone=self.service.restart_backoff_alone,
             handover_wait=self.replication.handover_wait if self.replication.enabled else 0.0,
         )
 
@@ -973,6 +982,10 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
     if c.link.reconnect_min > c.link.reconnect_max:
         out.append(Problem("link.reconnect_min",
                            f"{c.link.reconnect_min:g} is above link.reconnect_max ({c.link.reconnect_max:g})"))
+    if c.service.restart_backoff > c.service.restart_backoff_max:
+        out.append(Problem("service.restart_backoff",
+                           f"{c.service.restart_backoff:g} is above service.restart_backoff_max "
+                           f"({c.service.restart_backoff_max:g})"))
     if not f.ping_interval - _EPS <= f.lease_s < f.peer_timeout - _EPS:  # _EPS: 0.1 * 6 > 0.6
         key = "failover.lease" if f.lease is not None else "failover.missed_pings"
         out.append(Problem(key, f"the lease ({f.lease_s:g} s) must be at least ping_interval "

@@ -121,7 +121,10 @@ class NodeManager:
             "node": {"name": s.node, "role": s.role.label, "state": s.state.label, "term": s.term,
                      "service": s.service.label, "mode": s.mode.label, "eligible": s.eligible,
                      "licensed": s.licensed, "hold": s.hold, "shutting_down": s.shutting_down,
-                     "cause": s.cause, "uptime_s": round(s.uptime, 3), "pid": os.getpid()},
+                     "cause": s.cause, "uptime_s": round(s.uptime, 3), "pid": os.getpid(),
+                     "service_failures": s.service_failures,
+                     "service_retry_in_s": None if s.service_retry_in is None
+                     else round(s.service_retry_in, 3)},
             "peer": {"name": self.cfg.link.peer_name, "address": str(self.cfg.link.peer),
                      "reachable": s.peer_reachable,
                      "state": s.peer_state.label if s.peer_state is not None else None,

@@ -91,6 +91,7 @@ def test_minimal_config_takes_defaults(tmp_path):
     s = c.service
     assert (s.health_interval, s.health_timeout, s.start_timeout, s.max_restarts,
             s.restart_window, s.offer_hold, s.command) == (0.02, 1.0, 10.0, 5, 60.0, 2.0, None)
+    assert (s.restart_backoff, s.restart_backoff_max, s.restart_backoff_alone) == (0.5, 30.0, 2.0)
     lb = c.ports.loopback
     assert (lb.enabled, lb.listen, lb.count) == (True, Address("127.0.0.1", 3671), 4)
     assert (c.log.level, c.log.console) == ("info", True)
@@ -110,6 +111,7 @@ FULL = {
     "licence": {"no_contact_limit": 3600, "after_contact_limit": 86400.0},
     "service": {"health_interval": 0.05, "health_timeout": 0.5, "start_timeout": 20.0,
                 "max_restarts": 3, "restart_window": 120.0, "offer_hold": 1.5,
+                "restart_backoff": 1.0, "restart_backoff_max": 60.0, "restart_backoff_alone": 3.0,
                 "command": ["/usr/bin/python3", "-m", "telephony.service"]},
     "ports": {"loopback": {"enabled": True, "listen": "127.0.0.1:3672", "count": 8},
               "smdi": {"enabled": True, "device": "/dev/ttyS1", "baudrate": 4800, "bytesize": 8,
@@ -416,6 +418,7 @@ def test_loopback_listen_not_needed_when_disabled(tmp_path):
 @pytest.mark.parametrize("changes, key, fragment", [
     ({"link": {"peer_name": "ums-a"}}, "link.peer_name", "must differ from node.name"),
     ({"link": {"reconnect_min": 3.0}}, "link.reconnect_min", "above link.reconnect_max"),
+    ({"service": {"restart_backoff": 60}}, "service.restart_backoff", "above service.restart_backoff_max"),
     ({"service": {"health_timeout": 0.02}}, "service.health_timeout", "longer than"),
     ({"node": {"data_dir": "/" + "d" * 100}}, "admin.socket", "107 bytes"),
 ])

@@ -12,6 +12,8 @@ The nodes talk directly (no relay in between), so a reset reaches the peer as a 
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 
@@ -63,3 +65,60 @@ async def test_failover_then_sigterm_of_the_active_secondary_never_takes_the_pri
         print(f"{rounds} rounds, primary's link reset by the peer in {seen}")
         assert seen >= 1, f"no reset reached the primary in {rounds} rounds: the path was not tested"
         assert not events_of(pair.a, "task_failed", "error"), events_of(pair.a, "task_failed")
+
+
+# ============================================================================ crash loop on both nodes
+
+#: the services are killed until each node has seen this many failures in restart_window
+#: (max_restarts is 2 here: past it, the old code stopped restarting for good)
+CRASH_LOOP = {"service": {"max_restarts": 2, "restart_window": 30}}
+#: the bound on recovery once nobody kills any more: with neither node serving, a node backing
+#: off starts its service again within service.restart_backoff_alone (2 s), and a start takes
+#: at most service.start_timeout (10 s) before it counts as failed
+RECOVERY_BOUND_S = 2.0 + 10.0
+
+
+async def test_a_crash_loop_on_both_nodes_never_leaves_the_pair_down_for_good(pair_dir):
+    """Kill the messaging service on both nodes, every time one runs, until both nodes have
+    spent their restart budget; then stop killing.  The pair must be active and answering
+    within RECOVERY_BOUND_S: a node backs off, is not eligible meanwhile, and tries again; it
+    never stops trying while the peer is not serving either."""
+    with Pair(pair_dir, relay=False, extra=CRASH_LOOP) as pair:
+        pair.start(first="a")
+        await wait_active(pair, "a")
+        kills = {"a": 0, "b": 0}
+
+        def kill_running_services() -> bool:
+            for name in ("a", "b"):
+                pid = pair.node(name).service_pid()
+                if pid is not None:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        kills[name] += 1
+                    except ProcessLookupError:
+                        pass
+            return min(kills.values()) > CRASH_LOOP["service"]["max_restarts"]
+
+        await until(kill_running_services, "both nodes' services killed past their budget",
+                    timeout=60, poll=0.05)
+        stopped_at = time.monotonic()
+
+        # nobody kills any more: some node becomes active and answers a call
+        def serving() -> str | None:
+            for name in ("a", "b"):
+                st = pair.node(name).status()
+                if st and st["node"]["state"] == "active":
+                    return name
+            return None
+        active = await until(serving, "a node active again after the crash loop", timeout=60)
+        out = await place_call(HOST, pair.loop_port(active), "after-crash-loop", hold=0.05,
+                               reply_timeout=GUARD)
+        took = time.monotonic() - stopped_at
+        print(f"kills {kills}; {active} active and answering {took:.2f} s after the last kill")
+        assert (out.result, out.node) == ("answered", active), out
+        assert took <= RECOVERY_BOUND_S, f"{took:.2f}s to recover (bound {RECOVERY_BOUND_S}s)"
+        assert pid_alive(pair.a.pid) and pid_alive(pair.b.pid)
+        for name in ("a", "b"):  # both nodes say they back off, with the count and next try
+            backoff = await until(lambda n=name: events_of(pair.node(n), "service_backoff"),
+                                  f"{name} logs its backoff")
+            assert "next start in" in backoff[-1]["message"], backoff[-1]

@@ -100,10 +100,12 @@ async def test_kamailio_hunts_to_the_secondary_when_the_primarys_service_is_kill
     mwi_port = free_udp_port()
     n_calls, kill_after, gap = 14, 5, 1.0  # a call every second; the kill after the 5th
     exts = [str(3001 + i) for i in range(n_calls)]
-    # a: two workers (2 destinations); no service restart, so its ports stay dead and the PBX
-    # keeps hunting to b (a restarted primary would pull activity back with the next call:
-    # docs/failover-rules.md, "Which node a call-takeover moves to")
-    extra_a = {**sip("a", mwi_port=mwi_port, count=8), "service": {"max_restarts": 0}}
+    # a: two workers (2 destinations); its service is restarted only after a minute (longer
+    # than the test), so its ports stay dead and the PBX keeps hunting to b (a restarted
+    # primary would pull activity back with the next call: docs/failover-rules.md, "Which
+    # node a call-takeover moves to")
+    extra_a = {**sip("a", mwi_port=mwi_port, count=8),
+               "service": {"max_restarts": 0, "restart_backoff": 60, "restart_backoff_alone": 60}}
     extra_b = sip("b", mwi_port=mwi_port, count=8)
     with Pair(pair_dir, extra=FAST, extra_a=extra_a, extra_b=extra_b) as pair:
         pair.start()
@@ -147,7 +149,7 @@ async def test_kamailio_hunts_to_the_secondary_when_the_primarys_service_is_kill
         finally:
             await trio.to_thread.run_sync(kam.stop)
 
-        # the secondary took over, and it stays active (a's service is not restarted)
+        # the secondary took over, and it stays active (a's service is not restarted yet)
         await wait_active(pair, "b")
         before = [e for e in exts if placed[e] < kill_at]
         after = [e for e in exts if placed[e] >= kill_at]
