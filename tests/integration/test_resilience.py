@@ -16,11 +16,12 @@ import signal
 import time
 
 import pytest
+import trio
 
 from failover.testing import Pair
 from telephony.loopback_client import place_call
 
-from .conftest import GUARD, events_of, pid_alive, until, wait_active
+from .conftest import GUARD, events_of, pid_alive, until, wait_active, watch_states
 
 pytestmark = pytest.mark.multiprocess
 
@@ -122,3 +123,53 @@ async def test_a_crash_loop_on_both_nodes_never_leaves_the_pair_down_for_good(pa
             backoff = await until(lambda n=name: events_of(pair.node(n), "service_backoff"),
                                   f"{name} logs its backoff")
             assert "next start in" in backoff[-1]["message"], backoff[-1]
+
+
+# ============================================================================ commands tell the truth
+
+HOLD_WAIT = 3.0  # replication.handover_wait: how long a planned move waits for replication
+
+
+def sub_row(ext: str) -> dict:
+    return {"extension": ext, "name": f"User {ext}", "mailbox": f"mb{ext}", "mwi_method": "sip",
+            "notify": []}
+
+
+def hold_back_replication(pair: Pair) -> None:
+    """Cut only the replication relays (the node link stays up): a planned move then waits
+    its whole handover_wait for acknowledgements that cannot come."""
+    for relay in pair.relays[2:]:
+        relay.cut()
+
+
+@pytest.mark.parametrize("pending, given_on", [
+    ("failover", "a"), ("failover", "b"), ("failback", "b"), ("failback", "a")])
+async def test_the_opposite_command_during_a_pending_handover_cancels_it(pair_dir, pending, given_on):
+    """A planned failover (or failback) waits for replication, held back here.  The opposite
+    command, given on either node, must take effect: the pending handover is cancelled and the
+    waiting node stays active past the end of the wait.  Before, it answered 'already active'
+    (exit 0) and the handover went ahead when the wait ended."""
+    with Pair(pair_dir, extra={"replication": {"handover_wait": HOLD_WAIT}}) as pair:
+        pair.start(first="a")
+        await wait_active(pair, "a")
+        if pending == "failback":  # b active first, with nothing held back
+            r = await trio.to_thread.run_sync(pair.a.admin, {"op": "failover"})
+            assert r and r["ok"], r
+            await wait_active(pair, "b", "b active before the failback")
+        waiting, other = ("a", "b") if pending == "failover" else ("b", "a")
+        hold_back_replication(pair)
+        r = await trio.to_thread.run_sync(pair.node(waiting).admin, {
+            "op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": sub_row("4711")}]})
+        assert r and r["ok"], r
+        r = await trio.to_thread.run_sync(pair.node(waiting).admin, {"op": pending})
+        assert r and r["ok"], r
+        opposite = "failback" if pending == "failover" else "failover"
+        r = await trio.to_thread.run_sync(pair.node(given_on).admin, {"op": opposite})
+        assert r is not None and r["ok"], r
+        assert "already active" not in r["message"], r
+        # past the end of the wait, the waiting node is still the active one, at every sample
+        samples = await watch_states(pair, HOLD_WAIT + 1.5)
+        moved = [s for s in samples if s[waiting][0] != "active" or s[other][0] == "active"]
+        assert not moved, (r["message"], moved[:3])
+        assert await until(lambda: events_of(pair.node(waiting), "handover_cancelled"),
+                           "the waiting node logs the cancellation")
