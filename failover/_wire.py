@@ -46,7 +46,7 @@ class FrameType(IntEnum):
 
 class CommandKind(IntEnum):
     STEP_DOWN = 1  # the sender took over in a newer term: stop being active
-    TAKE_OVER = 2  # the sender (active) hands over: become active
+    TAKE_OVER = 2  # be active: from an active sender a handover; from an inactive one "stay active"
     YIELD = 3  # like STEP_DOWN, and stay on hold (operator or scheduled move)
     HAND_OVER = 4  # the sender (inactive) asks the active peer for a planned handover to it
 
