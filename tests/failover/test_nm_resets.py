@@ -8,7 +8,6 @@ client.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -17,6 +16,7 @@ import sys
 import trio
 
 from failover import _events as ev
+from failover.admin import admin_request
 from failover.cli import format_status
 from failover.eventlog import EventLog
 from failover.node import NodeManager
@@ -47,12 +47,18 @@ def reset(sock) -> None:
 # ============================================================================ control socket
 
 
-async def test_control_listener_survives_resets_and_garbage_then_hears_the_service(tmp_path):
+def control_runner(tmp_path):
+    """A ServiceRunner waiting for the service of pid 4242, its inbox and event log."""
     cfg = make_cfg(tmp_path, "primary")
     events = EventLog(tmp_path / "events.jsonl", "a", console=None)
     inbox_send, inbox = trio.open_memory_channel(100)
     runner = ServiceRunner(cfg, inbox_send, events)
-    runner.pid = 4242  # the service the runner is waiting for
+    runner.pid = 4242
+    return cfg, runner, inbox, events
+
+
+async def test_control_listener_survives_resets_and_garbage_then_hears_the_service(tmp_path):
+    cfg, runner, inbox, events = control_runner(tmp_path)
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.serve_control)
@@ -85,11 +91,7 @@ async def test_control_listener_survives_resets_and_garbage_then_hears_the_servi
 
 
 async def test_an_unexpected_error_in_one_control_connection_is_counted_not_raised(tmp_path):
-    cfg = make_cfg(tmp_path, "primary")
-    events = EventLog(tmp_path / "events.jsonl", "a", console=None)
-    inbox_send, inbox = trio.open_memory_channel(100)
-    runner = ServiceRunner(cfg, inbox_send, events)
-    runner.pid = 4242
+    cfg, runner, inbox, events = control_runner(tmp_path)
 
     async def broken(msg) -> None:
         raise KeyError("injected fault")
@@ -116,20 +118,6 @@ async def test_an_unexpected_error_in_one_control_connection_is_counted_not_rais
 # ============================================================================ admin socket
 
 
-def admin_call(path, payload: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-        c.settimeout(5)
-        c.connect(str(path))
-        c.sendall(payload)
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = c.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return buf
-
-
 async def test_admin_listener_survives_resets_and_a_failing_request(tmp_path):
     cfg = make_cfg(tmp_path, "primary")
     events = EventLog(cfg.node.data_dir / "events.jsonl", "a", console=None)
@@ -148,12 +136,13 @@ async def test_admin_listener_survives_resets_and_a_failing_request(tmp_path):
             # node manager goes on answering
             real = nm.status_dict
             nm.status_dict = lambda: 1 / 0
-            reply = await trio.to_thread.run_sync(admin_call, path, b'{"op": "status"}\n')
-            assert b"internal error, nothing changed: ZeroDivisionError" in reply
+            reply = await trio.to_thread.run_sync(admin_request, path, {"op": "status"})
+            assert not reply["ok"], reply
+            assert reply["error"].startswith("internal error, nothing changed: ZeroDivisionError")
             nm.status_dict = real
-            reply = await trio.to_thread.run_sync(admin_call, path, b'{"op": "status"}\n')
-            assert b'"ok": true' in reply and b'"admin.request"' in reply  # counted in status
-            shown = format_status(json.loads(reply)["status"])
+            reply = await trio.to_thread.run_sync(admin_request, path, {"op": "status"})
+            assert reply["ok"] and "admin.request" in reply["status"]["tasks"]  # counted
+            shown = format_status(reply["status"])
             assert "task failures (contained): admin.request " in shown, shown
             nursery.cancel_scope.cancel()
     events.close()
