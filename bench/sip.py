@@ -3,7 +3,7 @@
 
 ::
 
-    python bench/sip.py --json bench/results/sip-run1.json          # full run (~10 min)
+    python bench/sip.py --json bench/results/sip-run1.json          # full run (~15 min)
     python bench/sip.py --quick --json /tmp/sip-quick.json          # smoke run (~3 min)
 
 A real pair (``failover.testing.Pair``: node managers, messaging services, pjsua2 worker
@@ -11,20 +11,29 @@ processes) on 127.0.0.1; the callers are SIPp processes (scenarios in ``bench/si
 call is a forwarded call (Diversion) that gets the greeting, the beep and a recording, and
 leaves a message in the Maildir store.
 
-concurrent  ``--calls`` (default 144) calls set up at ``--ramp`` calls/s, spread round-robin
-            over the node's worker ports (SIPp ``setdest``, one line of the injection file per
-            call), each held ``ramp time + --hold`` seconds while streaming a looping tone, so
-            all of them are up together for ``--hold`` s; then the caller sends BYE.  A step
-            passes with 0 failed calls in SIPp, 0 calls hung up early by the node, and one
-            message per call in the store whose recording covers the whole hold.  If a step
-            fails the next one (``--steps``) is tried; ``concurrent_calls`` = the largest step
-            that passed.
+concurrent  a capacity search: steps of ``--steps`` concurrent calls (default 48, 96, 144,
+            192, 240, 288, each at most ``--max``), tried in increasing order.  A step sets up
+            its calls at ``--ramp`` calls/s, spread round-robin over the node's worker ports
+            (SIPp ``setdest``, one line of the injection file per call), each held
+            ``ramp time + --hold`` seconds while streaming a looping tone, so all of them are
+            up together for ``--hold`` s; then the caller sends BYE.  A step passes with 0
+            failed calls in SIPp, 0 calls hung up early by the node, and one message per call
+            in the store whose recording covers the whole hold.  The search stops at the first
+            step that fails (or after the last step).  **``max_concurrent_calls``** = the
+            largest step that passed before the first failing one (0 if the first failed);
+            ``max_concurrent_limited_by`` says why the search stopped (``failure`` or
+            ``max``).  Node a has ``--max`` SIP ports (rounded up to whole workers).
+            Result files before this definition have ``concurrent_calls`` instead: the
+            largest of steps tried in *decreasing* order from 144 until one passed (a
+            pass/fail at the target, not a search); they keep that key and meaning.
 cps         short calls (``--cps-call`` s, default 2) at ``--cps-rates`` calls/s for
             ``--cps-period`` s each, spread round-robin over the workers; ``cps`` = the
             highest rate with 0 failed calls (stops at the first rate that fails).
 resources   VmRSS and utime+stime (/proc) of the worker processes (children of the active
-            node's messaging service) and of the service: idle, and in the middle of the
-            first concurrent step's hold (the CPU over a ``--sample`` s window).
+            node's messaging service) and of the service: idle, and in the middle of the hold
+            of the step with ``--calls`` calls (default 144; the first step if the search
+            does not reach it; ``resources_calls_up`` says how many were up), the CPU over a
+            ``--sample`` s window.
 failover    a fresh pair with ``--failover-ports`` ports on each node behind kamailio
             (``telephony.sip.lab.KamailioPbx``: a's workers first, b's when a does not answer);
             calls of ``--failover-hold`` s at ``--failover-rate`` calls/s; once the calls are
@@ -472,6 +481,32 @@ def concurrent_step(pair: Pair, tmp: Path, n: int, args, res_out: dict | None) -
     return out
 
 
+def resources_under_load(idle: dict, load: dict, n: int) -> dict:
+    """Memory and CPU of the workers and the service with ``n`` calls up, and per call (the
+    difference to idle divided by the calls SIPp had up during the sample)."""
+    out: dict = {}
+    calls_up = load.get("sipp_current_calls") or n
+    out["resources_calls_up"] = calls_up
+    w_load_rss = sum(load["worker_rss_mb"])
+    out["rss_workers_load_total_mb"] = round(w_load_rss, 1)
+    out["rss_per_call_mb"] = round((w_load_rss - sum(idle["worker_rss_mb"])) / calls_up, 3)
+    out["rss_service_load_mb"] = _r(load["service_rss_mb"], 1)
+    out["rss_service_per_call_mb"] = _r((load["service_rss_mb"] - idle["service_rss_mb"]) / calls_up, 3)
+    wl = sum(load["worker_cpu_ms_per_s"])
+    sl = load["service_cpu_ms_per_s"] or 0.0
+    out["cpu_workers_load_total_ms_per_s"] = round(wl, 1)
+    out["cpu_service_load_ms_per_s"] = round(sl, 1)
+    out["cpu_per_call_workers_ms_per_s"] = round((wl - sum(idle["worker_cpu_ms_per_s"])) / calls_up, 2)
+    out["cpu_per_call_service_ms_per_s"] = round(
+        (sl - (idle["service_cpu_ms_per_s"] or 0.0)) / calls_up, 2)
+    out["cpu_per_call_ms_per_s"] = round(out["cpu_per_call_workers_ms_per_s"]
+                                         + out["cpu_per_call_service_ms_per_s"], 2)
+    out["rss_worker_load_p50_mb"] = _r(pct(load["worker_rss_mb"], 50), 1)
+    out["rss_worker_load_max_mb"] = _r(max(load["worker_rss_mb"]), 1)
+    out["loadavg_under_load"] = load["loadavg"]
+    return out
+
+
 def cps_rate(pair: Pair, tmp: Path, rate: float, args) -> dict:
     n = int(rate * args.cps_period)
     xml = scenario(tmp, "uac_hold.xml", args.cps_call)
@@ -630,8 +665,9 @@ def run(args, tmp: Path) -> dict:
                  "python": platform.python_version(), "platform": platform.platform(),
                  "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_start": os.getloadavg()[0],
                  "sipp": sipp_version(), "quick": args.quick,
-                 "settings": {"ports": args.calls, "per_worker": PER_WORKER,
-                              "workers": -(-args.calls // PER_WORKER), "hold_s": args.hold,
+                 "settings": {"ports": args.max, "per_worker": PER_WORKER,
+                              "workers_a": -(-args.max // PER_WORKER), "max": args.max,
+                              "resources_step": args.calls, "hold_s": args.hold,
                               "ramp_per_s": args.ramp, "steps": args.steps,
                               "cps_rates": args.cps_rates, "cps_period_s": args.cps_period,
                               "cps_call_s": args.cps_call, "sample_s": args.sample,
@@ -642,13 +678,13 @@ def run(args, tmp: Path) -> dict:
     TONE_WAV[:] = [tmp / "tone.wav"]
     only = set(args.only.split(","))
     if only & {"concurrent", "cps", "resources"}:
-        max_msg = args.calls / args.ramp + args.hold + 60
+        max_msg = args.max / args.ramp + args.hold + 60
         out["settings"]["max_message_s"] = max_msg
-        pair = start_pair(tmp / "pair1", args.calls, args.b_ports, max_msg)
+        pair = start_pair(tmp / "pair1", args.max, args.b_ports, max_msg)
         out["pair_startup_s"] = round(pair.startup_s, 1)  # type: ignore[attr-defined]
-        print(f"pair up in {pair.startup_s:.1f} s ({args.calls} SIP ports on a)",
+        print(f"pair up in {pair.startup_s:.1f} s ({args.max} SIP ports on a)",
               file=sys.stderr, flush=True)
-        add_subscribers(pair, args.calls)
+        add_subscribers(pair, args.max)
         time.sleep(2.5)
         svc = pair.a.service_pid()
         workers = children(svc)
@@ -666,44 +702,29 @@ def run(args, tmp: Path) -> dict:
               f"{out['cpu_idle_workers_total_ms_per_s']} ms/s CPU for {len(workers)} workers",
               file=sys.stderr, flush=True)
         if only & {"concurrent", "resources"}:
-            steps = [s for s in args.steps if s <= args.calls] or [args.calls]
+            steps = sorted({s for s in args.steps if s <= args.max}) or [args.max]
+            sample_at = args.calls if args.calls in steps else steps[0]
             results = []
             load: dict = {}
-            for i, n in enumerate(steps):
-                res = concurrent_step(pair, tmp, n, args, load if i == 0 else None)
+            for n in steps:
+                res = concurrent_step(pair, tmp, n, args, load if n == sample_at else None)
                 results.append(res)
-                if i == 0 and load:
-                    calls_up = load.get("sipp_current_calls") or n
-                    out["resources_calls_up"] = calls_up
-                    w_load_rss = sum(load["worker_rss_mb"])
-                    out["rss_workers_load_total_mb"] = round(w_load_rss, 1)
-                    out["rss_per_call_mb"] = round(
-                        (w_load_rss - sum(idle["worker_rss_mb"])) / calls_up, 3)
-                    out["rss_service_load_mb"] = _r(load["service_rss_mb"], 1)
-                    out["rss_service_per_call_mb"] = _r(
-                        (load["service_rss_mb"] - idle["service_rss_mb"]) / calls_up, 3)
-                    wl = sum(load["worker_cpu_ms_per_s"])
-                    sl = load["service_cpu_ms_per_s"] or 0.0
-                    out["cpu_workers_load_total_ms_per_s"] = round(wl, 1)
-                    out["cpu_service_load_ms_per_s"] = round(sl, 1)
-                    out["cpu_per_call_workers_ms_per_s"] = round(
-                        (wl - sum(idle["worker_cpu_ms_per_s"])) / calls_up, 2)
-                    out["cpu_per_call_service_ms_per_s"] = round(
-                        (sl - (idle["service_cpu_ms_per_s"] or 0.0)) / calls_up, 2)
-                    out["cpu_per_call_ms_per_s"] = round(out["cpu_per_call_workers_ms_per_s"]
-                                                         + out["cpu_per_call_service_ms_per_s"], 2)
-                    out["rss_worker_load_p50_mb"] = _r(pct(load["worker_rss_mb"], 50), 1)
-                    out["rss_worker_load_max_mb"] = _r(max(load["worker_rss_mb"]), 1)
-                    out["loadavg_under_load"] = load["loadavg"]
-                if res["ok"]:
+                if n == sample_at and load:
+                    out.update(resources_under_load(idle, load, n))
+                if not res["ok"]:
                     break
-                time.sleep(5)  # let the failed step's leftovers drain
+                time.sleep(5)  # let the step's calls and recordings finish before the next
             out["concurrent_steps"] = results
-            passed = [r for r in results if r["ok"]]
-            best = max(passed, key=lambda r: r["calls"]) if passed else None
-            out["concurrent_calls"] = best["calls"] if best else 0
-            out["failed_calls"] = results[0]["failed"] + results[0]["callee_hung_up_early"]
-            out["concurrent_target_met"] = bool(best and best["calls"] >= 144)
+            passed = []
+            for r in results:  # the steps that passed before the first failing one
+                if not r["ok"]:
+                    break
+                passed.append(r)
+            best = passed[-1] if passed else None
+            out["max_concurrent_calls"] = best["calls"] if best else 0
+            out["max_concurrent_limited_by"] = "failure" if len(passed) < len(results) else "max"
+            out["first_failing_step"] = results[len(passed)]["calls"] if len(passed) < len(results) else None
+            out["failed_calls"] = sum(r["failed"] + r["callee_hung_up_early"] for r in results)
             if best:
                 out["concurrent_messages"] = best["messages"]
                 out.update({k: best[k] for k in ("setup_p50_ms", "setup_p95_ms", "setup_max_ms",
@@ -758,9 +779,12 @@ def main() -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: --calls 16 --hold 10, two cps rates, a small failover")
-    ap.add_argument("--calls", type=int, default=144, help="SIP ports on a = first step")
-    ap.add_argument("--steps", default="144,96,64,32,16",
-                    help="concurrent steps tried in order until one passes (capped at --calls)")
+    ap.add_argument("--max", type=int, default=288,
+                    help="SIP ports on a, and the largest step of the capacity search")
+    ap.add_argument("--steps", default="48,96,144,192,240,288",
+                    help="capacity search: steps tried in increasing order until one fails")
+    ap.add_argument("--calls", type=int, default=144,
+                    help="the step whose hold is sampled for the resources figures")
     ap.add_argument("--hold", type=float, default=30.0, help="seconds all calls are up together")
     ap.add_argument("--ramp", type=float, default=10.0, help="calls/s while ramping up")
     ap.add_argument("--sample", type=float, default=10.0, help="CPU sampling window, seconds")
@@ -782,7 +806,7 @@ def main() -> int:
     ap.add_argument("--workdir", help="keep the files here (default: a temporary directory)")
     args = ap.parse_args()
     if args.quick:
-        args.calls, args.hold, args.steps = 16, 10.0, "16,8"
+        args.max, args.calls, args.hold, args.steps = 16, 8, 10.0, "8,16"
         args.cps_rates, args.cps_period, args.sample = "2,4", 10.0, 4.0  # 16 ports: ~6/s at most
         args.failover_ports, args.failover_run, args.failover_kill_at = 16, 12.0, 7.0
         args.failover_hold, args.failover_rate = 6.0, 2.0
@@ -808,7 +832,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     out["bench_wall_s"] = round(time.monotonic() - t0, 1)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    summary = {k: out.get(k) for k in ("concurrent_calls", "failed_calls", "cps",
+    summary = {k: out.get(k) for k in ("max_concurrent_calls", "max_concurrent_limited_by",
+                                       "failed_calls", "cps",
                                        "rss_per_worker_mb", "rss_per_call_mb",
                                        "cpu_per_call_ms_per_s", "failover_failed_calls",
                                        "failover_answer_s", "loadavg_start", "loadavg_end",
