@@ -54,7 +54,9 @@ def smdi_line(request, tmp_path):
         yield SerialSettings(node, baud, bits, parity, stop), pbx, False
         return
     if shutil.which("socat") is None:
-        pytest.skip("socat is not installed (the simulated null-modem cable)")
+        # not a hardware skip: the simulated cable is software, so CI fails without it
+        pytest.skip("socat is not installed: it makes the simulated null-modem cable "
+                    "(apt-get install socat)")
     from telephony.smdi.lab import SocatPair
 
     pair = SocatPair(tmp_path / "node", tmp_path / "pbx")

@@ -645,7 +645,7 @@ def test_replication_directories_must_match():
 
 
 def test_supervisor_config():
-    sup = pytest.importorskip("failover._supervisor")
+    from failover import _supervisor as sup
     a, _ = pair_docs()
     a["failback"] = {"type": "scheduled", "window_start": "22:00", "window_end": "01:00"}
     c = parse_config(a, "a.toml", base_dir="/")

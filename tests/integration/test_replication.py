@@ -437,13 +437,18 @@ async def test_kill9_of_the_sender_during_a_50mb_transfer_loses_nothing(pair_dir
         assert any(e["event"] == "file_resumed" for e in pair.b.events())
 
 
-def _tmpfs(path: Path, size: str) -> bool:
+def _tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``path``: None, or why it could not (a skip reason)."""
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
-        return False
+        return ("not root: the full-disk test mounts a small tmpfs, which needs root "
+                "(run the tests as root, as .ci/setup does in CI)")
     import subprocess
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"mount -t tmpfs failed (the full-disk test needs it): {r.stderr.strip()}"
+    return None
 
 
 def _fill(path: Path) -> Path:
@@ -463,8 +468,8 @@ def _fill(path: Path) -> Path:
 
 async def test_disk_full_on_the_receiver_pauses_and_resumes_with_nothing_lost(pair_dir):
     disk = pair_dir / "small-disk"
-    if not _tmpfs(disk, "8m"):
-        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    if (why := _tmpfs(disk, "8m")) is not None:
+        pytest.skip(why)
     try:
         extra_b = {"database": {"path": str(disk / "config.db")},
                    "replication": {"files_root": str(disk / "files")}}

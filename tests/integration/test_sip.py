@@ -25,7 +25,9 @@ from .test_messaging import FAST, admin
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),
-              pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp is not installed")]
+              pytest.mark.skipif(shutil.which("sipp") is None,
+                                 reason="SIPp is not installed: the calling peer "
+                                        "(apt-get install sip-tester)")]
 
 VOICE_HZ = 1250.0  # the caller's tone: none of the prompts uses it
 

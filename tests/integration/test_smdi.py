@@ -26,7 +26,9 @@ from .test_pair import _vmha
 from .test_messaging import FAST, _stored_directly, admin
 
 pytestmark = [pytest.mark.multiprocess,
-              pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")]
+              pytest.mark.skipif(shutil.which("socat") is None,
+                                 reason="socat is not installed: it makes the SMDI ptys "
+                                        "(apt-get install socat)")]
 
 TERMINALS = {"a": [1, 2, 3, 4], "b": [5, 6, 7, 8]}  # the PBX hunts over both servers' lines
 

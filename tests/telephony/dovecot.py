@@ -11,9 +11,15 @@ The config and the log (``dovecot.log``) go to ``tmp_path``.  The runtime direct
 state, mail) go to a private directory under the system temp dir with mode 0755, because uid
 ``mail`` (the mail processes) and ``dovenull`` (imap-login) must be able to traverse the path
 and pytest's own temp root is 0700.  It is removed by :meth:`cleanup` (called on exit).
+
+Run as root, Dovecot switches to uid ``mail`` for the mail processes, as in a real install.
+Run as any other user, it runs every one of its processes as that user (Dovecot's non-root
+mode: ``default_internal_user``, ``default_login_user`` and the userdb's uid are the invoking
+user), so the IMAP tests need no root.
 """
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -44,7 +50,7 @@ auth_failure_delay = 0
 log_path = /dev/stderr
 info_log_path = /dev/stderr
 first_valid_uid = {mail_uid}
-mail_location = maildir:{mail}/%u/Maildir
+{user_mode}mail_location = maildir:{mail}/%u/Maildir
 mail_max_userip_connections = 50
 passdb {{
   driver = passwd-file
@@ -73,17 +79,34 @@ protocol imap {{
 """
 
 
+#: the settings that make a non-root Dovecot run every process as the invoking user
+USER_MODE = """\
+default_internal_user = {user}
+default_internal_group = {group}
+default_login_user = {user}
+"""
+
+
 def available() -> str | None:
-    """None if Dovecot can run here, else the reason to skip."""
+    """None if Dovecot can run here, else what is missing (a skip reason outside CI)."""
     if not Path(DOVECOT).is_file():
-        return "dovecot is not installed (apt-get install dovecot-imapd)"
-    try:
-        pwd.getpwnam("mail")
-    except KeyError:
-        return "there is no user 'mail' to own the mail directory"
-    if os.geteuid() != 0:
-        return "dovecot needs root here to switch to uid 'mail'"
+        return "Dovecot is not installed: the IMAP store's tests need it (apt-get install dovecot-imapd)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("mail")
+        except KeyError:
+            return "there is no user 'mail' for Dovecot's mail processes (run as non-root, or add it)"
     return None
+
+
+def _mail_owner() -> tuple[int, int, str]:
+    """(uid, gid, settings): uid ``mail`` as root, else the invoking user and its user mode."""
+    if os.geteuid() == 0:
+        mail = pwd.getpwnam("mail")
+        return mail.pw_uid, mail.pw_gid, ""
+    me = pwd.getpwuid(os.geteuid())
+    group = grp.getgrgid(os.getegid()).gr_name
+    return os.geteuid(), os.getegid(), USER_MODE.format(user=me.pw_name, group=group)
 
 
 class DovecotServer:
@@ -104,17 +127,17 @@ class DovecotServer:
     # ---------------------------------------------------------------- setup
 
     def _write_config(self) -> None:
-        mail = pwd.getpwnam("mail")
+        uid, gid, user_mode = _mail_owner()
         for sub in ("run", "state", "mail"):
             (self.runtime / sub).mkdir(exist_ok=True)
-        os.chown(self.mail_dir, mail.pw_uid, mail.pw_gid)
+        os.chown(self.mail_dir, uid, gid)
         users = self.runtime / "users"
         users.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users.items()))
         os.chmod(users, 0o644)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(CONFIG.format(
             run=self.runtime / "run", state=self.runtime / "state", mail=self.mail_dir,
-            users=users, port=self.port, mail_uid=mail.pw_uid, mail_gid=mail.pw_gid))
+            users=users, port=self.port, mail_uid=uid, mail_gid=gid, user_mode=user_mode))
 
     def credentials(self, mailbox: str) -> tuple[str, str]:
         """The account of ``mailbox`` (mailbox id = user name); KeyError if unknown."""

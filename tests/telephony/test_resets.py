@@ -289,7 +289,8 @@ def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp
 
 # ============================================================================ SMDI link
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+@pytest.mark.skipif(shutil.which("socat") is None,
+                    reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 async def test_smdi_record_handling_failure_reopens_the_link_and_it_goes_on(tmp_path):
     from telephony.smdi.codec import encode_call_record
     from telephony.smdi.lab import SocatPair

@@ -37,11 +37,19 @@ GUARD = 30  # seconds: a hang guard only
 
 
 def _pjsua2_missing() -> str | None:
+    """The skip reason if the package pjsua2 is not installed at all; None if it is.
+
+    Only a missing top-level ``pjsua2`` counts as missing: a package that is there but broken
+    (its bindings not staged, a shared library that does not load, an error inside it) raises
+    here, so its traceback fails the collection instead of hiding behind a skip."""
     try:
         import pjsua2
-        pjsua2.Endpoint  # the lazy package loads its bindings here
-    except Exception as exc:  # ImportError, or bindings not staged
-        return f"pjsua2 is not usable ({exc}); pip install pjsua2-python==2.15.1.post1"
+    except ModuleNotFoundError as exc:
+        if exc.name != "pjsua2":
+            raise
+        return ("pjsua2 is not installed: the SIP tests need it "
+                "(.venv/bin/pip install -e '.[test]' installs pjsua2-python==2.15.1.post1)")
+    pjsua2.Endpoint  # the lazy package loads its bindings here; any failure propagates
     return None
 
 
@@ -51,7 +59,7 @@ pytestmark = [
     pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),
 ]
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="SIPp is not installed (apt-get install sip-tester)")
+                                reason="SIPp is not installed: the SIP worker's peer (apt-get install sip-tester)")
 
 
 # ============================================================================ helpers

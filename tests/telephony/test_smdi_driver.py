@@ -18,7 +18,9 @@ from telephony.smdi.codec import MwiFormat, encode_call_record, encode_mwi_failu
 from telephony.smdi.driver import LINK_PORT, LinkDown, SmdiLink, TransmitRefused
 from telephony.smdi.lab import SocatPair
 
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("socat") is None,
+    reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 
 GUARD = 10.0
 
@@ -146,7 +148,10 @@ async def test_a_record_waits_record_wait_for_its_ring_and_then_expires(ptys):
         await until(lambda: link.is_open, "open")
         far.write(encode_call_record(2, "N", "5551002", "5551001"))
         await until(lambda: link.matcher.pending() == 1, "queued")
-        await trio.sleep(0.3)
+        # to the record's own deadline (record_wait after it arrived), not a guessed sleep
+        deadline = link.matcher.next_deadline()
+        assert deadline is not None
+        await trio.sleep_until(deadline)
         rec = await link.call_info("loopback-2")
         assert rec is None and link.matcher.expired == 1
         n.cancel_scope.cancel()

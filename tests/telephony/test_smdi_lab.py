@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-serial = pytest.importorskip("serial", reason="pyserial is not installed")
+import serial  # pyserial: a dependency of the project, never skipped
 
 from telephony.smdi.lab import SerialSplitterLab, SocatPair
 
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed (apt-get install socat)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("socat") is None,
+    reason="socat is not installed: it makes the lab's ptys (apt-get install socat)")
 
 GUARD = 5.0  # seconds: a hang guard, not a speed requirement
 

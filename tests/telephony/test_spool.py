@@ -461,10 +461,13 @@ def small_disk(tmp_path):
     """A real 1 MiB file system (tmpfs), or skip."""
     path = tmp_path / "small-disk"
     path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
-            capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
+    if os.geteuid() != 0:
+        pytest.skip("not root: the full-disk tests mount a small tmpfs, which needs root "
+                    "(run the tests as root, as .ci/setup does in CI)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed (the full-disk tests need it): {r.stderr.strip()}")
     try:
         yield path
     finally:
