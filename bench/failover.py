@@ -7,6 +7,7 @@
     python bench/failover.py --runs 100 --soak 600 --stress --json default.json
     python bench/failover.py --runs 100 --soak 600 --stress --profile fast --json fast.json
     python bench/failover.py --runs 20 --profile both --json both.json          # default, then fast
+    python bench/failover.py --runs 100 --soak 600 --stress --profile both --json both.json
 
 Scenarios (each in its own fresh pair, started with failover.testing.Pair):
 
@@ -22,19 +23,61 @@ call   a call offered on the loopback trunk of the inactive node.  Timed on the 
        ``time.perf_counter()`` from just before the offer line is sent to the ``answered`` reply
        (the TCP connect is outside the timing).  The nodes alternate by themselves: the called
        node becomes active and the other steps down.
+sip    (keys ``sip_call_at_inactive_*``; ``--only`` name ``sip``) a pair whose nodes each have
+       4 SIP ports (one pjsua2 worker) on 127.0.0.1.  A SIPp process (scenario SIPP_UAC below)
+       sends an INVITE, without Diversion, to the inactive node's SIP port.  Timed by SIPp's
+       own ``gettimeofday`` from just before the INVITE is sent to the handling of the 200 OK
+       (SIPp's start-up is outside the timing); then ACK and BYE at once.  The 200 must name
+       a worker of the called node in its Contact.  The called node becomes active, so calls
+       alternate; before each call the pair must be settled and every SIP port of both nodes
+       idle.  Needs ``sipp`` and ``pjsua2``; without them the scenario is skipped and
+       ``sip_call_at_inactive_failed`` says why.
 soak   (``--soak SECONDS``) the pair idles, primary active, with a call placed every second on
-       the active node; optionally both CPUs are loaded with ``stress-ng --cpu 2``
-       (``--stress``).  The node link is direct TCP here (no cut is needed), unless
-       ``--soak-relay``.  Every ``activating``/``deactivated``/``stall`` record in either event log
-       and every state change seen by status polling after the initial convergence counts as
-       a false failover (the benchmark causes none of them).
+       the active node's loopback trunk; optionally both CPUs are loaded with ``stress-ng --cpu
+       2`` (``--stress``).  The node link is direct TCP here (no cut is needed), unless
+       ``--soak-relay``.  No fault is injected: no kill, no cut, no call at the inactive node.
+       Counting starts at the convergence (``ts`` >= the soak's start), before the load starts,
+       and ends before the pair is stopped.
+
+Key definitions, version 2 (every result file has ``definitions_version``: 2).  They are fixed
+before a run; a result file is never edited afterwards; a new definition is a new version.
+
+``false_failovers``
+    Soak only.  How many times the active role moved from one node to the other with no fault
+    injected.  Counted from both event logs in ``ts`` order, starting with the primary holding
+    the role: a record that completes an activation (``failover``, ``failback``, ``startup``)
+    on the node that does not hold the role is one move, and that node then holds it.  A node
+    that fences itself and becomes active again is no move (see ``self_fences``).  The list is
+    in ``soak_role_move_list``; ``soak_role_moves_polled`` is the same count from the state
+    changes the 50 ms status polling saw (a cross-check, not the figure).
+``self_fences``
+    Soak only.  How many times an active node fenced itself with no fault injected: the node
+    manager's ``deactivated`` records whose cause is ``lease lapsed: ...`` (its own lease check)
+    or ``service fenced itself: ...`` (the service's ``fenced`` report).  Each is a service
+    interruption even when the same node becomes active again.  List: ``soak_self_fence_list``.
+``stalls``, ``max_stall_s``
+    Soak only.  The number of ``stall`` records (the node manager was not scheduled for
+    longer than max(3 ping intervals, half the peer timeout)) in either event log, and the
+    largest of their ``fields.stall_s`` (0.0 with none).  A stall alone changes nothing.
+``soak_passed``
+    ``false_failovers == 0 and self_fences == 0``.  A soak passes only then.
+Without ``--soak`` these five keys are ``null`` (nothing was measured without a fault; the runs
+inject one each).  ``runs_unexpected_activations`` (``activating`` records during the runs
+beyond the one each successful run causes) keeps its earlier meaning.
+
+Version 1 (result files without ``definitions_version``): ``false_failovers`` was, with a soak,
+the number of ``activating`` and ``deactivated`` records in either log plus the state changes
+seen by polling (records, not incidents: one self-fence counted 4), and without a soak the
+runs' unexpected activations (``false_failovers_source`` said which).  Those files keep that
+meaning; docs/benchmarks.md says which file has which version.
 
 Event-log timestamps are ``time.time()`` of the node manager on the same machine, so they are
-directly comparable with the benchmark's ``time.time()``.
+directly comparable with the benchmark's and SIPp's wall clock.
 
 Keys: results of the ``default`` profile are unprefixed (``crash_p50_s``, ``false_failovers``
 ...); results of the ``fast`` profile carry the prefix ``fast_`` (``fast_link_p95_s``,
-``fast_false_failovers`` ...).  ``--profile both`` runs default and then fast into one file.
+``fast_false_failovers``, ``fast_self_fences`` ...).  ``--profile both`` runs default and then
+fast into one file.  Percentiles are nearest rank; with fewer than 100 samples p99 is the max.
 
 Every process the benchmark starts is stopped by its PID: the nodes by the Pair context
 manager, stress-ng by the Popen object (its own process group, SIGTERM then SIGKILL), also on
@@ -67,17 +110,95 @@ sys.path.insert(0, str(ROOT))
 import trio  # noqa: E402
 
 from failover.config import load_config  # noqa: E402
-from failover.testing import Node, Pair  # noqa: E402
+from failover.testing import Node, Pair, free_udp_block  # noqa: E402
 from telephony.loopback_client import LoopbackCall, LoopbackClientError  # noqa: E402
 
 HOST = "127.0.0.1"
 COMPLETED = ("failover", "failback", "startup")  # records that end an activation
-ANOMALIES = ("activating", "deactivated", "stall")  # records watched in the soak
-FAILOVER_RECORDS = ("activating", "deactivated")  # of those, the ones that are a role change
+ANOMALIES = ("activating", "deactivated", "stall")  # records listed in the soak's breakdown
 RUN_TIMEOUT = 10.0  # a trigger without a completed activation within this is an error
 HEAL_TIMEOUT = 10.0  # the brief: a heal that does not converge in 10 s is an error
 STARTUP_SETTLE = 2.5  # > failover.handover_timeout (2 s default): see start_converged
 STRESS_CMD = "stress-ng"
+DEFINITIONS_VERSION = 2  # the version of the key definitions in the module docstring
+SIP_PORTS = 4  # SIP ports per node in the sip scenario: one pjsua2 worker (4 calls a process)
+SIPP_CMD = "sipp"
+
+# The SIPp caller of the sip scenario, written into the scenario's directory.  The wall clock
+# (gettimeofday, microseconds) is read just before the INVITE is sent and when the 200 is
+# handled; with -trace_logs the call logs both.  Then ACK and at once BYE (the call is not
+# held).  No Diversion header: a direct call.
+SIPP_UAC = """\
+<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="vmha failover bench: call at the inactive node, INVITE -> 200">
+  <nop>
+    <action>
+      <gettimeofday assign_to="s0,us0" />
+      <log message="invite_sent=[$s0] [$us0]" />
+    </action>
+  </nop>
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:0301234567@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200">
+    <action>
+      <gettimeofday assign_to="s1,us1" />
+      <ereg regexp="[a-z0-9]+-w[0-9]+" search_in="hdr" header="Contact:" assign_to="who" />
+      <log message="answered at=[$s1] [$us1] by=[$who]" />
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:0301234567@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:0301234567@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -243,6 +364,32 @@ def unexpected_activations(pair: Pair, since: float, caused: int) -> int:
     hand-over at the end is not counted."""
     n = sum(1 for r in all_events(pair, since) if r.get("event") == "activating")
     return max(0, n - caused)
+
+
+def role_moves(recs: list[dict], t0: float, holder: str) -> tuple[int, list[str]]:
+    """Moves of the active role from one node to the other (definitions version 2): the
+    records ``recs`` (both event logs, in ``ts`` order) are walked with ``holder`` the node
+    holding the role at the start; a record that completes an activation (``failover``,
+    ``failback``, ``startup``) on the other node is one move and makes that node the holder.
+    An activation of the holder itself (e.g. after it fenced itself) is no move."""
+    n, out = 0, []
+    for r in recs:
+        node = r.get("node")
+        if r.get("event") in COMPLETED and node in ("a", "b") and node != holder:
+            n += 1
+            out.append(f"{r.get('ts', 0) - t0:.3f}s {holder}->{node} {r.get('event')}: {r.get('message')}")
+            holder = node
+    return n, out
+
+
+def is_self_fence(r: dict) -> bool:
+    """A node manager's ``deactivated`` record whose cause is its own lease running out
+    (``lease lapsed ...``) or its service's report that it fenced itself (``service fenced
+    itself ...``): written by failover/_supervisor.py only for a node that was active."""
+    if r.get("event") != "deactivated":
+        return False
+    cause = str((r.get("fields") or {}).get("cause") or r.get("message") or "")
+    return "lease lapsed" in cause or "service fenced itself" in cause
 
 
 def priority_report(pair: Pair) -> dict:
@@ -490,6 +637,124 @@ def bench_call(workdir: Path, profile: str, runs: int, ping: float) -> dict:
     return res
 
 
+def sip_extra(node: str) -> dict:
+    """``[ports.sip]`` for one node of the sip scenario: SIP_PORTS ports (one worker) on
+    127.0.0.1, its own SIP port and RTP block (as tests/integration/test_sip.py does)."""
+    workers = -(-SIP_PORTS // 4)
+    return {"ports": {"sip": {"enabled": True, "bind": HOST, "count": SIP_PORTS,
+                              "sip_port": free_udp_block(workers),
+                              "rtp_port": free_udp_block(16, top=65536 - 1000 * workers),
+                              "mwi_target": f"sip:{{extension}}@{HOST}:9",
+                              "mwi_account": "sip:{extension}@vm.example"}}}
+
+
+def sip_ports_idle(node: Node) -> bool:
+    st = node.status() or {}
+    ports = [p for p in st.get("ports", []) if p.get("kind") == "sip"]
+    return len(ports) == SIP_PORTS and all(p.get("state") == "idle" for p in ports)
+
+
+def sip_missing() -> str | None:
+    """Why the sip scenario cannot run here, or None."""
+    if shutil.which(SIPP_CMD) is None:
+        return "sipp not found (apt-get install sip-tester)"
+    try:
+        import pjsua2  # noqa: F401
+    except ImportError as e:
+        return f"pjsua2 not importable: {e}"
+    return None
+
+
+def sipp_call(cwd: Path, port: int, timeout: float = 20.0) -> dict:
+    """One SIPp call (SIPP_UAC) to 127.0.0.1:``port``.  Returns ``invite_wall`` and
+    ``answer_wall`` (SIPp's gettimeofday before the INVITE and at the 200), ``by`` (the
+    worker named in the 200's Contact) and ``rc``; ``error`` when it did not work."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    xml = cwd / "uac_answer_time.xml"
+    if not xml.exists():
+        xml.write_text(SIPP_UAC)
+    logf, errf = cwd / "calls.log", cwd / "errors.log"
+    for f in (logf, errf):
+        f.unlink(missing_ok=True)
+    cmd = [shutil.which(SIPP_CMD) or SIPP_CMD, "-sf", str(xml), f"{HOST}:{port}", "-i", HOST,
+           "-p", str(free_udp_block(1)), "-mp", str(free_udp_block(4)), "-s", "5000", "-m", "1",
+           "-nostdin", "-trace_logs", "-log_file", str(logf), "-trace_err", "-error_file", str(errf),
+           "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    out: dict = {"rc": None, "invite_wall": None, "answer_wall": None, "by": None}
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # our own child, by its Popen object
+        _, err = proc.communicate()
+        out["error"] = "sipp did not exit"
+    out["rc"] = proc.returncode
+    text = logf.read_text(errors="replace") if logf.exists() else ""
+    for line in text.splitlines():
+        if line.startswith("invite_sent="):
+            sec, usec = line.split("=", 1)[1].split()
+            out["invite_wall"] = float(sec) + float(usec) / 1e6
+        elif line.startswith("answered at="):
+            parts = line.split("=", 1)[1].split()
+            out["answer_wall"] = float(parts[0]) + float(parts[1]) / 1e6
+            out["by"] = line.rsplit("by=", 1)[-1].strip() if "by=" in line else None
+    if "error" not in out and (proc.returncode != 0 or out["answer_wall"] is None
+                               or out["invite_wall"] is None):
+        tail = (errf.read_text(errors="replace")[-300:] if errf.exists() else "") or \
+            err.decode(errors="replace")[-300:]
+        out["error"] = f"sipp rc {proc.returncode}, answered {out['answer_wall'] is not None}: {tail.strip()}"
+    return out
+
+
+def bench_sipcall(workdir: Path, profile: str, runs: int, ping: float) -> dict:
+    """sip scenario: an INVITE to the inactive node's SIP port, timed INVITE sent -> 200 OK
+    by SIPp's own clock (gettimeofday); the called node becomes active, so calls alternate."""
+    why = sip_missing()
+    if why:
+        raise RuntimeError(why)
+    pair = Pair(workdir, profile=profile, extra_a=sip_extra("a"), extra_b=sip_extra("b"))
+    pair.start()
+    res: dict = {"samples": [], "errors": [], "directions": []}
+    with pair:
+        start_converged(pair)
+        if not wait_for(lambda: sip_ports_idle(pair.a) and sip_ports_idle(pair.b), 60.0, poll=0.1):
+            raise RuntimeError(f"SIP ports not idle on both nodes within 60s: {pair.states()}")
+        t_conv = time.time()
+        tails = {"a": EventTail(pair.a), "b": EventTail(pair.b)}
+        for i in range(runs):
+            jitter(ping)
+            active = wait_for(lambda: (lambda n: n if n and sip_ports_idle(pair.a)
+                                       and sip_ports_idle(pair.b) else None)(settled(pair, no_hold=True)),
+                              15.0, poll=0.02)
+            if not active:
+                res["errors"].append(f"run {i + 1}: pair not settled or SIP ports busy: {pair.states()}")
+                log(f"sip {i + 1}/{runs}: ERROR pair not settled; skipped")
+                continue
+            target = other(active)
+            port = load_config(pair.node(target).config).ports.sip.sip_port
+            r = sipp_call(workdir / "sipp", port)
+            if r.get("error") or not (r["by"] or "").startswith(f"{target}-"):
+                res["errors"].append(f"run {i + 1}: call on {target}: {r.get('error') or r}")
+                log(f"sip {i + 1}/{runs}: ERROR on {target}: {r.get('error') or r}")
+                continue
+            took = r["answer_wall"] - r["invite_wall"]
+            res["samples"].append(took)
+            res["directions"].append(target)
+            extra = ""
+            try:
+                act, done = wait_activation(tails[target], r["invite_wall"], timeout=2.0)
+                parts = breakdown(r["invite_wall"], act, done)
+                add_parts(res, parts)
+                extra = f" (node side: {fmt_parts(parts)})"
+            except RuntimeError:
+                pass
+            log(f"sip {i + 1}/{runs}: on {target} 200 OK after {took * 1000:.1f} ms{extra}")
+        res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
+        res["priority"] = priority_report(pair)
+    return res
+
+
 def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: int,
                relay: bool = False) -> dict:
     # No cut is needed, so by default the nodes talk directly (relay=False): heartbeats then do
@@ -563,6 +828,15 @@ def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: 
                 first.append(f"{r.get('ts', 0) - t0:.3f}s {r.get('node')} {e}: {r.get('message')}")
         if r.get("level") in ("warning", "error"):
             notable[e] = notable.get(e, 0) + 1
+    moves, move_list = role_moves(recs, t0, "a")
+    fences: list[str] = []
+    for r in recs:
+        if is_self_fence(r):
+            fences.append(f"{r.get('ts', 0) - t0:.3f}s {r.get('node')}: {r.get('message')}")
+    holder, polled_moves = "a", 0
+    for _, d in states_seen:
+        if d["to"] == "active" and d["node"] != holder:
+            polled_moves, holder = polled_moves + 1, d["node"]
     answered = [c for c in calls if c["ev"] == "answered"]
     lat = [c["latency"] for c in answered if c["latency"] is not None]
     res.update({
@@ -572,13 +846,16 @@ def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: 
         "state_change_list": [{"t_s": round(t - t0, 3), **d} for t, d in states_seen[:20]],
         "first_anomalies": first,
         "warning_events": notable,
-        # a false failover is a role change nobody caused: an activation or deactivation record
-        # or a state change seen by polling; a stall warning alone changes nothing and is
-        # reported apart (stalls, max_stall_s)
-        "false_failovers": sum(counts.get(e, 0) for e in FAILOVER_RECORDS) + len(states_seen),
+        # definitions version 2 (module docstring): role moves and self-fences from the event
+        # logs, stalls apart; the polled state changes above are a cross-check only
+        "role_moves": moves,
+        "role_move_list": move_list[:20],
+        "self_fences": len(fences),
+        "self_fence_list": fences[:20],
         "stalls": counts.get("stall", 0),
-        "max_stall_s": max((r.get("fields", {}).get("stall_s", 0) for r in recs
+        "max_stall_s": max(((r.get("fields") or {}).get("stall_s", 0) for r in recs
                             if r.get("event") == "stall"), default=0.0),
+        "role_moves_polled": polled_moves,
         "calls_placed": len(calls),
         "calls_answered": len(answered),
         "calls_failed": [c for c in calls if c["ev"] != "answered"][:20],
@@ -596,6 +873,9 @@ def bench_soak(workdir: Path, profile: str, seconds: float, stress: bool, cpus: 
 
 
 PING = {"default": 0.1, "fast": 0.02}
+# (--only name, key prefix, function)
+SCENARIOS = (("crash", "crash", bench_crash), ("link", "link", bench_link),
+             ("call", "call", bench_call), ("sip", "sip_call_at_inactive", bench_sipcall))
 
 
 def run_profile(profile: str, args, workdir: Path) -> dict:
@@ -608,8 +888,8 @@ def run_profile(profile: str, args, workdir: Path) -> dict:
     unexpected = 0
     if args.runs > 0:
         with runs_stress:
-            for name, fn in (("crash", bench_crash), ("link", bench_link), ("call", bench_call)):
-                if name not in args.only:
+            for only, name, fn in SCENARIOS:
+                if only not in args.only:
                     continue
                 log(f"--- {profile}: {name} x {args.runs}")
                 try:
@@ -641,12 +921,32 @@ def run_profile(profile: str, args, workdir: Path) -> dict:
         summary(f"{prefix}soak_call", lat, out)
         for k, v in s.items():
             out[f"{prefix}soak_{k}"] = v
-        out[f"{prefix}false_failovers"] = s["false_failovers"]
-        out[f"{prefix}false_failovers_source"] = f"soak {args.soak:.0f}s" + (" stressed" if args.stress else "")
-    elif args.runs > 0:
-        out[f"{prefix}false_failovers"] = out[f"{prefix}runs_unexpected_activations"]
-        out[f"{prefix}false_failovers_source"] = "runs (no soak): activations the runs did not cause"
+        # the headline keys (definitions version 2, module docstring)
+        out[f"{prefix}false_failovers"] = s["role_moves"]
+        out[f"{prefix}self_fences"] = s["self_fences"]
+        out[f"{prefix}stalls"] = s["stalls"]
+        out[f"{prefix}max_stall_s"] = s["max_stall_s"]
+        out[f"{prefix}soak_passed"] = s["role_moves"] == 0 and s["self_fences"] == 0
+        out[f"{prefix}soak_source"] = f"soak {args.soak:.0f}s" + (" stressed" if args.stress else "")
+    else:  # nothing was measured without a fault: no figure, not a zero
+        for k in ("false_failovers", "self_fences", "stalls", "max_stall_s", "soak_passed"):
+            out[f"{prefix}{k}"] = None
+        out[f"{prefix}soak_source"] = "no soak"
     return out
+
+
+def code_version() -> dict:
+    """The commit the code was run from, and the product files that differed from it (a run
+    on uncommitted changes says so)."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
+                                  timeout=10).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = git("status", "--porcelain", "--", "failover", "telephony", "integrations", "bench/failover.py")
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "uncommitted": [ln[3:] for ln in dirty.splitlines()]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,13 +963,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soak-relay", action="store_true",
                     help="soak with the node link through the harness relay (default: direct TCP)")
     ap.add_argument("--stress-cpus", type=int, default=2, help="stress-ng --cpu N (default 2)")
-    ap.add_argument("--only", default="crash,link,call",
-                    help="comma-separated subset of crash,link,call (default all)")
+    ap.add_argument("--only", default="crash,link,call,sip",
+                    help="comma-separated subset of crash,link,call,sip (default all)")
     ap.add_argument("--workdir", type=Path, help="keep the pairs' files here (default: a temp dir, removed)")
     ap.add_argument("--seed", type=int, help="seed of the random pause before each trigger")
     args = ap.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    if bad := set(args.only) - {"crash", "link", "call"}:
+    if bad := set(args.only) - {only for only, _, _ in SCENARIOS}:
         ap.error(f"--only: unknown scenario(s) {sorted(bad)}")
     if args.stress and not args.soak:
         ap.error("--stress loads the CPUs during the soak: give --soak SECONDS (or use --stress-runs)")
@@ -689,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = ["default", "fast"] if args.profile == "both" else [args.profile]
     out: dict = {
         "benchmark": "failover",
+        "definitions_version": DEFINITIONS_VERSION,
         "profile": args.profile,
         "runs": args.runs,
         "soak_s": args.soak,
@@ -697,6 +998,7 @@ def main(argv: list[str] | None = None) -> int:
         "soak_relay": args.soak_relay,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "python": platform.python_version(),
+        "code": code_version(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_start": list(os.getloadavg())},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -717,8 +1019,10 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     headline = {k: out.get(k) for k in out if k.endswith(("_p50_s", "_p95_s", "_p99_s", "_max_s",
-                                                           "false_failovers", "_errors"))
-                and not any(x in k for x in ("_detect", "_persist", "_confirm", "heal_", "soak_"))}
+                                                           "false_failovers", "self_fences", "stalls",
+                                                           "soak_passed", "_errors"))
+                and not any(x in k for x in ("_detect", "_persist", "_confirm", "heal_", "soak_"))
+                or k.endswith(("soak_passed", "max_stall_s")) and not k.startswith(("soak_", "fast_soak_"))}
     print(json.dumps(headline, indent=1))
     return 0
 
