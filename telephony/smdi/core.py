@@ -8,6 +8,10 @@ here reads a clock, a port or a file.
 * :class:`LinePacer` is the line-rate clock: a command may start when the previous one has
   left the wire (``bytes × bits_per_char / baud``) plus an optional gap.  A pty ignores the
   baud rate, so without this a resync would flood the switch's receive buffer.
+* :class:`LampQueue` decides which lamp command goes next: two lanes, **fresh** (a message
+  just left or heard, a retry) before **bulk** (a resync), first in first out within a lane;
+  a newer command for the same key (station and term) takes over the queued one, and a fresh
+  one lifts a queued bulk one into the fresh lane (no stale lamp after a fresh one).
 * :class:`FailureMatcher` remembers the commands sent per station so that an ``MWI… INV`` /
   ``BLK`` record names the job that failed.
 """
@@ -116,6 +120,95 @@ class LinePacer:
         done = max(at, self.busy_until) + self.wire_time(nbytes)
         self.busy_until = done + self.gap
         return done
+
+
+class LampEntry(Generic[T]):
+    """One queued lamp command.  ``item`` is the newest job for ``key`` (the one whose command
+    goes out); ``items`` are every job it stands for, oldest first (their senders all get its
+    outcome); ``queued_at`` is when the first of them was queued."""
+
+    __slots__ = ("key", "item", "items", "bulk", "queued_at")
+
+    def __init__(self, key: object, item: T, bulk: bool, queued_at: float) -> None:
+        self.key = key
+        self.item = item
+        self.items: list[T] = [item]
+        self.bulk = bulk
+        self.queued_at = queued_at
+
+    def __repr__(self) -> str:
+        return (f"LampEntry({self.key!r}, {'bulk' if self.bulk else 'fresh'}, "
+                f"{len(self.items)} job(s))")
+
+
+class LampQueue(Generic[T]):
+    """The lamp commands waiting for the line, in two lanes (the priority lane).
+
+    The line carries one command at a time, and a command on the wire finishes; the sender
+    asks :meth:`take` for the next one only when the line is free (after the
+    :class:`LinePacer`'s wait), so a fresh job queued during that wait still goes first.
+
+    * :meth:`add` queues ``item`` under ``key`` (the driver uses ``(station, term)``) in the
+      **bulk** lane (a resync) or the **fresh** lane (everything else).  A queued entry with
+      the same key takes the new item instead (the newest lamp state wins; the older item's
+      sender gets the outcome of the command that is sent): in place when both are in the
+      same lane or the new item is bulk, else (a fresh item for a queued bulk entry) the entry
+      moves to the end of the fresh lane.
+    * :meth:`take` removes and returns the next entry: the oldest fresh one, else the oldest
+      bulk one, else None.
+    * :meth:`discard` withdraws one item (its sender gave up); an entry left with no item is
+      dropped, one left with others sends the newest of those.
+    """
+
+    def __init__(self) -> None:
+        self._fresh: dict[object, LampEntry[T]] = {}
+        self._bulk: dict[object, LampEntry[T]] = {}
+        self.superseded = 0  # items that rode on a newer item's command
+
+    def __len__(self) -> int:
+        return len(self._fresh) + len(self._bulk)
+
+    def pending(self) -> tuple[int, int]:
+        """(fresh, bulk) entries queued."""
+        return len(self._fresh), len(self._bulk)
+
+    def add(self, key: object, item: T, *, bulk: bool, now: float) -> LampEntry[T]:
+        entry = self._fresh.get(key)
+        if entry is None:
+            entry = self._bulk.get(key)
+            if entry is not None and not bulk:  # fresh over queued bulk: into the fresh lane
+                del self._bulk[key]
+                entry.bulk = False
+                self._fresh[key] = entry
+        if entry is None:
+            entry = LampEntry(key, item, bulk, now)
+            (self._bulk if bulk else self._fresh)[key] = entry
+            return entry
+        entry.item = item
+        entry.items.append(item)
+        self.superseded += 1
+        return entry
+
+    def take(self) -> LampEntry[T] | None:
+        for lane in (self._fresh, self._bulk):
+            if lane:
+                key = next(iter(lane))
+                return lane.pop(key)
+        return None
+
+    def discard(self, key: object, item: T) -> bool:
+        """Withdraw ``item`` (queued under ``key``); False if it is not queued (sent, or
+        being sent)."""
+        for lane in (self._fresh, self._bulk):
+            entry = lane.get(key)
+            if entry is not None and any(i is item for i in entry.items):
+                entry.items = [i for i in entry.items if i is not item]
+                if not entry.items:
+                    del lane[key]
+                elif entry.item is item:
+                    entry.item = entry.items[-1]
+                return True
+        return False
 
 
 class FailureMatcher(Generic[T]):

@@ -13,9 +13,10 @@ One :class:`SmdiLink` per node, on the node's side of the data splitter.  It
   *announces* the call to the node manager at once, which fails over;
 * hands the ringing line its record (:meth:`SmdiLink.call_info`, used by the voice lines);
 * sends MWI commands (:meth:`SmdiLink.send_mwi`, the messaging core's lamp sink) paced at the
-  line rate, **only while the service is active in the job's term**: the check runs right
-  before the bytes are written, after any wait for the line, so an inactive node never puts a
-  byte on the shared line;
+  line rate, a fresh lamp (a message just left or heard) before any queued resync lamp (the
+  priority lane, :class:`~telephony.smdi.core.LampQueue`), **only while the service is active
+  in the job's term**: the check runs right before the bytes are written, after any wait for
+  the line, so an inactive node never puts a byte on the shared line;
 * matches MWI failure records to the job and reports them.
 
 Nothing here decides anything the core does not; every protocol oddity becomes a counted
@@ -39,7 +40,7 @@ from ..mwi import TransmitRefused, require_term
 from ..ports import CallService, PortRegistry, PortState
 from ..tasks import TaskFailures, describe, python_logger
 from .codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
-from .core import FailureMatcher, LinePacer, RecordMatcher
+from .core import FailureMatcher, LampQueue, LinePacer, RecordMatcher
 
 log = logging.getLogger("telephony.smdi")
 
@@ -180,12 +181,14 @@ class SmdiLink:
         self._port: _Port | None = None
         self._registry: PortRegistry | None = None
         self._tx_lock = trio.Lock()
+        #: lamp commands waiting for the line: fresh lane before bulk (resync) lane
+        self.lamps: LampQueue[_Lamp] = LampQueue()
         self._arrived = trio.Event()
         self._call_ids = itertools.count(1)
         self.counters: dict[str, int] = {
             "opens": 0, "records": 0, "peer_records": 0, "announced": 0, "matched": 0,
             "unmatched_rings": 0, "protocol_errors": 0, "mwi_sent": 0, "mwi_refused": 0,
-            "mwi_failures": 0, "mwi_failures_unmatched": 0}
+            "mwi_superseded": 0, "mwi_failures": 0, "mwi_failures_unmatched": 0}
         self.last_error: str | None = None
         #: failures of the link's reader (the service puts its own here: ``tasks`` counters)
         self.task_failures = TaskFailures(python_logger(log))
@@ -370,25 +373,84 @@ class SmdiLink:
 
         Raises :class:`TransmitRefused` unless the service is active in ``job.term`` at the
         moment of writing, :class:`LinkDown` when the port is closed; nothing is written then.
-        Returns once the command is written; the next command waits for the line."""
+        Returns once the command is written; the next command waits for the line.
+
+        **Priority lane**: a job of a resync (``job.reason == "resync"``) is *bulk*, any other
+        (a message just left or heard, a retry) is *fresh*; when the line is free the next
+        command is the oldest fresh one, else the oldest bulk one (:class:`LampQueue`).  A job
+        for a station that has a command of the same term queued takes that command's place
+        (the newest lamp state is sent once; both callers get its outcome)."""
         station = self.profile.station(job.extension)
         data = self.profile.mwi.encode(job.on, station)
         wire_number = station.zfill(self.profile.mwi.pad_to) if self.profile.mwi.pad_to else station
-        async with self._tx_lock:
-            # the line clock runs from the scheduled start, not from when the sleep ended: a
-            # late wake-up (about a millisecond) must not add up over a 5,000-lamp resync; the
-            # bytes written by any time never exceed the line rate's by more than one command
-            start = self.pacer.start_at(trio.current_time())
-            await trio.sleep_until(start)
-            try:
-                require_term(self.gate(), job, f"lamp command for {station}")
-            except TransmitRefused:
-                self.counters["mwi_refused"] += 1
-                raise
+        mine = _Lamp(job, data, station, wire_number)
+        key = (wire_number, job.term)
+        self.lamps.add(key, mine, bulk=getattr(job, "reason", None) == "resync",
+                       now=trio.current_time())
+        try:
+            while not mine.done:
+                # whoever holds the line sends the best queued command, not necessarily its
+                # own; it is back here (or done) when its own has gone out
+                async with self._tx_lock:
+                    if not mine.done:
+                        await self._send_next()
+        finally:
+            if not mine.done:  # cancelled while queued: withdrawn, nothing written for it
+                self.lamps.discard(key, mine)
+        if mine.error is not None:
+            raise mine.error
+
+    async def _send_next(self) -> None:
+        """Wait for the line, then send the command :class:`LampQueue` puts first (called
+        with the transmit lock held)."""
+        # the line clock runs from the scheduled start, not from when the sleep ended: a
+        # late wake-up (about a millisecond) must not add up over a 5,000-lamp resync; the
+        # bytes written by any time never exceed the line rate's by more than one command
+        start = self.pacer.start_at(trio.current_time())
+        await trio.sleep_until(start)
+        entry = self.lamps.take()  # chosen now, when the line is free: fresh before bulk
+        if entry is None:
+            return
+        lamp: _Lamp = entry.item
+        try:
+            require_term(self.gate(), lamp.job, f"lamp command for {lamp.station}")
             port = self._port
             if port is None:
                 raise LinkDown(f"SMDI link {self.serial.device} is down")
-            await port.write(data)
-            self.pacer.sent(len(data), start)
-            self.failures.sent(wire_number, job, trio.current_time())
-            self.counters["mwi_sent"] += 1
+            await port.write(lamp.data)
+        except TransmitRefused as e:
+            self.counters["mwi_refused"] += 1
+            _finish(entry.items, e)
+            return
+        except LinkDown as e:
+            _finish(entry.items, e)
+            return
+        except BaseException:  # cancelled (or a bug) mid-write: its senders must not hang
+            _finish(entry.items, LinkDown("the lamp command's write was interrupted"))
+            raise
+        self.pacer.sent(len(lamp.data), start)
+        self.failures.sent(lamp.wire_number, lamp.job, trio.current_time())
+        self.counters["mwi_sent"] += 1
+        self.counters["mwi_superseded"] += len(entry.items) - 1
+        _finish(entry.items, None)
+
+
+class _Lamp:
+    """One caller's lamp command in the :class:`LampQueue`; ``done`` once it went out (or
+    the command that took its place did), ``error`` if that failed."""
+
+    __slots__ = ("job", "data", "station", "wire_number", "done", "error")
+
+    def __init__(self, job, data: bytes, station: str, wire_number: str) -> None:
+        self.job = job
+        self.data = data
+        self.station = station
+        self.wire_number = wire_number
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _finish(lamps: list[_Lamp], error: BaseException | None) -> None:
+    for lamp in lamps:
+        lamp.done = True
+        lamp.error = error

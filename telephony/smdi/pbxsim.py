@@ -10,6 +10,16 @@ as a switch does.  Used by tests, benchmarks, the demo and lab runs against a da
         await pbx.call_record(terminal=5, call_type="B", forwarding="5551002", calling="5551001")
         await pbx.wait_commands(1)
         pbx.commands   # [(trio time, MwiCommand(on=True, number="5551002", raw=...)), ...]
+
+**It reads at the line rate.**  A pty has no baud rate: the kernel hands the reader every byte
+as soon as it is written.  The simulator therefore consumes what the voice-mail side sends no
+faster than ``baudrate`` / ``bits_per_char`` bytes a second (9600 baud, 10 bits a character:
+960 bytes/s), at most ``fifo`` bytes at a time, as a switch's UART does: a sender that writes
+faster fills the pty's and socat's buffers and then waits in its write, as it would behind a
+real UART.  A command counts as received (the time in ``commands``) when its last byte has
+come off the simulated wire.  The line clock runs on from the previous chunk when bytes were
+already waiting (no drift from late wake-ups) and from the moment they arrived otherwise.
+``line_rate=False``: read as fast as the pty delivers (the old behaviour).
 """
 from __future__ import annotations
 
@@ -32,8 +42,15 @@ class PbxSimulator:
     ``INV``/``BLK``."""
 
     def __init__(self, device: str | os.PathLike, *, invalid: Iterable[str] = (),
-                 blocked: Iterable[str] = (), baudrate: int = 9600) -> None:
+                 blocked: Iterable[str] = (), baudrate: int = 9600, bits_per_char: float = 10,
+                 line_rate: bool = True, fifo: int = 16) -> None:
+        if not (baudrate > 0 and bits_per_char > 0 and fifo >= 1):
+            raise ValueError("baudrate and bits_per_char must be > 0 and fifo >= 1")
         self.device = str(device)
+        self.line_rate = line_rate
+        self.char_time = bits_per_char / baudrate
+        self.fifo = int(fifo)
+        self._line_free = float("-inf")  # when the simulated wire has delivered all it read
         self.invalid = set(invalid)
         self.blocked = set(blocked)
         self.baudrate = baudrate
@@ -88,6 +105,9 @@ class PbxSimulator:
 
     async def _read_some(self, reader: CommandReader) -> None:
         assert self._stream is not None
+        if self.line_rate:
+            await self._read_at_line_rate(reader)
+            return
         try:
             data = await self._stream.receive_some(4096)
         except (OSError, trio.BrokenResourceError):
@@ -97,9 +117,11 @@ class PbxSimulator:
             await trio.sleep(0.05)
             return
         self.received += data
-        now = trio.current_time()
+        await self._events(reader.feed(data), trio.current_time())
+
+    async def _events(self, events, now: float) -> None:
         try:
-            for ev in reader.feed(data):
+            for ev in events:
                 if isinstance(ev, MwiCommand):
                     self.commands.append((now, ev))
                     cause = ("INV" if ev.number in self.invalid
@@ -111,6 +133,44 @@ class PbxSimulator:
         finally:
             self._changed.set()
             self._changed = trio.Event()
+
+    async def _read_at_line_rate(self, reader: CommandReader) -> None:
+        """At most ``fifo`` bytes off the line, each taking one character time."""
+        assert self._stream is not None
+        fd = self._stream.fileno()
+        try:
+            try:
+                data = os.read(fd, self.fifo)
+            except BlockingIOError:
+                data = b""
+            waiting = bool(data)  # bytes were queued behind the ones just received
+            if not data:  # (a tty opened with VMIN 0 reads b"" when it has nothing)
+                await trio.lowlevel.wait_readable(fd)
+                data = os.read(fd, self.fifo)
+        except BlockingIOError:
+            return
+        except OSError:
+            await trio.sleep(0.05)  # the splitter is restarting; keep the PBX side up
+            return
+        if not data:  # readable but empty: hung up
+            await trio.sleep(0.05)
+            return
+        now = trio.current_time()
+        ct = self.char_time
+        if waiting and self._line_free > float("-inf"):
+            # they came in while the previous chunk was on the wire: the line runs on from
+            # there (a wake-up up to one chunk late does not slow the simulated line)
+            start = max(self._line_free, now - self.fifo * ct)
+        else:
+            start = max(self._line_free, now)
+        for i in range(len(data)):
+            self.received += data[i:i + 1]
+            events = reader.feed(data[i:i + 1])
+            if events:  # a command is complete when its last byte has come off the wire
+                await trio.sleep_until(start + (i + 1) * ct)
+                await self._events(events, trio.current_time())
+        self._line_free = start + len(data) * ct
+        await trio.sleep_until(self._line_free)
 
     async def send(self, data: bytes) -> None:
         """Raw bytes onto the line (garbage tests use this)."""

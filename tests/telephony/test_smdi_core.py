@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from integrations.smdi import SerialSettings, SmdiProfile
 from telephony.smdi.codec import CallRecord, MwiFailure, MwiFormat
-from telephony.smdi.core import MAX_PER_TERMINAL, FailureMatcher, LinePacer, RecordMatcher
+from telephony.smdi.core import (MAX_PER_TERMINAL, FailureMatcher, LampQueue, LinePacer,
+                                 RecordMatcher)
 
 
 def rec(terminal: int, fwd: str = "5551002") -> CallRecord:
@@ -75,6 +76,109 @@ def test_pacer_property_total_time_is_at_least_the_wire_time(cmds, baud):
         now = start
     total = sum(n for n, _ in cmds) * 10 / baud
     assert end - first >= total - 1e-9
+
+
+def test_lamp_queue_takes_fresh_before_bulk_and_keeps_each_lanes_order():
+    q: LampQueue[str] = LampQueue()
+    for i in range(3):
+        q.add(("100%d" % i, 2), f"bulk{i}", bulk=True, now=i)
+    q.add(("2000", 2), "fresh0", bulk=False, now=10)
+    assert q.pending() == (1, 3) and len(q) == 4
+    assert q.take().item == "fresh0"
+    assert q.take().item == "bulk0"
+    q.add(("2001", 2), "fresh1", bulk=False, now=11)  # arrives while bulk0 is on the wire
+    q.add(("2002", 2), "fresh2", bulk=False, now=12)
+    assert [q.take().item for _ in range(4)] == ["fresh1", "fresh2", "bulk1", "bulk2"]
+    assert q.take() is None and q.pending() == (0, 0)
+
+
+def test_lamp_queue_a_fresh_job_supersedes_a_queued_bulk_job_for_the_same_key():
+    q: LampQueue[str] = LampQueue()
+    q.add(("1001", 2), "bulk-1001-off", bulk=True, now=0)
+    q.add(("1002", 2), "bulk-1002-off", bulk=True, now=0)
+    e = q.add(("1002", 2), "fresh-1002-on", bulk=False, now=1)
+    # one command for 1002, the fresh one's, in the fresh lane; both senders ride on it
+    assert q.pending() == (1, 1) and q.superseded == 1
+    assert (e.item, e.items, e.bulk, e.queued_at) == (
+        "fresh-1002-on", ["bulk-1002-off", "fresh-1002-on"], False, 0)
+    assert q.take() is e
+    assert q.take().item == "bulk-1001-off" and q.take() is None
+    # a later bulk job for a queued fresh one: the newest state, still in the fresh lane
+    q.add(("1003", 2), "bulk-x", bulk=True, now=2)
+    q.add(("1004", 2), "fresh-1004-on", bulk=False, now=2)
+    e = q.add(("1004", 2), "bulk-1004-on", bulk=True, now=3)
+    assert (e.item, e.bulk, q.pending()) == ("bulk-1004-on", False, (1, 1))
+    assert q.take() is e
+    # bulk over bulk: in place (its turn in the resync is kept)
+    q.add(("1005", 2), "b5", bulk=True, now=4)
+    q.add(("1003", 2), "bulk-y", bulk=True, now=5)
+    assert [q.take().item for _ in range(2)] == ["bulk-y", "b5"]
+    # another term is another key: an older term's job is not merged into a newer one
+    q.add(("1006", 2), "t2", bulk=True, now=6)
+    q.add(("1006", 4), "t4", bulk=False, now=6)
+    assert [q.take().item for _ in range(2)] == ["t4", "t2"]
+
+
+def test_lamp_queue_discard_withdraws_one_job():
+    q: LampQueue[str] = LampQueue()
+    q.add(("1", 2), "a", bulk=True, now=0)
+    q.add(("2", 2), "b", bulk=True, now=0)
+    q.add(("2", 2), "c", bulk=False, now=0)  # c takes b's place
+    assert q.discard(("1", 2), "a") and q.pending() == (1, 0)
+    assert not q.discard(("1", 2), "a")  # no longer queued
+    assert q.discard(("2", 2), "c")  # b is still waiting: its command goes out instead
+    e = q.take()
+    assert (e.item, e.items) == ("b", ["b"]) and q.take() is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "take"]), st.integers(0, 5), st.booleans()),
+                max_size=60))
+def test_lamp_queue_property_no_bulk_job_goes_while_a_fresh_one_waits(steps):
+    """Whatever the order of adds and takes: a take never returns a bulk entry while a fresh
+    one is queued, every added job is taken exactly once (alone or riding on a newer one for
+    its key), and at most one entry per key is ever queued."""
+    q: LampQueue[int] = LampQueue()
+    added, taken = [], []
+    for n, (op, key, bulk) in enumerate(steps):
+        if op == "add":
+            q.add(key, n, bulk=bulk, now=n)
+            added.append(n)
+        else:
+            fresh_waiting = q.pending()[0] > 0
+            e = q.take()
+            if e is None:
+                assert len(q) == 0
+                continue
+            assert not (e.bulk and fresh_waiting)
+            assert e.item == e.items[-1] == max(e.items)  # the newest job's command goes out
+            taken += e.items
+        assert len(q) <= len({k for o, k, _ in steps[:n + 1] if o == "add"})  # one per key
+    while (e := q.take()) is not None:
+        taken += e.items
+    assert sorted(taken) == added
+
+
+def test_a_transmitter_stepped_by_hand_sends_a_fresh_lamp_right_after_the_command_on_the_wire():
+    """The driver's loop, with ``now`` passed in: wait for the pacer, then take.  A fresh job
+    queued during a bulk command waits only for that command to leave the wire."""
+    pacer, q = LinePacer(9600, 10), LampQueue()
+    for i in range(100):
+        q.add((f"{1000 + i}", 2), f"bulk{i}", bulk=True, now=0.0)
+    now, sent, fresh_at = 0.0, [], 0.5
+    while len(q) or fresh_at is not None:
+        start = pacer.start_at(now)
+        if fresh_at is not None and fresh_at <= start:  # queued during the wait for the line
+            q.add(("2000", 2), "fresh", bulk=False, now=fresh_at)
+            fresh_at = None
+        e = q.take()
+        done = pacer.sent(16, start)
+        sent.append((e.item, start, done))
+        now = start
+    (item, start, done), = [s for s in sent if s[0] == "fresh"]
+    assert 0.5 <= start <= 0.5 + 16 / 960 + 1e-9  # at most one command ahead of it
+    assert done - 0.5 <= 2 * 16 / 960 + 1e-9
+    assert len(sent) == 101 and sent[-1][2] == pytest.approx(101 * 16 / 960)
 
 
 def test_failure_matcher_names_the_last_command_within_the_window():

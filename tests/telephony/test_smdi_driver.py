@@ -323,3 +323,98 @@ async def test_a_pyserial_url_without_an_fd_uses_the_thread_fallback():
 async def _serve(stream, box):
     box.append(stream)
     await trio.sleep_forever()
+
+
+# ---------------------------------------------------------------------- the priority lane
+
+def resync_job(ext: str, on: bool = False, term: int = 2) -> MwiJob:
+    return MwiJob(ext, f"mb{ext}", on, 1 if on else 0, 0, term, "resync")
+
+
+async def queue(nursery, send, *args) -> None:
+    """Start ``send(*args)`` and return once it has queued its job (Trio runs new tasks in
+    any order: this keeps the order of the queue the order of the calls)."""
+    async def run(*, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        await send(*args)  # queues before its first checkpoint
+
+    await nursery.start(run)
+
+
+@pytest.fixture
+async def line(tmp_path):
+    """A link at 9600 baud on one end of a pty pair, the PBX simulator (reading at 9600 baud,
+    10 bits a character) on the other."""
+    from telephony.smdi.pbxsim import PbxSimulator
+
+    pair = SocatPair(tmp_path / "node", tmp_path / "pbx")
+    pair.start()
+    try:
+        link, _, _ = make_link(tmp_path / "node")
+        link.gate = lambda: 2
+        async with PbxSimulator(tmp_path / "pbx", baudrate=9600).running() as pbx:
+            async with trio.open_nursery() as n:
+                await n.start(link.run, Service())
+                await until(lambda: link.is_open, "open")
+                yield link, pbx, n
+                n.cancel_scope.cancel()
+    finally:
+        pair.stop()
+
+
+async def test_a_fresh_lamp_overtakes_a_queued_resync(line):
+    """30 resync lamps queued at once, a fresh one (a message just left) queued once the
+    first is on the wire: it goes out right after the command in flight, not after the
+    other 29 (the line carries one command at a time, so it may follow one more)."""
+    link, pbx, n = line
+    for i in range(30):
+        await queue(n, link.send_mwi, resync_job(f"{1000 + i}"))
+    await pbx.wait_commands(1)
+    ahead = link.counters["mwi_sent"]  # written; one more may be going out right now
+    await link.send_mwi(job("2000", True, term=2))
+    got = await pbx.wait_commands(31)
+    order = [c.number for c in got]
+    assert order[0] == "1000" and order.count("2000") == 1
+    assert ahead < 29 and order.index("2000") <= ahead + 1, (ahead, order)
+    assert sorted(order) == sorted([f"{1000 + i}" for i in range(30)] + ["2000"])
+    assert [c.on for c in got if c.number == "2000"] == [True]
+
+
+async def test_a_fresh_lamp_replaces_a_queued_resync_command_for_its_station(line):
+    """No stale lamp after a fresh one: the resync's queued 'off' for 1005 is not sent after
+    (or before) the fresh 'on'; both callers return, the one command being the fresh one."""
+    link, pbx, n = line
+    done: list[str] = []
+
+    async def bulk(ext: str) -> None:
+        await link.send_mwi(resync_job(ext))
+        done.append(ext)
+
+    for i in range(10):
+        await queue(n, bulk, f"{1000 + i}")
+    await pbx.wait_commands(1)
+    await link.send_mwi(job("1005", True, term=2))
+    await pbx.wait_commands(10)
+    await until(lambda: len(done) == 10, "every resync caller returned")
+    lamps = [(c.number, c.on) for c in (await pbx.wait_commands(10))]
+    assert [x for x in lamps if x[0] == "1005"] == [("1005", True)], lamps
+    assert pbx.lamps()["1005"] is True and len(lamps) == 10
+    assert link.counters["mwi_superseded"] == 1 and link.counters["mwi_sent"] == 10
+
+
+async def test_a_caller_cancelled_while_queued_sends_nothing(line):
+    link, pbx, n = line
+    cancel_me = trio.CancelScope()
+
+    async def withdrawn() -> None:
+        with cancel_me:
+            await link.send_mwi(resync_job("1002"))
+
+    await queue(n, link.send_mwi, resync_job("1000"))
+    await queue(n, link.send_mwi, resync_job("1001"))
+    await queue(n, withdrawn)
+    await queue(n, link.send_mwi, resync_job("1003"))
+    cancel_me.cancel()  # 1000 is on the wire, 1001 next: 1002 waits in the queue
+    await link.send_mwi(resync_job("1004"))  # in the same lane: all before it have gone
+    got = [c.number for c in await pbx.wait_commands(4)]
+    assert got == ["1000", "1001", "1003", "1004"]
