@@ -79,9 +79,13 @@ Keys: results of the ``default`` profile are unprefixed (``crash_p50_s``, ``fals
 ``fast_false_failovers``, ``fast_self_fences`` ...).  ``--profile both`` runs default and then
 fast into one file.  Percentiles are nearest rank; with fewer than 100 samples p99 is the max.
 
+Every result file also records ``code``: the commit it ran from and the product files that
+differed from it (a run on uncommitted changes says so).
+
 Every process the benchmark starts is stopped by its PID: the nodes by the Pair context
-manager, stress-ng by the Popen object (its own process group, SIGTERM then SIGKILL), also on
-errors and on SIGINT/SIGTERM.  Everything listens on 127.0.0.1 only.
+manager, stress-ng by the Popen object (its own process group, SIGTERM then SIGKILL), each SIPp
+caller by its Popen object, also on errors and on SIGINT/SIGTERM.  Everything listens on
+127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -689,6 +693,10 @@ def sipp_call(cwd: Path, port: int, timeout: float = 20.0) -> dict:
         proc.kill()  # our own child, by its Popen object
         _, err = proc.communicate()
         out["error"] = "sipp did not exit"
+    finally:
+        if proc.poll() is None:  # interrupted (Ctrl-C, SIGTERM): stop it by its PID
+            proc.kill()
+            proc.wait()
     out["rc"] = proc.returncode
     text = logf.read_text(errors="replace") if logf.exists() else ""
     for line in text.splitlines():
@@ -1018,11 +1026,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"results written to {args.json}")
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    headline = {k: out.get(k) for k in out if k.endswith(("_p50_s", "_p95_s", "_p99_s", "_max_s",
-                                                           "false_failovers", "self_fences", "stalls",
-                                                           "soak_passed", "_errors"))
-                and not any(x in k for x in ("_detect", "_persist", "_confirm", "heal_", "soak_"))
-                or k.endswith(("soak_passed", "max_stall_s")) and not k.startswith(("soak_", "fast_soak_"))}
+    soak_keys = {f"{p}{k}" for p in ("", "fast_")
+                 for k in ("false_failovers", "self_fences", "stalls", "max_stall_s", "soak_passed")}
+    headline = {k: out.get(k) for k in out
+                if k in soak_keys
+                or (k.endswith(("_p50_s", "_p95_s", "_p99_s", "_max_s", "_errors"))
+                    and not any(x in k for x in ("_detect", "_persist", "_confirm", "heal_", "soak_")))}
     print(json.dumps(headline, indent=1))
     return 0
 
