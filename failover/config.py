@@ -645,7 +645,7 @@ class LoopbackPorts:
 
 @dataclass(frozen=True)
 class SmdiPorts:
-    """``[ports.smdi]``: the serial SMDI link through a data splitter (issue 5)."""
+    """``[ports.smdi]``: the serial SMDI link through a data splitter (docs/smdi.md)."""
 
     enabled: bool
     device: str | None
@@ -689,7 +689,7 @@ class SmdiPorts:
 
 @dataclass(frozen=True)
 class SipPorts:
-    """``[ports.sip]``: SIP ports on pjsua2 worker processes (issue 6)."""
+    """``[ports.sip]``: SIP ports on pjsua2 worker processes (docs/sip.md)."""
 
     enabled: bool
     bind: str

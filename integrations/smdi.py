@@ -1,4 +1,4 @@
-"""The serial SMDI integration through a data splitter (PROTOCOLS.md section 1).  Data only.
+"""The serial SMDI integration through a data splitter (docs/protocols.md section 1).  Data only.
 
 A circuit-switched PBX hunts calls over the voice lines of *both* servers and tells the
 voice-mail system about each call on one serial data link (SMDI): an ``MD`` record naming the

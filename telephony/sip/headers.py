@@ -1,8 +1,8 @@
 """Why a SIP call reached voice mail, and the MWI NOTIFY body.  Pure: strings in, values out
 (no trio, sockets, pjsua2 or clock).
 
-References: ``/work/shared/PROTOCOLS.md`` section 4.1 (RFC 3842 message-summary) and 4.2
-(Diversion, History-Info, the cause -> reason map and the cross-protocol reason table).
+References: ``docs/protocols.md`` section 2.1 (RFC 3842 message-summary), 2.2 and 2.3
+(Diversion, History-Info, the cause -> reason map) and 2.4 (the cross-protocol reason table).
 
 **Diversion** (RFC 5806; Cisco Unified CM sends it)::
 
@@ -55,7 +55,7 @@ host, white space or a non-printable character inside the URI, a user part longe
 :data:`MAX_ENTRIES` header values and :data:`MAX_ENTRIES` entries per header kind are looked
 at.  A header that is present but yields nothing makes the reason UNKNOWN.
 
-**MWI body** (RFC 3842, PROTOCOLS.md 4.1): :func:`message_summary` writes
+**MWI body** (RFC 3842, docs/protocols.md 2.1): :func:`message_summary` writes
 ``Messages-Waiting: yes|no``, ``Message-Account: <uri>``, ``Voice-Message: n/o (un/uo)``
 with CRLF line ends, the way Asterisk does; :func:`parse_message_summary` reads one back.
 """
@@ -532,7 +532,7 @@ _ACCOUNT = re.compile(r"sips?:[!-~]+\Z", re.I)
 
 def message_summary(new: int, old: int, *, account: str, urgent_new: int = 0,
                     urgent_old: int = 0) -> str:
-    """The RFC 3842 ``application/simple-message-summary`` body (PROTOCOLS.md 4.1)::
+    """The RFC 3842 ``application/simple-message-summary`` body (docs/protocols.md 2.1)::
 
         message_summary(2, 8, account="sip:1002@cm", urgent_old=2)
         == "Messages-Waiting: yes\\r\\nMessage-Account: sip:1002@cm\\r\\nVoice-Message: 2/8 (0/2)\\r\\n"

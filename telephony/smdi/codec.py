@@ -1,6 +1,6 @@
 """SMDI wire codec.  Pure (sans-IO): bytes in, events out; no trio, sockets, serial, clocks, files.
 
-Wire format (``/work/shared/PROTOCOLS.md`` section 1; ``^Y`` = 0x19, ``^D`` = EOT = 0x04):
+Wire format (``docs/protocols.md`` section 1; ``^Y`` = 0x19, ``^D`` = EOT = 0x04):
 
 * call-detail record, switch -> voice mail (1.2)::
 
@@ -16,7 +16,7 @@ Wire format (``/work/shared/PROTOCOLS.md`` section 1; ``^Y`` = 0x19, ``^D`` = EO
   (the prefixes and suffix are an integration-profile setting, :class:`MwiFormat`).
 
 Readers (:class:`SmdiReader` for the switch's stream, :class:`CommandReader` for the voice-mail
-stream, used by PBX simulators) follow PROTOCOLS.md 1.5.  What they guarantee:
+stream, used by PBX simulators) follow docs/protocols.md 1.5.  What they guarantee:
 
 * ``feed()`` never raises for any ``bytes``/``bytearray``/``memoryview`` input; anything
   unparseable becomes a :class:`ProtocolError` carrying the skipped bytes.
@@ -31,7 +31,7 @@ stream, used by PBX simulators) follow PROTOCOLS.md 1.5.  What they guarantee:
   :data:`MAX_RECORD` bytes from its first letter to its end.
 * A record is delivered as soon as its end arrives; the reader never waits for an optional byte.
 
-Decisions where the sources are silent (all [U] in PROTOCOLS.md terms):
+Decisions where the sources are silent (our choices, docs/protocols.md 1.5):
 
 * **Record end and ``raw``.**  A record ends at the LF of its CR LF, or at a ^Y when the CR LF
   is missing.  DEL bytes (0x7F or 0xFF) may stand before the CR and between CR and LF.  ``raw``
@@ -223,7 +223,7 @@ def encode_mwi_failure(number: str, cause: str = "INV", *, space: bool = False, 
 
 @dataclass(frozen=True)
 class MwiFormat:
-    """The MWI command format, an integration-profile setting (PROTOCOLS.md 1.3).
+    """The MWI command format, an integration-profile setting (docs/protocols.md 1.3).
 
     A command is ``prefix + number + suffix`` with ``on_prefix`` to light the lamp and
     ``off_prefix`` to turn it off; ``pad_to`` zero-pads the number on the left to that many

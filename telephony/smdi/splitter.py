@@ -2,7 +2,7 @@
 
     python -m telephony.smdi.splitter --pbx PATH --port NAME=PATH [--port NAME=PATH ...] --log FILE
 
-This simulates a B&B-style "SMDI splitter" (PROTOCOLS.md section 1.6), hardware no one has here.
+This simulates a B&B-style "SMDI splitter" (docs/protocols.md section 1.6), hardware no one has here.
 Every PATH is a tty device, normally the far end of a ``socat`` pty pair (see
 ``telephony.smdi.lab``):
 

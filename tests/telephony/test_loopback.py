@@ -921,7 +921,7 @@ async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock
 
 async def test_lamp_jobs_go_to_monitors_only_in_the_active_term(autojump_clock):
     """The trunk is a lamp driver too: a job of a term the service does not answer in is
-    refused and no monitor sees it (issue 4: drivers refuse jobs from an older term)."""
+    refused and no monitor sees it (every lamp driver refuses jobs from an older term: docs/messaging-service.md)."""
     from telephony.mwi import MwiJob, TransmitRefused
 
     trunk, listener = make_trunk()

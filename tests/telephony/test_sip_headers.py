@@ -1,5 +1,5 @@
 """SIP header parsing and MWI bodies (telephony/sip/headers.py): Diversion (RFC 5806) and
-History-Info (RFC 7044 / RFC 4458 causes) from PROTOCOLS.md 4.2, the call-arrival reason, the
+History-Info (RFC 7044 / RFC 4458 causes) from docs/protocols.md 2.2-2.3, the call-arrival reason, the
 RFC 3842 message-summary body of 4.1, bounds and property tests (no exceptions on any input)."""
 from __future__ import annotations
 
@@ -475,11 +475,11 @@ def test_forwarding_number_fits_a_call_arrival():
 
 # --------------------------------------------------------------------------- message-summary
 
-PROTOCOLS_BODY = "Messages-Waiting: yes\r\nMessage-Account: sip:vm@pbx.example\r\nVoice-Message: 2/8 (0/2)\r\n"
+RFC3842_EXAMPLE = "Messages-Waiting: yes\r\nMessage-Account: sip:vm@pbx.example\r\nVoice-Message: 2/8 (0/2)\r\n"
 
 
 def test_message_summary_golden():
-    assert message_summary(2, 8, account="sip:vm@pbx.example", urgent_old=2) == PROTOCOLS_BODY
+    assert message_summary(2, 8, account="sip:vm@pbx.example", urgent_old=2) == RFC3842_EXAMPLE
     assert message_summary(0, 3, account="sip:1002@cm") == \
         "Messages-Waiting: no\r\nMessage-Account: sip:1002@cm\r\nVoice-Message: 0/3 (0/0)\r\n"
     assert message_summary(1, 0, account="sips:1002@cm:5061", urgent_new=1) == \
@@ -507,7 +507,7 @@ def test_message_summary_bad_input(kwargs):
 
 
 def test_parse_message_summary_round_trip_and_tolerance():
-    assert parse_message_summary(PROTOCOLS_BODY) == {"waiting": True, "account": "sip:vm@pbx.example",
+    assert parse_message_summary(RFC3842_EXAMPLE) == {"waiting": True, "account": "sip:vm@pbx.example",
                                                      "voice": (2, 8, 0, 2)}
     assert parse_message_summary("messages-waiting :NO\nvoice-message: 3 / 4\n") == \
         {"waiting": False, "account": None, "voice": (3, 4, 0, 0)}

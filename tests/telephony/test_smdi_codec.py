@@ -1,4 +1,4 @@
-"""SMDI codec (telephony/smdi/codec.py): golden bytes from PROTOCOLS.md section 1, tolerance
+"""SMDI codec (telephony/smdi/codec.py): golden bytes from docs/protocols.md section 1, tolerance
 rules of 1.5, bounds, and property tests (split invariance, conservation, no exceptions)."""
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from telephony.smdi.codec import (DEFAULT_MAX_BUFFER, MAX_RECORD, CallRecord, Co
 SMDI_FRAMING = frozenset(b"\r\n\x19\x7f\xff")
 CMD_FRAMING = frozenset(b"\r\n\x7f\xff\x04")
 
-# PROTOCOLS.md 1.2 worked examples
+# docs/protocols.md 1.2 (and the worked examples of the SMDI manuals)
 DIRECT_HEX = "0d 0a 4d 44 30 30 31 30 30 30 37 44 20 31 30 30 31 20 0d 0a 19"
 NO_ANSWER_HEX = ("0d 0a 4d 44 30 30 31 30 30 30 37 4e 35 35 35 31 30 30 32 20 35 35 35 31 30 30 31"
                  " 20 0d 0a 19")
-# PROTOCOLS.md 1.3
+# docs/protocols.md 1.3
 OP_HEX = "4f 50 3a 4d 57 49 20 35 35 35 31 30 30 32 21 04"
 RMV_HEX = "52 4d 56 3a 4d 57 49 20 35 35 35 31 30 30 32 21 04"
-# PROTOCOLS.md 1.4 (DMS-100 INV; the DEL bytes go before 19 on a DMS-100)
+# docs/protocols.md 1.4 (DMS-100 INV; the DEL bytes go before 19 on a DMS-100)
 INV_HEX = "0d 0a 4d 57 49 35 35 35 31 30 30 32 20 49 4e 56 0d 0a 19"
 
 
