@@ -12,18 +12,64 @@ link      the same kind of stream written by a PBX-side process into a real pty 
           and parsed by a running ``SmdiLink``; records/s from the first byte written until the
           link has counted every record (what one node can take from the line, far above any
           real line rate: 9600 baud carries ~35 records/s).
-resync    the guide's MWI resync over the line: ``--lamps`` subscribers in a real configuration
-          database (SQLite, ``synchronous=FULL``), lamp states unknown (a new active node after
-          a takeover), 1% with messages in a Maildir store; ``Messaging.resync()`` plans every
-          lamp and sends it through a running ``SmdiLink`` at 9600 baud 7E1 on a socat pty,
-          confirming each in the ledger.  ``resync_5000_s``: from the call until the PBX side
-          has read the last command's last byte.  ``resync_line_rate_ratio``: that time over
-          the theoretical minimum, all command bytes x 10 bits / 9600 baud (a pty ignores the
-          baud rate, so the pacing is the link's own; a ratio below 1 would mean it over-drove
-          the line).
+resync    the guide's MWI resync over the line, with fresh lamps during it: ``--lamps``
+          subscribers in a real configuration database (SQLite, ``synchronous=FULL``), lamp
+          states unknown (a new active node after a takeover), 1% with messages in a Maildir
+          store; ``Messaging.resync()`` plans every lamp and sends it through a running
+          ``SmdiLink`` (9600 baud 7E1: 10 bits a character, 960 bytes/s) to the PBX simulator
+          (``PbxSimulator``), which reads at 9600 baud, 10 bits a character, on the far end of
+          a socat pty pair.  ``--fresh`` more subscribers, whose lamps a first (untimed) resync
+          set off and confirmed, each get a message at a random time during the resync (a
+          message just left): the message is stored, then ``Messaging.lamp()`` is called, as
+          the call flow does; the messaging core's lamp task sends it through the same link.
+          ``--resync-runs`` runs; the figures pool the fresh lamps of every run.
 
-Clocks: ``trio.current_time()`` / ``time.perf_counter()`` in this process; the PBX side is a
-thread of this process reading the pty's far end.  Every socat process is stopped by its PID.
+Key definitions (fixed before the runs; a changed definition gets a new key):
+
+``fresh_lamp_wait_p50_s``, ``_p95_s``, ``_p99_s``, ``_max_s``
+          a fresh lamp's wait: from the ``Messaging.lamp()`` call (the message is stored and
+          its lamp queued) until the simulator has received the lamp's command in full (its
+          last byte off the simulated 9600-baud wire), nearest-rank percentiles over every
+          fresh lamp of every run.  ``fresh_lamps``: how many; ``fresh_lamps_lost``: fresh
+          lamps whose command never arrived (must be 0).
+``fresh_lamp_driver_wait_p50_s``, ``_p99_s``, ``_max_s``
+          the same, from the moment the messaging core hands the job to the link
+          (``send_mwi`` called): the link's own share.
+``resync_5000_s``
+          as in the earlier result files: from the ``Messaging.resync()`` call until the PBX
+          side has read the last resync command's last byte (median of the runs; the fresh
+          lamps' commands interleave and add their wire time).  ``resync_5000_s_runs``: each.
+``resync_5000_queued_s``
+          from the first resync job handed to the link (``send_mwi`` called) until the
+          simulator has received the last resync command in full (median of the runs).
+``resync_line_bound_s``
+          the resync's commands alone at the line rate: their bytes x 10 bits / 9600 baud.
+``resync_5000_queued_over_line_bound``
+          ``resync_5000_queued_s`` / ``resync_line_bound_s`` (the fresh lamps' bytes are not
+          in the bound, so their wire time shows in it).
+``deep_fresh_lamp_wait_p50_s``, ``_p99_s``, ``_max_s``, ``deep_resync_5000_s``
+          (``--deep-runs``) the link alone, with every resync job queued at once: ``--lamps``
+          ``send_mwi`` calls with ``reason="resync"`` started together, ``--fresh`` jobs with
+          ``reason="deliver"`` at random times during it; a fresh job's wait is from its
+          ``send_mwi`` call until the simulator has received its command in full;
+          ``deep_resync_5000_s`` from the first resync call until the last resync command is
+          received.  This is the case the priority lane exists for (a resync that hands the
+          link more than one job at a time).
+
+Retired: ``resync_theoretical_s``, ``resync_line_rate_ratio``, ``resync_line_rate_ratio_max``
+(result files smdi-run1..3).  They compared a pty read at once with the link's own pacer, so
+they showed only that the pacer matched its own constant; they keep that meaning in those
+files.
+
+Clocks: ``trio.current_time()`` / ``time.perf_counter()`` in this process; in the ``link``
+figure the PBX side is a thread of this process writing the pty's far end; in ``resync`` it is
+the PBX simulator, a Trio task of this process (same clock).  Every socat process is stopped by
+its PID.
+
+What a pty can and cannot show: a pty has no baud rate (the kernel moves bytes at once), so the
+timing here is real only because the simulator reads at the line rate and the link paces
+itself; a real UART, its FIFO, a terminal server or a data splitter add delays a pty does not
+have (docs/smdi.md, "What a pty can and cannot show").
 """
 from __future__ import annotations
 
@@ -52,7 +98,9 @@ from telephony.message import VoiceMessage  # noqa: E402
 from telephony.messaging import Messaging  # noqa: E402
 from telephony.smdi.codec import SmdiReader, encode_call_record  # noqa: E402
 from telephony.smdi.driver import SmdiLink  # noqa: E402
+from telephony.mwi import MwiJob  # noqa: E402
 from telephony.smdi.lab import SocatPair  # noqa: E402
+from telephony.smdi.pbxsim import PbxSimulator  # noqa: E402
 from telephony.store import MaildirStore  # noqa: E402
 
 
@@ -149,62 +197,180 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[k:]
 
 
-async def resync_run(tmp: Path, lamps: int) -> dict:
+class _TimedSink:
+    """The link as the messaging core's sink, noting when each job was handed to it."""
+
+    def __init__(self, link: SmdiLink) -> None:
+        self.link = link
+        self.handed: dict[tuple[str, bool, str], float] = {}  # (ext, on, reason) -> first call
+
+    async def send_mwi(self, job) -> None:
+        self.handed.setdefault((job.extension, job.on, job.reason), trio.current_time())
+        await self.link.send_mwi(job)
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    v = sorted(values)
+    return v[max(0, min(len(v) - 1, -(-len(v) * p // 100) - 1))] if v else float("nan")
+
+
+def _received(pbx: PbxSimulator) -> dict[tuple[str, bool], float]:
+    """(number, on) -> when the simulator had the command in full (the first such)."""
+    out: dict[tuple[str, bool], float] = {}
+    for t, c in pbx.commands:
+        out.setdefault((c.number, c.on), t)
+    return out
+
+
+async def _wait_for(pred, what: str, timeout: float) -> None:
+    with trio.move_on_after(timeout):
+        while not pred():
+            await trio.sleep(0.05)
+        return
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _subscriber(ext: str, i: int) -> dict:
+    return {"op": "put", "table": "subscribers", "row": {
+        "extension": ext, "name": f"S{i}", "mailbox": f"m{ext}", "mwi_method": "smdi",
+        "notify": []}}
+
+
+def _message(ext: str, tag: str, audio: bytes) -> VoiceMessage:
+    return VoiceMessage(
+        message_id=f"bench-{tag}-{ext}.a.2@vmha", mailbox=f"m{ext}", extension=ext,
+        caller="5550100", forwarding=ext, reason=Reason.BUSY, duration_s=0.5, node="a",
+        call_id=f"bench-{tag}-{ext}", term=2, recorded_at="2026-11-25T12:00:00+00:00",
+        audio=audio)
+
+
+async def resync_run(tmp: Path, lamps: int, fresh: int, seed: int) -> dict:
+    rnd = random.Random(seed)
     db = ConfigDB(tmp / "config.db", role=Role.PRIMARY)
     pair = SocatPair(tmp / "node", tmp / "pbx")
     pair.start()
-    far = _Far(tmp / "pbx")
     try:
-        ops = [{"op": "put", "table": "subscribers", "row": {
-            "extension": f"{10000 + i}", "name": f"S{i}", "mailbox": f"m{i}", "mwi_method": "smdi",
-            "notify": []}} for i in range(lamps)]
-        for k in range(0, len(ops), 1000):
-            db.write(2, ops[k:k + 1000])
+        bulk_ext = [f"{10000 + i}" for i in range(lamps)]
+        fresh_ext = [f"{20000 + i}" for i in range(fresh)]
         (tmp / "store").mkdir()
         store = MaildirStore(tmp / "store")
         audio = media.wav_bytes(media.tone(440, 0.5))
-        for i in range(0, lamps, 100):  # 1% have a new message: their lamps go on
-            await store.deliver(VoiceMessage(
-                message_id=f"bench-{i}.a.2@vmha", mailbox=f"m{i}", extension=f"{10000 + i}",
-                caller="5550100", forwarding=f"{10000 + i}", reason=Reason.BUSY, duration_s=0.5,
-                node="a", call_id=f"bench-{i}", term=2, recorded_at="2026-11-25T12:00:00+00:00",
-                audio=audio))
         serial = SerialSettings(str(tmp / "node"), baudrate=9600)  # 7E1: 10 bits a character
         link = SmdiLink(serial=serial, profile=SmdiProfile(terminals=(1,)), node="a")
         link.gate = lambda: 2
+        sink = _TimedSink(link)
         m = Messaging(node="a", db=db, store=store, spool_dir=tmp / "spool",
-                      streams=tmp / "streams", sink=link)
+                      streams=tmp / "streams", sink=sink)
         m.term = 2
-        async with trio.open_nursery() as nursery:
-            await nursery.start(link.run, _Service())
-            while not link.is_open:
-                await trio.sleep(0.01)
-            t0 = time.perf_counter()
-            result = await m.resync()
-            sent_bytes = link.counters["mwi_sent"]
-            expected = sum(len(link.profile.mwi.encode(i % 100 == 0, f"{10000 + i}"))
-                           for i in range(lamps))
-            while len(far.got) < expected:
-                await trio.sleep(0.005)
-            await trio.sleep(0.2)
-            elapsed = far.last_at - t0
-            nursery.cancel_scope.cancel()
-        theoretical = expected * serial.bits_per_char / serial.baudrate
-        return {"seconds": elapsed, "theoretical_s": theoretical, "ratio": elapsed / theoretical,
-                "jobs": result["jobs"], "sent": result["sent"], "commands": sent_bytes,
-                "bytes": len(far.got), "on": far.got.count(b"OP:MWI "),
-                "off": far.got.count(b"RMV:MWI ")}
+        async with PbxSimulator(tmp / "pbx", baudrate=9600, bits_per_char=10).running() as pbx:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(link.run, _Service())
+                await _wait_for(lambda: link.is_open, "the link", 10)
+                nursery.start_soon(m._lamp_loop)  # the messaging core's lamp task
+                # the fresh subscribers' lamps: set off and confirmed (untimed)
+                db.write(2, [_subscriber(e, i) for i, e in enumerate(fresh_ext)])
+                await m.resync("takeover")
+                await _wait_for(lambda: len(pbx.commands) >= fresh, "the first resync", 60)
+                # the resync's subscribers: lamps unknown, 1% with a message
+                ops = [_subscriber(e, i) for i, e in enumerate(bulk_ext)]
+                for k in range(0, len(ops), 1000):
+                    db.write(2, ops[k:k + 1000])
+                for i in range(0, lamps, 100):
+                    await store.deliver(_message(bulk_ext[i], "r", audio))
+                bulk_bytes = sum(len(link.profile.mwi.encode(i % 100 == 0, e))
+                                 for i, e in enumerate(bulk_ext))
+                bound = bulk_bytes * serial.bits_per_char / serial.baudrate
+                at = sorted(rnd.uniform(0.5, bound - 1.0) for _ in fresh_ext)
+                queued: dict[str, float] = {}
+
+                async def fresh_lamps(t0: float) -> None:
+                    for ext, when in zip(fresh_ext, at):
+                        await trio.sleep_until(t0 + when)
+                        await store.deliver(_message(ext, "f", audio))  # a message just left
+                        queued[ext] = trio.current_time()
+                        await m.lamp(f"m{ext}", ext)
+
+                t0 = trio.current_time()
+                nursery.start_soon(fresh_lamps, t0)
+                result = await m.resync("takeover")
+                await _wait_for(lambda: len(queued) == fresh, "the fresh lamps' calls", 60)
+
+                def all_in() -> bool:
+                    rx = _received(pbx)
+                    return (all((e, i % 100 == 0) in rx for i, e in enumerate(bulk_ext))
+                            and all((e, True) in rx for e in fresh_ext))
+
+                await _wait_for(all_in, "every command", 120)
+                nursery.cancel_scope.cancel()
+        rx = _received(pbx)
+        last_bulk = max(rx[(e, i % 100 == 0)] for i, e in enumerate(bulk_ext))
+        first_handed = min(t for (e, _, r), t in sink.handed.items() if r == "resync"
+                           and e in set(bulk_ext))
+        waits = [rx[(e, True)] - queued[e] for e in fresh_ext if (e, True) in rx]
+        driver_waits = [rx[(e, True)] - sink.handed[(e, True, "deliver")] for e in fresh_ext
+                        if (e, True) in rx and (e, True, "deliver") in sink.handed]
+        return {"seconds": last_bulk - t0, "queued_s": last_bulk - first_handed,
+                "line_bound_s": bound, "waits": waits, "driver_waits": driver_waits,
+                "lost": fresh - len(waits), "jobs": result["jobs"], "sent": result["sent"],
+                "bulk_bytes": bulk_bytes, "superseded": link.counters.get("mwi_superseded", 0),
+                "on": sum(1 for (n, on) in rx if on and n in set(bulk_ext)),
+                "off": sum(1 for (n, on) in rx if not on and n in set(bulk_ext))}
     finally:
-        far.close()
         pair.stop()
         db.close()
+
+
+async def deep_run(tmp: Path, lamps: int, fresh: int, seed: int) -> dict:
+    """The link alone: every resync job queued at once, fresh jobs at random times."""
+    rnd = random.Random(seed)
+    pair = SocatPair(tmp / "node", tmp / "pbx")
+    pair.start()
+    try:
+        serial = SerialSettings(str(tmp / "node"), baudrate=9600)
+        link = SmdiLink(serial=serial, profile=SmdiProfile(terminals=(1,)), node="a")
+        link.gate = lambda: 2
+        bulk = [MwiJob(f"{10000 + i}", f"m{10000 + i}", i % 100 == 0, 0, 0, 2, "resync")
+                for i in range(lamps)]
+        fresh_jobs = [MwiJob(f"{20000 + i}", f"m{20000 + i}", True, 1, 0, 2, "deliver")
+                      for i in range(fresh)]
+        bulk_bytes = sum(len(link.profile.mwi.encode(j.on, j.extension)) for j in bulk)
+        bound = bulk_bytes * serial.bits_per_char / serial.baudrate
+        at = sorted(rnd.uniform(0.5, bound - 1.0) for _ in fresh_jobs)
+        queued: dict[str, float] = {}
+        async with PbxSimulator(tmp / "pbx", baudrate=9600, bits_per_char=10).running() as pbx:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(link.run, _Service())
+                await _wait_for(lambda: link.is_open, "the link", 10)
+
+                async def send(job, *, task_status=trio.TASK_STATUS_IGNORED):
+                    task_status.started()
+                    await link.send_mwi(job)  # queued before its first checkpoint
+
+                t0 = trio.current_time()
+                for job in bulk:  # in order: the resync's order
+                    await nursery.start(send, job)
+                for job, when in zip(fresh_jobs, at):
+                    await trio.sleep_until(t0 + when)
+                    queued[job.extension] = trio.current_time()
+                    await nursery.start(send, job)
+                await pbx.wait_commands(lamps + fresh, timeout=bound * 2 + 60)
+                nursery.cancel_scope.cancel()
+        rx = _received(pbx)
+        last_bulk = max(rx[(j.extension, j.on)] for j in bulk)
+        waits = [rx[(j.extension, True)] - queued[j.extension] for j in fresh_jobs
+                 if (j.extension, True) in rx]
+        return {"seconds": last_bulk - t0, "waits": waits, "lost": fresh - len(waits),
+                "line_bound_s": bound}
+    finally:
+        pair.stop()
 
 
 async def main_async(args) -> dict:
     out: dict = {"benchmark": "smdi", "host": platform.node(), "cpus": os.cpu_count(),
                  "python": platform.python_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "loadavg_start": os.getloadavg()[0], "records": args.records, "lamps": args.lamps,
-                 "baud": 9600}
+                 "baud": 9600, **code_version()}
     data = record_stream(args.records)
     rates = sorted(parse_rate(data, args.records) for _ in range(args.runs))
     out["records_per_s"] = round(statistics.median(rates))
@@ -225,22 +391,78 @@ async def main_async(args) -> dict:
         for r in range(args.resync_runs):
             sub = tmp / f"resync{r}"
             sub.mkdir()
-            res = await resync_run(sub, args.lamps)
-            print(f"resync {r + 1}: {res}", flush=True)
+            res = await resync_run(sub, args.lamps, args.fresh, seed=100 + r)
+            print(f"resync {r + 1}: {_brief(res)}", flush=True)
             runs.append(res)
-    ratios = sorted(r["ratio"] for r in runs)
+        deep = []
+        for r in range(args.deep_runs):
+            sub = tmp / f"deep{r}"
+            sub.mkdir()
+            res = await deep_run(sub, args.lamps, args.fresh, seed=200 + r)
+            print(f"deep {r + 1}: {_brief(res)}", flush=True)
+            deep.append(res)
+    waits = [w for r in runs for w in r["waits"]]
+    dwaits = [w for r in runs for w in r["driver_waits"]]
     secs = sorted(r["seconds"] for r in runs)
+    qsecs = sorted(r["queued_s"] for r in runs)
+    bound = runs[0]["line_bound_s"]
     out.update({
+        "fresh_per_run": args.fresh, "fresh_lamps": len(waits),
+        "fresh_lamps_lost": sum(r["lost"] for r in runs),
+        "fresh_lamp_wait_p50_s": round(pct(waits, 50), 4),
+        "fresh_lamp_wait_p95_s": round(pct(waits, 95), 4),
+        "fresh_lamp_wait_p99_s": round(pct(waits, 99), 4),
+        "fresh_lamp_wait_max_s": round(max(waits), 4),
+        "fresh_lamp_driver_wait_p50_s": round(pct(dwaits, 50), 4),
+        "fresh_lamp_driver_wait_p99_s": round(pct(dwaits, 99), 4),
+        "fresh_lamp_driver_wait_max_s": round(max(dwaits), 4),
         "resync_5000_s": round(statistics.median(secs), 2),
         "resync_5000_s_runs": [round(s, 2) for s in secs],
-        "resync_theoretical_s": round(runs[0]["theoretical_s"], 2),
-        "resync_line_rate_ratio": round(statistics.median(ratios), 4),
-        "resync_line_rate_ratio_max": round(ratios[-1], 4),
+        "resync_5000_queued_s": round(statistics.median(qsecs), 2),
+        "resync_line_bound_s": round(bound, 2),
+        "resync_5000_queued_over_line_bound": round(statistics.median(qsecs) / bound, 4),
         "resync_jobs": runs[0]["jobs"], "resync_sent": runs[0]["sent"],
         "resync_on": runs[0]["on"], "resync_off": runs[0]["off"],
-        "loadavg_end": os.getloadavg()[0],
+        "resync_bytes": runs[0]["bulk_bytes"],
+        "mwi_superseded": sum(r["superseded"] for r in runs),
     })
+    if deep:
+        dw = [w for r in deep for w in r["waits"]]
+        out.update({
+            "deep_runs": len(deep), "deep_fresh_lamps": len(dw),
+            "deep_fresh_lamps_lost": sum(r["lost"] for r in deep),
+            "deep_fresh_lamp_wait_p50_s": round(pct(dw, 50), 4),
+            "deep_fresh_lamp_wait_p99_s": round(pct(dw, 99), 4),
+            "deep_fresh_lamp_wait_max_s": round(max(dw), 4),
+            "deep_resync_5000_s": round(statistics.median(r["seconds"] for r in deep), 2),
+        })
+    out["loadavg_end"] = os.getloadavg()[0]
     return out
+
+
+def _brief(res: dict) -> dict:
+    w = res["waits"]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.items()
+            if k not in ("waits", "driver_waits")} | {
+        "wait_p50": round(pct(w, 50), 3), "wait_max": round(max(w), 3) if w else None}
+
+
+def code_version() -> dict:
+    """The commit the code was run from, and the product files that differed from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
+                                  timeout=10).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = git("status", "--porcelain", "--", "telephony", "integrations", "failover",
+                "bench/smdi.py")
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "uncommitted": [ln[3:] for ln in dirty.splitlines()]}
 
 
 def main() -> int:
@@ -251,6 +473,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs of the parse and link figures")
     ap.add_argument("--resync-runs", type=int, default=3,
                     help="runs of the resync (each takes ~85 s at 9600 baud)")
+    ap.add_argument("--fresh", type=int, default=100, help="fresh lamps during each resync")
+    ap.add_argument("--deep-runs", type=int, default=1,
+                    help="runs with every resync job queued in the link at once")
     args = ap.parse_args()
     out = trio.run(main_async, args)
     if args.json:
