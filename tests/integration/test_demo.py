@@ -6,7 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,11 +123,28 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
 
 def test_demo_stops_cleanly_on_ctrl_c():
     proc = subprocess.Popen(DEMO, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        # Ctrl-C once the demo has shown what this test checks (its own counters): the
+        # takeover after the kill -9, a loopback call answered and a SIP call answered
+        for line in proc.stdout:
+            lines.append(line)
+            out = "".join(lines)
+            if ("TAKEOVER: b is active" in out and re.search(r"calls: answered [1-9]", out)
+                    and re.search(r"SIP call \S+ to [ab] .*: answered", out)):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(8)  # past the kill -9 at ~5 s
+        assert seen.wait(timeout=90), "".join(lines)  # a hang guard only
         assert proc.poll() is None, "the demo ended before Ctrl-C"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        out = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -35,6 +35,14 @@ async def admin(node, request: dict) -> dict | None:
     return await trio.to_thread.run_sync(lambda: node.admin(request, timeout=10))
 
 
+def messaging(node) -> dict:
+    """The node's messaging counters as ``vmha status`` shows them (``messages``,
+    ``lamp_jobs_sent``, ``resyncs``, ``notifications``...; pushed by the service when they
+    change).  The duplicate checks wait on these instead of sleeping: once the node reports
+    the work done, a second lamp job, delivery or e-mail would be counted there too."""
+    return ((node.status() or {}).get("counters") or {}).get("messaging") or {}
+
+
 class Monitor:
     """The simulated PBX's MWI side of one node's loopback trunk."""
 
@@ -102,7 +110,11 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
             rep = await trio.to_thread.run_sync(_vmha, "report", "messages", "-c", str(pair.b.config))
             assert rep.returncode == 1 and "secondary" in rep.stderr, rep
             await until(lambda: len(mon_a.jobs) >= 1, "lamp job on the active node's trunk")
-            await trio.sleep(0.5)
+            await until(lambda: messaging(pair.a).get("lamp_jobs_sent", 0) >= 1
+                        and messaging(pair.a).get("messages", 0) >= 1,
+                        "a counts the message and its lamp job")
+            counted = messaging(pair.a)
+            assert (counted["messages"], counted["lamp_jobs_sent"]) == (1, 1), counted
             assert [(j["extension"], j["on"], j["new"]) for j in mon_a.jobs] == [("1001", True, 1)]
             assert mon_b.jobs == []  # the inactive node never sends MWI
             # the ledger replicated: the secondary knows the lamp is on and confirmed
@@ -116,6 +128,10 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
                 with trio.move_on_after(20):
                     await call.wait_dropped()
             await until(lambda: any(not j["on"] for j in mon_a.jobs), "lamp off after listening")
+            await until(lambda: messaging(pair.a).get("lamp_jobs_sent", 0) >= 2, "a counts the lamp off")
+            # every job a sent, in order: a repeated lamp-on would be here (and counted)
+            assert [(j["extension"], j["on"]) for j in mon_a.jobs] == [("1001", True), ("1001", False)]
+            assert messaging(pair.a)["lamp_jobs_sent"] == 2, messaging(pair.a)
 
             def confirmed_off_on_b():
                 row = (pair.b.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1001"}) or {}).get("row")
@@ -167,7 +183,7 @@ async def test_store_down_spools_and_the_new_active_delivers_the_spool_exactly_o
         await until(lambda: not any(spool_b.glob("*.vmmsg")), "b's spool empty")
         await until(lambda: not any(spool_a.glob("*.vmmsg")), "the delivery replicated back to a",
                     timeout=60)
-        await trio.sleep(1.0)
+        # no spool file is left on either node, so nothing is left that could be delivered again
         assert _count(pair, "mb1002") == 1  # exactly once
 
 
@@ -203,7 +219,8 @@ async def test_kill9_of_the_active_service_mid_recording_leaves_no_partial_messa
             await until(lambda: _count(pair, "mb1003") == 1, "message left on the new active node")
             await until(lambda: any(j["extension"] == "1003" and j["on"] for j in mon_b.jobs),
                         "lamp on from b")
-            await trio.sleep(0.5)
+            await until(lambda: messaging(pair.b).get("messages", 0) >= 1, "b counts the message")
+            assert messaging(pair.b)["messages"] == 1, messaging(pair.b)  # b delivered one
             assert _count(pair, "mb1003") == 1
             nursery.cancel_scope.cancel()
 
@@ -232,7 +249,9 @@ async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
                 "notification ledger replicated")
             os.kill(pair.a.service_pid(), signal.SIGKILL)
             await until(lambda: pair.b.state() == "active", "secondary active")
-            await trio.sleep(1.0)
+            # b's takeover work is over once it counts its takeover resync
+            await until(lambda: messaging(pair.b).get("resyncs", 0) >= 1, "b's takeover resync")
+            assert messaging(pair.b)["notifications"] == 0, messaging(pair.b)
             assert len(smtp.messages()) == 1  # sent once, not again by the new active node
 
 
@@ -283,7 +302,9 @@ async def test_the_daily_resync_runs_at_the_configured_local_time_and_sends_only
             await until(lambda: any("(daily)" in line and "1 lamps differed, 1 sent" in line
                                     for line in log.read_text().splitlines()),
                         "the daily resync's log line")  # written after the job went out
-            await trio.sleep(0.5)
+            # the log line says the daily resync sent 1; a's counters agree, and so does the PBX
+            await until(lambda: messaging(pair.a).get("lamp_jobs_sent", 0) >= 1, "a counts the job")
+            assert messaging(pair.a)["lamp_jobs_sent"] == 1, messaging(pair.a)
             assert len(mon_a.jobs) == 1  # once
             nursery.cancel_scope.cancel()
 
@@ -345,7 +366,9 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
                 await until(lambda: not any(spool_b.glob("*.vmmsg")), "b delivered the spool", timeout=60)
                 await in_imap("mb1008", (1, 0))
                 await until(lambda: mon_b.jobs, "b lights the lamp of the spooled message")
-                await trio.sleep(0.5)
+                # b's spool is empty (waited above): nothing is left that could be delivered again
+                await until(lambda: messaging(pair.b).get("lamp_jobs_sent", 0) >= 1, "b counts the lamp")
+                assert messaging(pair.b)["lamp_jobs_sent"] == 1, messaging(pair.b)
                 await in_imap("mb1008", (1, 0))  # exactly once
                 assert [(j["extension"], j["on"], j["new"]) for j in mon_b.jobs] == [("1008", True, 1)]
                 # the first subscriber calls b and hears the message (played from IMAP)
