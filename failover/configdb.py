@@ -561,13 +561,26 @@ class ConfigDB:
     """One node's configuration database.  Not thread-safe: one caller at a time."""
 
     def __init__(self, path: Path, *, role: Role, log_keep: int = 1000,
-                 log_max: int = 100_000) -> None:
+                 log_max: int = 100_000,
+                 mwi_methods: dict[str, str] | None = None) -> None:
+        """``mwi_methods``: the subscriber MWI methods this pair serves, ``{method: the
+        driver that sends its lamps}`` (``integrations.base.mwi_drivers``); a write that gives
+        a subscriber a method not in it (other than ``none``) is refused.  None: no such check
+        (tools and tests that hold no node configuration).  The peer's changes are not
+        checked: its node manager did."""
         if not isinstance(role, Role):
             raise ConfigDBError(f"role must be a Role, not {role!r}")
         if not _is_int(log_keep) or log_keep < 0:
             raise ConfigDBError(f"log_keep must be an integer >= 0, not {log_keep!r}")
         if not _is_int(log_max) or log_max < 1:
             raise ConfigDBError(f"log_max must be an integer >= 1, not {log_max!r}")
+        if mwi_methods is not None and not (
+                isinstance(mwi_methods, dict)
+                and all(m in MWI_METHODS and m != "none" and isinstance(d, str)
+                        for m, d in mwi_methods.items())):
+            raise ConfigDBError(f"mwi_methods must map methods of {', '.join(MWI_METHODS[:-1])} "
+                                f"to driver names, not {mwi_methods!r}")
+        self.mwi_methods = None if mwi_methods is None else dict(mwi_methods)
         self.path = Path(path)
         self.role = role
         self.log_keep = log_keep
@@ -806,11 +819,23 @@ class ConfigDB:
                         f"{where}{t.name}: unknown column {name!r} "
                         f"(columns: {', '.join(t.names)})", table=t.name, column=name)
                 stored[name] = self._check_value(t, col, value, where)
+            if t.name == "subscribers" and "mwi_method" in stored:
+                self._check_served(stored["mwi_method"], where)
             if t.pk not in stored:
                 raise ConfigDBError(f"{where}{t.name}: the row needs its key column {t.pk!r}",
                                     table=t.name, column=t.pk)
             plan.append(("put", t, stored, where))
         return plan
+
+    def _check_served(self, method: str, where: str) -> None:
+        served = self.mwi_methods
+        if served is None or method == "none" or method in served:
+            return
+        enabled = ", ".join([f"{m} ({d})" for m, d in sorted(served.items())] + ["none"])
+        raise ConfigDBError(
+            f"{where}subscribers.mwi_method: value {method!r} is not served on this pair: no "
+            f"enabled driver sends {method} lamps (methods served here: {enabled}); nothing "
+            "written", table="subscribers", column="mwi_method", value=method)
 
     def _exec_put(self, db: apsw.Connection, t: Table, row: dict, where: str) -> None:
         key = row[t.pk]

@@ -42,6 +42,7 @@ from functools import partial
 
 import trio
 
+from integrations.base import node_mwi_drivers
 from telephony.tasks import Backoff, describe, keep_running
 
 from . import _events as ev
@@ -302,7 +303,10 @@ class Replication:
 
         def open_db() -> ConfigDB:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return ConfigDB(path, role=self.role, log_keep=r.log_keep, log_max=r.log_max)
+            # subscribers get only the MWI methods a driver of this node serves (both nodes
+            # of a pair enable the same drivers: docs/messaging-service.md)
+            return ConfigDB(path, role=self.role, log_keep=r.log_keep, log_max=r.log_max,
+                            mwi_methods=node_mwi_drivers(self.cfg))
 
         self.db = await trio.to_thread.run_sync(open_db, limiter=self.limiter)
         try:

@@ -70,3 +70,36 @@ class IntegrationProfile:
             raise ValueError(f"{field_name} {number!r:.50} is longer than {self.max_number} "
                              f"characters after the {self.name} number rules")
         return number
+
+
+#: a subscriber's ``mwi_method`` (configuration database) that never needs a driver
+NO_LAMP = "none"
+
+
+def mwi_drivers(*, sip: bool, smdi: bool, loopback: bool) -> dict[str, str]:
+    """Which driver sends the lamps of each subscriber ``mwi_method`` on a node whose port
+    drivers are enabled as given: ``{method: driver kind}``.
+
+    * ``sip`` → the SIP ports (unsolicited NOTIFY) when ``ports.sip`` is enabled; on a node
+      with only the loopback trunk (no SIP, no SMDI: the lab and the demo) → the loopback
+      trunk's monitor, the simulated PBX's MWI side, which shows the same counts;
+    * ``smdi`` → the SMDI link when ``ports.smdi`` is enabled;
+    * ``sccp`` and ``dtmf`` have no driver in vmha: never served;
+    * ``none`` is never in the answer: it means no lamp and needs no driver.
+
+    The node manager refuses a subscriber whose method is not served (failover.configdb), the
+    messaging service sends each lamp through the driver named here."""
+    out: dict[str, str] = {}
+    if sip:
+        out["sip"] = "sip"
+    elif loopback and not smdi:
+        out["sip"] = "loopback"
+    if smdi:
+        out["smdi"] = "smdi"
+    return out
+
+
+def node_mwi_drivers(cfg) -> dict[str, str]:
+    """:func:`mwi_drivers` for a node's configuration (``failover.config.NodeConfig``)."""
+    p = cfg.ports
+    return mwi_drivers(sip=p.sip.enabled, smdi=p.smdi.enabled, loopback=p.loopback.enabled)

@@ -158,6 +158,9 @@ _MONITOR: Any = object()  # _read_offer's answer for a {"op": "monitor"} connect
 class LoopbackTrunk:
     """Port driver of the loopback trunk (implements :class:`telephony.ports.PortDriver`)."""
 
+    #: its monitor shows the lamp's new/old counts (a count change is a lamp job too)
+    mwi_counts = True
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, count: int | None = None,
                  profile: IntegrationProfile = LOOPBACK, max_line: int = MAX_LINE,
                  cleanup_timeout: float = 1.0,

@@ -11,8 +11,10 @@ both; every MWI job carries the term and is checked against the current one befo
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +26,7 @@ from .callflow import CallFlow, CallPort
 from .events import CallArrival
 from .ledgers import DbMwiLedger, DbNotificationLedger
 from .message import VoiceMessage
-from .mwi import MwiJob, MwiPlanner, next_daily_resync
+from .mwi import LampCoalescer, MwiJob, MwiPlanner, next_daily_resync
 from .notify import NotificationFailed, SmtpNotifier
 from .spool import Spool, SpoolWorker
 from .store import MessageStore, StoreUnavailable
@@ -33,9 +35,17 @@ log = logging.getLogger("telephony.messaging")
 
 
 class MwiSink(Protocol):
-    """Where lamp jobs go (the integration's MWI method).  Raises on failure."""
+    """Where lamp jobs go (the driver of a subscriber's MWI method).  ``send_mwi`` returns
+    once the job was transmitted (and, where the protocol has one, acknowledged: a SIP 2xx);
+    it raises on failure.  Optional attributes: ``mwi_counts`` (True: the lamp shows the
+    new/old counts, so a count change is sent too; default False: on/off only) and
+    ``mwi_parallel`` (how many jobs it takes at once; default 1)."""
 
     async def send_mwi(self, job: MwiJob) -> None: ...
+
+
+#: every subscriber method that can have a sink (``none`` never has one)
+LAMP_METHODS = ("sip", "smdi", "sccp", "dtmf")
 
 
 class _LogEvents:
@@ -100,14 +110,26 @@ LAMP_TASKS = 16  # lamps sent at once (a slow MWI target holds only its own lamp
 
 class Messaging:
     def __init__(self, *, node: str, db: ConfigDB, store: MessageStore, spool_dir: Path,
-                 streams: Path, sink: MwiSink | None, notifier_factory: Callable[..., SmtpNotifier] | None = None,
+                 streams: Path, sink: MwiSink | None = None,
+                 sinks: Mapping[str, MwiSink] | None = None, mwi_coalesce: float = 1.0,
+                 notifier_factory: Callable[..., SmtpNotifier] | None = None,
                  default_mailbox: str | None = None, max_message_s: float = 120.0,
                  silence_s: float = 3.0, min_message_s: float = 0.5,
                  resync_at_s: float = 3 * 3600.0, operator: str | None = None) -> None:
         self.node = node
         self.db = db
         self.store = store
-        self.sink = sink
+        #: subscriber mwi_method -> the driver that sends its lamps.  ``sink=`` alone (tests,
+        #: benchmarks) serves every method but ``none``; a method without a sink gets no lamp
+        #: sent: its jobs stay unconfirmed in the ledger and are reported
+        self.sinks: dict[str, MwiSink] = (dict(sinks) if sinks is not None else
+                                          {m: sink for m in LAMP_METHODS} if sink is not None
+                                          else {})
+        self.coalescer = LampCoalescer(mwi_coalesce)
+        #: ``report(level, event, message)``: the node's event log (set by the service)
+        self.report: Callable[[str, str, str], Awaitable[None]] | None = None
+        #: mailbox -> its method, for lamps that wait for a sink (none is enabled for it)
+        self.no_sink: dict[str, str] = {}
         self.events = _LogEvents()
         self.limiter = trio.CapacityLimiter(1)  # database and planner: one caller at a time
         self.directory = ConfigDirectory(db, streams, default_mailbox)
@@ -130,8 +152,9 @@ class Messaging:
         self._lamps: dict[str, str] = {}  # mailbox -> extension: lamps to bring up to date
         self._lamp_wake = trio.Event()
         self.counters: dict[str, int] = {"messages": 0, "lamp_jobs_sent": 0, "lamp_jobs_failed": 0,
-                                         "lamp_jobs_refused": 0, "resyncs": 0, "notifications": 0,
-                                         "notification_errors": 0}
+                                         "lamp_jobs_refused": 0, "lamp_jobs_no_sink": 0,
+                                         "lamps_waiting_for_a_sink": 0, "resyncs": 0,
+                                         "notifications": 0, "notification_errors": 0}
         self.last_resync: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ database thread
@@ -174,7 +197,14 @@ class Messaging:
         self.worker.set_enabled(False)
 
     def stats(self) -> dict:
-        return {**self.counters, "spool": self.worker.stats(), "last_resync": self.last_resync}
+        return {**self.counters, "spool": self.worker.stats(), "last_resync": self.last_resync,
+                "no_sink": dict(sorted(self.no_sink.items()))}
+
+    def sink_for(self, method: str | None) -> MwiSink | None:
+        return None if method is None else self.sinks.get(method)
+
+    def _shows_counts(self, method: str | None) -> bool:
+        return bool(getattr(self.sink_for(method), "mwi_counts", False))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -215,7 +245,10 @@ class Messaging:
         """The counts of ``mailbox`` may have changed: its lamp is brought up to date in the
         background (returns at once: a call never waits for a lamp, whose sink may retry for
         a long time).  At most ``LAMP_TASKS`` lamps are sent at once, one per mailbox; a
-        mailbox that changes again while its lamp is being sent is looked at once more."""
+        mailbox that changes again while its lamp is being sent is looked at once more.  A
+        mailbox whose last job went out less than ``mwi_coalesce`` seconds ago waits for the
+        window's end (:class:`telephony.mwi.LampCoalescer`): its changes meanwhile become one
+        job with the counts of that moment."""
         if self.term is None:
             return
         self._lamps[mailbox] = extension
@@ -238,27 +271,39 @@ class Messaging:
 
         async with trio.open_nursery() as nursery:
             while True:
-                await self._lamp_wake.wait()
                 self._lamp_wake = trio.Event()
+                now = trio.current_time()
+                later = math.inf
                 for mailbox in [m for m in self._lamps if m not in busy]:
+                    due = self.coalescer.due(mailbox, now)
+                    if due > now:
+                        later = min(later, due)
+                        continue
                     await limit.acquire_on_behalf_of(mailbox)
                     extension = self._lamps.pop(mailbox)
                     busy.add(mailbox)
                     nursery.start_soon(one, mailbox, extension)
+                with trio.move_on_at(later):
+                    await self._lamp_wake.wait()
 
     async def _lamp_now(self, mailbox: str, extension: str) -> None:
         if self.term is None:
             return
         sub = await self._db(self.directory.by_mailbox, mailbox)
-        if sub is not None and sub.get("mwi_method") == "none":
+        if sub is None:
+            log.info("lamp of %s: no subscriber has this mailbox (deleted?): no lamp", mailbox)
+            return
+        method = sub.get("mwi_method")
+        if method == "none":
             return
         try:
             new, old = await self.store.counts(mailbox)
         except StoreUnavailable as e:
             log.info("lamp of %s not updated now (store unavailable: %s); the resync will", mailbox, e)
             return
-        jobs = await self._db(self.planner.on_counts, mailbox, extension, new, old, "deliver")
-        await self._send(jobs)
+        jobs = await self._db(partial(self.planner.on_counts, mailbox, sub["extension"], new,
+                                      old, "deliver", counts=self._shows_counts(method)))
+        await self._send(jobs, {mailbox: method})
 
     async def lamp_failed(self, job: MwiJob, why: str) -> None:
         """The switch refused a lamp command after it was sent (an SMDI ``MWI… INV``/``BLK``
@@ -270,41 +315,111 @@ class Messaging:
 
     async def resync(self, why: str = "takeover") -> dict:
         """The guide's MWI resync: compare every subscriber's lamp with the store and send
-        only the differences.  ``why``: "takeover" or "daily" (for the log and status)."""
+        only the differences.  ``why``: "takeover" or "daily" (for the log and status).
+        Returns (and keeps as ``last_resync``) what it did: ``sent`` counts the lamp jobs its
+        sinks transmitted and acknowledged, ``no_sink`` those left unconfirmed because no
+        enabled driver serves their subscriber's method."""
         t0 = time.perf_counter()
         counts = await self.store.all_counts()
+        t1 = time.perf_counter()
         subs = await self._db(self.db.list, "subscribers")
-        want = {s["mailbox"]: (s["extension"], *counts.get(s["mailbox"], (0, 0))) for s in subs
-                if s["mwi_method"] != "none"}
-        jobs = await self._db(self.planner.resync, want)
-        sent = await self._send(jobs)
+        live = [s for s in subs if s["mwi_method"] != "none"]
+        want = {s["mailbox"]: (s["extension"], *counts.get(s["mailbox"], (0, 0))) for s in live}
+        methods = {s["mailbox"]: s["mwi_method"] for s in live}
+        with_counts = {m for m, method in methods.items() if self._shows_counts(method)}
+        jobs = await self._db(partial(self.planner.resync, want, with_counts=with_counts))
+        t2 = time.perf_counter()
+        before = dict(self.counters)
+        sent = await self._send(jobs, methods)
+        t3 = time.perf_counter()
         self.counters["resyncs"] += 1
-        self.last_resync = {"subscribers": len(want), "jobs": len(jobs), "sent": sent,
-                            "seconds": round(time.perf_counter() - t0, 4), "term": self.term,
-                            "why": why}
-        log.info("MWI resync in term %s (%s): %d subscribers, %d lamps differed, %d sent",
-                 self.term, why, len(want), len(jobs), sent)
+        self.last_resync = {
+            "subscribers": len(want), "jobs": len(jobs), "sent": sent,
+            "failed": self.counters["lamp_jobs_failed"] - before["lamp_jobs_failed"],
+            "refused": self.counters["lamp_jobs_refused"] - before["lamp_jobs_refused"],
+            "no_sink": self.counters["lamp_jobs_no_sink"] - before["lamp_jobs_no_sink"],
+            "seconds": round(t3 - t0, 4), "count_seconds": round(t1 - t0, 4),
+            "plan_seconds": round(t2 - t1, 4), "send_seconds": round(t3 - t2, 4),
+            "term": self.term, "why": why}
+        log.info("MWI resync in term %s (%s): %d subscribers, %d lamps differed, %d sent, "
+                 "%d failed, %d without a sink", self.term, why, len(want), len(jobs), sent,
+                 self.last_resync["failed"], self.last_resync["no_sink"])
         return self.last_resync
 
-    async def _send(self, jobs: list[MwiJob]) -> int:
-        sent = 0
+    async def _send(self, jobs: list[MwiJob], methods: Mapping[str, str]) -> int:
+        """Send ``jobs`` (``methods``: mailbox -> its subscriber's mwi_method) each through
+        the sink of its method; returns how many were transmitted and acknowledged (and
+        confirmed in the ledger).  A job whose method has no sink is not sent: the ledger
+        keeps it unconfirmed (the next resync tries again), it is counted in
+        ``lamp_jobs_no_sink`` and reported to the event log (``mwi_no_sink``, one event per
+        method and batch)."""
+        by_sink: dict[int, tuple[MwiSink, list[MwiJob]]] = {}
+        orphans: dict[str, list[MwiJob]] = {}
         for job in jobs:
-            why = self.planner.check_job(job) if self.term == job.term else "not active in the job's term"
+            method = methods.get(job.mailbox)
+            sink = self.sink_for(method)
+            if sink is None:
+                orphans.setdefault(str(method), []).append(job)
+            else:
+                by_sink.setdefault(id(sink), (sink, []))[1].append(job)
+        for method, lost in orphans.items():
+            await self._no_sink(method, lost)
+        sent = 0
+
+        async def run(sink: MwiSink, queue: list[MwiJob]) -> None:
+            nonlocal sent
+            while queue:
+                if await self._send_one(sink, queue.pop(0)):
+                    sent += 1
+
+        async with trio.open_nursery() as nursery:
+            for sink, queue in by_sink.values():
+                queue = list(queue)
+                for _ in range(max(1, min(int(getattr(sink, "mwi_parallel", 1)), len(queue)))):
+                    nursery.start_soon(run, sink, queue)
+        return sent
+
+    async def _send_one(self, sink: MwiSink, job: MwiJob) -> bool:
+        why = self.planner.check_job(job) if self.term == job.term else "not active in the job's term"
+        if why is not None:
+            self.counters["lamp_jobs_refused"] += 1
+            log.info("lamp job for %s refused: %s", job.extension, why)
+            return False
+        if self.no_sink.pop(job.mailbox, None) is not None:
+            self.counters["lamps_waiting_for_a_sink"] = len(self.no_sink)
+        self.coalescer.sent(job.mailbox, trio.current_time())
+        try:
+            await sink.send_mwi(job)
+        except Exception as e:  # the sink's failure: the ledger keeps it unconfirmed
+            self.counters["lamp_jobs_failed"] += 1
+            await self._db(self.planner.failed, job, str(e))
+            return False
+        await self._db(self.planner.confirm, job)
+        self.counters["lamp_jobs_sent"] += 1
+        return True
+
+    async def _no_sink(self, method: str, jobs: list[MwiJob]) -> None:
+        for job in jobs:
+            why = (self.planner.check_job(job) if self.term == job.term
+                   else "not active in the job's term")
             if why is not None:
                 self.counters["lamp_jobs_refused"] += 1
-                log.info("lamp job for %s refused: %s", job.extension, why)
                 continue
+            await self._db(self.planner.failed, job, f"no enabled driver serves mwi_method {method}")
+            self.counters["lamp_jobs_no_sink"] += 1
+            self.no_sink[job.mailbox] = method
+        self.counters["lamps_waiting_for_a_sink"] = len(self.no_sink)
+        boxes = sorted({j.mailbox for j in jobs})
+        served = ", ".join(sorted(self.sinks)) or "none"
+        message = (f"{len(jobs)} lamp job(s) not sent and left unconfirmed: no enabled driver "
+                   f"serves mwi_method {method} (served here: {served}); mailboxes "
+                   f"{', '.join(boxes[:10])}{' ...' if len(boxes) > 10 else ''}")
+        log.warning("mwi_no_sink: %s", message)
+        if self.report is not None:
             try:
-                if self.sink is not None:
-                    await self.sink.send_mwi(job)
-            except Exception as e:  # the sink's failure: the ledger keeps it unconfirmed
-                self.counters["lamp_jobs_failed"] += 1
-                await self._db(self.planner.failed, job, str(e))
-                continue
-            await self._db(self.planner.confirm, job)
-            self.counters["lamp_jobs_sent"] += 1
-            sent += 1
-        return sent
+                await self.report("warning", "mwi_no_sink", message)
+            except Exception:  # noqa: BLE001 - the event log must never stop the lamps
+                log.exception("cannot report mwi_no_sink")
 
     async def _resync_loop(self) -> None:
         retry: str | None = None  # the reason of a resync that failed and is retried
@@ -358,6 +473,16 @@ def build_store(cfg) -> MessageStore:
     st = cfg.store
     if st.kind == "imap":
         passwords = _read_passwords(st.imap_passwords)
+        # a line "*:user:password" names the status account that counts every mailbox on one
+        # connection (docs/messaging-service.md); without it, one login per mailbox
+        status = passwords.pop("*", None)
+        account = None
+        if status is not None:
+            user, sep, password = status.partition(":")
+            if not sep or not user or not password:
+                raise ValueError(f"{st.imap_passwords}: the status account line must be "
+                                 "*:user:password")
+            account = (user, password)
 
         def credentials(mailbox: str) -> tuple[str, str]:
             if mailbox not in passwords:
@@ -365,12 +490,16 @@ def build_store(cfg) -> MessageStore:
             return mailbox, passwords[mailbox]
 
         return ImapStore(st.imap.host, st.imap.port, credentials=credentials,
-                         timeout=st.timeout, mailboxes=lambda: sorted(passwords))
+                         timeout=st.timeout, mailboxes=lambda: sorted(passwords),
+                         status_account=account)
     return MaildirStore(st.maildir)
 
 
-def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
-    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``)."""
+def build_messaging(cfg, db: ConfigDB, sinks: Mapping[str, MwiSink],
+                    mwi_coalesce: float = 1.0) -> Messaging:
+    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``).
+    ``sinks``: subscriber mwi_method -> the driver that sends its lamps
+    (``integrations.base.node_mwi_drivers`` names them)."""
     store = build_store(cfg)
     st = cfg.store
     factory = None
@@ -383,7 +512,8 @@ def build_messaging(cfg, db: ConfigDB, sink: MwiSink | None) -> Messaging:
     at = m.mwi_resync_at
     return Messaging(node=cfg.node.name, db=db, store=store,
                      spool_dir=cfg.replication.files_root / "spool",
-                     streams=cfg.replication.files_root / "streams", sink=sink,
+                     streams=cfg.replication.files_root / "streams", sinks=sinks,
+                     mwi_coalesce=mwi_coalesce,
                      notifier_factory=factory, default_mailbox=m.default_mailbox,
                      max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
                      resync_at_s=at.hour * 3600 + at.minute * 60 + at.second,

@@ -16,11 +16,16 @@ sends only those plus the lamps whose wanted state differs from the message coun
 
 Rules:
 
-* wanted lamp = ``new > 0``; a count change that leaves the lamp as it is makes no job and no
-  ledger write (the counts stored in the ledger are those of the last job, informational);
+* wanted lamp = ``new > 0``.  For a lamp that shows counts (``counts=True``: a SIP
+  message-summary ``Voice-Message: new/old``) a change of ``new`` or ``old`` also makes a job;
+  for an on/off-only lamp (SMDI) a count change that leaves the lamp as it is makes no job and
+  no ledger write.  The counts in the ledger are those of the last job planned;
 * a job is made when the wanted lamp differs from the ledger's, when the ledger entry is not
   confirmed, when there is no entry (the lamp's state is unknown), or when the subscriber's
   extension changed (then the old extension's lamp is also switched off if it was on);
+* :class:`LampCoalescer` spaces the jobs of one mailbox: at most one per ``window`` seconds
+  (the first change goes out at once, later ones wait for the window's end and go out as one
+  job carrying the counts of that moment);
 * every job is for the planner's current term; a job of another term, or of a term older than
   the newest that wrote the ledger, or after :meth:`MwiPlanner.stand_down`, is refused;
 * bad input raises :class:`MwiError` (a ``ValueError``) naming the value; nothing is written.
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, runtime_checkable
+from typing import Container, Iterable, Mapping, Protocol, runtime_checkable
 
 REASONS = ("deliver", "heard", "resync", "retry")
 DAY = 86400
@@ -202,9 +207,10 @@ class MwiPlanner:
     # ----------------------------------------------------------------- planning
 
     def on_counts(self, mailbox: str, extension: str, new: int, old: int,
-                  reason: str) -> list[MwiJob]:
+                  reason: str, *, counts: bool = False) -> list[MwiJob]:
         """The counts of ``mailbox`` changed (a message was delivered, heard, deleted):
-        the jobs to run, usually none or one."""
+        the jobs to run, usually none or one.  ``counts``: the lamp shows the counts (a
+        change of them is a job too)."""
         term = self._current()
         _check_mailbox(mailbox)
         _check_extension(mailbox, extension)
@@ -214,16 +220,19 @@ class MwiPlanner:
             raise MwiError(f"reason {reason!r} is not one of {', '.join(REASONS)}")
         states, jobs = [], []
         self._plan(mailbox, extension, new, old, reason, term, self.ledger.get(mailbox),
-                   states, jobs)
+                   states, jobs, bool(counts))
         if states:
             self.ledger.put(states, term)
         return jobs
 
-    def resync(self, counts: Mapping[str, tuple[str, int, int]]) -> list[MwiJob]:
+    def resync(self, counts: Mapping[str, tuple[str, int, int]], *,
+               with_counts: Container[str] = ()) -> list[MwiJob]:
         """After every takeover and daily: ``counts`` maps every subscriber's mailbox to
         ``(extension, new, old)`` from the message store (a subscriber with no messages:
         ``(extension, 0, 0)``).  Jobs only for the lamps that differ from the ledger, are not
-        confirmed or not known, all written to the ledger in one transaction.
+        confirmed or not known, all written to the ledger in one transaction.  The lamps of
+        the mailboxes in ``with_counts`` show counts: for them a count that differs from the
+        ledger's is a difference too.
 
         Ledger rows of mailboxes not in ``counts`` (deleted subscribers) are left alone."""
         term = self._current()
@@ -256,18 +265,20 @@ class MwiPlanner:
         jobs: list[MwiJob] = []
         plan = self._plan
         for mailbox, extension, new, old in checked:
-            plan(mailbox, extension, new, old, "resync", term, known.get(mailbox), states, jobs)
+            plan(mailbox, extension, new, old, "resync", term, known.get(mailbox), states, jobs,
+                 mailbox in with_counts)
         if states:
             self.ledger.put(states, term)
         return jobs
 
     @staticmethod
     def _plan(mailbox: str, extension: str, new: int, old: int, reason: str, term: int,
-              last: LampState | None, states: list, jobs: list) -> None:
+              last: LampState | None, states: list, jobs: list, counts: bool = False) -> None:
         want = new > 0
         if (last is not None and last.confirmed and bool(last.on) == want
-                and last.extension == extension):
-            return  # the lamp is already as wanted
+                and last.extension == extension
+                and (not counts or (last.new, last.old) == (new, old))):
+            return  # the lamp is already as wanted (and shows these counts)
         if last is not None and last.extension != extension and last.on:
             # the subscriber moved to another extension: the old phone's lamp goes off
             jobs.append(MwiJob(last.extension, mailbox, False, 0, 0, term, reason))
@@ -306,13 +317,16 @@ class MwiPlanner:
 
     def confirm(self, job: MwiJob) -> bool:
         """The driver sent ``job``.  Marks the ledger confirmed; False (nothing written) when
-        the job is refused by :meth:`check_job` or was for a former extension."""
+        the job is refused by :meth:`check_job`, was for a former extension, or newer counts
+        were planned since (the job that carries them confirms them)."""
         if self.check_job(job) is not None:
             return False
         last = self.ledger.get(job.mailbox)
         self.last_error.pop(job.mailbox, None)
         if last is None or last.extension != job.extension or last.confirmed:
             return False
+        if (last.new, last.old) != (job.new, job.old):
+            return False  # newer counts were planned since: their own job confirms them
         self.ledger.put([LampState(last.mailbox, last.extension, last.on, last.new, last.old,
                                    True)], job.term)
         return True
@@ -330,6 +344,41 @@ class MwiPlanner:
             self.ledger.put([LampState(last.mailbox, last.extension, last.on, last.new,
                                        last.old, False)], job.term)
         return MwiJob(job.extension, job.mailbox, job.on, job.new, job.old, job.term, "retry")
+
+
+# --------------------------------------------------------------------------- coalescing
+
+class LampCoalescer:
+    """At most one lamp job per mailbox per ``window`` seconds (``mwi_coalesce``).
+
+    The first change of a mailbox goes out at once; a change within ``window`` seconds of the
+    last job sent for it waits until the window ends, and every change until then goes out as
+    that one job (its counts are read when it is planned: the latest).  ``now`` is any
+    monotonic clock the caller passes in (trio's in the service).  ``window = 0``: no
+    coalescing."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        if (isinstance(window, bool) or not isinstance(window, (int, float))
+                or not 0 <= window <= 3600 or window != window):
+            raise MwiError(f"mwi_coalesce must be a number of seconds from 0 to 3600, "
+                           f"not {window!r}")
+        self.window = float(window)
+        self._last: dict[str, float] = {}  # mailbox -> when its last job was sent
+
+    def due(self, mailbox: str, now: float) -> float:
+        """When a job for ``mailbox`` may be sent: ``now`` or later."""
+        last = self._last.get(mailbox)
+        if last is None:
+            return now
+        return max(now, last + self.window)
+
+    def sent(self, mailbox: str, now: float) -> None:
+        """A job for ``mailbox`` was handed to its driver at ``now``.  Entries older than
+        the window are dropped here (memory stays bounded by the mailboxes of one window)."""
+        if len(self._last) > 1024:
+            cut = now - self.window
+            self._last = {m: t for m, t in self._last.items() if t > cut}
+        self._last[mailbox] = now
 
 
 # --------------------------------------------------------------------------- daily resync

@@ -707,9 +707,14 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             db = await trio.to_thread.run_sync(
                 lambda: ConfigDB(cfg.database.path, role=cfg.node.role,
                                  log_keep=cfg.replication.log_keep, log_max=cfg.replication.log_max))
-            # lamps go out as SIP NOTIFY or on the SMDI link when there is one (one lamp
-            # integration per node), else to the loopback trunk's monitor
-            messaging = build_messaging(cfg, db, sink=sip or link or trunk)
+            # each subscriber's lamps go to the driver its mwi_method names (the same table
+            # the node manager checks subscribers against): SIP NOTIFY, the SMDI link, or on
+            # a loopback-only node the trunk's monitor
+            from integrations.base import node_mwi_drivers
+            by_kind = {"sip": sip, "smdi": link, "loopback": trunk}
+            sinks = {method: by_kind[kind] for method, kind in node_mwi_drivers(cfg).items()
+                     if by_kind.get(kind) is not None}
+            messaging = build_messaging(cfg, db, sinks=sinks)
         except (ConfigDBError, OSError, ValueError) as exc:
             log.error("voice messaging cannot start: %s", exc)
             return EXIT_FAILED
@@ -723,6 +728,8 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                                offer_hold=opts.offer_hold, hello_extra=extra,
                                messaging=messaging)
     box["service"] = service
+    if messaging is not None:
+        messaging.report = service.report  # lamps without a sink go to the event log
     if trunk is not None:
         trunk.gate = service.answering_term  # lamp jobs only while active, in that term
     if sip is not None:

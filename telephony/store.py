@@ -592,6 +592,14 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+#: STATUS commands :meth:`ImapStore.all_counts` keeps unanswered on its one connection
+STATUS_WINDOW = 256
+#: a STATUS refused because the status account does not see the INBOX: never created (Dovecot
+#: creates it at the owner's first login or delivery), or no rights (the same answer)
+_NONEXISTENT = re.compile(rb"\[NONEXISTENT\]|doesn't exist", re.I)
+_STATUS_LINE = re.compile(rb'\* STATUS (?:"((?:[^"\\]|\\.)*)"|([^\s"(]+)) \(([^)]*)\)\s*\Z')
+
+
 def _check_uid_imap(uid: object) -> str:
     if not isinstance(uid, str) or not re.fullmatch(r"[1-9][0-9]{0,9}", uid) or int(uid) >= 2**32:
         raise StoreError(f"bad IMAP uid {uid!r}: a number 1..4294967295")
@@ -632,12 +640,20 @@ class ImapStore:
     ``credentials(mailbox) -> (user, password)``; a LookupError from it means "no account"
     (StoreError).  ``mailboxes() -> [mailbox, ...]`` lists the mailboxes :meth:`all_counts`
     reports on.  Every network error, timeout, refused login or NO/BAD answer raises
-    StoreUnavailable; ``timeout`` bounds each network operation."""
+    StoreUnavailable; ``timeout`` bounds each network operation.
+
+    ``status_account = (user, password)``: an account that may read every mailbox's INBOX,
+    which it sees as ``status_name.format(mailbox=...)`` (Dovecot: a shared namespace
+    ``shared/%%u/`` and an ACL giving that user ``lr``).  With it :meth:`all_counts` logs in
+    once and sends the ``STATUS`` commands of every mailbox pipelined on that one connection
+    (:data:`STATUS_WINDOW` outstanding); without it, one login per mailbox."""
 
     def __init__(self, host: str, port: int, *, credentials: Callable[[str], tuple[str, str]],
                  timeout: float = 5.0, ssl: bool = False,
                  mailboxes: Callable[[], builtins.list[str]] | None = None,
-                 ssl_context: _ssl.SSLContext | None = None, max_connections: int = 8) -> None:
+                 ssl_context: _ssl.SSLContext | None = None, max_connections: int = 8,
+                 status_account: tuple[str, str] | None = None,
+                 status_name: str = "shared/{mailbox}/INBOX") -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"bad IMAP port {port!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
@@ -649,6 +665,18 @@ class ImapStore:
         self._ssl_context = ssl_context
         self._credentials = credentials
         self._mailboxes = mailboxes
+        if status_account is not None and not (
+                isinstance(status_account, tuple) and len(status_account) == 2
+                and all(isinstance(x, str) and x for x in status_account)):
+            raise ValueError("status_account must be a (user, password) pair of strings")
+        if "{mailbox}" not in status_name or any(c in status_name for c in '"\\\r\n'):
+            raise ValueError(f"status_name must contain {{mailbox}} and no quote, backslash or "
+                             f"line end, not {status_name!r}")
+        self.status_account = status_account
+        self.status_name = status_name
+        #: mailboxes the last all_counts() counted with their own login (not visible to the
+        #: status account)
+        self.status_fallbacks = 0
         self._limiter = trio.CapacityLimiter(max_connections)
         self._closed = False
 
@@ -693,7 +721,21 @@ class ImapStore:
         names = sorted(set(self._mailboxes()))
         for name in names:
             check_mailbox(name)
-        out: dict[str, tuple[int, int]] = {}
+        if self.status_account is not None:
+            if self._closed:
+                raise StoreUnavailable("the message store is closed")
+            counted, unseen = await trio.to_thread.run_sync(self._status_all, names,
+                                                            limiter=self._limiter)
+            self.status_fallbacks = len(unseen)
+            if not unseen:
+                return {k: v for k, v in sorted(counted.items()) if v[0] or v[1]}
+            # not visible to the status account: never created (no mail yet), or the account
+            # lacks the rights (Dovecot answers both the same): each with its own login, which
+            # also creates its INBOX, so the next count sees it
+            names = unseen
+        else:
+            counted = {}
+        out: dict[str, tuple[int, int]] = dict(counted)
         errors: builtins.list[Exception] = []
 
         async def one(name: str) -> None:
@@ -714,11 +756,102 @@ class ImapStore:
 
     # ---------------------------------------------------------------- worker-thread side
 
-    def _connect(self, mailbox: str) -> imaplib.IMAP4:
+    def _status_all(self, names: builtins.list[str]
+                    ) -> tuple[dict[str, tuple[int, int]], builtins.list[str]]:
+        """(new, heard) of every mailbox in ``names`` the status account sees, and the names
+        it does not see (``NO [NONEXISTENT]``), over one connection of the status account:
+        ``STATUS <name> (MESSAGES UNSEEN)`` pipelined, at most STATUS_WINDOW unanswered.
+        Any other NO/BAD, a lost connection or an answer not understood raises
+        StoreUnavailable naming the mailbox."""
+        where = f"{self.host}:{self.port}"
+        conn = self._connect("", account=self.status_account)
+        by_name = {self.status_name.format(mailbox=n): n for n in names}
+        out: dict[str, tuple[int, int]] = {}
+        hidden: builtins.list[str] = []
+        pending: dict[bytes, str] = {}
+        todo = iter(names)
+        seq = 0
+        clean = False
+
+        def send_more() -> None:
+            nonlocal seq
+            lines = []
+            while len(pending) < STATUS_WINDOW:
+                name = next(todo, None)
+                if name is None:
+                    break
+                seq += 1
+                tag = f"S{seq}".encode()
+                pending[tag] = name
+                lines.append(tag + b" STATUS " + _quote(self.status_name.format(mailbox=name))
+                             .encode("ascii") + b" (MESSAGES UNSEEN)\r\n")
+            if lines:
+                conn.send(b"".join(lines))
+
         try:
-            user, password = self._credentials(mailbox)
-        except LookupError:
-            raise StoreError(f"no IMAP account for mailbox {mailbox}") from None
+            send_more()
+            while pending:
+                line = conn.readline()
+                if not line:
+                    raise StoreUnavailable(f"IMAP server {where} closed the connection during "
+                                           f"STATUS ({len(out)} of {len(names)} mailboxes counted)")
+                m = _STATUS_LINE.match(line)
+                if m is not None:
+                    quoted, atom, items = m.groups()
+                    raw = (quoted.decode("ascii", "replace").replace('\\"', '"')
+                           .replace("\\\\", "\\") if quoted is not None
+                           else atom.decode("ascii", "replace"))
+                    name = by_name.get(raw)
+                    msgs = re.search(rb"MESSAGES (\d+)", items)
+                    unseen = re.search(rb"UNSEEN (\d+)", items)
+                    if name is None or not (msgs and unseen):
+                        raise StoreUnavailable(f"IMAP STATUS answer not understood: {line!r:.200}")
+                    total, new = int(msgs.group(1)), int(unseen.group(1))
+                    out[name] = (new, max(0, total - new))
+                    continue
+                tag, _, rest = line.partition(b" ")
+                if tag in pending:
+                    name = pending.pop(tag)
+                    if rest.startswith(b"NO") and _NONEXISTENT.search(rest):
+                        hidden.append(name)
+                    elif not rest.startswith(b"OK"):
+                        raise StoreUnavailable(
+                            f"IMAP STATUS of mailbox {name} ({self.status_name.format(mailbox=name)}) "
+                            f"as {self.status_account[0]!r} refused by {where}: "
+                            f"{rest.decode('ascii', 'replace').strip()}")
+                    elif name not in out:
+                        raise StoreUnavailable(f"IMAP server {where} answered STATUS of mailbox "
+                                               f"{name} without its counts")
+                    if len(pending) <= STATUS_WINDOW // 2:
+                        send_more()
+                # other untagged lines (e.g. an alert) are ignored
+            clean = True
+            return out, sorted(hidden)
+        except imaplib.IMAP4.abort as e:
+            raise StoreUnavailable(f"IMAP connection to {where} lost: {_error_text(e)}") from e
+        except OSError as e:
+            raise StoreUnavailable(f"IMAP server {where}: {_error_text(e)}") from e
+        finally:
+            try:
+                if clean:
+                    conn.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+            finally:
+                try:
+                    conn.shutdown()
+                except OSError:
+                    pass
+
+    def _connect(self, mailbox: str, account: tuple[str, str] | None = None) -> imaplib.IMAP4:
+        if account is not None:
+            user, password = account
+            mailbox = f"(status account for all {mailbox or 'mailboxes'})"
+        else:
+            try:
+                user, password = self._credentials(mailbox)
+            except LookupError:
+                raise StoreError(f"no IMAP account for mailbox {mailbox}") from None
         where = f"{self.host}:{self.port}"
         try:
             if self.ssl:

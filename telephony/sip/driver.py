@@ -394,6 +394,10 @@ class SipPorts:
     """Port driver of the SIP ports (see the module docstring)."""
 
     kind = KIND
+    #: a NOTIFY's message-summary shows the new/old counts: a count change is sent too
+    mwi_counts = True
+    #: lamp jobs the messaging core hands over at once (the workers run NOTIFYs in parallel)
+    mwi_parallel = 16
 
     def __init__(self, *, profile: SipProfile, node: str, runtime_dir: Path, media_dir: Path,
                  flow: Flow | None = None, password: str = "",

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.mwi import (DAY, REASONS, LampState, MemoryLedger, MwiError, MwiJob, MwiLedger,
-                           MwiPlanner, StaleTerm, next_daily_resync, time_of_day)
+from telephony.mwi import (DAY, REASONS, LampCoalescer, LampState, MemoryLedger, MwiError, MwiJob,
+                           MwiLedger, MwiPlanner, StaleTerm, next_daily_resync, time_of_day)
 
 from .test_purity import FORBIDDEN, imported_modules
 
@@ -316,3 +316,72 @@ def test_time_of_day():
     for bad in ("24:00", "3:00", "03:60", "", None, "03:00:00 "):
         with pytest.raises(MwiError):
             time_of_day(bad)
+
+
+# ============================================================================ counts and coalescing
+
+def test_a_lamp_that_shows_counts_gets_a_job_for_every_count_change():
+    p = planner()
+    settle(p, p.on_counts("mb1", "1001", 1, 0, "deliver", counts=True))
+    jobs = p.on_counts("mb1", "1001", 2, 0, "deliver", counts=True)  # lamp stays on
+    assert [(j.on, j.new, j.old) for j in jobs] == [(True, 2, 0)]
+    settle(p, jobs)
+    jobs = p.on_counts("mb1", "1001", 1, 1, "heard", counts=True)  # one heard: old changes
+    assert [(j.on, j.new, j.old) for j in jobs] == [(True, 1, 1)]
+    settle(p, jobs)
+    assert p.on_counts("mb1", "1001", 1, 1, "deliver", counts=True) == []  # nothing changed
+
+
+def test_an_on_off_lamp_still_ignores_count_changes():
+    p = planner()
+    settle(p, p.on_counts("mb1", "1001", 1, 0, "deliver"))
+    puts = p.ledger.puts
+    assert p.on_counts("mb1", "1001", 5, 2, "deliver", counts=False) == []
+    assert p.ledger.puts == puts  # no ledger write either
+
+
+def test_resync_sends_count_differences_only_for_lamps_that_show_counts():
+    p = planner()
+    want = {"mb1": ("1001", 1, 0), "mb2": ("1002", 1, 0)}
+    settle(p, p.resync(want, with_counts={"mb1"}))
+    want = {"mb1": ("1001", 4, 1), "mb2": ("1002", 4, 1)}
+    jobs = p.resync(want, with_counts={"mb1"})
+    assert [(j.mailbox, j.new, j.old) for j in jobs] == [("mb1", 4, 1)]
+
+
+def test_a_job_with_older_counts_does_not_confirm_newer_ones():
+    p = planner()
+    first = p.on_counts("mb1", "1001", 1, 0, "deliver", counts=True)
+    second = p.on_counts("mb1", "1001", 3, 0, "deliver", counts=True)  # planned meanwhile
+    assert p.confirm(first[0]) is False
+    assert p.ledger.get("mb1").confirmed is False
+    assert p.confirm(second[0]) is True
+    assert (p.ledger.get("mb1").new, p.ledger.get("mb1").confirmed) == (3, True)
+
+
+def test_coalescer_first_change_at_once_later_ones_at_the_window_end():
+    c = LampCoalescer(1.0)
+    assert c.due("mb1", 100.0) == 100.0  # never sent: at once
+    c.sent("mb1", 100.0)
+    assert c.due("mb1", 100.2) == 101.0  # within the window: waits for its end
+    assert c.due("mb1", 100.9) == 101.0
+    assert c.due("mb2", 100.2) == 100.2  # another mailbox is not held
+    assert c.due("mb1", 101.0) == 101.0
+    assert c.due("mb1", 250.0) == 250.0
+    c.sent("mb1", 101.0)
+    assert c.due("mb1", 101.5) == 102.0
+    assert LampCoalescer(0).due("mb1", 5.0) == 5.0
+
+
+@pytest.mark.parametrize("bad", [-1, 3601, "1", True, float("nan"), None])
+def test_coalescer_window_is_checked(bad):
+    with pytest.raises(MwiError, match="mwi_coalesce"):
+        LampCoalescer(bad)
+
+
+def test_coalescer_memory_stays_bounded():
+    c = LampCoalescer(1.0)
+    for i in range(5000):
+        c.sent(f"mb{i}", float(i))
+    assert len(c._last) <= 1026
+    assert c.due("mb4999", 4999.5) == 5000.0
