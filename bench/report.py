@@ -46,12 +46,12 @@ def runs_table(r: dict, f: dict | None) -> None:
             row(r, "link", "(b) link cut → peer active, default", "p95 ≤ 1.0 s", s),
             row(r, "link_heal", "(b) heal → primary alone active, default", "converges in 10 s", s),
             row(r, "call", "(c) call at the inactive node → answered, default", "p99 ≤ 50 ms"),
-            row(r, "sip_call_at_inactive", "(c) SIP INVITE at the inactive node → 200 OK, default", "—")]
+            row(r, "sip_call_at_inactive", "(d) SIP INVITE at the inactive node → 200 OK, default", "—")]
     if f is not None:
         rows += [row(f, "fast_crash", "(a) service crash, fast", "—"),
                  row(f, "fast_link", "(b) link cut, fast", "p95 ≤ 150 ms"),
                  row(f, "fast_call", "(c) call at the inactive node, fast", "—"),
-                 row(f, "fast_sip_call_at_inactive", "(c) SIP INVITE at the inactive node, fast", "—")]
+                 row(f, "fast_sip_call_at_inactive", "(d) SIP INVITE at the inactive node, fast", "—")]
     for line in rows:
         if line:
             print(line)
