@@ -397,8 +397,8 @@ class SmdiLink:
         finally:
             if not mine.done:  # cancelled while queued: withdrawn, nothing written for it
                 self.lamps.discard(key, mine)
-        if mine.error is not None:
-            raise mine.error
+        if mine.error is not None:  # each caller its own exception (one may be shared)
+            raise type(mine.error)(*mine.error.args)
 
     async def _send_next(self) -> None:
         """Wait for the line, then send the command :class:`LampQueue` puts first (called
