@@ -105,7 +105,8 @@ async def test_kamailio_hunts_to_the_secondary_when_the_primarys_service_is_kill
     # primary would pull activity back with the next call: docs/failover-rules.md, "Which
     # node a call-takeover moves to")
     extra_a = {**sip("a", mwi_port=mwi_port, count=8),
-               "service": {"max_restarts": 0, "restart_backoff": 60, "restart_backoff_alone": 60}}
+               "service": {"max_restarts": 0, "restart_backoff": 60, "restart_backoff_max": 60,
+                           "restart_backoff_alone": 60}}
     extra_b = sip("b", mwi_port=mwi_port, count=8)
     with Pair(pair_dir, extra=FAST, extra_a=extra_a, extra_b=extra_b) as pair:
         pair.start()
