@@ -90,7 +90,9 @@ async def test_sip_worker_socket_resets_and_garbage_restart_the_worker_and_calls
             assert svc.task_failures.counts["sip-w1"] == len(plan)
             why_ended = restarts(sip)
             assert len(why_ended) == len(plan)
-            assert "closed its connection" in why_ended[0]      # EOF mid-first-line
+            # EOF mid-first-line: the worker process also exits, and the driver may see the
+            # exit before the EOF (two signs of the same end, in either order)
+            assert "closed its connection" in why_ended[0] or "exited" in why_ended[0], why_ended
             for why in why_ended[1:]:                           # the three resets
                 assert "connection broke" in why and "reset" in why.lower(), why
             # the calls the resets cut were answered and are over: dropped with their worker
