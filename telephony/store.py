@@ -592,8 +592,13 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-#: STATUS commands :meth:`ImapStore.all_counts` keeps unanswered on its one connection
+#: STATUS commands :meth:`ImapStore.all_counts` keeps unanswered on one connection
 STATUS_WINDOW = 256
+#: mailboxes counted per login of the status account: Dovecot keeps every user it opened
+#: through the shared namespace in the session's memory (about 60 KB each; its default
+#: ``vsz_limit`` of 256 MB ends a session after some 4,000), so 10,000 mailboxes are counted
+#: on 10 connections, run side by side (at most ``max_connections``)
+STATUS_PER_LOGIN = 1000
 #: a STATUS refused because the status account does not see the INBOX: never created (Dovecot
 #: creates it at the owner's first login or delivery), or no rights (the same answer)
 _NONEXISTENT = re.compile(rb"\[NONEXISTENT\]|doesn't exist", re.I)
@@ -645,8 +650,9 @@ class ImapStore:
     ``status_account = (user, password)``: an account that may read every mailbox's INBOX,
     which it sees as ``status_name.format(mailbox=...)`` (Dovecot: a shared namespace
     ``shared/%%u/`` and an ACL giving that user ``lr``).  With it :meth:`all_counts` logs in
-    once and sends the ``STATUS`` commands of every mailbox pipelined on that one connection
-    (:data:`STATUS_WINDOW` outstanding); without it, one login per mailbox."""
+    once per :data:`STATUS_PER_LOGIN` mailboxes and sends their ``STATUS`` commands
+    pipelined on that connection (:data:`STATUS_WINDOW` outstanding); a mailbox the account
+    does not see is counted with its own login.  Without it, one login per mailbox."""
 
     def __init__(self, host: str, port: int, *, credentials: Callable[[str], tuple[str, str]],
                  timeout: float = 5.0, ssl: bool = False,
@@ -724,8 +730,27 @@ class ImapStore:
         if self.status_account is not None:
             if self._closed:
                 raise StoreUnavailable("the message store is closed")
-            counted, unseen = await trio.to_thread.run_sync(self._status_all, names,
-                                                            limiter=self._limiter)
+            counted: dict[str, tuple[int, int]] = {}
+            unseen: builtins.list[str] = []
+
+            failed: builtins.list[Exception] = []
+
+            async def chunk(part: builtins.list[str]) -> None:
+                try:
+                    got, hidden = await trio.to_thread.run_sync(self._status_all, part,
+                                                                limiter=self._limiter)
+                except (StoreUnavailable, StoreError) as e:
+                    failed.append(e)
+                    return
+                counted.update(got)
+                unseen.extend(hidden)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(0, len(names), STATUS_PER_LOGIN):
+                    nursery.start_soon(chunk, names[k:k + STATUS_PER_LOGIN])
+            if failed:
+                raise failed[0]
+            unseen.sort()
             self.status_fallbacks = len(unseen)
             if not unseen:
                 return {k: v for k, v in sorted(counted.items()) if v[0] or v[1]}
@@ -734,7 +759,7 @@ class ImapStore:
             # also creates its INBOX, so the next count sees it
             names = unseen
         else:
-            counted = {}
+            counted, unseen = {}, []
         out: dict[str, tuple[int, int]] = dict(counted)
         errors: builtins.list[Exception] = []
 

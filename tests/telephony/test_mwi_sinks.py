@@ -218,6 +218,8 @@ async def test_notify_counts_follow_the_store_coalesced_per_mailbox(tmp_path):
         m = Messaging(node="a", db=db, store=store, spool_dir=tmp_path / "spool",
                       streams=tmp_path / "streams", sinks={"sip": sip}, mwi_coalesce=window)
         sip.gate = lambda: m.term
+        with trio.fail_after(GUARD):  # the worker process is up (a slow start is no failure)
+            await wait_until(lambda: any(w.alive for w in sip.workers), "the SIP worker", GUARD)
         await nursery.start(m.run)
         m.activated(2)
         with trio.fail_after(GUARD):
