@@ -386,3 +386,28 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
     finally:
         server.stop()
         server.cleanup()
+
+
+async def test_the_node_manager_refuses_a_subscriber_whose_mwi_method_no_enabled_driver_serves(pair_dir):
+    """A loopback-only pair serves ``sip`` (the trunk's monitor) and ``none``: ``sccp``,
+    ``dtmf`` and ``smdi`` are refused through the admin socket with the method and the served
+    ones named, and nothing is written (the first write of the batch neither)."""
+    with Pair(pair_dir, extra=FAST) as pair:
+        pair.start()
+        await wait_active(pair, "a")
+
+        def row(ext: str, method: str) -> dict:
+            return {"op": "put", "table": "subscribers", "row": {
+                "extension": ext, "name": f"S {ext}", "mailbox": f"mb{ext}", "mwi_method": method,
+                "notify": []}}
+
+        for method in ("sccp", "dtmf", "smdi"):
+            r = await admin(pair.a, {"op": "db_write", "ops": [row("2001", "sip"), row("2002", method)]})
+            assert not r["ok"]
+            assert f"value '{method}' is not served on this pair" in r["error"], r
+            assert "methods served here: sip (loopback), none" in r["error"], r
+        for ext in ("2001", "2002"):
+            got = await admin(pair.a, {"op": "db_get", "table": "subscribers", "key": ext})
+            assert got["ok"] and got["row"] is None
+        r = await admin(pair.a, {"op": "db_write", "ops": [row("2001", "sip"), row("2002", "none")]})
+        assert r["ok"], r
