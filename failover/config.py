@@ -518,6 +518,7 @@ SCHEMA: dict[str, dict[str, _K]] = {
         "silence": _K(_Num(0.2, 60), 3.0),
         "min_message": _K(_Num(0, 60), 0.5),
         "mwi_resync_at": _K(_clock, "03:00"),
+        "mwi_coalesce": _K(_Num(0, 60), 1.0),
         "realtime_audio": _K(_bool, True),
         "operator": _K(_dtmf_digits, None),  # absent: 0 does not transfer
     },
@@ -778,6 +779,7 @@ class MessagingSection:
     silence: float
     min_message: float
     mwi_resync_at: _dt.time
+    mwi_coalesce: float
     realtime_audio: bool
     operator: str | None
 
@@ -1072,13 +1074,15 @@ MUST_MATCH: tuple[str, ...] = (
     "failback.window_end", "licence.no_contact_limit", "licence.after_contact_limit",
     "replication.enabled", "replication.directories", "replication.handover_wait",
     "replication.max_frame", "store.kind", "store.imap",
-    "messaging.default_mailbox", "messaging.mwi_resync_at", "messaging.operator",
+    "messaging.default_mailbox", "messaging.mwi_resync_at", "messaging.mwi_coalesce",
+    "messaging.operator", "ports.sip.enabled", "ports.smdi.enabled",
 )
 
 
 def _get(c: NodeConfig, dotted: str) -> Any:
-    section, key = dotted.split(".")
-    v = getattr(getattr(c, section), key)
+    v: Any = c
+    for part in dotted.split("."):
+        v = getattr(v, part)
     if isinstance(v, tuple):
         return list(v)
     if isinstance(v, (Role, Mode, FailbackType)):

@@ -495,8 +495,7 @@ def build_store(cfg) -> MessageStore:
     return MaildirStore(st.maildir)
 
 
-def build_messaging(cfg, db: ConfigDB, sinks: Mapping[str, MwiSink],
-                    mwi_coalesce: float = 1.0) -> Messaging:
+def build_messaging(cfg, db: ConfigDB, sinks: Mapping[str, MwiSink]) -> Messaging:
     """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``).
     ``sinks``: subscriber mwi_method -> the driver that sends its lamps
     (``integrations.base.node_mwi_drivers`` names them)."""
@@ -513,7 +512,7 @@ def build_messaging(cfg, db: ConfigDB, sinks: Mapping[str, MwiSink],
     return Messaging(node=cfg.node.name, db=db, store=store,
                      spool_dir=cfg.replication.files_root / "spool",
                      streams=cfg.replication.files_root / "streams", sinks=sinks,
-                     mwi_coalesce=mwi_coalesce,
+                     mwi_coalesce=m.mwi_coalesce,
                      notifier_factory=factory, default_mailbox=m.default_mailbox,
                      max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
                      resync_at_s=at.hour * 3600 + at.minute * 60 + at.second,

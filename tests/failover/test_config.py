@@ -136,7 +136,7 @@ FULL = {
               "imap_passwords": "/etc/vmha/imap.pw", "timeout": 3},
     "notify": {"smtp": "mail.example:25", "sender": "vm@example.com", "attach_audio": True},
     "messaging": {"default_mailbox": "operator", "max_message": 300, "silence": 2.5, "min_message": 1,
-                  "mwi_resync_at": "02:30", "realtime_audio": False, "operator": "0"},
+                  "mwi_resync_at": "02:30", "mwi_coalesce": 2.5, "realtime_audio": False, "operator": "0"},
 }
 
 

@@ -244,9 +244,10 @@ async def test_notify_counts_follow_the_store_coalesced_per_mailbox(tmp_path):
         # one NOTIFY carrying the latest counts; the heard ones one more, after the window
         assert notifies(cwd) == [(1, 0), (5, 0), (3, 2)]
         assert await store.counts("mb1001") == (3, 2)
+        # SIPp has answered the third NOTIFY; the worker's result reaches the core just after
+        await wait_until(lambda: m.stats()["lamp_jobs_sent"] == 3, "the third job confirmed")
         state = db.get("mwi_ledger", "mb1001")["state"]
         assert (state["new"], state["old"], state["confirmed"]) == (3, 2, True)
-        assert m.stats()["lamp_jobs_sent"] == 3
         nursery.cancel_scope.cancel()
     db.close()
 
