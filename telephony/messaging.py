@@ -106,6 +106,7 @@ class StoreMailboxes:
 
 
 LAMP_TASKS = 16  # lamps sent at once (a slow MWI target holds only its own lamp)
+NO_SINK_REPORT_EVERY = 60.0  # seconds between mwi_no_sink reports of one method
 
 
 class Messaging:
@@ -130,6 +131,8 @@ class Messaging:
         self.report: Callable[[str, str, str], Awaitable[None]] | None = None
         #: mailbox -> its method, for lamps that wait for a sink (none is enabled for it)
         self.no_sink: dict[str, str] = {}
+        #: method -> (when its mwi_no_sink was last reported, jobs not reported since)
+        self._no_sink_said: dict[str, tuple[float, int]] = {}
         self.events = _LogEvents()
         self.limiter = trio.CapacityLimiter(1)  # database and planner: one caller at a time
         self.directory = ConfigDirectory(db, streams, default_mailbox)
@@ -409,11 +412,20 @@ class Messaging:
             self.counters["lamp_jobs_no_sink"] += 1
             self.no_sink[job.mailbox] = method
         self.counters["lamps_waiting_for_a_sink"] = len(self.no_sink)
+        # one report per method a minute at most (each delivery for such a subscriber makes a
+        # job): the counters carry every one, the next report says how many were not reported
+        now = trio.current_time()
+        said, quiet = self._no_sink_said.get(method, (-math.inf, 0))
+        if now - said < NO_SINK_REPORT_EVERY:
+            self._no_sink_said[method] = (said, quiet + len(jobs))
+            return
+        self._no_sink_said[method] = (now, 0)
         boxes = sorted({j.mailbox for j in jobs})
         served = ", ".join(sorted(self.sinks)) or "none"
         message = (f"{len(jobs)} lamp job(s) not sent and left unconfirmed: no enabled driver "
                    f"serves mwi_method {method} (served here: {served}); mailboxes "
-                   f"{', '.join(boxes[:10])}{' ...' if len(boxes) > 10 else ''}")
+                   f"{', '.join(boxes[:10])}{' ...' if len(boxes) > 10 else ''}"
+                   + (f"; {quiet} more since the last report" if quiet else ""))
         log.warning("mwi_no_sink: %s", message)
         if self.report is not None:
             try:

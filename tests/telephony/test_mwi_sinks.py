@@ -164,13 +164,21 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
         assert (level, event) == ("warning", "mwi_no_sink")
         assert "mwi_method sccp" in message and "mb1003" in message
         assert "served here: sip, smdi" in message
-        # a delivery lamp of that subscriber: again not sent, again reported
+        # a delivery lamp of that subscriber: again not sent and counted; within a minute of
+        # the first report it is not reported again (each delivery would make one)
         await store.deliver(make_message(5, mailbox="mb1003", extension="1003"))
         await m.lamp("mb1003", "1003")
         with trio.fail_after(GUARD):
             await wait_until(lambda: m.stats()["lamp_jobs_no_sink"] == 2, "the second no-sink job")
-        assert len(reports) == 2 and db.get("mwi_ledger", "mb1003")["state"]["confirmed"] is False
+        assert len(reports) == 1 and db.get("mwi_ledger", "mb1003")["state"]["confirmed"] is False
         assert len(sip_monitor.lamps) == 1 and len(smdi_monitor.lamps) == 1
+        # a minute later the next one is reported, with the count of those that were not
+        m._no_sink_said["sccp"] = (m._no_sink_said["sccp"][0] - 60.0, m._no_sink_said["sccp"][1])
+        await store.deliver(make_message(6, mailbox="mb1003", extension="1003"))
+        await m.lamp("mb1003", "1003")
+        with trio.fail_after(GUARD):
+            await wait_until(lambda: len(reports) == 2, "the next mwi_no_sink report")
+        assert "1 more since the last report" in reports[1][2], reports[1]
         nursery.cancel_scope.cancel()
     db.close()
 
