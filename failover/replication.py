@@ -470,6 +470,11 @@ class Replication:
                         DbEntry(term=e.term, seq=e.seq, digest=e.digest, changeset=e.changeset)
                         for e in entries)))
                     sent = entries[-1].seq
+                    # the log may hold more than the cached head (the messaging service writes
+                    # too, and the watch for other writers has not looked yet): what we send is
+                    # in our log, so the head is at least that (else the peer's ack of it would
+                    # read as "ahead of our log")
+                    self._head = max(self._head, sent)
                     inflight.append(sent)
                     self.counters["changes_sent"] += len(entries)
                     continue

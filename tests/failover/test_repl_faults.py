@@ -341,3 +341,39 @@ async def test_a_subdirectory_turned_into_a_symlink_loop(nursery, tmp_path):
     await until(lambda: b.read("spool/q/1.msg") is None, "deletion replicated")
     a.write("spool/2.msg", b"two")
     await until(lambda: b.read("spool/2.msg") == b"two" and synced(a, b), "still replicating")
+
+
+async def test_changes_another_process_wrote_just_before_they_are_sent_are_not_ahead(
+        tmp_path, monkeypatch):
+    """The messaging service writes the same database.  When its change lands between the
+    node manager's own write and the sender's read of the log, the batch sent holds more than
+    the head the node manager had cached; the peer's acknowledgement of it must not read as
+    'peer ahead of our log' (seen in the demo as a db_peer_ahead error)."""
+    a, b = make_pair(tmp_path)
+    real = ConfigDB.entries_after
+    armed = {"on": False}
+
+    def entries_after(db, after, **kw):
+        if armed["on"] and db is a.repl.db:
+            armed["on"] = False  # the service's write lands right now, before the read
+            other = ConfigDB(a.cfg.database.path, role=Role.PRIMARY)
+            try:
+                other.write(2, [{"op": "put", "table": "subscribers", "row": sub("1003")}])
+            finally:
+                other.close()
+        return real(db, after, **kw)
+
+    monkeypatch.setattr(ConfigDB, "entries_after", entries_after)
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            await b.start(nursery)
+            await a.start(nursery)
+            await a.repl.write(2, [{"op": "put", "table": "subscribers", "row": sub("1001")}])
+            await until(lambda: db_synced(a, b), "first change replicated")
+            armed["on"] = True
+            await a.repl.write(2, [{"op": "put", "table": "subscribers", "row": sub("1002")}])
+            await until(lambda: b.repl.stats()["db"]["applied_seq"] == 3 and db_synced(a, b),
+                        "both changes replicated")
+            nursery.cancel_scope.cancel()
+    assert not armed["on"], "the other writer's change was not injected"
+    assert not a.events.named("db_peer_ahead"), a.events.named("db_peer_ahead")
