@@ -637,6 +637,20 @@ def _uid_of(meta: bytes) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _close(conn: imaplib.IMAP4, clean: bool) -> None:
+    """End an IMAP connection: LOGOUT when it is in a known state, then close the socket."""
+    try:
+        if clean:
+            conn.logout()
+    except (OSError, imaplib.IMAP4.error):
+        pass
+    finally:
+        try:
+            conn.shutdown()
+        except OSError:
+            pass
+
+
 class ImapStore:
     """A real IMAP server, one account per mailbox (its INBOX), via :mod:`imaplib` in worker
     threads with one connection per call (at most ``max_connections`` at once; Dovecot allows
@@ -857,16 +871,7 @@ class ImapStore:
         except OSError as e:
             raise StoreUnavailable(f"IMAP server {where}: {_error_text(e)}") from e
         finally:
-            try:
-                if clean:
-                    conn.logout()
-            except (OSError, imaplib.IMAP4.error):
-                pass
-            finally:
-                try:
-                    conn.shutdown()
-                except OSError:
-                    pass
+            _close(conn, clean)
 
     def _connect(self, mailbox: str, account: tuple[str, str] | None = None) -> imaplib.IMAP4:
         if account is not None:
@@ -925,16 +930,7 @@ class ImapStore:
         except OSError as e:
             raise StoreUnavailable(f"IMAP server {where}: {_error_text(e)}") from e
         finally:
-            try:
-                if clean:
-                    conn.logout()
-            except (OSError, imaplib.IMAP4.error):
-                pass
-            finally:
-                try:
-                    conn.shutdown()
-                except OSError:
-                    pass
+            _close(conn, clean)
 
     @staticmethod
     def _find_uids(conn: imaplib.IMAP4, message_id: str) -> builtins.list[int]:
