@@ -625,20 +625,25 @@ def bench_call(workdir: Path, profile: str, runs: int, ping: float) -> dict:
                 res["errors"].append(f"run {i + 1}: call on {target}: {reply}")
                 log(f"call {i + 1}/{runs}: ERROR {reply}")
                 continue
-            res["samples"].append(r["latency"])
-            res["directions"].append(target)
-            extra = ""
-            try:
-                act, done = wait_activation(tails[target], r["wall"], timeout=2.0)
-                parts = breakdown(r["wall"], act, done)
-                add_parts(res, parts)
-                extra = f" (node side: {fmt_parts(parts)})"
-            except RuntimeError:
-                pass
+            extra = record_call(res, tails, target, r["wall"], r["latency"])
             log(f"call {i + 1}/{runs}: on {target} answered in {r['latency'] * 1000:.1f} ms{extra}")
         res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
         res["priority"] = priority_report(pair)
     return res
+
+
+def record_call(res: dict, tails: dict, target: str, sent_wall: float, took: float) -> str:
+    """One call at the inactive node: its latency and direction, and the node side's
+    breakdown when the target's activation records are found; returns the breakdown text."""
+    res["samples"].append(took)
+    res["directions"].append(target)
+    try:
+        act, done = wait_activation(tails[target], sent_wall, timeout=2.0)
+        parts = breakdown(sent_wall, act, done)
+    except RuntimeError:
+        return ""
+    add_parts(res, parts)
+    return f" (node side: {fmt_parts(parts)})"
 
 
 def sip_extra(node: str) -> dict:
@@ -747,16 +752,7 @@ def bench_sipcall(workdir: Path, profile: str, runs: int, ping: float) -> dict:
                 log(f"sip {i + 1}/{runs}: ERROR on {target}: {r.get('error') or r}")
                 continue
             took = r["answer_wall"] - r["invite_wall"]
-            res["samples"].append(took)
-            res["directions"].append(target)
-            extra = ""
-            try:
-                act, done = wait_activation(tails[target], r["invite_wall"], timeout=2.0)
-                parts = breakdown(r["invite_wall"], act, done)
-                add_parts(res, parts)
-                extra = f" (node side: {fmt_parts(parts)})"
-            except RuntimeError:
-                pass
+            extra = record_call(res, tails, target, r["invite_wall"], took)
             log(f"sip {i + 1}/{runs}: on {target} 200 OK after {took * 1000:.1f} ms{extra}")
         res["unexpected"] = unexpected_activations(pair, t_conv, len(res["samples"]))
         res["priority"] = priority_report(pair)
