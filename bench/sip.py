@@ -12,7 +12,7 @@ call is a forwarded call (Diversion) that gets the greeting, the beep and a reco
 leaves a message in the Maildir store.
 
 concurrent  a capacity search: steps of ``--steps`` concurrent calls (default 48, 96, 144,
-            192, 240, 288, each at most ``--max``), tried in increasing order.  A step sets up
+            192, 216, each at most ``--max``), tried in increasing order.  A step sets up
             its calls at ``--ramp`` calls/s, spread round-robin over the node's worker ports
             (SIPp ``setdest``, one line of the injection file per call), each held
             ``ramp time + --hold`` seconds while streaming a looping tone, so all of them are
@@ -779,9 +779,10 @@ def main() -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: --calls 16 --hold 10, two cps rates, a small failover")
-    ap.add_argument("--max", type=int, default=288,
-                    help="SIP ports on a, and the largest step of the capacity search")
-    ap.add_argument("--steps", default="48,96,144,192,240,288",
+    ap.add_argument("--max", type=int, default=216,
+                    help="SIP ports on a, and the largest step of the capacity search (the RTP "
+                         "layout, 1000 ports a worker from 10000, allows at most 55 workers)")
+    ap.add_argument("--steps", default="48,96,144,192,216",
                     help="capacity search: steps tried in increasing order until one fails")
     ap.add_argument("--calls", type=int, default=144,
                     help="the step whose hold is sampled for the resources figures")
