@@ -30,10 +30,11 @@ cps         short calls (``--cps-call`` s, default 2) at ``--cps-rates`` calls/s
             ``--cps-period`` s each, spread round-robin over the workers; ``cps`` = the
             highest rate with 0 failed calls (stops at the first rate that fails).
 resources   VmRSS and utime+stime (/proc) of the worker processes (children of the active
-            node's messaging service) and of the service: idle, and in the middle of the hold
-            of the step with ``--calls`` calls (default 144; the first step if the search
-            does not reach it; ``resources_calls_up`` says how many were up), the CPU over a
-            ``--sample`` s window.
+            node's messaging service) and of the service: idle, and in the middle of each
+            step's hold (the CPU over a ``--sample`` s window); reported for the step with
+            ``--calls`` calls (default 144), or the largest step that passed if the search
+            did not reach it (``resources_step``; ``resources_calls_up`` says how many calls
+            SIPp had up during the sample).
 failover    a fresh pair with ``--failover-ports`` ports on each node behind kamailio
             (``telephony.sip.lab.KamailioPbx``: a's workers first, b's when a does not answer);
             calls of ``--failover-hold`` s at ``--failover-rate`` calls/s; once the calls are
@@ -703,17 +704,21 @@ def run(args, tmp: Path) -> dict:
               file=sys.stderr, flush=True)
         if only & {"concurrent", "resources"}:
             steps = sorted({s for s in args.steps if s <= args.max}) or [args.max]
-            sample_at = args.calls if args.calls in steps else steps[0]
             results = []
-            load: dict = {}
+            loads: dict[int, dict] = {}
             for n in steps:
-                res = concurrent_step(pair, tmp, n, args, load if n == sample_at else None)
+                loads[n] = {}
+                res = concurrent_step(pair, tmp, n, args, loads[n])
                 results.append(res)
-                if n == sample_at and load:
-                    out.update(resources_under_load(idle, load, n))
                 if not res["ok"]:
                     break
                 time.sleep(5)  # let the step's calls and recordings finish before the next
+            # resources: of the --calls step if it ran, else of the largest step that passed
+            ran_ok = [r["calls"] for r in results if r["ok"]]
+            at = args.calls if args.calls in loads else (max(ran_ok) if ran_ok else results[0]["calls"])
+            if loads.get(at):
+                out["resources_step"] = at
+                out.update(resources_under_load(idle, loads[at], at))
             out["concurrent_steps"] = results
             passed = []
             for r in results:  # the steps that passed before the first failing one
