@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print the "Results" tables of docs/benchmarks.md ("Failover") from bench/failover.py JSON
+"""Print the "Results" tables of docs/benchmarks.md ("Failover") from bench/bench_failover.py JSON
 files, so the page quotes the files and nothing else.
 
     # a file of definitions version 2 (one --profile both run: runs, sip calls and soaks)
@@ -7,7 +7,7 @@ files, so the page quotes the files and nothing else.
     # version-1 files (no definitions_version key): default runs, fast runs and soak
     python bench/report.py --runs bench/results/failover-runs.json --fast bench/results/failover-fast.json
 
-The soak table says which definitions version its figures belong to (bench/failover.py's
+The soak table says which definitions version its figures belong to (bench/bench_failover.py's
 module docstring): version 1's ``false_failovers`` counted records, version 2's counts moves
 of the active role and reports ``self_fences`` apart.
 """

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from telephony._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
-from telephony.tasks import describe, guard_handler, keep_running
+from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from telephony.runtime.tasks import describe, guard_handler, keep_running
 
 if TYPE_CHECKING:
-    from .node import NodeManager
+    from failover.node import NodeManager
 
 MAX_REQUEST = 1 << 20  # a configuration write may carry many rows
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait for its next request
@@ -100,7 +100,7 @@ DB_OPS = ("db_write", "db_get", "db_list", "db_conflicts")
 
 async def _db(nm: "NodeManager", op: str, msg: dict) -> dict:
     """Configuration database requests: writes only on the active node, reads anywhere."""
-    from .configdb import ConfigDB, ConfigDBError
+    from telephony.configdb import ConfigDB, ConfigDBError
 
     try:
         if op == "db_write":

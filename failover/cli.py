@@ -5,8 +5,9 @@ import argparse
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 
-from .config import EXIT_CONFIG, ConfigError, load_config
+from failover.config import EXIT_CONFIG, ConfigError, load_config
 
 EXIT_NOT_RUNNING = 3
 
@@ -22,7 +23,7 @@ def _config(args) -> "object":
 
 
 def _admin(cfg, request: dict) -> dict | None:
-    from .admin import admin_request
+    from failover.admin import admin_request
 
     try:
         return admin_request(cfg.admin.socket, request)
@@ -36,7 +37,7 @@ def cmd_node(args) -> int:
     """Exit codes: 0 after a shutdown, 2 (``EXIT_CONFIG``) when the configuration stops the
     node from starting (an invalid file or key, colliding ports, a listener that cannot bind:
     one line each, never a traceback), 130 on Ctrl-C."""
-    from .node import main_node
+    from failover.node import main_node
 
     path = args.config or os.environ.get("VMHA_CONFIG")
     if not path:
@@ -192,10 +193,10 @@ def cmd_db(args) -> int:
 
 def cmd_report(args) -> int:
     """The guide's reports, generated only on the primary while it is active."""
-    from telephony.reports import (ReportGate, failover_history_csv, failover_history_report,
+    from telephony.core.reports import (ReportGate, failover_history_csv, failover_history_report,
                                    message_counts_csv, message_counts_report)
 
-    from .eventlog import read_events
+    from failover.eventlog import read_events
 
     cfg = _config(args)
     reply = _admin(cfg, {"op": "status"})
@@ -239,7 +240,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_events(args) -> int:
-    from .eventlog import format_record, read_events
+    from failover.eventlog import format_record, read_events
 
     cfg = _config(args)
     path = cfg.node.data_dir / "events.jsonl"
@@ -255,15 +256,19 @@ def cmd_events(args) -> int:
 
 
 def cmd_configure(args, rest: list[str]) -> int:
-    from .configure import configure_main
+    from failover.configure import configure_main
 
     return configure_main(rest)
 
 
-def cmd_demo(args) -> int:
-    from .demo import main_demo
-
-    return main_demo(args)
+def plugin_commands(sub) -> dict:
+    """Subcommands that other packages of the installation add (entry-point group
+    ``vmha.commands``: a callable that adds its parser to ``sub`` and returns its handler).
+    The lab package adds ``vmha demo`` this way, so the node manager never imports the lab."""
+    handlers = {}
+    for ep in sorted(entry_points(group="vmha.commands"), key=lambda e: e.name):
+        handlers[ep.name] = ep.load()(sub)
+    return handlers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     sub.add_parser("configure", add_help=False, help="pairing wizard: write both nodes' TOML and the key "
                    "(see vmha configure --help)")
-    p = sub.add_parser("demo", help="run a pair on loopback with simulated calls and a takeover")
-    p.add_argument("--dir", help="working directory (default: a new temporary one)")
-    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (default: until Ctrl-C)")
+    ap.plugin_handlers = plugin_commands(sub)
     return ap
 
 
@@ -317,10 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["configure"]:
         return cmd_configure(None, argv[1:])
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
     handlers = {"node": cmd_node, "status": cmd_status, "failover": cmd_move, "failback": cmd_move,
-                "mode": cmd_move, "events": cmd_events, "demo": cmd_demo, "db": cmd_db,
-                "report": cmd_report}
+                "mode": cmd_move, "events": cmd_events, "db": cmd_db, "report": cmd_report,
+                **ap.plugin_handlers}
     return handlers[args.cmd](args)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from ._state import FailbackType, Mode, Role, Timing
+from failover.core.state import FailbackType, Mode, Role, Timing
 
 __all__ = [
     "Address", "ConfigError", "Problem", "NodeConfig", "NodeSection", "LinkSection",
@@ -678,7 +678,7 @@ class SmdiPorts:
     def profile(self):
         """``integrations.smdi.SmdiProfile`` (ValueError on a bad combination)."""
         from integrations.smdi import SmdiProfile
-        from telephony.smdi.codec import MwiFormat
+        from telephony.smdi.core.codec import MwiFormat
 
         return SmdiProfile(
             terminals=self.terminals or (), desk=self.desk, record_wait=self.record_wait,
@@ -830,8 +830,8 @@ class NodeConfig:
         return self.run_dir / "control.sock"
 
     def supervisor_config(self):
-        """The pure supervisor's settings (``failover._supervisor.SupervisorConfig``)."""
-        from ._supervisor import SupervisorConfig
+        """The pure supervisor's settings (``failover.core.supervisor.SupervisorConfig``)."""
+        from failover.core.supervisor import SupervisorConfig
 
         f = self.failover
         return SupervisorConfig(

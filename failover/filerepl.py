@@ -82,13 +82,10 @@ import apsw
 import trio
 import watchfiles
 
-from ._replwire import (
-    FILE_ENTRY_OVERHEAD, MAX_ERROR, FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry,
-    FileManifest, FileManifestRequest, FileOffer, check_path, max_data, max_manifest_bytes,
-)
-from telephony.tasks import Backoff, keep_running
+from failover.core.replwire import FILE_ENTRY_OVERHEAD, MAX_ERROR, FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry, FileManifest, FileManifestRequest, FileOffer, check_path, max_data, max_manifest_bytes
+from telephony.runtime.tasks import Backoff, keep_running
 
-from .replchan import ChannelClosed, ReplTasks, events_log
+from failover.replchan import ChannelClosed, ReplTasks, events_log
 
 __all__ = ["FileReplicator", "IndexEntry", "plan", "DEFAULT_DIRECTORIES", "TMP_DIR",
            "DISK_FULL", "RECEIVER_ACTIVE", "MANIFEST_PATH"]

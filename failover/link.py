@@ -12,14 +12,13 @@ from collections import Counter
 
 import trio
 
-from . import _events as ev
-from ._wire import (NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection,
-                    LinkError, Status)
-from telephony.tasks import (Backoff, TaskFailures, describe, guard_handler, keep_running,
+from failover.core import events as ev
+from failover.core.wire import NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection, LinkError, Status
+from telephony.runtime.tasks import (Backoff, TaskFailures, describe, guard_handler, keep_running,
                              listen_tcp)
 
-from .config import NodeConfig, shared_settings_digest
-from .eventlog import EventLog
+from failover.config import NodeConfig, shared_settings_digest
+from failover.eventlog import EventLog
 
 #: errors that end one link connection (the dialer then reconnects with backoff)
 CONNECTION_ERRORS = (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,

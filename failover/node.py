@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import _events as ev
-from ._state import State
-from ._supervisor import ACTIVE_STATES, Persisted, Supervisor
-from ._wire import Command, Status
-from .admin import serve_admin
-from .config import NodeConfig
-from .configdb import ConfigDBError
-from .configure import load_key
-from .eventlog import EventLog
-from .link import COMMAND_NAMES, PeerLink
-from .replication import Replication
-from .service_proc import ServiceRunner
-from .statefile import load_state, save_state
-from telephony.tasks import TaskFailures, contained
+from failover.core import events as ev
+from failover.core.state import State
+from failover.core.supervisor import ACTIVE_STATES, Persisted, Supervisor
+from failover.core.wire import Command, Status
+from failover.admin import serve_admin
+from failover.config import NodeConfig
+from telephony.configdb import ConfigDBError
+from failover.configure import load_key
+from failover.eventlog import EventLog
+from failover.link import COMMAND_NAMES, PeerLink
+from failover.replication import Replication
+from failover.service_proc import ServiceRunner
+from failover.statefile import load_state, save_state
+from telephony.runtime.tasks import TaskFailures, contained
 
 COMMAND_KINDS = {name: kind for kind, name in COMMAND_NAMES.items()}  # supervisor name -> wire
 
@@ -280,14 +280,14 @@ async def run_node(cfg: NodeConfig) -> int:
     error (``vmha node: ...``) and an ``error`` record in the event log, and the exit code
     ``config.EXIT_CONFIG``, never a traceback: ports that collide (``config.port_collisions``:
     this node's own sockets against each other and against the peer's listeners on this
-    host), a listener that cannot bind (``telephony.tasks.ListenError``, at any time) and, at
+    host), a listener that cannot bind (``telephony.runtime.tasks.ListenError``, at any time) and, at
     start, any other bind error (address in use, not ours, no permission)."""
     import errno
     import socket
 
-    from telephony.tasks import ListenError
+    from telephony.runtime.tasks import ListenError
 
-    from .config import EXIT_CONFIG, listen_binds, port_collisions
+    from failover.config import EXIT_CONFIG, listen_binds, port_collisions
 
     events = EventLog(cfg.node.data_dir / "events.jsonl", cfg.node.name, level=cfg.log.level,
                       console=sys.stderr if cfg.log.console else None)
@@ -305,7 +305,7 @@ async def run_node(cfg: NodeConfig) -> int:
         binds = [b for b in listen_binds(cfg) if b.proto == "tcp" and b.setting != "ports.loopback.listen"]
         culprits = []
 
-        def named(b) -> str:  # as telephony.tasks.listen_tcp says it
+        def named(b) -> str:  # as telephony.runtime.tasks.listen_tcp says it
             return f"{b.address} (setting {b.setting})"
 
         for b in binds:

@@ -34,14 +34,11 @@ from typing import Awaitable, Callable
 
 import trio
 
-from telephony.tasks import TaskFailures, contained, describe, keep_running, listen_tcp
+from telephony.runtime.tasks import TaskFailures, contained, describe, keep_running, listen_tcp
 
-from ._replwire import (
-    DEFAULT_MAX_FRAME, NEED_DATA, Channel, Closed, Dropped, Hello, LocalReplError,
-    RemoteReplError, ReplConnection, ReplError, max_changes_bytes, max_data,
-)
-from ._state import Role
-from .config import Address
+from failover.core.replwire import DEFAULT_MAX_FRAME, NEED_DATA, Channel, Closed, Dropped, Hello, LocalReplError, RemoteReplError, ReplConnection, ReplError, max_changes_bytes, max_data
+from failover.core.state import Role
+from failover.config import Address
 
 __all__ = ["ChannelClosed", "ReplChannel", "ReplEndpoint", "ReplTasks", "Session",
            "INBOX_ITEMS", "RECEIVE_SIZE", "LISTEN_SETTING"]
@@ -73,7 +70,7 @@ class ReplTasks(TaskFailures):
 
 
 def events_log(events):
-    """A ``telephony.tasks.LogFn`` writing to an event log (``events.write``)."""
+    """A ``telephony.runtime.tasks.LogFn`` writing to an event log (``events.write``)."""
     def write(level: str, event: str, message: str) -> None:
         if events is not None:
             events.write(level, event, message)

@@ -43,18 +43,16 @@ from functools import partial
 import trio
 
 from integrations.base import node_mwi_drivers
-from telephony.tasks import Backoff, describe, keep_running
+from telephony.runtime.tasks import Backoff, describe, keep_running
 
-from . import _events as ev
-from ._replwire import (Channel, DbChanges, DbEntry, DbSchema, DbSnapshotBegin, DbSnapshotChunk,
-                        DbSnapshotRequest, DbState, max_data)
-from ._state import Mode, Role, State
-from .config import NodeConfig
-from .configdb import (SCHEMA_VERSION, ConfigDB, ConfigDBError, DiskFull, LogEntry, LogGap,
-                       Refused, Snapshot)
-from .eventlog import EventLog
-from .filerepl import FileReplicator
-from .replchan import ChannelClosed, ReplEndpoint, ReplTasks, events_log
+from failover.core import events as ev
+from failover.core.replwire import Channel, DbChanges, DbEntry, DbSchema, DbSnapshotBegin, DbSnapshotChunk, DbSnapshotRequest, DbState, max_data
+from failover.core.state import Mode, Role, State
+from failover.config import NodeConfig
+from telephony.configdb import SCHEMA_VERSION, ConfigDB, ConfigDBError, DiskFull, LogEntry, LogGap, Refused, Snapshot
+from failover.eventlog import EventLog
+from failover.filerepl import FileReplicator
+from failover.replchan import ChannelClosed, ReplEndpoint, ReplTasks, events_log
 
 WINDOW = 5000  # log entries sent ahead of the receiver's acknowledgements
 BATCH_ENTRIES = 500
@@ -485,7 +483,7 @@ class Replication:
                 await changed.wait()
 
     def _batch_bytes(self) -> int:
-        from ._replwire import max_changes_bytes
+        from failover.core.replwire import max_changes_bytes
         return max_changes_bytes(self.cfg.replication.max_frame)
 
     async def _send_snapshot(self, chan) -> None:

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import trio
 
-from telephony._control import (NEED_DATA, Closed, ControlConnection, ControlError,
+from telephony.core.control import (NEED_DATA, Closed, ControlConnection, ControlError,
                                 ControlProtocolError, FieldError, FROM_SERVICE, validate)
 
-from telephony.tasks import TaskFailures, guard_handler, keep_running
+from telephony.runtime.tasks import TaskFailures, guard_handler, keep_running
 
-from . import _events as ev
-from .config import NodeConfig
-from .eventlog import EventLog
+from failover.core import events as ev
+from failover.config import NodeConfig
+from failover.eventlog import EventLog
 
 
 class ServiceRunner:
@@ -133,7 +133,7 @@ class ServiceRunner:
             await stream.send_all(data)
 
     async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from .admin import open_unix_listener
+        from failover.admin import open_unix_listener
 
         path: Path = self.cfg.control_socket
         listener = await open_unix_listener(path, backlog=8)

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from ._supervisor import Persisted
+from failover.core.supervisor import Persisted
 
 
 class StateFileError(Exception):

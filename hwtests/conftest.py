@@ -57,7 +57,7 @@ def smdi_line(request, tmp_path):
         # not a hardware skip: the simulated cable is software, so CI fails without it
         pytest.skip("socat is not installed: it makes the simulated null-modem cable "
                     "(apt-get install socat)")
-    from telephony.smdi.lab import SocatPair
+    from lab.smdi import SocatPair
 
     pair = SocatPair(tmp_path / "node", tmp_path / "pbx")
     pair.start()

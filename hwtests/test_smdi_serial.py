@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from integrations.smdi import SmdiProfile
-from telephony.mwi import MwiJob
-from telephony.ports import PortRegistry
+from telephony.core.mwi import MwiJob
+from telephony.runtime.ports import PortRegistry
 from telephony.smdi.driver import SmdiLink
-from telephony.smdi.pbxsim import PbxSimulator
-from tests.telephony.test_smdi_driver import Service, until
+from lab.smdi_pbx import PbxSimulator
+from tests.telephony.smdi.test_driver import Service, until
 
 GUARD = 60.0  # seconds: a hang guard only
 CALL_TYPES = "ABDNU"

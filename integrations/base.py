@@ -87,7 +87,7 @@ def mwi_drivers(*, sip: bool, smdi: bool, loopback: bool) -> dict[str, str]:
     * ``sccp`` and ``dtmf`` have no driver in vmha: never served;
     * ``none`` is never in the answer: it means no lamp and needs no driver.
 
-    The node manager refuses a subscriber whose method is not served (failover.configdb), the
+    The node manager refuses a subscriber whose method is not served (telephony.configdb), the
     messaging service sends each lamp through the driver named here."""
     out: dict[str, str] = {}
     if sip:

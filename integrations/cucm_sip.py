@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import IntegrationProfile, MwiMethod, NumberRule
+from integrations.base import IntegrationProfile, MwiMethod, NumberRule
 
 CUCM_SIP = IntegrationProfile(
     name="cucm-sip",

@@ -2,7 +2,7 @@
 (driver: ``telephony.loopback``).  Data only."""
 from __future__ import annotations
 
-from .base import IntegrationProfile, MwiMethod, NumberRule
+from integrations.base import IntegrationProfile, MwiMethod, NumberRule
 
 LOOPBACK = IntegrationProfile(
     name="loopback",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from telephony.smdi.codec import MwiFormat
+from telephony.smdi.core.codec import MwiFormat
 
-from .base import IntegrationProfile, MwiMethod
+from integrations.base import IntegrationProfile, MwiMethod
 
 #: The voice lines of the serial-SMDI integration are the loopback trunk's ports (the
 #: simulator of an analog voice board: nobody has one here); terminal ``terminals[i]`` is

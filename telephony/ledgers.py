@@ -1,5 +1,5 @@
 """The MWI and notification ledgers stored in the replicated configuration database
-(``failover.configdb`` tables ``mwi_ledger`` and ``notifications``).
+(``telephony.configdb`` tables ``mwi_ledger`` and ``notifications``).
 
 The messaging service opens the node's database itself (SQLite allows several processes; each
 write is a ``BEGIN IMMEDIATE`` transaction) and writes with the term it is active in, so every
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from failover.configdb import ConfigDB, ConfigDBError
+from telephony.configdb import ConfigDB, ConfigDBError
 
-from .mwi import LampState, StaleTerm
+from telephony.core.mwi import LampState, StaleTerm
 
 
 class DbMwiLedger:
-    """:class:`telephony.mwi.MwiLedger` on the ``mwi_ledger`` table."""
+    """:class:`telephony.core.mwi.MwiLedger` on the ``mwi_ledger`` table."""
 
     def __init__(self, db: ConfigDB) -> None:
         self.db = db

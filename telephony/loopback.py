@@ -1,6 +1,6 @@
 """The loopback test trunk: a simulated PBX trunk of N ports (``loopback-1..N``) on TCP.
 
-A client (the simulated PBX, see :mod:`telephony.loopback_client`) connects to the listener
+A client (the simulated PBX, see :mod:`lab.loopback_client`) connects to the listener
 (127.0.0.1 by default) and places **one call per connection** with JSON lines::
 
     -> {"op": "offer", "call_id": "c1", "calling": "4021", "called": "5000",
@@ -23,7 +23,7 @@ ignored.
 
 **Call flow and media.**  With a ``flow`` (``LoopbackTrunk(flow=...)``, usually
 ``CallFlow.handle``), the trunk runs ``await flow(call, port, term)`` once the call is
-answered; ``port`` is a :class:`LoopbackPort` (a ``telephony.callflow.CallPort``).  Audio is
+answered; ``port`` is a :class:`LoopbackPort` (a ``telephony.core.callflow.CallPort``).  Audio is
 8 kHz 16-bit signed little-endian mono PCM, base64 in JSON, at most ``MAX_AUDIO_CHUNK`` (2560)
 bytes of PCM (160 ms) per line::
 
@@ -81,13 +81,13 @@ import trio
 from integrations.base import IntegrationProfile
 from integrations.loopback import LOOPBACK
 
-from ._control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
-from . import media
-from .callflow import check_destination
-from .events import CallArrival
-from .mwi import require_term
-from .ports import ActiveCall, CallService, PortRegistry, PortState
-from .tasks import Backoff, TaskFailures, contained, listen_tcp, python_logger
+from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from telephony.core import media
+from telephony.core.callflow import check_destination
+from telephony.core.events import CallArrival
+from telephony.core.mwi import require_term
+from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
+from telephony.runtime.tasks import Backoff, TaskFailures, contained, listen_tcp, python_logger
 
 log = logging.getLogger("telephony.loopback")
 
@@ -156,7 +156,7 @@ _MONITOR: Any = object()  # _read_offer's answer for a {"op": "monitor"} connect
 
 
 class LoopbackTrunk:
-    """Port driver of the loopback trunk (implements :class:`telephony.ports.PortDriver`)."""
+    """Port driver of the loopback trunk (implements :class:`telephony.runtime.ports.PortDriver`)."""
 
     #: its monitor shows the lamp's new/old counts (a count change is a lamp job too)
     mwi_counts = True
@@ -177,7 +177,7 @@ class LoopbackTrunk:
         self.profile = profile
         self.max_line = max_line
         self.cleanup_timeout = cleanup_timeout
-        #: the call flow (``telephony.callflow.CallFlow.handle``); None: calls are only held
+        #: the call flow (``telephony.core.callflow.CallFlow.handle``); None: calls are only held
         self.flow = flow
         self.realtime = realtime
         chunk = (media.FRAME_BYTES if realtime else MAX_AUDIO_CHUNK) if play_chunk is None \
@@ -232,8 +232,8 @@ class LoopbackTrunk:
             self._monitors.discard(line)
 
     async def send_mwi(self, job) -> None:
-        """Send a lamp job (``telephony.mwi.MwiJob``) to every monitor; raises
-        :class:`~telephony.mwi.TransmitRefused` (nothing sent) unless the service is active in
+        """Send a lamp job (``telephony.core.mwi.MwiJob``) to every monitor; raises
+        :class:`~telephony.core.mwi.TransmitRefused` (nothing sent) unless the service is active in
         the job's term, ConnectionError when no monitor got it (the MWI ledger then keeps the
         lamp unconfirmed)."""
         if self.gate is not None:
@@ -565,7 +565,7 @@ class LoopbackTrunk:
 
 
 class LoopbackPort:
-    """The media side of one loopback call: a ``telephony.callflow.CallPort`` (and an
+    """The media side of one loopback call: a ``telephony.core.callflow.CallPort`` (and an
     ``Announcer``).  The trunk feeds it the client's audio and digits; the flow calls
     :meth:`play`, :meth:`record`, :meth:`collect_digits`, :meth:`transfer`,
     :meth:`hangup`."""

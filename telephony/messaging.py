@@ -1,9 +1,9 @@
 """The voice-messaging core of the messaging service: what the active node does with a call
 and with a message (docs/messaging-service.md, "Voice messaging").
 
-It wires the port-independent call flow (:mod:`telephony.callflow`) to the subscriber directory
+It wires the port-independent call flow (:mod:`telephony.core.callflow`) to the subscriber directory
 (the replicated configuration database), the message store with its spool
-(:mod:`telephony.store`, :mod:`telephony.spool`), MWI ownership (:mod:`telephony.mwi`, ledger in
+(:mod:`telephony.store`, :mod:`telephony.spool`), MWI ownership (:mod:`telephony.core.mwi`, ledger in
 the database) and e-mail notification (:mod:`telephony.notify`).  Only the active node works:
 ``activated(term)`` enables spool delivery and runs the MWI resync, ``deactivated()`` stops
 both; every MWI job carries the term and is checked against the current one before it is sent.
@@ -20,16 +20,16 @@ from typing import Any, Protocol
 
 import trio
 
-from failover.configdb import ConfigDB
+from telephony.configdb import ConfigDB
 
-from .callflow import CallFlow, CallPort
-from .events import CallArrival
-from .ledgers import DbMwiLedger, DbNotificationLedger
-from .message import VoiceMessage
-from .mwi import LampCoalescer, MwiJob, MwiPlanner, next_daily_resync
-from .notify import NotificationFailed, SmtpNotifier
-from .spool import Spool, SpoolWorker
-from .store import MessageStore, StoreUnavailable
+from telephony.core.callflow import CallFlow, CallPort
+from telephony.core.events import CallArrival
+from telephony.ledgers import DbMwiLedger, DbNotificationLedger
+from telephony.core.message import VoiceMessage
+from telephony.core.mwi import LampCoalescer, MwiJob, MwiPlanner, next_daily_resync
+from telephony.notify import NotificationFailed, SmtpNotifier
+from telephony.spool import Spool, SpoolWorker
+from telephony.store import MessageStore, StoreUnavailable
 
 log = logging.getLogger("telephony.messaging")
 
@@ -250,7 +250,7 @@ class Messaging:
         a long time).  At most ``LAMP_TASKS`` lamps are sent at once, one per mailbox; a
         mailbox that changes again while its lamp is being sent is looked at once more.  A
         mailbox whose last job went out less than ``mwi_coalesce`` seconds ago waits for the
-        window's end (:class:`telephony.mwi.LampCoalescer`): its changes meanwhile become one
+        window's end (:class:`telephony.core.mwi.LampCoalescer`): its changes meanwhile become one
         job with the counts of that moment."""
         if self.term is None:
             return
@@ -480,7 +480,7 @@ def _read_passwords(path: Path) -> dict[str, str]:
 
 def build_store(cfg) -> MessageStore:
     """The message store a node's configuration names."""
-    from .store import ImapStore, MaildirStore
+    from telephony.store import ImapStore, MaildirStore
 
     st = cfg.store
     if st.kind == "imap":

@@ -27,11 +27,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from .message import VoiceMessage
+from telephony.core.message import VoiceMessage
 
 DEFAULT_SENDER = "vmha@localhost"
 
-# the configuration database's address check (failover.configdb.v_email), plus bare
+# the configuration database's address check (telephony.configdb.v_email), plus bare
 # "user@host" for a sender on a local domain such as vmha@localhost
 _LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"

@@ -15,14 +15,14 @@ hangs up its calls and exits 0.  ``shutdown`` and SIGTERM exit 0 the same way.
 It exits only then, on a configuration error at start (a listening address that cannot be
 bound, a driver that cannot start: one log line naming the setting, exit 1) and when its
 control channel breaks.  Every long-lived task contains its own failures
-(:mod:`telephony.tasks`): a driver whose run fails after its start is recorded, its ports are
+(:mod:`telephony.runtime.tasks`): a driver whose run fails after its start is recorded, its ports are
 ``down`` and it is run again after a growing delay; so are the health and counters loops, the
 voice-messaging core and a command whose handling fails.  The failure counts per task go to
 the node manager as the ``tasks`` counters group.
 
 This module is the thin Trio driver; the decisions live in the pure cores
-:mod:`telephony._activation` (the lease) and :mod:`telephony._control` (the framing), and in
-:class:`telephony.ports.CallDesk` (the offer/hold path).
+:mod:`telephony.core.activation` (the lease) and :mod:`telephony.core.control` (the framing), and in
+:class:`telephony.runtime.ports.CallDesk` (the offer/hold path).
 """
 from __future__ import annotations
 
@@ -42,14 +42,11 @@ from typing import Any
 
 import trio
 
-from ._activation import Activation, ActivationError
-from ._control import (
-    MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError,
-    ControlProtocolError, FieldError, make, validate,
-)
-from .events import CallArrival
-from .ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
-from .tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
+from telephony.core.activation import Activation, ActivationError
+from telephony.core.control import MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, ControlProtocolError, FieldError, make, validate
+from telephony.core.events import CallArrival
+from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
+from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
 
 log = logging.getLogger("telephony.service")
 
@@ -650,7 +647,7 @@ async def serve(opts: ServiceOptions) -> int:
 
 
 async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
-    from .loopback import LoopbackTrunk
+    from telephony.loopback import LoopbackTrunk
 
     drivers: list[PortDriver] = []
     extra: dict[str, Any] = {}
@@ -678,7 +675,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     link = None
     sm = cfg.ports.smdi if cfg is not None else None
     if sm is not None and sm.enabled:
-        from .smdi.driver import SmdiLink
+        from telephony.smdi.driver import SmdiLink
         link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(), node=opts.node)
         drivers.append(link)
         if trunk is not None:
@@ -686,7 +683,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     sip = None
     sp = cfg.ports.sip if cfg is not None else None
     if sp is not None and sp.enabled:
-        from .sip.driver import SipPorts
+        from telephony.sip.driver import SipPorts
         sip = SipPorts(profile=sp.profile(), node=opts.node,
                        runtime_dir=cfg.node.data_dir / "run",
                        media_dir=cfg.node.data_dir / "sip-media")
@@ -700,9 +697,9 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     messaging = None
     db = None
     if cfg is not None:
-        from failover.configdb import ConfigDB, ConfigDBError
+        from telephony.configdb import ConfigDB, ConfigDBError
 
-        from .messaging import build_messaging
+        from telephony.messaging import build_messaging
         try:
             db = await trio.to_thread.run_sync(
                 lambda: ConfigDB(cfg.database.path, role=cfg.node.role,

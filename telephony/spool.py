@@ -10,7 +10,7 @@ File format (``NNNNNNNNNNNN-<message_id-safe>.vmmsg``)::
 
     b"VMHA-SPOOL/1 " + JSON header (one line, UTF-8, at most 64 KiB) + b"\\n" + WAV bytes
 
-The header holds every :class:`~telephony.message.VoiceMessage` field except ``audio``, plus
+The header holds every :class:`~telephony.core.message.VoiceMessage` field except ``audio``, plus
 ``audio_bytes`` and ``audio_sha256``, so a partial or corrupt file is always detected.  The
 name starts with a counter that increases with every spooled message (also across nodes: it
 continues after the highest counter in the directory), and :meth:`Spool.pending` orders by it,
@@ -37,10 +37,9 @@ import trio
 
 from failover.statefile import write_new_file
 
-from .events import Reason
-from .message import VoiceMessage
-from .store import (MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, _fsync_dir,
-                    safe_name)
+from telephony.core.events import Reason
+from telephony.core.message import VoiceMessage
+from telephony.store import MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, _fsync_dir, safe_name
 
 __all__ = ["Spool", "SpoolError", "SpoolWorker", "encode", "decode"]
 

@@ -45,8 +45,8 @@ import trio
 
 from failover.statefile import write_new_file
 
-from .events import check_text
-from .message import VoiceMessage
+from telephony.core.events import check_text
+from telephony.core.message import VoiceMessage
 
 __all__ = [
     "StoreUnavailable", "StoreError", "StoredMessage", "MessageStore", "MaildirStore",
@@ -77,7 +77,7 @@ class StoreError(Exception):
 @dataclass(frozen=True)
 class StoredMessage:
     """One message as the store lists it.  ``uid`` is the store's own id (the Maildir key or
-    the IMAP UID, as a string); ``reason`` is the :class:`~telephony.events.Reason` value."""
+    the IMAP UID, as a string); ``reason`` is the :class:`~telephony.core.events.Reason` value."""
 
     uid: str
     message_id: str

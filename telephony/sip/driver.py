@@ -1,18 +1,18 @@
 """The SIP port driver: pjsua2 worker processes of up to four ports each, started and watched by
 the messaging service, and the call flow driven over them.
 
-* :class:`SipPorts` (a :class:`telephony.ports.PortDriver`) registers ports ``sip-1..N`` and
+* :class:`SipPorts` (a :class:`telephony.runtime.ports.PortDriver`) registers ports ``sip-1..N`` and
   runs one supervisor task per worker (:mod:`telephony.sip.worker`, a child process talking
   JSON lines on a Unix socket).  A worker that dies is restarted with backoff; its ports are
   ``down`` meanwhile and the calls it held are logged and reported as dropped.
 * An ``incoming`` INVITE becomes a call-arrival event on one of that worker's ports: the reason
-  and forwarding number come from Diversion / History-Info (:mod:`telephony.sip.headers`); on
+  and forwarding number come from Diversion / History-Info (:mod:`telephony.sip.core.headers`); on
   the inactive node the service holds the call and tells the node manager (immediate
   failover), then it is answered normally.  A rejected call gets 486 (busy) or 480.
-* An answered call is a :class:`SipCall` (a :class:`telephony.callflow.CallPort`): prompts are
+* An answered call is a :class:`SipCall` (a :class:`telephony.core.callflow.CallPort`): prompts are
   WAV files the worker plays; a recording is a WAV file the worker writes while this side
   reads it as it grows and ends it on silence, the maximum, a digit or hang-up
-  (:class:`telephony.media.Recorder`, the same rules as every port).
+  (:class:`telephony.core.media.Recorder`, the same rules as every port).
 * :meth:`SipCall.transfer` is a blind transfer (REFER) of the answered call to
   ``sip:<digits>@<the PBX's signalling address>`` (where the INVITE came from); success is a
   2xx final status from the PBX within the profile's ``transfer_timeout``, after which the
@@ -40,13 +40,13 @@ import trio
 
 from integrations.cucm_sip import SipProfile
 
-from .. import media
-from ..callflow import check_destination
-from ..events import CallArrival
-from ..mwi import TransmitRefused, require_term
-from ..ports import ActiveCall, CallService, PortRegistry, PortState
-from ..tasks import Backoff, ListenError, TaskFailures, describe, python_logger
-from .headers import call_reason, message_summary
+from telephony.core import media
+from telephony.core.callflow import check_destination
+from telephony.core.events import CallArrival
+from telephony.core.mwi import TransmitRefused, require_term
+from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
+from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger
+from telephony.sip.core.headers import call_reason, message_summary
 
 log = logging.getLogger("telephony.sip")
 
@@ -145,7 +145,7 @@ class _Lines:
 
 
 class SipCall:
-    """One answered SIP call, as the call flow sees it (:class:`telephony.callflow.CallPort`)."""
+    """One answered SIP call, as the call flow sees it (:class:`telephony.core.callflow.CallPort`)."""
 
     def __init__(self, worker: "Worker", call_id: str, media_dir: Path, *,
                  record_poll: float = RECORD_POLL, remote: str = "",
@@ -797,7 +797,7 @@ class SipPorts:
     # ------------------------------------------------------------------ MWI
 
     async def send_mwi(self, job) -> None:
-        """Send the lamp of ``job`` (``telephony.mwi.MwiJob``) as an unsolicited NOTIFY.
+        """Send the lamp of ``job`` (``telephony.core.mwi.MwiJob``) as an unsolicited NOTIFY.
 
         Raises :class:`TransmitRefused` unless active in ``job.term`` right before each
         attempt, ``ConnectionError`` when every attempt failed."""

@@ -158,7 +158,7 @@ from typing import Any
 
 import trio
 
-from telephony._control import ControlError, parse_line
+from telephony.core.control import ControlError, parse_line
 from telephony.sip.pjthread import PjThread, PjThreadStopped, endpoint_config
 
 try:  # the worker cannot run without it; the op checks below can

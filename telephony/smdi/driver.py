@@ -14,7 +14,7 @@ One :class:`SmdiLink` per node, on the node's side of the data splitter.  It
 * hands the ringing line its record (:meth:`SmdiLink.call_info`, used by the voice lines);
 * sends MWI commands (:meth:`SmdiLink.send_mwi`, the messaging core's lamp sink) paced at the
   line rate, a fresh lamp (a message just left or heard) before any queued resync lamp (the
-  priority lane, :class:`~telephony.smdi.core.LampQueue`), **only while the service is active
+  priority lane, :class:`~telephony.smdi.core.link.LampQueue`), **only while the service is active
   in the job's term**: the check runs right before the bytes are written, after any wait for
   the line, so an inactive node never puts a byte on the shared line;
 * matches MWI failure records to the job and reports them.
@@ -35,12 +35,12 @@ import trio
 
 from integrations.smdi import PARITIES, SerialSettings, SmdiProfile
 
-from ..events import CallArrival
-from ..mwi import TransmitRefused, require_term
-from ..ports import CallService, PortRegistry, PortState
-from ..tasks import TaskFailures, describe, python_logger
-from .codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
-from .core import FailureMatcher, LampQueue, LinePacer, RecordMatcher
+from telephony.core.events import CallArrival
+from telephony.core.mwi import TransmitRefused, require_term
+from telephony.runtime.ports import CallService, PortRegistry, PortState
+from telephony.runtime.tasks import TaskFailures, describe, python_logger
+from telephony.smdi.core.codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
+from telephony.smdi.core.link import FailureMatcher, LampQueue, LinePacer, RecordMatcher
 
 log = logging.getLogger("telephony.smdi")
 
@@ -369,7 +369,7 @@ class SmdiLink:
     # ------------------------------------------------------------------ outbound (MWI)
 
     async def send_mwi(self, job) -> None:
-        """Put the lamp command of ``job`` (``telephony.mwi.MwiJob``) on the line.
+        """Put the lamp command of ``job`` (``telephony.core.mwi.MwiJob``) on the line.
 
         Raises :class:`TransmitRefused` unless the service is active in ``job.term`` at the
         moment of writing, :class:`LinkDown` when the port is closed; nothing is written then.

@@ -6,9 +6,9 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
-from failover import _events as ev
-from failover._state import Role, ServiceHealth, State
-from failover._supervisor import Persisted, Supervisor, SupervisorConfig
+from failover.core import events as ev
+from failover.core.state import Role, ServiceHealth, State
+from failover.core.supervisor import Persisted, Supervisor, SupervisorConfig
 
 
 class InvariantError(AssertionError):

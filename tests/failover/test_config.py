@@ -12,7 +12,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from failover._state import FailbackType, Mode, Role
+from failover.core.state import FailbackType, Mode, Role
 from failover.config import (
     MUST_MATCH, PROFILES, SCHEMA, Address, ConfigError, NodeConfig, guide_settings, load_config,
     parse_address, parse_config, settings_that_must_match,
@@ -645,7 +645,7 @@ def test_replication_directories_must_match():
 
 
 def test_supervisor_config():
-    from failover import _supervisor as sup
+    from failover.core import supervisor as sup
     a, _ = pair_docs()
     a["failback"] = {"type": "scheduled", "window_start": "22:00", "window_end": "01:00"}
     c = parse_config(a, "a.toml", base_dir="/")

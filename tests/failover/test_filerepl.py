@@ -14,7 +14,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from failover._replwire import (
+from failover.core.replwire import (
     FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry, FileManifest,
     FileManifestRequest, FileOffer,
 )
@@ -22,7 +22,7 @@ from failover.filerepl import (
     DISK_FULL, MANIFEST_PATH, RECEIVER_ACTIVE, TMP_DIR, FileReplicator, IndexEntry, plan,
 )
 from failover.replchan import ChannelClosed
-from failover.testing import free_port
+from lab.pair import free_port
 
 DIRS = ["prompts", "streams", "support", "spool"]
 MIB = 1024 * 1024
@@ -966,8 +966,8 @@ async def test_pipelined_small_files_bounded_window(nursery, tmp_path):
 
 
 async def test_over_a_real_replication_endpoint_pair(nursery, tmp_path):
-    from failover._replwire import Channel
-    from failover._state import Role
+    from failover.core.replwire import Channel
+    from failover.core.state import Role
     from failover.config import Address
     from failover.replchan import ReplEndpoint
 

@@ -17,13 +17,13 @@ import struct
 import pytest
 import trio
 
-from failover import _events as ev
-from failover._state import Mode, Role, ServiceHealth, State
-from failover._wire import NEED_DATA, Command, CommandKind, Hello, LinkConnection, Status
+from failover.core import events as ev
+from failover.core.state import Mode, Role, ServiceHealth, State
+from failover.core.wire import NEED_DATA, Command, CommandKind, Hello, LinkConnection, Status
 from failover.config import parse_config
 from failover.eventlog import EventLog
 from failover.link import PeerLink
-from failover.testing import free_port
+from lab.pair import free_port
 
 PSK = b"k" * 32
 GUARD = 10.0  # hang guard only

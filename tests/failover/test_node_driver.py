@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from failover import _events as ev
+from failover.core import events as ev
 from failover.config import parse_config
 from failover.eventlog import EventLog
 from failover.node import NodeManager
-from failover._state import Role, ServiceHealth, State
+from failover.core.state import Role, ServiceHealth, State
 from failover.statefile import load_state
 
 

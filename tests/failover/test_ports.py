@@ -22,7 +22,7 @@ from failover.config import (
     same_host, settings_that_must_match,
 )
 from failover.configure import configure_main, make_pair, write_pair
-from failover.testing import free_port
+from lab.pair import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VMHA = Path(sys.executable).parent / "vmha"

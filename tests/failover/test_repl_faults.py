@@ -18,16 +18,16 @@ import apsw
 import pytest
 import trio
 
-from failover._replwire import (NEED_DATA, Channel, DbState, FileManifestRequest, Hello,
+from failover.core.replwire import (NEED_DATA, Channel, DbState, FileManifestRequest, Hello,
                                 ReplConnection)
-from failover._state import Mode, Role, State
+from failover.core.state import Mode, Role, State
 from failover.config import parse_config
-from failover.configdb import ConfigDB
+from telephony.configdb import ConfigDB
 from failover.replication import Replication
-from failover.testing import free_port
-from telephony.tasks import ListenError
+from lab.pair import free_port
+from telephony.runtime.tasks import ListenError
 
-from .test_filerepl import pair, synced, until
+from tests.failover.test_filerepl import pair, synced, until
 
 PSK = bytes(range(32))
 GUARD = 30  # seconds: hang guard only

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from failover._replwire import (
+from failover.core.replwire import (
     NEED_DATA, Channel, DbState, FileAck, FileBegin, FileChunk, FileEnd, FileEntry,
     FileManifest, FileManifestRequest, Hello, ReplConnection, max_data,
 )
-from failover._state import Role
+from failover.core.state import Role
 from failover.config import Address
 from failover.replchan import INBOX_ITEMS, ChannelClosed, ReplChannel, ReplEndpoint
 

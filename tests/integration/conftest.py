@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover.testing import Node, Pair
+from lab.pair import Node, Pair
 
 GUARD = 20.0  # seconds; a guard against a hang, never a performance limit
 LOG_TAIL = 60  # lines of each node log attached to a failure report

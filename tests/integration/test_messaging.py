@@ -19,12 +19,12 @@ import pytest
 import trio
 
 from failover.config import load_config
-from failover.testing import Pair
-from telephony import media
-from telephony.loopback_client import open_call
+from lab.pair import Pair
+from telephony.core import media
+from lab.loopback_client import open_call
 from telephony.store import parse_mime
 
-from .conftest import GUARD, until, wait_active
+from tests.integration.conftest import GUARD, until, wait_active
 
 pytestmark = pytest.mark.multiprocess
 
@@ -258,8 +258,8 @@ async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
 def _stored_directly(root: Path, mailbox: str, extension: str, call_id: str) -> None:
     """A message put in the shared store by something other than the active node (another
     system on the message server, a restore from backup): the lamps do not know about it."""
-    from telephony.events import Reason
-    from telephony.message import VoiceMessage
+    from telephony.core.events import Reason
+    from telephony.core.message import VoiceMessage
     from telephony.store import MaildirStore
 
     msg = VoiceMessage(message_id=f"{call_id}.restore.0@vmha", mailbox=mailbox, extension=extension,

@@ -1,6 +1,6 @@
 """A real pair on loopback: two ``vmha node`` processes (each with its messaging-service child),
 a TCP relay on the node link that the test can cut and heal, and simulated calls on the
-loopback trunks (``telephony.loopback_client``).
+loopback trunks (``lab.loopback_client``).
 
 Each test asserts outcomes it observes: node states and terms from the admin status, call
 outcomes from the trunk, process lifetimes, the event logs.  Waits are bounded by ``GUARD``
@@ -22,14 +22,13 @@ import sys
 import pytest
 import trio
 
-from failover._state import Mode, Role, ServiceHealth, State
-from failover._wire import Command, CommandKind, Dropped, Hello, LinkConnection, Status
+from failover.core.state import Mode, Role, ServiceHealth, State
+from failover.core.wire import Command, CommandKind, Dropped, Hello, LinkConnection, Status
 from failover.configure import load_key
-from failover.testing import Pair
-from telephony.loopback_client import open_call, place_call
+from lab.pair import Pair
+from lab.loopback_client import open_call, place_call
 
-from .conftest import (GUARD, events_of, link_listen, pid_alive, status, until, wait_events,
-                       wait_active, watch_states)
+from tests.integration.conftest import GUARD, events_of, link_listen, pid_alive, status, until, wait_events, wait_active, watch_states
 
 pytestmark = pytest.mark.multiprocess
 

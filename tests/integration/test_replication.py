@@ -3,7 +3,7 @@ replication channel through relays that the test can cut and heal.
 
 Each test observes outcomes: rows read back through each node's admin socket, files on disk
 and their sha256, the nodes' status (positions, checksums, counters) and event logs.  Waits are
-hang guards (``GUARD``), never performance limits; bench/replication.py measures speed.
+hang guards (``GUARD``), never performance limits; bench/bench_replication.py measures speed.
 """
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover._replwire import (Channel, DbChanges, DbEntry, DbSchema, DbState, NEED_DATA,
+from failover.core.replwire import (Channel, DbChanges, DbEntry, DbSchema, DbState, NEED_DATA,
                                 ReplConnection)
-from failover._state import Role
+from failover.core.state import Role
 from failover.config import load_config
-from failover.configdb import SCHEMA_VERSION, ConfigDB
+from telephony.configdb import SCHEMA_VERSION, ConfigDB
 from failover.configure import load_key
-from failover.testing import Node, Pair
+from lab.pair import Node, Pair
 
-from .conftest import GUARD, until, wait_active
+from tests.integration.conftest import GUARD, until, wait_active
 
 pytestmark = pytest.mark.multiprocess
 

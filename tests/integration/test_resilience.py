@@ -18,10 +18,10 @@ import time
 import pytest
 import trio
 
-from failover.testing import Pair
-from telephony.loopback_client import place_call
+from lab.pair import Pair
+from lab.loopback_client import place_call
 
-from .conftest import GUARD, events_of, pid_alive, until, wait_active, watch_states
+from tests.integration.conftest import GUARD, events_of, pid_alive, until, wait_active, watch_states
 
 pytestmark = pytest.mark.multiprocess
 

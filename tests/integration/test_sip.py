@@ -14,14 +14,14 @@ import pytest
 import trio
 
 from failover.config import load_config
-from failover.testing import Pair
-from telephony import media
+from lab.pair import Pair
+from telephony.core import media
 from telephony.store import parse_mime
-from tests.telephony.test_sip_worker import (PJSUA2_MISSING, free_udp_block,
+from tests.telephony.sip.test_worker import (PJSUA2_MISSING, free_udp_block,
                                              free_udp_port, goertzel, sipp, write_tone_ulaw)
 
-from .conftest import until, wait_active
-from .test_messaging import FAST, admin
+from tests.integration.conftest import until, wait_active
+from tests.integration.test_messaging import FAST, admin
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),

@@ -1,5 +1,5 @@
 """The SIP ports of a real pair with real third-party peers (the lab harness of
-``telephony/sip/lab.py``):
+``lab/sip.py``):
 
 * the lab PBX alone (kamailio, a dead port, a SIPp target): it hunts past the dead port and
   routes the whole dialog (ACK, the callee's BYE) by its Record-Route.
@@ -28,15 +28,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover.testing import Pair
-from telephony import media
-from telephony.sip.lab import BaresipPhone, KamailioPbx
-from tests.telephony.test_sip_worker import (PJSUA2_MISSING, free_udp_block, free_udp_port,
+from lab.pair import Pair
+from telephony.core import media
+from lab.sip import BaresipPhone, KamailioPbx
+from tests.telephony.sip.test_worker import (PJSUA2_MISSING, free_udp_block, free_udp_port,
                                              goertzel, sipp)
 
-from .conftest import until, wait_active
-from .test_messaging import FAST, admin
-from .test_sip import VOICE_HZ, caller_wav, has_voice, messages, sip, sip_port, subscriber
+from tests.integration.conftest import until, wait_active
+from tests.integration.test_messaging import FAST, admin
+from tests.integration.test_sip import VOICE_HZ, caller_wav, has_voice, messages, sip, sip_port, subscriber
 
 pytestmark = [pytest.mark.multiprocess]
 needs_pjsua2 = pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or "")

@@ -15,15 +15,15 @@ import pytest
 import trio
 
 from failover.config import load_config
-from failover.testing import Pair
-from telephony import media
-from telephony.loopback_client import open_call
-from telephony.smdi.lab import SerialSplitterLab
-from telephony.smdi.pbxsim import PbxSimulator
+from lab.pair import Pair
+from telephony.core import media
+from lab.loopback_client import open_call
+from lab.smdi import SerialSplitterLab
+from lab.smdi_pbx import PbxSimulator
 
-from .conftest import until, wait_active
-from .test_pair import _vmha
-from .test_messaging import FAST, _stored_directly, admin
+from tests.integration.conftest import until, wait_active
+from tests.integration.test_pair import _vmha
+from tests.integration.test_messaging import FAST, _stored_directly, admin
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(shutil.which("socat") is None,

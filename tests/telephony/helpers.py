@@ -8,10 +8,10 @@ from typing import Any
 import trio
 import trio.testing
 
-from telephony._control import FROM_SERVICE, NEED_DATA, Closed, ControlConnection, validate
-from telephony.events import CallArrival, Reason
+from telephony.core.control import FROM_SERVICE, NEED_DATA, Closed, ControlConnection, validate
+from telephony.core.events import CallArrival, Reason
 from telephony.loopback import LoopbackTrunk
-from telephony.ports import PortRegistry, PortState
+from telephony.runtime.ports import PortRegistry, PortState
 from telephony.service import MessagingService
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import trio
 
-from failover.configdb import ConfigDB
-from failover._state import Role
+from telephony.configdb import ConfigDB
+from failover.core.state import Role
 from telephony.messaging import Messaging
 from telephony.store import MaildirStore
 
-from .test_spool import wait_until
-from .test_store import make_message
+from tests.telephony.test_spool import wait_until
+from tests.telephony.test_store import make_message
 
 
 class HoldingSink:

@@ -14,15 +14,15 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from telephony import media
+from telephony.core import media
 from telephony.loopback import MAX_AUDIO_CHUNK, LoopbackTrunk, parse_call_op
-from telephony.loopback_client import (
+from lab.loopback_client import (
     LoopbackCall, LoopbackClientError, call_on_stream, open_call, place_call,
 )
-from telephony.ports import PortState
+from telephony.runtime.ports import PortState
 
-from .helpers import make_trunk, running_service
-from .test_callflow import GREETING_4000, FakeDirectory, box, make_flow
+from tests.telephony.helpers import make_trunk, running_service
+from tests.telephony.core.test_callflow import GREETING_4000, FakeDirectory, box, make_flow
 
 
 class RawClient:
@@ -867,7 +867,7 @@ def test_fuzz_parse_call_op(msg):
 async def test_a_ring_on_a_given_line_takes_that_port_and_its_information_from_line_info(autojump_clock):
     """``"line": N`` rings loopback-N itself; with ``line_info`` (the SMDI link) the call's
     numbers come from there, not from the offer; a line in use is busy."""
-    from telephony.events import CallArrival
+    from telephony.core.events import CallArrival
 
     trunk, listener = make_trunk(count=3)
     asked = []
@@ -903,7 +903,7 @@ async def test_a_ring_on_a_given_line_takes_that_port_and_its_information_from_l
 
 
 async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock):
-    from telephony.events import CallArrival
+    from telephony.core.events import CallArrival
 
     trunk, _ = make_trunk(count=1)
     call = CallArrival(node="a", port="loopback-1", call_id="smdi-a-1", calling="5551001",
@@ -922,7 +922,7 @@ async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock
 async def test_lamp_jobs_go_to_monitors_only_in_the_active_term(autojump_clock):
     """The trunk is a lamp driver too: a job of a term the service does not answer in is
     refused and no monitor sees it (every lamp driver refuses jobs from an older term: docs/messaging-service.md)."""
-    from telephony.mwi import MwiJob, TransmitRefused
+    from telephony.core.mwi import MwiJob, TransmitRefused
 
     trunk, listener = make_trunk()
     answering: list[int | None] = [None]

@@ -19,19 +19,19 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover._state import Role
-from failover.configdb import ConfigDB, ConfigDBError
+from failover.core.state import Role
+from telephony.configdb import ConfigDB, ConfigDBError
 from integrations.base import mwi_drivers
 from integrations.cucm_sip import SipProfile
 from telephony.loopback import LoopbackTrunk
 from telephony.messaging import Messaging
-from telephony.ports import PortRegistry
+from telephony.runtime.ports import PortRegistry
 from telephony.store import ImapStore, MaildirStore
 
-from . import dovecot
-from .dovecot_status import StatusDovecot
-from .test_spool import wait_until
-from .test_store import make_message
+from lab import dovecot
+from lab.dovecot_status import StatusDovecot
+from tests.telephony.test_spool import wait_until
+from tests.telephony.test_store import make_message
 
 GUARD = 60  # seconds: hang guards only
 
@@ -185,7 +185,7 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
 
 # ============================================================================ SIP NOTIFY counts
 
-from .test_sip_worker import PJSUA2_MISSING, free_udp_port, sipp  # noqa: E402
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, free_udp_port, sipp  # noqa: E402
 
 needs_sip = pytest.mark.skipif(PJSUA2_MISSING is not None or shutil.which("sipp") is None,
                                reason=PJSUA2_MISSING or "SIPp is not installed")

@@ -1,6 +1,6 @@
 """E-mail notification against a real SMTP server process (aiosmtpd) on 127.0.0.1.
 
-The server is ``tests/telephony/smtp_server.py`` started as a child process and stopped by PID
+The server is ``lab/smtp_server.py`` started as a child process and stopped by PID
 (``smtp_server.SmtpServerProcess``).  Its start and stop block the Trio loop for a moment;
 nothing else runs in these tests meanwhile.
 """
@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 import pytest
 import trio
 
-from failover.testing import free_port
-from telephony.events import Reason
-from telephony.message import VoiceMessage, message_id_for
+from lab.pair import free_port
+from telephony.core.events import Reason
+from telephony.core.message import VoiceMessage, message_id_for
 from telephony.notify import (MemoryLedger, NotificationFailed, NotificationLedger, NotifyError,
                               SmtpNotifier, build_notification, notification_key,
                               notification_message_id)
 
-from .smtp_server import SmtpServerProcess, smtp_server
+from lab.smtp_server import SmtpServerProcess, smtp_server
 
 GUARD = 30  # seconds; only a guard against a hang
 

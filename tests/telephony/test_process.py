@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from telephony.loopback_client import open_call, place_call
+from lab.loopback_client import open_call, place_call
 
-from .helpers import FakeManager
+from tests.telephony.helpers import FakeManager
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = 30  # seconds; only a guard against a hang

@@ -9,10 +9,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FORBIDDEN = {"trio", "socket", "time", "threading", "os", "asyncio", "select", "signal",
              "subprocess", "selectors"}
-PURE = ["telephony/_control.py", "telephony/_activation.py", "telephony/events.py",
-        "integrations/base.py", "integrations/loopback.py", "telephony/media.py", "telephony/mwi.py",
-        "telephony/reports.py", "telephony/message.py", "telephony/smdi/codec.py",
-        "telephony/smdi/core.py", "integrations/smdi.py", "telephony/sip/headers.py"]
+PURE = ["telephony/core/control.py", "telephony/core/activation.py", "telephony/core/events.py",
+        "integrations/base.py", "integrations/loopback.py", "telephony/core/media.py", "telephony/core/mwi.py",
+        "telephony/core/reports.py", "telephony/core/message.py", "telephony/smdi/core/codec.py",
+        "telephony/smdi/core/link.py", "integrations/smdi.py", "telephony/sip/core/headers.py"]
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

@@ -26,12 +26,12 @@ import pytest
 import trio
 
 from integrations.cucm_sip import SipProfile
-from telephony.loopback_client import place_call
+from lab.loopback_client import place_call
 from telephony.sip import driver as sip_driver
 from telephony.sip.driver import SipPorts
 
-from .helpers import running_service
-from .test_process import loopback_address, service_process
+from tests.telephony.helpers import running_service
+from tests.telephony.test_process import loopback_address, service_process
 
 GUARD = 30  # seconds: a hang guard only
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_sip_worker.py"
@@ -232,7 +232,7 @@ async def test_loopback_resets_at_the_worst_moments_leave_the_service_serving():
 
 async def test_loopback_accept_failure_is_counted_and_the_listener_goes_on():
     from telephony.loopback import LoopbackTrunk
-    from telephony.tasks import listen_tcp
+    from telephony.runtime.tasks import listen_tcp
 
     class Flaky(trio.abc.Listener[trio.abc.Stream]):
         def __init__(self, inner):
@@ -263,7 +263,7 @@ async def test_loopback_accept_failure_is_counted_and_the_listener_goes_on():
 def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp_path):
     import subprocess
 
-    from .test_process import ROOT
+    from tests.telephony.test_process import ROOT
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -294,10 +294,10 @@ def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp
 @pytest.mark.skipif(shutil.which("socat") is None,
                     reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 async def test_smdi_record_handling_failure_reopens_the_link_and_it_goes_on(tmp_path):
-    from telephony.smdi.codec import encode_call_record
-    from telephony.smdi.lab import SocatPair
+    from telephony.smdi.core.codec import encode_call_record
+    from lab.smdi import SocatPair
 
-    from .test_smdi_driver import Far, Service, make_link, until
+    from tests.telephony.smdi.test_driver import Far, Service, make_link, until
 
     pair = SocatPair(tmp_path / "node", tmp_path / "pbx")
     pair.start()

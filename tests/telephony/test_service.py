@@ -11,11 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from telephony._control import NEED_DATA, ControlConnection
-from telephony.ports import PortState
+from telephony.core.control import NEED_DATA, ControlConnection
+from telephony.runtime.ports import PortState
 from telephony.service import EXIT_FAILED, EXIT_OK, MessagingService
 
-from .helpers import DirectTrunk, running_service
+from tests.telephony.helpers import DirectTrunk, running_service
 
 HOLD = 2.0
 

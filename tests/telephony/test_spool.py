@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from telephony.spool import MAGIC, Spool, SpoolError, SpoolWorker, decode, encode
 from telephony.store import ImapStore, MaildirStore, StoreError, StoreUnavailable
 
-from . import dovecot
-from .dovecot import DovecotServer
-from .test_store import make_message
+from lab import dovecot
+from lab.dovecot import DovecotServer
+from tests.telephony.test_store import make_message
 
 SKIP_IMAP = dovecot.available()
 needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")

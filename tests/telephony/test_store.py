@@ -14,15 +14,15 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.events import Reason
-from telephony.message import VoiceMessage, message_id_for
+from telephony.core.events import Reason
+from telephony.core.message import VoiceMessage, message_id_for
 from telephony.store import (
     MAX_MESSAGE, ImapStore, MaildirStore, StoreError, StoredMessage, StoreUnavailable,
     build_mime, parse_mime, safe_name,
 )
 
-from . import dovecot
-from .dovecot import DovecotServer
+from lab import dovecot
+from lab.dovecot import DovecotServer
 
 SKIP_IMAP = dovecot.available()
 needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")

@@ -1,0 +1,390 @@
+"""Harness for running real node pairs on loopback: used by the multi-process tests, the
+benchmarks and ``vmha demo``.  Starts real ``vmha node`` processes, a TCP relay on the node
+link that can be cut and healed, and talks to the nodes through their admin sockets.
+Every process it starts is stopped by PID."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from failover.admin import admin_request
+from failover.configure import write_pair
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Ports this process has handed out.  A port is only checked free when it is picked, and
+# nothing holds it until the process it was meant for binds it, so without this two picks for
+# the same pair could return the same number (seen in CI: a node's loopback trunk and its
+# replication listener both given 61235).  Not handing a number out again rules that out; only
+# after 4,000 (about a sixth of the ports) are the oldest half forgotten (those were for tests
+# long finished).
+_given_tcp: dict[tuple[str, int], None] = {}
+_given_udp: dict[int, None] = {}
+_given_lock = threading.Lock()
+
+
+def _remember(given: dict, keys) -> None:
+    for k in keys:
+        given[k] = None
+    if len(given) > 4000:
+        for k in list(given)[:len(given) // 2]:
+            del given[k]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free now, outside the kernel's ephemeral range, and not handed out
+    before by this process.  Outside the ephemeral range: a port the kernel hands out for
+    bind(0) may be given again to an outgoing connection's source port before the node binds
+    it (seen as "Address already in use" with many connections in a test)."""
+    lo, hi = _ephemeral_range()
+    ranges = [r for r in ((1024 + 1, lo - 1), (hi + 1, 65535)) if r[0] < r[1]] or [(20000, 30000)]
+    with _given_lock:
+        for _ in range(1000):
+            port = random.randint(*random.choice(ranges))
+            if (host, port) in _given_tcp:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _remember(_given_tcp, [(host, port)])
+            return port
+    raise RuntimeError(f"no free TCP port on {host}")
+
+
+def free_udp_block(n: int = 1, *, top: int = 64000) -> int:
+    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, none of them handed
+    out before by this process, outside the kernel's ephemeral range (SIP callers' and SIPp's
+    own ports come from there) and below ``top`` (a SIP node's RTP start needs 1000 ports per
+    worker above it: ``top = 65536 - 1000 * workers``)."""
+    lo, hi = _ephemeral_range()
+    ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
+    with _given_lock:
+        for _ in range(1000):
+            base = random.randrange(*random.choice(ranges or [(20000, 30000)]))
+            block = range(base, base + n)
+            if any(p in _given_udp for p in block):
+                continue
+            if udp_block_free(base, n):
+                _remember(_given_udp, block)
+                return base
+    raise RuntimeError("no free UDP port block on 127.0.0.1")
+
+
+def udp_block_free(base: int, n: int) -> bool:
+    """Whether UDP ports ``base`` .. ``base + n - 1`` can all be bound on 127.0.0.1 now."""
+    socks = []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+class TcpRelay:
+    """Forwards 127.0.0.1:listen -> 127.0.0.1:target.  ``cut()`` stops forwarding in both
+    directions without closing anything (a pulled cable: TCP keeps the bytes and delivers them
+    after ``heal()``); ``reset()`` closes every connection (a rebooted switch)."""
+
+    def __init__(self, target_port: int, listen_port: int | None = None):
+        self.target = target_port
+        self.listen_port = listen_port or free_port()
+        self._lsock = socket.socket()
+        self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._lsock.bind(("127.0.0.1", self.listen_port))
+        self._lsock.listen(16)
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"relay-{self.listen_port}")
+        self._thread.start()
+
+    def cut(self) -> None:
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
+
+    @property
+    def is_cut(self) -> bool:
+        return not self._flowing.is_set()
+
+    def reset(self) -> None:
+        with self._lock:
+            for a, b in self._pairs:
+                for s in (a, b):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+            self._pairs.clear()
+
+    def close(self) -> None:
+        self._stop = True
+        self.reset()
+        self._lsock.close()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop:
+            with self._lock:
+                socks = [self._lsock] + [s for p in self._pairs for s in p]
+            try:
+                readable, _, _ = select.select(socks if self._flowing.is_set() else [self._lsock], [], [], 0.01)
+            except (OSError, ValueError):
+                continue
+            for s in readable:
+                if s is self._lsock:
+                    try:
+                        c, _ = self._lsock.accept()
+                        u = socket.create_connection(("127.0.0.1", self.target), timeout=1)
+                        for x in (c, u):
+                            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            x.setblocking(True)
+                        with self._lock:
+                            self._pairs.append((c, u))
+                    except OSError:
+                        try:
+                            c.close()
+                        except (OSError, UnboundLocalError):
+                            pass
+                    continue
+                if not self._flowing.is_set():
+                    continue
+                with self._lock:
+                    pair = next((p for p in self._pairs if s in p), None)
+                if pair is None:
+                    continue
+                other = pair[1] if s is pair[0] else pair[0]
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    other.sendall(data)
+                except OSError:
+                    with self._lock:
+                        if pair in self._pairs:
+                            self._pairs.remove(pair)
+                    for x in pair:
+                        try:
+                            x.close()
+                        except OSError:
+                            pass
+
+
+@dataclass
+class Node:
+    name: str
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    env: dict = field(default_factory=dict)
+
+    def start(self, extra_env: dict | None = None) -> None:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "failover.cli", "node", "--config", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def admin(self, request: dict, timeout: float = 5.0) -> dict | None:
+        from failover.config import load_config
+
+        sock = load_config(self.config).admin.socket
+        try:
+            return admin_request(sock, request, timeout=timeout)
+        except (OSError, ValueError):
+            return None
+
+    def status(self) -> dict | None:
+        r = self.admin({"op": "status"})
+        return r["status"] if r and r.get("ok") else None
+
+    def state(self) -> str | None:
+        st = self.status()
+        return st["node"]["state"] if st else None
+
+    def service_pid(self) -> int | None:
+        """PID of the messaging service child (found by its parent and command line)."""
+        if self.proc is None:
+            return None
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "telephony.service"],
+                                 capture_output=True, text=True, timeout=5).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return int(out[0]) if out else None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL of the whole process group (node manager and service)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                os.kill(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        rc = self.proc.wait(timeout=5)
+        self._log.close()
+        return rc
+
+    def kill(self) -> None:
+        """kill -9 of the node manager only: its service must notice and stop on its own."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=5)
+
+    def events(self) -> list[dict]:
+        from failover.config import load_config
+
+        path = load_config(self.config).node.data_dir / "events.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+
+class Pair:
+    """Two nodes on loopback.  With ``relay=True`` each node link direction and each node's
+    replication listener is reached through a TcpRelay, so the test can cut and heal the
+    network between the nodes (``cut()`` cuts both, like a pulled cable)."""
+
+    def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default", extra: dict | None = None,
+                 extra_a: dict | None = None, extra_b: dict | None = None):
+        """``extra``: TOML sections merged into both nodes' files (a nested table such as
+        ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
+        same for one node, after ``extra``."""
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        la, lb = free_port(), free_port()
+        rla, rlb = free_port(), free_port()  # replication listeners
+        self.loop_a, self.loop_b = free_port(), free_port()
+        self.relays: list[TcpRelay] = []
+        if relay:
+            ra, rb = TcpRelay(la), TcpRelay(lb)  # dial ra to reach a, rb to reach b
+            rra, rrb = TcpRelay(rla), TcpRelay(rlb)
+            self.relays = [ra, rb, rra, rrb]
+            dial_a, dial_b = ra.listen_port, rb.listen_port
+            rdial_a, rdial_b = rra.listen_port, rrb.listen_port
+        else:
+            dial_a, dial_b = la, lb
+            rdial_a, rdial_b = rla, rlb
+        write_pair(self.dir, "a", "b", f"127.0.0.1:{la}", f"127.0.0.1:{lb}", "data",
+                   loopback_ports=(self.loop_a, self.loop_b), profile=profile, force=True)
+        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra, extra_a)
+        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra, extra_b)
+        (self.dir / "data" / "store").mkdir(parents=True, exist_ok=True)  # the shared Maildir store
+        self.a = Node("a", self.dir / "primary.toml", self.dir / "a.log")
+        self.b = Node("b", self.dir / "secondary.toml", self.dir / "b.log")
+
+    @staticmethod
+    def _patch(path: Path, link: tuple[int, int], repl: tuple[int, int], *extras: dict | None) -> None:
+        import tomllib
+
+        import tomli_w
+
+        data = tomllib.loads(path.read_text())
+        data["link"]["listen"] = f"127.0.0.1:{link[0]}"
+        data["link"]["peer"] = f"127.0.0.1:{link[1]}"
+        data.setdefault("replication", {}).update(listen=f"127.0.0.1:{repl[0]}", peer=f"127.0.0.1:{repl[1]}")
+        for extra in extras:
+            for section, values in (extra or {}).items():
+                data.setdefault(section, {}).update(values)
+        path.write_text(tomli_w.dumps(data))
+
+    def node(self, name: str) -> Node:
+        return self.a if name == "a" else self.b
+
+    def loop_port(self, name: str) -> int:
+        return self.loop_a if name == "a" else self.loop_b
+
+    def cut(self) -> None:
+        for r in self.relays:
+            r.cut()
+
+    def heal(self) -> None:
+        for r in self.relays:
+            r.heal()
+
+    def states(self) -> dict[str, str | None]:
+        return {"a": self.a.state(), "b": self.b.state()}
+
+    def wait_for(self, predicate, timeout: float = 15.0, poll: float = 0.01):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            v = predicate()
+            if v:
+                return v
+            time.sleep(poll)
+        raise TimeoutError(f"condition not met in {timeout}s; states {self.states()}")
+
+    def wait_state(self, name: str, state: str, timeout: float = 15.0) -> float:
+        """Poll until node ``name`` reports ``state``; returns time.monotonic() when seen."""
+        node = self.node(name)
+        self.wait_for(lambda: node.state() == state, timeout)
+        return time.monotonic()
+
+    def start(self, first: str = "a", gap: float = 0.0) -> None:
+        order = [self.a, self.b] if first == "a" else [self.b, self.a]
+        order[0].start()
+        if gap:
+            time.sleep(gap)
+        order[1].start()
+
+    def stop(self) -> None:
+        for n in (self.a, self.b):
+            n.stop()
+        for r in self.relays:
+            r.close()
+
+    def __enter__(self) -> "Pair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

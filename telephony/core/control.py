@@ -1,0 +1,346 @@
+"""Sans-IO codec of the local control channel (node manager <-> messaging service).
+
+The contract is docs/design.md, "Local control channel": one JSON object per line (UTF-8,
+``\\n``-terminated), at most ``max_line`` (65,536) bytes per line, every message has ``"op"``.
+
+Three verbs, h11-style::
+
+    conn = ControlConnection()
+    conn.receive_data(chunk)        # b"" means end of stream
+    ev = conn.next_event()          # dict | ControlError | NEED_DATA | Closed
+    wire = conn.send({"op": "hello", ...})
+
+A line that is not JSON, not an object, or has no string ``"op"`` comes out as a
+:class:`ControlError` event: the receiver logs it and carries on (the next line parses).  A
+line longer than ``max_line`` raises :class:`ControlProtocolError`: the stream cannot be
+trusted any more and the caller closes it.
+
+The codec does not judge fields.  :func:`validate` does, for both directions, from the
+tables :data:`TO_SERVICE` and :data:`FROM_SERVICE`; :func:`make` builds a checked message.
+
+Pure: no trio, socket, time, threading or os.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from telephony.core.events import CallArrival, check_text
+
+MAX_LINE: Final = 65536
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: ``next_event()`` needs more bytes before it can return anything.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The peer closed its side and every complete line has been returned."""
+
+
+@dataclass(frozen=True)
+class ControlError:
+    """A line that is not a control message.  ``raw`` is the line without its ``\\n``."""
+
+    reason: str
+    raw: bytes
+
+
+class ControlProtocolError(Exception):
+    """The peer broke the framing (a line over the limit): close the channel."""
+
+
+class LocalProtocolError(Exception):
+    """We misused the codec (data after EOF, a message that cannot be sent)."""
+
+
+class FieldError(ValueError):
+    """A control message whose fields do not match the contract."""
+
+
+Event = dict | ControlError | Closed
+
+
+class ControlConnection:
+    """Bounded JSON-lines framing, one per direction pair (it does not know its role)."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be positive")
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf known to hold no b"\n"
+        self._eof = False
+        self._closed_reported = False
+        self._broken: ControlProtocolError | None = None
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its side."""
+        if self._eof:
+            if data:
+                raise LocalProtocolError("receive_data after end of stream")
+            return
+        if not data:
+            self._eof = True
+        else:
+            self._buf += data
+
+    def next_event(self) -> Event | _Sentinel:
+        if self._broken is not None:
+            raise self._broken
+        nl = self._buf.find(b"\n", self._scanned)
+        if nl < 0:
+            self._scanned = len(self._buf)
+            if len(self._buf) > self.max_line:
+                self._fail(f"line longer than {self.max_line} bytes")
+            if not self._eof:
+                return NEED_DATA
+            if self._buf:
+                raw = bytes(self._buf)
+                self._buf.clear()
+                self._scanned = 0
+                return ControlError("incomplete line at end of stream", raw)
+            self._closed_reported = True
+            return Closed()
+        if nl > self.max_line:
+            self._fail(f"line of {nl} bytes is longer than {self.max_line}")
+        raw = bytes(self._buf[:nl])
+        del self._buf[: nl + 1]
+        self._scanned = 0
+        return parse_line(raw)
+
+    def _fail(self, reason: str) -> None:
+        self._broken = ControlProtocolError(reason)
+        self._buf.clear()
+        raise self._broken
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msg: dict) -> bytes:
+        """Encode one message as a line.  Raises LocalProtocolError if it cannot be sent."""
+        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+            raise LocalProtocolError('a control message is a dict with a string "op"')
+        try:
+            text = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"cannot encode {msg.get('op')!r} message: {exc}") from None
+        line = text.encode("utf-8")
+        if len(line) > self.max_line:
+            raise LocalProtocolError(f"{msg['op']!r} message is {len(line)} bytes, over the "
+                                     f"{self.max_line}-byte line limit")
+        return line + b"\n"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_line(raw: bytes) -> dict | ControlError:
+    """Parse one line (without ``\\n``) into a message dict or a ControlError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ControlError(f"not UTF-8: {exc.reason} at byte {exc.start}", raw)
+    try:
+        obj = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        return ControlError("JSON nested too deeply", raw)
+    except ValueError as exc:  # JSONDecodeError, over-long integers, NaN/Infinity
+        return ControlError(f"not JSON: {exc}", raw)
+    if not isinstance(obj, dict):
+        return ControlError(f"not a JSON object but {type(obj).__name__}", raw)
+    op = obj.get("op")
+    if not isinstance(op, str):
+        return ControlError('no string "op" field' if op is None else '"op" is not a string', raw)
+    return obj
+
+
+# ============================================================================ field checks
+
+Check = Callable[[str, Any], Any]
+
+MAX_TERM: Final = 2**64 - 1  # terms travel as u64 on the node link
+MAX_LEASE: Final = 86400.0
+SERVICE_STATES: Final = ("inactive", "active", "draining", "fenced")
+CALL_EVENTS: Final = ("answered", "ended", "rejected", "dropped")
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(name: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise FieldError(f"{name} must be an integer, got {_show(v)}")
+        if not lo <= v <= hi:
+            raise FieldError(f"{name} must be between {lo} and {hi}, got {v}")
+        return v
+    return check
+
+
+def _opt(check: Check) -> Check:
+    def opt(name: str, v: Any) -> Any:
+        return None if v is None else check(name, v)
+    return opt
+
+
+def _lease(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FieldError(f"{name} must be a number of seconds, got {_show(v)}")
+    if not (math.isfinite(v) and 0 < v <= MAX_LEASE):
+        raise FieldError(f"{name} must be above 0 and at most {MAX_LEASE:g} seconds, got {v}")
+    return float(v)
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise FieldError(f"{name} must be true or false, got {_show(v)}")
+    return v
+
+
+def _text(limit: int, *, nonempty: bool = False) -> Check:
+    def check(name: str, v: Any) -> str:
+        try:
+            return check_text(name, v, nonempty=nonempty, limit=limit)
+        except ValueError as exc:
+            raise FieldError(str(exc)) from None
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    def check(name: str, v: Any) -> str:
+        if v not in options or not isinstance(v, str):
+            raise FieldError(f"{name} must be one of {', '.join(options)}, got {_show(v)}")
+        return v
+    return check
+
+
+def _list(item: Check, limit: int = 1024) -> Check:
+    def check(name: str, v: Any) -> list:
+        if not isinstance(v, list):
+            raise FieldError(f"{name} must be a list, got {_show(v)}")
+        if len(v) > limit:
+            raise FieldError(f"{name} has {len(v)} items; at most {limit} are allowed")
+        return [item(f"{name}[{i}]", x) for i, x in enumerate(v)]
+    return check
+
+
+def _object(schema: dict[str, Check]) -> Check:
+    def check(name: str, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise FieldError(f"{name} must be an object, got {_show(v)}")
+        _check_fields(v, schema, prefix=f"{name}.")
+        return v
+    return check
+
+
+def _call(name: str, v: Any) -> dict:
+    try:
+        CallArrival.from_dict(v)
+    except ValueError as exc:
+        raise FieldError(f"{name}: {exc}") from None
+    return v
+
+
+def _show(v: Any) -> str:
+    return "null" if v is None else f"{type(v).__name__} {v!r:.40}"
+
+
+_TERM = _int(0, MAX_TERM)
+
+
+def _opt_until(name: str, v: Any) -> None:
+    """Optional absolute lease deadline (seconds on the host's CLOCK_MONOTONIC)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e12):
+        raise FieldError(f"{name} must be a positive number of seconds, got {_show(v)}")
+
+
+_opt_until.may_be_absent = True  # type: ignore[attr-defined]
+_COUNT = _int(0, 2**31 - 1)
+_NAME = _text(64, nonempty=True)
+_PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME})
+MAX_COUNTER_GROUPS: Final = 16
+MAX_COUNTERS: Final = 64
+
+
+def _counters(name: str, v: Any) -> dict:
+    """``{group: {counter: int >= 0}}``: at most 16 groups (a driver kind, ``messaging``) of at
+    most 64 counters, names as node names."""
+    if not isinstance(v, dict) or len(v) > MAX_COUNTER_GROUPS:
+        raise FieldError(f"{name} must be an object of at most {MAX_COUNTER_GROUPS} groups, "
+                         f"got {_show(v)}")
+    for group, counters in v.items():
+        _NAME(f"{name} group", group)
+        if not isinstance(counters, dict) or len(counters) > MAX_COUNTERS:
+            raise FieldError(f"{name}.{group:.64} must be an object of at most {MAX_COUNTERS} "
+                             f"counters, got {_show(counters)}")
+        for key, n in counters.items():
+            _NAME(f"{name}.{group:.64} counter", key)
+            _int(0, 2**63 - 1)(f"{name}.{group:.64}.{key:.64}", n)
+    return v
+
+#: node manager -> service: op -> {field: check}
+TO_SERVICE: Final[dict[str, dict[str, Check]]] = {
+    "activate": {"term": _TERM, "lease": _lease, "until": _opt_until},
+    "renew": {"term": _TERM, "lease": _lease, "until": _opt_until},
+    "deactivate": {"term": _TERM, "drain": _bool},
+    "refuse_call": {"call_id": _text(64, nonempty=True), "reason": _text(200)},
+    "shutdown": {},
+}
+
+#: service -> node manager: op -> {field: check}
+FROM_SERVICE: Final[dict[str, dict[str, Check]]] = {
+    "hello": {"pid": _int(1, 2**31 - 1), "node": _NAME, "ports": _list(_NAME)},
+    "health": {"seq": _int(0, 2**63 - 1), "state": _choice(SERVICE_STATES), "term": _opt(_TERM),
+               "calls": _COUNT, "ports": _list(_PORT_STATUS)},
+    "activated": {"term": _TERM},
+    "deactivated": {"term": _TERM, "calls": _COUNT},
+    "fenced": {"term": _TERM, "reason": _text(200)},
+    "call_offered": {"call": _call},
+    "call": {"event": _choice(CALL_EVENTS), "call": _call, "term": _opt(_TERM)},
+    "error": {"message": _text(1000), "ref": _opt(_text(64))},
+    "event": {"level": _choice(("info", "warning", "error")), "event": _NAME,
+              "message": _text(1000)},
+    "counters": {"groups": _counters},
+}
+
+
+def _check_fields(msg: dict, schema: dict[str, Check], prefix: str = "") -> None:
+    for name, check in schema.items():
+        if name not in msg:
+            if getattr(check, "may_be_absent", False):
+                continue
+            raise FieldError(f"{prefix}{name} is missing")
+        check(prefix + name, msg[name])
+
+
+def validate(msg: dict, table: dict[str, dict[str, Check]]) -> dict:
+    """Check ``msg`` against ``table`` (:data:`TO_SERVICE` or :data:`FROM_SERVICE`).
+
+    Returns ``msg`` unchanged or raises :class:`FieldError` with a message fit for the
+    ``error`` reply.  Fields this version does not know are ignored (forward compatible).
+    """
+    op = msg.get("op")
+    schema = table.get(op) if isinstance(op, str) else None
+    if schema is None:
+        raise FieldError(f"unknown op {op!r:.40}")
+    _check_fields(msg, schema)
+    return msg
+
+
+def make(op: str, **fields: Any) -> dict:
+    """Build a message and check it against whichever table knows ``op``."""
+    msg = {"op": op, **fields}
+    table = TO_SERVICE if op in TO_SERVICE else FROM_SERVICE
+    return validate(msg, table)
