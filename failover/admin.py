@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, FramingError
 from telephony.runtime.tasks import describe, guard_handler, keep_running
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
                     nm.failures.failed("admin.request", e)
                     reply = {"ok": False, "error": f"internal error, nothing changed: {describe(e)}"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
-        except (trio.BrokenResourceError, OSError, ControlProtocolError):
+        except (trio.BrokenResourceError, OSError, FramingError):
             return
         finally:
             await trio.aclose_forcefully(stream)

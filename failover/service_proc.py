@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from telephony.core.control import (NEED_DATA, Closed, ControlConnection, ControlError,
-                                ControlProtocolError, FieldError, FROM_SERVICE, validate)
+                                FramingError, FieldError, FROM_SERVICE, validate)
 
 from telephony.runtime.tasks import TaskFailures, guard_handler, keep_running
 
@@ -181,7 +181,7 @@ class ServiceRunner:
                         await self.inbox.send(ev.ServiceStarted(msg["pid"]))
                         continue
                     await self._handle(msg)
-        except (trio.BrokenResourceError, OSError, ControlProtocolError) as e:
+        except (trio.BrokenResourceError, OSError, FramingError) as e:
             self.events.write("warning", "control_lost", f"control channel error: {e}")
         finally:
             if gen is not None:

@@ -81,7 +81,7 @@ import trio
 from integrations.base import IntegrationProfile
 from integrations.loopback import LOOPBACK
 
-from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, ControlProtocolError
+from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, FramingError
 from telephony.core import media
 from telephony.core.callflow import check_destination
 from telephony.core.events import CallArrival
@@ -819,7 +819,7 @@ class _Line:
         while True:
             try:
                 ev = self.conn.next_event()
-            except ControlProtocolError as exc:
+            except FramingError as exc:
                 await self.reply(ev="error", message=f"{exc}; closing the connection")
                 return None
             if ev is NEED_DATA:

@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from telephony.core.activation import Activation, ActivationError
-from telephony.core.control import MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, ControlProtocolError, FieldError, make, validate
+from telephony.core.control import MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, FramingError, FieldError, make, validate
 from telephony.core.events import CallArrival
 from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
@@ -214,7 +214,7 @@ class MessagingService:
         while True:
             try:
                 ev = self._conn.next_event()
-            except ControlProtocolError as exc:
+            except FramingError as exc:
                 self.activation.stop()
                 return f"control channel protocol error: {exc}", EXIT_FAILED
             if ev is NEED_DATA:

@@ -50,7 +50,8 @@ from construct import (
 from construct.core import stream_read, stream_write
 
 from failover.core.state import Role
-from failover.core.wire import NEED_DATA, Closed, Dropped, _NeedData  # the node link's outcome types
+from failover.core.wire import Dropped
+from telephony.core.framing import NEED_DATA, Closed, NeedData  # the node link's outcome types
 
 MAGIC = b"VR"
 VERSION = 1
@@ -747,7 +748,7 @@ class ReplConnection:
         self._buf.clear()
         self._need = 0
 
-    def next_event(self) -> Hello | Message | Dropped | Closed | _NeedData:
+    def next_event(self) -> Hello | Message | Dropped | Closed | NeedData:
         """The next event, ``NEED_DATA`` or ``Closed``; raises ``RemoteReplError``."""
         if self._frames:
             frame = self._frames.popleft()

@@ -26,6 +26,8 @@ from construct import (
 
 from failover.core.state import Mode, Role, ServiceHealth, State
 
+from telephony.core.framing import NEED_DATA, Closed, NeedData  # Closed: clean EOF at a frame boundary
+
 MAGIC = b"VM"
 VERSION = 1
 MAX_FRAME = 256  # whole frame, header included
@@ -144,17 +146,6 @@ class Dropped:
     size: int    # whole frame, bytes
 
 
-@dataclass(frozen=True)
-class Closed:
-    """Clean EOF at a frame boundary."""
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
 DROP_REASONS = ("mac", "seq", "type", "parse", "node", "direction")
 
 
@@ -302,7 +293,7 @@ class LinkConnection:
             self._frames.append(bytes(self._buf[:size]))
             del self._buf[:size]
 
-    def next_event(self) -> Hello | Status | Command | Dropped | Closed | _NeedData:
+    def next_event(self) -> Hello | Status | Command | Dropped | Closed | NeedData:
         """The next event, ``NEED_DATA`` or ``Closed``; raises ``RemoteLinkError``."""
         if self._frames:
             return self._process(self._frames.popleft())

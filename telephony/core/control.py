@@ -12,7 +12,7 @@ Three verbs, h11-style::
 
 A line that is not JSON, not an object, or has no string ``"op"`` comes out as a
 :class:`ControlError` event: the receiver logs it and carries on (the next line parses).  A
-line longer than ``max_line`` raises :class:`ControlProtocolError`: the stream cannot be
+line longer than ``max_line`` raises :class:`FramingError`: the stream cannot be
 trusted any more and the caller closes it.
 
 The codec does not judge fields.  :func:`validate` does, for both directions, from the
@@ -22,33 +22,18 @@ Pure: no trio, socket, time, threading or os.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from telephony.core.events import CallArrival, check_text
+from telephony.core.framing import (MAX_LINE, NEED_DATA, Closed, FramingError, LineFramer,
+                                    LocalFramingError, NeedData, Unfinished, decode_json_object,
+                                    encode_json_line)
 
-MAX_LINE: Final = 65536
-
-
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-#: ``next_event()`` needs more bytes before it can return anything.
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The peer closed its side and every complete line has been returned."""
-
+__all__ = ["MAX_LINE", "NEED_DATA", "Closed", "FramingError", "LocalFramingError", "ControlError",
+           "ControlConnection", "FieldError", "parse_line", "validate", "make"]
 
 @dataclass(frozen=True)
 class ControlError:
@@ -56,14 +41,6 @@ class ControlError:
 
     reason: str
     raw: bytes
-
-
-class ControlProtocolError(Exception):
-    """The peer broke the framing (a line over the limit): close the channel."""
-
-
-class LocalProtocolError(Exception):
-    """We misused the codec (data after EOF, a message that cannot be sent)."""
 
 
 class FieldError(ValueError):
@@ -74,95 +51,42 @@ Event = dict | ControlError | Closed
 
 
 class ControlConnection:
-    """Bounded JSON-lines framing, one per direction pair (it does not know its role)."""
+    """Bounded JSON-lines framing (:class:`LineFramer`), one per direction pair (it does not
+    know its role).  A line over ``max_line`` raises :class:`FramingError`: close the channel.
+    Misuse (data after end of stream, a message that cannot be sent) raises
+    :class:`LocalFramingError`."""
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
-        if max_line < 1:
-            raise ValueError("max_line must be positive")
+        self._framer = LineFramer(max_line)
         self.max_line = max_line
-        self._buf = bytearray()
-        self._scanned = 0  # bytes of _buf known to hold no b"\n"
-        self._eof = False
-        self._closed_reported = False
-        self._broken: ControlProtocolError | None = None
-
-    # ------------------------------------------------------------------ receiving
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
-        if self._eof:
-            if data:
-                raise LocalProtocolError("receive_data after end of stream")
-            return
-        if not data:
-            self._eof = True
-        else:
-            self._buf += data
+        self._framer.receive_data(data)
 
-    def next_event(self) -> Event | _Sentinel:
-        if self._broken is not None:
-            raise self._broken
-        nl = self._buf.find(b"\n", self._scanned)
-        if nl < 0:
-            self._scanned = len(self._buf)
-            if len(self._buf) > self.max_line:
-                self._fail(f"line longer than {self.max_line} bytes")
-            if not self._eof:
-                return NEED_DATA
-            if self._buf:
-                raw = bytes(self._buf)
-                self._buf.clear()
-                self._scanned = 0
-                return ControlError("incomplete line at end of stream", raw)
-            self._closed_reported = True
-            return Closed()
-        if nl > self.max_line:
-            self._fail(f"line of {nl} bytes is longer than {self.max_line}")
-        raw = bytes(self._buf[:nl])
-        del self._buf[: nl + 1]
-        self._scanned = 0
-        return parse_line(raw)
-
-    def _fail(self, reason: str) -> None:
-        self._broken = ControlProtocolError(reason)
-        self._buf.clear()
-        raise self._broken
-
-    # ------------------------------------------------------------------ sending
+    def next_event(self) -> Event | NeedData:
+        item = self._framer.next_line()
+        if isinstance(item, bytes):
+            return parse_line(item)
+        if isinstance(item, Unfinished):
+            return ControlError("incomplete line at end of stream", item.raw)
+        return item  # NEED_DATA or Closed (an Overlong never comes: resync is off)
 
     def send(self, msg: dict) -> bytes:
-        """Encode one message as a line.  Raises LocalProtocolError if it cannot be sent."""
+        """Encode one message as a line.  Raises LocalFramingError if it cannot be sent."""
         if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-            raise LocalProtocolError('a control message is a dict with a string "op"')
+            raise LocalFramingError('a control message is a dict with a string "op"')
         try:
-            text = json.dumps(msg, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"cannot encode {msg.get('op')!r} message: {exc}") from None
-        line = text.encode("utf-8")
-        if len(line) > self.max_line:
-            raise LocalProtocolError(f"{msg['op']!r} message is {len(line)} bytes, over the "
-                                     f"{self.max_line}-byte line limit")
-        return line + b"\n"
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+            return encode_json_line(msg, self.max_line)
+        except LocalFramingError as exc:
+            raise LocalFramingError(f"{msg['op']!r} message: {exc}") from None
 
 
 def parse_line(raw: bytes) -> dict | ControlError:
     """Parse one line (without ``\\n``) into a message dict or a ControlError."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return ControlError(f"not UTF-8: {exc.reason} at byte {exc.start}", raw)
-    try:
-        obj = json.loads(text, parse_constant=_no_constants)
-    except RecursionError:
-        return ControlError("JSON nested too deeply", raw)
-    except ValueError as exc:  # JSONDecodeError, over-long integers, NaN/Infinity
-        return ControlError(f"not JSON: {exc}", raw)
-    if not isinstance(obj, dict):
-        return ControlError(f"not a JSON object but {type(obj).__name__}", raw)
+    obj = decode_json_object(raw)
+    if isinstance(obj, str):
+        return ControlError(obj, raw)
     op = obj.get("op")
     if not isinstance(op, str):
         return ControlError('no string "op" field' if op is None else '"op" is not a string', raw)

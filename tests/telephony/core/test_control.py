@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from telephony.core.control import (
     FROM_SERVICE, MAX_LINE, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError,
-    ControlProtocolError, FieldError, LocalProtocolError, make, validate,
+    FramingError, FieldError, LocalFramingError, make, validate,
 )
 
 CALL = {"node": "a", "port": "loopback-1", "call_id": "c1", "calling": "4021",
@@ -121,7 +121,7 @@ def test_incomplete_line_at_eof_is_an_error_event_then_closed():
 def test_data_after_eof_is_our_bug():
     conn = ControlConnection()
     conn.receive_data(b"")
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalFramingError):
         conn.receive_data(b"x")
 
 
@@ -152,16 +152,16 @@ def test_bad_line_is_an_error_event_and_the_next_line_still_parses(bad, why):
 def test_over_long_line_raises_and_stays_broken():
     conn = ControlConnection(max_line=64)
     conn.receive_data(b"x" * 65)
-    with pytest.raises(ControlProtocolError):
+    with pytest.raises(FramingError):
         conn.next_event()
-    with pytest.raises(ControlProtocolError):
+    with pytest.raises(FramingError):
         conn.next_event()
 
 
 def test_over_long_line_with_its_newline_raises():
     conn = ControlConnection(max_line=64)
     conn.receive_data(b'{"op":"' + b"x" * 64 + b'"}\n')
-    with pytest.raises(ControlProtocolError):
+    with pytest.raises(FramingError):
         conn.next_event()
 
 
@@ -175,14 +175,14 @@ def test_a_line_of_exactly_max_line_bytes_is_fine():
     conn.receive_data(line)
     assert conn.next_event() == msg
     msg["pad"] += "y"
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalFramingError):
         conn.send(msg)
 
 
 @pytest.mark.parametrize("msg", [{"term": 1}, {"op": 1}, "shutdown",
                                  {"op": "x", "lease": float("nan")}, {"op": "x", "o": object()}])
 def test_send_refuses_what_cannot_be_a_control_line(msg):
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalFramingError):
         ControlConnection().send(msg)
 
 
@@ -259,7 +259,7 @@ def test_random_bytes_give_only_events_or_protocol_error(chunks, max_line):
                     assert isinstance(ev["op"], str)
                 else:
                     assert len(ev.raw) <= max_line
-    except ControlProtocolError:
+    except FramingError:
         pass
 
 
