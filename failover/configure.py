@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import tomli_w
 
 from failover.config import DEFAULT_LINK_PORT, PROFILES, Address, Bind, ConfigError, NodeConfig, Problem, binds_collide, check_node_name, listen_binds, load_config, parse_address, parse_config, port_collisions, same_host, settings_that_must_match
-from failover.statefile import write_new_file
+from telephony.runtime.files import write_new_file
 
 __all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pair", "write_pair",
            "load_key", "configure_main"]

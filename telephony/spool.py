@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from failover.statefile import write_new_file
+from telephony.runtime.files import write_new_file
 
 from telephony.core.events import Reason
 from telephony.core.message import VoiceMessage

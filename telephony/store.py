@@ -43,7 +43,7 @@ from typing import Protocol
 
 import trio
 
-from failover.statefile import write_new_file
+from telephony.runtime.files import write_new_file
 
 from telephony.core.events import check_text
 from telephony.core.message import VoiceMessage
