@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from telephony.configdb import ConfigDB, ConfigDBError
 
-from telephony.core.mwi import LampState, StaleTerm
+from telephony.core.mwi import LampState, StaleMwiTerm
 
 
 class DbMwiLedger:
@@ -49,7 +49,7 @@ class DbMwiLedger:
             self.db.write(term, ops)
         except ConfigDBError as e:
             if "below" in str(e) or "parity" in str(e) or "term" in str(e):
-                raise StaleTerm(str(e)) from None
+                raise StaleMwiTerm(str(e)) from None
             raise
 
 

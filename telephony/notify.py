@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 from telephony.core.message import VoiceMessage
+from telephony.core.terms import check_term
 
 DEFAULT_SENDER = "vmha@localhost"
 
@@ -75,14 +76,14 @@ class NotificationLedger(Protocol):
     def release(self, key: str, term: int) -> None: ...
 
 
-class MemoryLedger:
+class MemoryNotificationLedger:
     """An in-memory :class:`NotificationLedger` for tests: key -> ("claimed"|"sent", term)."""
 
     def __init__(self) -> None:
         self.rows: dict[str, tuple[str, int]] = {}
 
     def claim(self, key: str, term: int) -> bool:
-        _check_term(term)
+        check_term(term, NotifyError)
         row = self.rows.get(key)
         if row is not None and (row[0] == "sent" or row[1] >= term):
             return False
@@ -90,7 +91,7 @@ class MemoryLedger:
         return True
 
     def mark_sent(self, key: str, term: int) -> None:
-        _check_term(term)
+        check_term(term, NotifyError)
         self.rows[key] = ("sent", term)
 
     def release(self, key: str, term: int) -> None:
@@ -100,12 +101,6 @@ class MemoryLedger:
 
     def state(self, key: str) -> tuple[str, int] | None:
         return self.rows.get(key)
-
-
-def _check_term(term: object) -> int:
-    if type(term) is not int or term < 0:
-        raise NotifyError(f"term must be an integer >= 0, not {term!r}")
-    return term
 
 
 # --------------------------------------------------------------------------- message
@@ -269,7 +264,7 @@ class SmtpNotifier:
         NotificationFailed after trying every device when some failed."""
         if not isinstance(msg, VoiceMessage):
             raise NotifyError(f"msg must be a VoiceMessage, not {type(msg).__name__}")
-        _check_term(term)
+        check_term(term, NotifyError)
         targets = self._targets(msg, devices)
         mails = {t.key: build_notification(msg, t.address, sender=self.sender,
                                            attach_audio=self.attach_audio) for t in targets}

@@ -15,7 +15,8 @@ States (the ``state`` field of the ``health`` message)::
 Rules:
 
 * Terms only move forward.  A command whose term is lower than the highest term seen is
-  refused (:class:`StaleTerm`) and changes nothing.
+  refused (:class:`StaleActivationTerm`, a :class:`~telephony.core.terms.StaleTerm`) and
+  changes nothing.
 * ``activate`` needs a term above every term seen, except that repeating the activation of the
   current, still-valid term just extends its lease (idempotent).  A term that has ended here
   (deactivated or fenced) is never answered in again.
@@ -36,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from telephony.core.terms import StaleTerm
+
 
 class ActivationState(StrEnum):
     INACTIVE = "inactive"
@@ -48,8 +51,9 @@ class ActivationError(Exception):
     """A command was refused; the activation is unchanged."""
 
 
-class StaleTerm(ActivationError):
-    """A command carried a term lower than the highest term seen."""
+class StaleActivationTerm(ActivationError, StaleTerm):
+    """A command carried a term lower than the highest term seen (an ActivationError and a
+    :class:`~telephony.core.terms.StaleTerm`)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class Activation:
     def deactivate(self, term: int, drain: bool, now: float) -> None:
         """Stop taking new calls now.  With ``drain`` the state is DRAINING until the driver
         reports :meth:`drained` (calls in progress finish); without it, INACTIVE at once (the
-        driver hangs the calls up).  Raises StaleTerm (no change)."""
+        driver hangs the calls up).  Raises StaleActivationTerm (no change)."""
         self._check_not_stale("deactivate", term)
         self.term = self.highest = term
         self._expiry = self._lease = None
@@ -161,7 +165,7 @@ class Activation:
         if isinstance(term, bool) or not isinstance(term, int) or term < 0:
             raise ActivationError(f"{op}: term must be a non-negative integer, got {term!r}")
         if self.highest is not None and term < self.highest:
-            raise StaleTerm(f"{op} for stale term {term} refused: term {self.highest} "
+            raise StaleActivationTerm(f"{op} for stale term {term} refused: term {self.highest} "
                             "has been seen; terms only move forward")
 
     @staticmethod

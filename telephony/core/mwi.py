@@ -36,6 +36,8 @@ import re
 from dataclasses import dataclass
 from typing import Container, Iterable, Mapping, Protocol, runtime_checkable
 
+from telephony.core.terms import StaleTerm, check_term
+
 REASONS = ("deliver", "heard", "resync", "retry")
 DAY = 86400
 
@@ -48,8 +50,9 @@ class MwiError(ValueError):
     """Bad input, or a request that cannot be satisfied; nothing was changed."""
 
 
-class StaleTerm(MwiError):
-    """A ledger write (or a new planner term) from a term older than one already seen."""
+class StaleMwiTerm(MwiError, StaleTerm):
+    """A ledger write (or a new planner term) from a term older than one already seen (an
+    MwiError and a :class:`~telephony.core.terms.StaleTerm`)."""
 
 
 class TransmitRefused(Exception):
@@ -107,7 +110,7 @@ class MwiLedger(Protocol):
     def put(self, states: list[LampState], term: int) -> None: ...
 
 
-class MemoryLedger:
+class MemoryMwiLedger:
     """An in-memory :class:`MwiLedger` for tests.  ``puts`` counts the write transactions."""
 
     def __init__(self, states: Iterable[LampState] = ()) -> None:
@@ -123,9 +126,9 @@ class MemoryLedger:
         return {m: rows[m] for m in mailboxes if m in rows}
 
     def put(self, states: list[LampState], term: int) -> None:
-        _check_term(term)
+        check_term(term, MwiError)
         if term < self.term:
-            raise StaleTerm(f"ledger write from term {term} refused: term {self.term} "
+            raise StaleMwiTerm(f"ledger write from term {term} refused: term {self.term} "
                             "has written since")
         for s in states:
             if not isinstance(s, LampState):
@@ -140,12 +143,6 @@ class MemoryLedger:
 
 
 # --------------------------------------------------------------------------- validation
-
-def _check_term(term: object) -> int:
-    if type(term) is not int or term < 0:
-        raise MwiError(f"term must be an integer >= 0, not {term!r}")
-    return term
-
 
 def _check_count(name: str, mailbox: object, value: object) -> int:
     if type(value) is not int or value < 0:
@@ -186,9 +183,9 @@ class MwiPlanner:
     def set_term(self, term: int) -> None:
         """The node became active in ``term`` (after the takeover: call :meth:`resync`).
         Terms only go up; every job of an earlier term is refused from now on."""
-        _check_term(term)
+        check_term(term, MwiError)
         if self.term is not None and term < self.term:
-            raise StaleTerm(f"term {term} is older than the current term {self.term}")
+            raise StaleMwiTerm(f"term {term} is older than the current term {self.term}")
         self.term = term
         self.active = True
 

@@ -16,8 +16,8 @@ import trio
 from lab.pair import free_port
 from telephony.core.events import Reason
 from telephony.core.message import VoiceMessage, message_id_for
-from telephony.notify import (MemoryLedger, NotificationFailed, NotificationLedger, NotifyError,
-                              SmtpNotifier, build_notification, notification_key,
+from telephony.notify import (MemoryNotificationLedger, NotificationFailed, NotificationLedger,
+                              NotifyError, SmtpNotifier, build_notification, notification_key,
                               notification_message_id)
 
 from lab.smtp_server import SmtpServerProcess, smtp_server
@@ -60,7 +60,7 @@ def smtp(tmp_path):
 
 
 def notifier(server, ledger=None, **kw) -> SmtpNotifier:
-    return SmtpNotifier(server.host, server.port, ledger=ledger or MemoryLedger(),
+    return SmtpNotifier(server.host, server.port, ledger=ledger or MemoryNotificationLedger(),
                         timeout=GUARD, **kw)
 
 
@@ -104,7 +104,7 @@ async def test_audio_attached_when_asked(smtp):
 
 async def test_second_notify_sends_nothing_even_from_the_next_term(smtp):
     msg = voice_message()
-    ledger = MemoryLedger()  # replicated between the nodes in production
+    ledger = MemoryNotificationLedger()  # replicated between the nodes in production
     events = Events()
     with trio.fail_after(GUARD):
         assert await notifier(smtp, ledger).notify(msg, ADA, term=2) == ["ada@example.com"]
@@ -134,7 +134,7 @@ async def test_several_devices_each_once_and_other_types_ignored(smtp):
 async def test_login(tmp_path):
     with smtp_server(tmp_path / "mail", auth="vm:secret") as server:
         msg = voice_message()
-        ledger = MemoryLedger()
+        ledger = MemoryNotificationLedger()
         with trio.fail_after(GUARD):
             with pytest.raises(NotificationFailed, match="535"):
                 await notifier(server, ledger, username="vm", password="wrong").notify(
@@ -150,7 +150,7 @@ async def test_login(tmp_path):
 async def test_server_down_reports_releases_and_a_retry_sends_once(tmp_path):
     server = SmtpServerProcess(tmp_path / "mail")  # its port, nothing listening yet
     msg = voice_message()
-    ledger = MemoryLedger()
+    ledger = MemoryNotificationLedger()
     events = Events()
     n = notifier(server, ledger, events=events)
     try:
@@ -173,7 +173,7 @@ async def test_server_down_reports_releases_and_a_retry_sends_once(tmp_path):
 
 async def test_server_stopped_mid_way_then_back(tmp_path):
     with smtp_server(tmp_path / "mail") as server:
-        ledger = MemoryLedger()
+        ledger = MemoryNotificationLedger()
         n = notifier(server, ledger)
         first, second = voice_message("c1"), voice_message("c2")
         with trio.fail_after(GUARD):
@@ -200,7 +200,7 @@ async def test_server_stopped_mid_way_then_back(tmp_path):
     ({"type": "email", "address": "ada@example.com"}, "must be a list"),
 ])
 async def test_bad_address_clear_error_nothing_claimed(smtp, devices, match):
-    ledger = MemoryLedger()
+    ledger = MemoryNotificationLedger()
     with pytest.raises(NotifyError, match=match):
         await notifier(smtp, ledger).notify(voice_message(), devices, term=2)
     assert ledger.rows == {} and smtp.files() == []
@@ -217,7 +217,7 @@ async def test_bad_term_or_message(smtp):
 
 
 def test_bad_notifier_settings():
-    ledger = MemoryLedger()
+    ledger = MemoryNotificationLedger()
     for kw, match in [({"host": ""}, "host"), ({"port": 0}, "port"), ({"port": "25"}, "port"),
                       ({"timeout": 0}, "timeout"), ({"username": "u"}, "together"),
                       ({"sender": "nobody"}, "sender"), ({"ledger": object()}, "claim")]:
@@ -228,7 +228,7 @@ def test_bad_notifier_settings():
 
 # --------------------------------------------------------------------------- across failovers
 
-class CrashAfterSend(MemoryLedger):
+class CrashAfterSend(MemoryNotificationLedger):
     """The node dies after the SMTP server accepted the message, before mark_sent."""
 
     def mark_sent(self, key, term):
@@ -248,7 +248,7 @@ async def test_crash_window_duplicate_is_recognisable(smtp):
         # the same term does not send twice ...
         assert await notifier(smtp, ledger).notify(msg, ADA, term=2) == []
         # ... the next term does
-        survivor = MemoryLedger()
+        survivor = MemoryNotificationLedger()
         survivor.rows = dict(ledger.rows)
         assert await notifier(smtp, survivor).notify(msg, ADA, term=3) == ["ada@example.com"]
     first, second = smtp.messages()
@@ -258,7 +258,7 @@ async def test_crash_window_duplicate_is_recognisable(smtp):
 
 async def test_claim_of_a_newer_term_is_respected(smtp):
     msg = voice_message()
-    ledger = MemoryLedger()
+    ledger = MemoryNotificationLedger()
     key = notification_key(msg.message_id, "ada@example.com")
     assert ledger.claim(key, 5)
     with trio.fail_after(GUARD):
@@ -269,7 +269,7 @@ async def test_claim_of_a_newer_term_is_respected(smtp):
 # --------------------------------------------------------------------------- pure parts
 
 def test_memory_ledger_rules():
-    ledger = MemoryLedger()
+    ledger = MemoryNotificationLedger()
     assert isinstance(ledger, NotificationLedger)
     assert ledger.claim("k", 2)
     assert not ledger.claim("k", 2) and not ledger.claim("k", 1)

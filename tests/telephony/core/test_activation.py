@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.core.activation import (
-    Activation, ActivationError, ActivationState, Fenced, StaleTerm,
+    Activation, ActivationError, ActivationState, Fenced, StaleActivationTerm,
 )
+from telephony.core.terms import StaleTerm
 
 S = ActivationState
 
@@ -76,11 +77,12 @@ def test_stale_terms_are_refused_with_no_change(op):
     a = Activation()
     a.activate(6, 1.0, now=0.0)
     before = snapshot(a)
-    with pytest.raises(StaleTerm, match="stale term 4"):
+    with pytest.raises(StaleActivationTerm, match="stale term 4") as exc:
         if op == "deactivate":
             a.deactivate(4, True, now=0.1)
         else:
             getattr(a, op)(4, 1.0, now=0.1)
+    assert isinstance(exc.value, StaleTerm) and isinstance(exc.value, ActivationError)
     assert snapshot(a) == before
     assert a.may_answer(0.1)
 
@@ -90,7 +92,7 @@ def test_a_newer_activation_replaces_the_old_term():
     a.activate(2, 1.0, now=0.0)
     a.activate(3, 1.0, now=0.5)
     assert a.term == 3 and a.next_deadline() == 1.5
-    with pytest.raises(StaleTerm):
+    with pytest.raises(StaleActivationTerm):
         a.renew(2, 1.0, now=0.6)
 
 
