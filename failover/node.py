@@ -19,7 +19,8 @@ import trio
 
 from failover.core import events as ev
 from failover.core.state import State
-from failover.core.supervisor import ACTIVE_STATES, Persisted, Supervisor
+from failover.core.state import ACTIVE_STATES
+from failover.core.supervisor import Persisted, Supervisor
 from failover.core.wire import Command, Status
 from failover.admin import serve_admin
 from failover.config import NodeConfig

@@ -26,6 +26,11 @@ class State(IntEnum):
         return self.name.lower()
 
 
+
+
+#: the states in which a node is (or is becoming) the one that answers
+ACTIVE_STATES = (State.ACTIVATING, State.ACTIVE)
+
 class ServiceHealth(IntEnum):
     STOPPED = 0
     STARTING = 1

@@ -21,7 +21,6 @@ from telephony.core.reports import (COUNT_COLUMNS, HISTORY_COLUMNS, ReportError,
                                failover_history_csv, failover_history_report,
                                message_counts_csv, message_counts_report, render_csv)
 
-from tests.telephony.test_purity import FORBIDDEN, imported_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,8 +33,6 @@ SUBSCRIBERS = [
 ]
 
 
-def test_reports_module_is_pure():
-    assert not imported_modules(ROOT / "telephony/core/reports.py") & FORBIDDEN
 
 
 # --------------------------------------------------------------------------- gate

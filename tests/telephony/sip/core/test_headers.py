@@ -15,7 +15,6 @@ from telephony.sip.core.headers import (MAX_COUNT, MAX_ENTRIES, MAX_HEADER, Redi
                                    headers_named, message_summary, parse_diversion,
                                    parse_history_info, parse_message_summary)
 
-from tests.telephony.test_purity import FORBIDDEN, imported_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 B, N, A, U, D = Reason.BUSY, Reason.NO_ANSWER, Reason.ALL, Reason.UNKNOWN, Reason.DIRECT
@@ -39,9 +38,6 @@ def pairs(redirects: list[Redirect]) -> list[tuple[str, Reason]]:
     return [(r.number, r.reason) for r in redirects]
 
 
-def test_core_is_pure():
-    bad = imported_modules(ROOT / "telephony/sip/core/headers.py") & (FORBIDDEN | {"__import__"})
-    assert not bad
 
 
 # --------------------------------------------------------------------------- headers_named
