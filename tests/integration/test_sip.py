@@ -17,8 +17,9 @@ from failover.config import load_config
 from lab.pair import Pair
 from telephony.core import media
 from telephony.store import parse_mime
-from tests.telephony.sip.test_worker import (PJSUA2_MISSING, free_udp_block,
-                                             free_udp_port, goertzel, sipp, write_tone_ulaw)
+from lab.pair import free_udp_block
+from lab.sip import free_udp_port, sipp, write_tone_ulaw
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
 
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin

@@ -31,8 +31,9 @@ import trio
 from lab.pair import Pair
 from telephony.core import media
 from lab.sip import BaresipPhone, KamailioPbx
-from tests.telephony.sip.test_worker import (PJSUA2_MISSING, free_udp_block, free_udp_port,
-                                             goertzel, sipp)
+from lab.pair import free_udp_block
+from lab.sip import free_udp_port, sipp
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
 
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin

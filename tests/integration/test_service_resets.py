@@ -31,7 +31,7 @@ from telephony.sip import driver as sip_driver
 from telephony.sip.driver import SipPorts
 
 from tests.telephony.helpers import running_service
-from tests.telephony.test_process import loopback_address, service_process
+from tests.integration.test_service_process import loopback_address, service_process
 
 GUARD = 30  # seconds: a hang guard only
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_sip_worker.py"
@@ -263,7 +263,7 @@ async def test_loopback_accept_failure_is_counted_and_the_listener_goes_on():
 def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp_path):
     import subprocess
 
-    from tests.telephony.test_process import ROOT
+    from tests.integration.test_service_process import ROOT
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
