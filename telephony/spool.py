@@ -35,11 +35,11 @@ from typing import Any, Protocol
 
 import trio
 
-from telephony.runtime.files import write_new_file
+from telephony.runtime.files import fsync_dir, write_new_file
 
 from telephony.core.events import Reason
 from telephony.core.message import VoiceMessage
-from telephony.store import MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, _fsync_dir, safe_name
+from telephony.store import MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, safe_name
 
 __all__ = ["Spool", "SpoolError", "SpoolWorker", "encode", "decode"]
 
@@ -216,7 +216,7 @@ class Spool:
                         tmp = None
                         break
                 self._counter = counter
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
                 return target
             except OSError as e:
                 raise SpoolError(f"cannot spool message {msg.message_id} in {self.directory}: "

@@ -11,8 +11,8 @@ from failover.core.state import Role
 from telephony.messaging import Messaging
 from telephony.store import MaildirStore
 
-from tests.telephony.test_spool import wait_until
-from tests.telephony.test_store import make_message
+from tests.telephony.messages import make_message
+from tests.util import until
 
 
 class HoldingSink:
@@ -50,7 +50,7 @@ async def test_a_lamp_never_holds_the_call_and_none_means_no_lamp(tmp_path):
     async with trio.open_nursery() as nursery:
         await nursery.start(m.run)
         m.activated(2)
-        await wait_until(lambda: m.last_resync is not None, "the takeover resync")
+        await until(lambda: m.last_resync is not None, "the takeover resync")
         # no lamp state known yet: the new active node sets every lamp it owns (off), but
         # never one of a subscriber without MWI
         assert sorted(j.extension for j in sink.done) == ["1001", "1003"]
@@ -65,16 +65,16 @@ async def test_a_lamp_never_holds_the_call_and_none_means_no_lamp(tmp_path):
             await m.lamp("mb1001", "1001")
             await m.lamp("mb1002", "1002")
             await m.lamp("mb1003", "1003")
-        await wait_until(lambda: [j.extension for j in sink.done] == ["1003"], "1003's lamp")
+        await until(lambda: [j.extension for j in sink.done] == ["1003"], "1003's lamp")
         # both started (in parallel: in either order), never 1002 (none)
-        await wait_until(lambda: len(sink.started) == 2, "1001's lamp started")
+        await until(lambda: len(sink.started) == 2, "1001's lamp started")
         assert sorted(j.extension for j in sink.started) == ["1001", "1003"]
         held = next(j for j in sink.started if j.extension == "1001")
         assert held.on and held.term == 2
         # 1001 changes again while its lamp is in flight: looked at once more afterwards
         await m.lamp("mb1001", "1001")
         sink.release.set()
-        await wait_until(lambda: [j.extension for j in sink.done] == ["1003", "1001"], "1001's lamp")
+        await until(lambda: [j.extension for j in sink.done] == ["1003", "1001"], "1001's lamp")
         await trio.sleep(0.1)
         # the second look found the lamp already on: no second job
         assert sorted(j.extension for j in sink.started) == ["1001", "1003"]

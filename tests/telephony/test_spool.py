@@ -20,7 +20,8 @@ from telephony.store import ImapStore, MaildirStore, StoreError, StoreUnavailabl
 
 from lab import dovecot
 from lab.dovecot import DovecotServer
-from tests.telephony.test_store import make_message
+from tests.telephony.messages import make_message
+from tests.util import until
 
 SKIP_IMAP = dovecot.available()
 needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")
@@ -55,20 +56,6 @@ class Switchable:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
-
-
-async def wait_until(pred, what: str, timeout: float = 20.0) -> None:
-    """Poll ``pred`` (sync or async); the timeout only guards against a hang."""
-    with trio.move_on_after(timeout) as scope:
-        while True:
-            r = pred()
-            if hasattr(r, "__await__"):
-                r = await r
-            if r:
-                return
-            await trio.sleep(0.005)
-    if scope.cancelled_caught:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 def files(d: Path) -> list[str]:
@@ -267,11 +254,11 @@ async def test_spooled_while_down_then_delivered(maildir, tmp_path):
     assert worker.stats()["store_available"] is False
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        await wait_until(lambda: store.attempts >= 6, "retries while the store is down")
+        await until(lambda: store.attempts >= 6, "retries while the store is down")
         assert await maildir.all_counts() == {}
         store.up = True
         worker.wake()
-        await wait_until(lambda: worker.stats()["delivered_from_spool"] == 3, "delivery")
+        await until(lambda: worker.stats()["delivered_from_spool"] == 3, "delivery")
         nursery.cancel_scope.cancel()
     assert files(tmp_path / "spool") == []
     assert [m.message_id for m in await maildir.list("mb1001")] == [m.message_id for m in msgs]
@@ -305,7 +292,7 @@ async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_sto
                          on_stored=on_stored)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        await wait_until(lambda: not spool.pending(), "spool drained")
+        await until(lambda: not spool.pending(), "spool drained")
         nursery.cancel_scope.cancel()
     assert seen == [(msgs[1].message_id, (2, 0)), (msgs[2].message_id, (3, 0))]
     (failed,) = events.named("spool_followup_failed")
@@ -327,7 +314,7 @@ async def test_imap_spooled_while_dovecot_is_stopped(tmp_path):
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.run)
             await trio.to_thread.run_sync(server.start)
-            await wait_until(lambda: worker.stats()["delivered_from_spool"] == 1, "delivery")
+            await until(lambda: worker.stats()["delivered_from_spool"] == 1, "delivery")
             nursery.cancel_scope.cancel()
         assert files(tmp_path / "spool") == []
         assert [m.message_id for m in await store.list("mb1001")] == \
@@ -347,7 +334,7 @@ async def test_two_nodes_deliver_copies_of_one_spool_file_exactly_once(store, tm
     async with trio.open_nursery() as nursery:
         await nursery.start(worker_a.run)
         await nursery.start(worker_b.run)
-        await wait_until(lambda: not spool_a.pending() and not spool_b.pending(), "both spools")
+        await until(lambda: not spool_a.pending() and not spool_b.pending(), "both spools")
         nursery.cancel_scope.cancel()
     listed = await store.list("mb1001")
     assert sorted(m.message_id for m in listed) == sorted(m.message_id for m in msgs)
@@ -374,7 +361,7 @@ async def test_bad_spool_files_go_to_bad_and_the_worker_carries_on(maildir, tmp_
     worker = SpoolWorker(spool, maildir, retry_min=0.01, events=events, enabled=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        await wait_until(lambda: not spool.pending(), "the spool to empty")
+        await until(lambda: not spool.pending(), "the spool to empty")
         nursery.cancel_scope.cancel()
     assert files(tmp_path / "spool") == [".bad"]
     assert files(tmp_path / "spool" / ".bad") == sorted(
@@ -402,7 +389,7 @@ async def test_disabled_worker_does_nothing(maildir, tmp_path):
         await trio.testing.wait_all_tasks_blocked()
         assert spool.pending() == [path] and await maildir.all_counts() == {}
         worker.set_enabled(True)
-        await wait_until(lambda: not spool.pending(), "delivery once enabled")
+        await until(lambda: not spool.pending(), "delivery once enabled")
         worker.set_enabled(False)
         await trio.testing.wait_all_tasks_blocked()
         second = spool.put(make_message(2))
@@ -411,7 +398,7 @@ async def test_disabled_worker_does_nothing(maildir, tmp_path):
         assert spool.pending() == [second]
         assert await maildir.counts("mb1001") == (1, 0)
         worker.set_enabled(True)
-        await wait_until(lambda: not spool.pending(), "delivery once enabled again")
+        await until(lambda: not spool.pending(), "delivery once enabled again")
         nursery.cancel_scope.cancel()
     assert await maildir.counts("mb1001") == (2, 0)
 
@@ -433,7 +420,7 @@ async def test_a_failing_store_does_not_kill_the_worker(maildir, tmp_path):
                          enabled=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        await wait_until(lambda: not spool.pending(), "delivery after the store recovers")
+        await until(lambda: not spool.pending(), "delivery after the store recovers")
         nursery.cancel_scope.cancel()
     assert await maildir.counts("mb1001") == (1, 0)
     assert "RuntimeError" in events.named("store_failed")[0]["message"]
@@ -493,7 +480,7 @@ async def test_full_disk_store_is_unavailable_and_the_message_is_spooled(small_d
         await trio.to_thread.run_sync(
             lambda: subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)],
                                    check=True))
-        await wait_until(lambda: not spool.pending(), "delivery once there is room")
+        await until(lambda: not spool.pending(), "delivery once there is room")
         nursery.cancel_scope.cancel()
     [m] = await store.list("mb1001")
     assert await store.fetch_audio("mb1001", m.uid) == big.audio
