@@ -30,8 +30,8 @@ from telephony.store import ImapStore, MaildirStore
 
 from lab import dovecot
 from lab.dovecot_status import StatusDovecot
-from tests.telephony.test_spool import wait_until
-from tests.telephony.test_store import make_message
+from tests.telephony.messages import make_message
+from tests.util import until
 
 GUARD = 60  # seconds: hang guards only
 
@@ -148,7 +148,7 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
         await nursery.start(m.run)
         m.activated(2)
         with trio.fail_after(GUARD):
-            await wait_until(lambda: m.last_resync is not None, "the takeover resync")
+            await until(lambda: m.last_resync is not None, "the takeover resync")
         assert [(x["extension"], x["on"], x["new"]) for x in sip_monitor.lamps] == [("1001", True, 1)]
         assert [(x["extension"], x["on"], x["new"]) for x in smdi_monitor.lamps] == [("1002", True, 1)]
         r = m.last_resync
@@ -169,7 +169,7 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
         await store.deliver(make_message(5, mailbox="mb1003", extension="1003"))
         await m.lamp("mb1003", "1003")
         with trio.fail_after(GUARD):
-            await wait_until(lambda: m.stats()["lamp_jobs_no_sink"] == 2, "the second no-sink job")
+            await until(lambda: m.stats()["lamp_jobs_no_sink"] == 2, "the second no-sink job")
         assert len(reports) == 1 and db.get("mwi_ledger", "mb1003")["state"]["confirmed"] is False
         assert len(sip_monitor.lamps) == 1 and len(smdi_monitor.lamps) == 1
         # a minute later the next one is reported, with the count of those that were not
@@ -177,7 +177,7 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
         await store.deliver(make_message(6, mailbox="mb1003", extension="1003"))
         await m.lamp("mb1003", "1003")
         with trio.fail_after(GUARD):
-            await wait_until(lambda: len(reports) == 2, "the next mwi_no_sink report")
+            await until(lambda: len(reports) == 2, "the next mwi_no_sink report")
         assert "1 more since the last report" in reports[1][2], reports[1]
         nursery.cancel_scope.cancel()
     db.close()
@@ -227,33 +227,33 @@ async def test_notify_counts_follow_the_store_coalesced_per_mailbox(tmp_path):
                       streams=tmp_path / "streams", sinks={"sip": sip}, mwi_coalesce=window)
         sip.gate = lambda: m.term
         with trio.fail_after(GUARD):  # the worker process is up (a slow start is no failure)
-            await wait_until(lambda: any(w.alive for w in sip.workers), "the SIP worker", GUARD)
+            await until(lambda: any(w.alive for w in sip.workers), "the SIP worker", timeout=GUARD)
         await nursery.start(m.run)
         m.activated(2)
         with trio.fail_after(GUARD):
-            await wait_until(lambda: m.last_resync is not None, "the takeover resync")
+            await until(lambda: m.last_resync is not None, "the takeover resync")
             assert (m.last_resync["jobs"], m.last_resync["sent"]) == (0, 0)
             # the first message: its NOTIFY goes out at once
             await store.deliver(make_message(1, mailbox="mb1001", extension="1001"))
             await m.lamp("mb1001", "1001")
-            await wait_until(lambda: notifies(cwd) == [(1, 0)], "a NOTIFY with 1 new")
+            await until(lambda: notifies(cwd) == [(1, 0)], "a NOTIFY with 1 new")
             # a burst of 4 more, each followed by its lamp (as the call flow does)
             for n in range(2, 6):
                 await store.deliver(make_message(n, mailbox="mb1001", extension="1001"))
                 await m.lamp("mb1001", "1001")
-            await wait_until(lambda: notifies(cwd)[-1:] == [(5, 0)], "a NOTIFY with 5 new")
+            await until(lambda: notifies(cwd)[-1:] == [(5, 0)], "a NOTIFY with 5 new")
             # two messages heard: one more NOTIFY, 3 new and 2 old, as the store says
             for msg in (await store.list("mb1001", new_only=True))[:2]:
                 await store.mark_heard("mb1001", msg.uid)
             await m.lamp("mb1001", "1001")
-            await wait_until(lambda: notifies(cwd)[-1:] == [(3, 2)], "a NOTIFY with 3/2")
+            await until(lambda: notifies(cwd)[-1:] == [(3, 2)], "a NOTIFY with 3/2")
             assert await uas.exit_code() == 0  # exactly 3 NOTIFYs answered (-m 3)
         # the first change went out at once; the four of the burst within the window became
         # one NOTIFY carrying the latest counts; the heard ones one more, after the window
         assert notifies(cwd) == [(1, 0), (5, 0), (3, 2)]
         assert await store.counts("mb1001") == (3, 2)
         # SIPp has answered the third NOTIFY; the worker's result reaches the core just after
-        await wait_until(lambda: m.stats()["lamp_jobs_sent"] == 3, "the third job confirmed")
+        await until(lambda: m.stats()["lamp_jobs_sent"] == 3, "the third job confirmed")
         state = db.get("mwi_ledger", "mb1001")["state"]
         assert (state["new"], state["old"], state["confirmed"]) == (3, 2, True)
         nursery.cancel_scope.cancel()
