@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from telephony.configdb import ConfigDB, ConfigDBError
-
 from telephony.core.mwi import LampState, StaleMwiTerm
 
 

@@ -29,16 +29,15 @@ import os
 import re
 import secrets
 import threading
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from telephony.runtime.files import fsync_dir, write_new_file
-
 from telephony.core.events import Reason
 from telephony.core.message import VoiceMessage
+from telephony.runtime.files import fsync_dir, write_new_file
 from telephony.store import MAX_MESSAGE, MessageStore, StoreError, StoreUnavailable, safe_name
 
 __all__ = ["Spool", "SpoolError", "SpoolWorker", "encode", "decode"]

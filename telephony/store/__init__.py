@@ -25,7 +25,12 @@ with :class:`StoreError` changes nothing in the store.
 from __future__ import annotations
 
 from telephony.core.mime import (
-    MAX_MESSAGE, build_mime, check_mailbox, parse_headers, parse_mime, safe_name,
+    MAX_MESSAGE,
+    build_mime,
+    check_mailbox,
+    parse_headers,
+    parse_mime,
+    safe_name,
 )
 from telephony.store.base import MessageStore, StoredMessage, StoreError, StoreUnavailable
 from telephony.store.imap import STATUS_PER_LOGIN, STATUS_WINDOW, ImapStore

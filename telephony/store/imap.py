@@ -12,8 +12,17 @@ import trio
 
 from telephony.core.message import VoiceMessage
 from telephony.core.mime import (
-    MAX_MESSAGE, StoredMessage, StoreError, age_key, build_mime, check_mailbox, check_message,
-    parse_headers, parse_mime, parse_time, stored_message,
+    MAX_MESSAGE,
+    StoredMessage,
+    StoreError,
+    age_key,
+    build_mime,
+    check_mailbox,
+    check_message,
+    parse_headers,
+    parse_mime,
+    parse_time,
+    stored_message,
 )
 from telephony.store.base import StoreUnavailable, error_text
 

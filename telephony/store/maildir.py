@@ -14,8 +14,18 @@ import trio
 
 from telephony.core.message import VoiceMessage
 from telephony.core.mime import (
-    HEADER_LIMIT, MAILBOX_RE, MAX_MESSAGE, StoredMessage, StoreError, age_key, build_mime,
-    check_mailbox, check_message, parse_headers, parse_mime, stored_message,
+    HEADER_LIMIT,
+    MAILBOX_RE,
+    MAX_MESSAGE,
+    StoredMessage,
+    StoreError,
+    age_key,
+    build_mime,
+    check_mailbox,
+    check_message,
+    parse_headers,
+    parse_mime,
+    stored_message,
 )
 from telephony.runtime.files import fsync_dir, write_new_file
 from telephony.store.base import StoreUnavailable, error_text

@@ -14,13 +14,19 @@ import pytest
 import trio
 
 from lab.pair import free_port
+from lab.smtp_server import SmtpServerProcess, smtp_server
 from telephony.core.events import Reason
 from telephony.core.message import VoiceMessage, message_id_for
-from telephony.notify import (MemoryNotificationLedger, NotificationFailed, NotificationLedger,
-                              NotifyError, SmtpNotifier, build_notification, notification_key,
-                              notification_message_id)
-
-from lab.smtp_server import SmtpServerProcess, smtp_server
+from telephony.notify import (
+    MemoryNotificationLedger,
+    NotificationFailed,
+    NotificationLedger,
+    NotifyError,
+    SmtpNotifier,
+    build_notification,
+    notification_key,
+    notification_message_id,
+)
 
 GUARD = 30  # seconds; only a guard against a hang
 

@@ -15,11 +15,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.spool import MAGIC, Spool, SpoolError, SpoolWorker, decode, encode
-from telephony.store import ImapStore, MaildirStore, StoreError, StoreUnavailable
-
 from lab import dovecot
 from lab.dovecot import DovecotServer
+from telephony.spool import MAGIC, Spool, SpoolError, SpoolWorker, decode, encode
+from telephony.store import ImapStore, MaildirStore, StoreError, StoreUnavailable
 from tests.telephony.messages import make_message
 from tests.util import until
 
@@ -271,7 +270,8 @@ async def test_spooled_while_down_then_delivered(maildir, tmp_path):
         [m.message_id for m in msgs]
 
 
-async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_stop_the_worker(maildir, tmp_path):
+async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_stop_the_worker(
+        maildir, tmp_path):
     """The messaging core lights the lamp in ``on_stored``: called once per message that
     reached the store from the spool (not for duplicates), after it is stored; a failing
     follow-up is reported and the spool is still drained."""

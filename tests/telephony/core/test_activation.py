@@ -6,7 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.core.activation import (
-    Activation, ActivationError, ActivationState, Fenced, StaleActivationTerm,
+    Activation,
+    ActivationError,
+    ActivationState,
+    Fenced,
+    StaleActivationTerm,
 )
 from telephony.core.terms import StaleTerm
 

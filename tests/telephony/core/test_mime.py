@@ -10,10 +10,20 @@ from hypothesis import strategies as st
 
 from telephony.core.events import Reason
 from telephony.core.mime import (
-    HEADER_LIMIT, MAX_MESSAGE, StoredMessage, StoreError, age_key, build_mime, check_mailbox,
-    check_message, parse_headers, parse_mime, parse_time, safe_name, stored_message,
+    HEADER_LIMIT,
+    MAX_MESSAGE,
+    StoredMessage,
+    StoreError,
+    age_key,
+    build_mime,
+    check_mailbox,
+    check_message,
+    parse_headers,
+    parse_mime,
+    parse_time,
+    safe_name,
+    stored_message,
 )
-
 from tests.telephony.messages import make_message
 
 

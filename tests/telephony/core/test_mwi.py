@@ -7,9 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.core.mwi import (DAY, REASONS, LampCoalescer, LampState, MemoryMwiLedger, MwiError,
-                                MwiJob, MwiLedger, MwiPlanner, StaleMwiTerm, next_daily_resync,
-                                time_of_day)
+from telephony.core.mwi import (
+    DAY,
+    REASONS,
+    LampCoalescer,
+    LampState,
+    MemoryMwiLedger,
+    MwiError,
+    MwiJob,
+    MwiLedger,
+    MwiPlanner,
+    StaleMwiTerm,
+    next_daily_resync,
+    time_of_day,
+)
 
 
 def planner(term: int = 2, ledger: MemoryMwiLedger | None = None) -> MwiPlanner:

@@ -9,7 +9,6 @@ import trio
 from lab import dovecot
 from lab.dovecot import DovecotServer
 from telephony.store import ImapStore, StoreError, StoreUnavailable
-
 from tests.telephony.messages import make_message
 
 SKIP_IMAP = dovecot.available()

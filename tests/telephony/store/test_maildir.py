@@ -6,7 +6,6 @@ import mailbox
 import pytest
 
 from telephony.store import MaildirStore, StoreUnavailable
-
 from tests.telephony.messages import make_message
 
 

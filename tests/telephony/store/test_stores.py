@@ -6,7 +6,6 @@ import pytest
 import trio
 
 from telephony.store import MaildirStore, StoredMessage, StoreError
-
 from tests.telephony.messages import make_message, make_wav
 
 
