@@ -10,13 +10,25 @@ import pytest
 import trio
 import trio.testing
 
+from failover.config import Address
 from failover.core.replwire import (
-    NEED_DATA, Channel, DbState, FileAck, FileBegin, FileChunk, FileEnd, FileEntry,
-    FileManifest, FileManifestRequest, Hello, ReplConnection, max_data,
+    NEED_DATA,
+    Channel,
+    DbState,
+    FileAck,
+    FileBegin,
+    FileChunk,
+    FileEnd,
+    FileEntry,
+    FileManifest,
+    FileManifestRequest,
+    Hello,
+    ReplConnection,
+    max_data,
 )
 from failover.core.state import Role
-from failover.config import Address
 from failover.replchan import INBOX_ITEMS, ChannelClosed, ReplChannel, ReplEndpoint
+from tests.util import until
 
 HOST = "127.0.0.1"
 PSK = bytes(range(32))
@@ -43,11 +55,6 @@ class Recorder:
         while len(self.named(event)) < count:
             await self._changed.wait()
         return self.named(event)
-
-
-async def wait_until(predicate) -> None:
-    while not predicate():
-        await trio.sleep(0.005)
 
 
 def endpoint(node: str, events, *, peer_port: int = 0, listen_port: int = 0, psk: bytes = PSK,
@@ -227,7 +234,7 @@ async def test_wrong_psk_peer_never_reaches_a_session():
             await ra.wait_for("repl_reject")  # beta's dial refused by alpha
             await ra.wait_for("repl_retry_db")
             await rb.wait_for("repl_retry_db")
-            await wait_until(lambda: b.counters["in_rejected"] >= 3)
+            await until(lambda: b.counters["in_rejected"] >= 3)
             assert calls == []
             assert "MAC" in rb.named("repl_reject")[0]["message"]
             assert not b.stats()["db"]["in_connected"] and not b.stats()["db"]["out_connected"]
@@ -253,7 +260,7 @@ async def test_wrong_peer_name_and_missing_channel_are_refused_and_a_good_peer_s
             assert b.counters["in_rejected"] == 2
             stream, conn = await fake_dial(b.listen_port)
             await stream.send_all(conn.send(state(1)))
-            await wait_until(lambda: got == [state(1)])
+            await until(lambda: got == [state(1)])
             assert b.stats()["db"]["in_connected"] and "files" not in b.stats()
             await stream.aclose()
             nursery.cancel_scope.cancel()
@@ -279,7 +286,7 @@ async def test_handshake_timeout_and_garbage_do_not_disturb_a_running_session():
             assert await read_until_eof(garbage) == b""
             assert await read_until_eof(silent) == b""  # closed after the handshake timeout
             await stream.send_all(conn.send(state(2)))
-            await wait_until(lambda: got == [state(1), state(2)])
+            await until(lambda: got == [state(1), state(2)])
             assert b.counters["in_rejected"] == 2
             assert b.stats()["db"]["connects_in"] == 1
             for s in (stream, silent, garbage):
@@ -312,7 +319,7 @@ async def test_peer_restart_redials_and_starts_a_new_session():
             b_scope = await nursery.start(serve, b)
             port = b.listen_port
             a.peer = Address(HOST, port)
-            await wait_until(lambda: b_got == [state(1)])
+            await until(lambda: b_got == [state(1)])
             await ra.wait_for("repl_up")
 
             b_scope.cancel()  # beta stops: listener and connections closed
@@ -323,7 +330,7 @@ async def test_peer_restart_redials_and_starts_a_new_session():
             b2 = endpoint("beta", Recorder(), listen_port=port,
                           sessions_in={Channel.DB: b_session})
             await nursery.start(serve, b2)
-            await wait_until(lambda: b_got == [state(1), state(2)])
+            await until(lambda: b_got == [state(1), state(2)])
             assert len(a_sessions) == 2 and a_sessions[0] is not a_sessions[1]
             assert a_sessions[0].closed
             await ra.wait_for("repl_up", 2)
@@ -354,14 +361,14 @@ async def test_second_inbound_connection_replaces_the_first_once_it_is_authentic
             await nursery.start(serve, b)
             s1, c1 = await fake_dial(b.listen_port)
             await s1.send_all(c1.send(state(1)))
-            await wait_until(lambda: sessions and sessions[0].got == [state(1)])
+            await until(lambda: sessions and sessions[0].got == [state(1)])
 
             s2, c2 = await fake_dial(b.listen_port)  # HELLO alone (could be a replay)
             await trio.testing.wait_all_tasks_blocked(0.02)
             assert len(sessions) == 1 and not sessions[0].ended.is_set()
 
             await s2.send_all(c2.send(state(2)))  # authentic: the newest wins
-            await wait_until(lambda: len(sessions) == 2 and sessions[1].got == [state(2)])
+            await until(lambda: len(sessions) == 2 and sessions[1].got == [state(2)])
             assert sessions[0].ended.is_set()
             assert sessions[0].how is None or "replaced" in sessions[0].how
             assert await read_until_eof(s1) == b""
@@ -371,7 +378,7 @@ async def test_second_inbound_connection_replaces_the_first_once_it_is_authentic
             assert await read_until_eof(s3) == b""
             assert not sessions[1].ended.is_set() and len(sessions) == 2
             await s2.send_all(c2.send(state(3)))
-            await wait_until(lambda: sessions[1].got == [state(2), state(3)])
+            await until(lambda: sessions[1].got == [state(2), state(3)])
             assert "no authentic message" in rb.named("repl_reject")[0]["message"]
             st = b.stats()["db"]
             assert st["connects_in"] == 3 and st["in_connected"]
@@ -425,7 +432,7 @@ async def test_a_session_bug_is_logged_and_the_channel_redialed():
         async with trio.open_nursery() as nursery:
             a, b, ra, rb = await start_pair(nursery, dict(sessions_out={Channel.DB: a_session}),
                                             dict(sessions_in={Channel.DB: b_session}))
-            await wait_until(lambda: b_got == [state(1), state(2)])
+            await until(lambda: b_got == [state(1), state(2)])
             errors = ra.named("repl_session_error")
             assert len(errors) == 1 and errors[0]["level"] == "error"
             assert "RuntimeError: session bug" in errors[0]["message"]
@@ -458,7 +465,7 @@ async def test_an_inbound_session_bug_inside_a_nursery_is_logged_and_the_peer_re
         async with trio.open_nursery() as nursery:
             a, b, ra, rb = await start_pair(nursery, dict(sessions_out={Channel.DB: a_session}),
                                             dict(sessions_in={Channel.DB: b_session}))
-            await wait_until(lambda: len(calls) == 2)
+            await until(lambda: len(calls) == 2)
             errors = rb.named("repl_session_error")
             assert len(errors) == 1 and "bad 1" in errors[0]["fields"]["traceback"]
             assert b.counters["session_errors"] == 1
@@ -483,7 +490,7 @@ async def test_a_disconnect_inside_a_session_nursery_is_not_a_bug():
         async with trio.open_nursery() as nursery:
             a, b, ra, rb = await start_pair(nursery, dict(sessions_out={Channel.DB: a_session}),
                                             dict(sessions_in={Channel.DB: b_session}))
-            await wait_until(lambda: len(calls) >= 2)
+            await until(lambda: len(calls) >= 2)
             await ra.wait_for("repl_down", 2)
             assert not ra.named("repl_session_error") and not rb.named("repl_session_error")
             nursery.cancel_scope.cancel()
@@ -531,7 +538,7 @@ async def test_a_session_that_stops_reading_stalls_the_sender_with_bounded_memor
             a, b, ra, rb = await start_pair(
                 nursery, dict(sessions_out={Channel.FILES: sender}, max_frame=mf),
                 dict(sessions_in={Channel.FILES: receiver}, max_frame=mf))
-            await wait_until(lambda: inbound and sent[0] > 4)
+            await until(lambda: inbound and sent[0] > 4)
             await trio.testing.wait_all_tasks_blocked(0.05)
             chan = inbound[0]
             assert sent[0] < count  # the sender is stalled

@@ -9,6 +9,7 @@ Real clock everywhere: the ``GUARD`` timeouts only stop a hung test, they never 
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import tomllib
@@ -18,6 +19,7 @@ import pytest
 import trio
 
 from lab.pair import Node, Pair
+from tests import util
 
 GUARD = 20.0  # seconds; a guard against a hang, never a performance limit
 LOG_TAIL = 60  # lines of each node log attached to a failure report
@@ -53,17 +55,9 @@ def pair_dir(request):
 # ============================================================================ polling
 
 
-async def until(predicate, what: str, timeout: float = GUARD, poll: float = 0.02):
-    """Run the (blocking) ``predicate`` in a thread until it returns something true; return
-    that.  ``timeout`` is a hang guard: running out fails the test naming ``what``."""
-    last = None
-    with trio.move_on_after(timeout):
-        while True:
-            last = await trio.to_thread.run_sync(predicate)
-            if last:
-                return last
-            await trio.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value {last!r})")
+#: :func:`tests.util.until` with the predicate run in a worker thread (the predicates here
+#: block: they read status over a socket, files, process tables)
+until = functools.partial(util.until, in_thread=True, timeout=GUARD, poll=0.02)
 
 
 async def status(node: Node, timeout: float = 5.0) -> dict | None:
@@ -95,7 +89,7 @@ async def wait_active(pair: Pair, active: str, what: str = "", timeout: float = 
               and so["peer"]["state"] == "active")
         return {active: sa, other: so} if ok else None
 
-    return await until(check, what or f"{active} active and {other} inactive", timeout)
+    return await until(check, what or f"{active} active and {other} inactive", timeout=timeout)
 
 
 async def watch_states(pair: Pair, seconds: float, poll: float = 0.05) -> list[dict]:
