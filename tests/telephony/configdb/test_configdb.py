@@ -1,6 +1,7 @@
-"""telephony.configdb: repository, change log, remote apply with the primary-wins rule, rolling
-checksum and snapshots, on two real SQLite files (a primary and a secondary) between which
-the tests ship log entries by hand (entries_after -> apply_remote -> mark_acked)."""
+"""telephony/configdb/ as one ConfigDB: repository, change log, remote apply with the
+primary-wins rule, rolling checksum and snapshots, on two real SQLite files (a primary and a
+secondary) between which the tests ship log entries by hand (entries_after -> apply_remote ->
+mark_acked)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,15 @@ from hypothesis import strategies as st
 
 from failover.core.state import Role
 from telephony.configdb import (
-    TABLES, ConfigDB, ConfigDBError, DiskFull, LogEntry, LogGap, Refused, ReplState, row_hash,
+    TABLES,
+    ConfigDB,
+    ConfigDBError,
+    DiskFull,
+    LogEntry,
+    LogGap,
+    Refused,
+    ReplState,
+    row_hash,
 )
 
 P_TERM = 2  # the primary writes even terms
@@ -142,7 +151,7 @@ def test_table_specs_match_the_schema(pair):
         info = p._conn.execute(f"PRAGMA table_info({name})").fetchall()
         assert [r[1] for r in info] == list(spec.names)
         assert [r[1] for r in info if r[5]] == [spec.pk]
-        for r, col in zip(info, spec.columns):
+        for r, col in zip(info, spec.columns, strict=True):
             assert bool(r[3]) == col.required, (name, col.name)  # NOT NULL
 
 
@@ -973,7 +982,7 @@ def test_random_writes_and_exchanges_keep_checksums_and_converge(actions):
         try:
             # a common starting point, so that updates and deletes find rows on both sides
             p.write(P_TERM, [put("subscribers", sub(e, "x", mailbox=m))
-                             for e, m in zip(EXTS, MAILBOXES)]
+                             for e, m in zip(EXTS, MAILBOXES, strict=True)]
                     + [put("holidays", {"date": d, "name": "a"}) for d in DATES])
             _ship_some(p, s, None)
             for kind, role, arg in actions:
