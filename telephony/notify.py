@@ -27,17 +27,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
+from telephony.configdb.core.validators import EMAIL_LABEL, EMAIL_LOCAL, BadValue, v_email
 from telephony.core.message import VoiceMessage
 from telephony.core.terms import check_term
 
 DEFAULT_SENDER = "vmha@localhost"
 
-# the configuration database's address check (telephony.configdb.v_email), plus bare
-# "user@host" for a sender on a local domain such as vmha@localhost
-_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"{_LOCAL}@{_LABEL}(?:\.{_LABEL})+")
-_SENDER = re.compile(rf"{_LOCAL}@{_LABEL}(?:\.{_LABEL})*")
+# a recipient is checked as the configuration database checks it (v_email); a sender may also
+# be a bare "user@host" on a local domain such as vmha@localhost
+_SENDER = re.compile(rf"{EMAIL_LOCAL}@{EMAIL_LABEL}(?:\.{EMAIL_LABEL})*")
 
 
 class NotifyError(ValueError):
@@ -107,8 +105,10 @@ class MemoryNotificationLedger:
 
 def check_address(address: object) -> str:
     """An e-mail address as the configuration database accepts it (raises NotifyError)."""
-    if not isinstance(address, str) or len(address) > 254 or not _EMAIL.fullmatch(address):
-        raise NotifyError(f"{address!r} is not an e-mail address")
+    try:
+        v_email(address)
+    except BadValue:
+        raise NotifyError(f"{address!r} is not an e-mail address") from None
     return address
 
 

@@ -20,9 +20,10 @@ class BadValue(ValueError):
 _EXTENSION = re.compile(r"[0-9]{1,32}")
 _MAILBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _RULE_KEY = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}@"
-                    r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)+")
+#: the local part of an e-mail address, and one label of its domain
+EMAIL_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}"
+EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"{EMAIL_LOCAL}@{EMAIL_LABEL}(?:\.{EMAIL_LABEL})+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _TIME = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00")
 MWI_METHODS = ("sip", "smdi", "sccp", "dtmf", "none")
