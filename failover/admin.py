@@ -3,15 +3,15 @@ one JSON reply line.  ``vmha status/failover/failback/mode`` speak it."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
+from failover.unixsock import serve_unix
 from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, FramingError
-from telephony.runtime.tasks import describe, guard_handler, keep_running
+from telephony.runtime.tasks import describe
 
 if TYPE_CHECKING:
     from failover.node import NodeManager
@@ -20,25 +20,7 @@ MAX_REQUEST = 1 << 20  # a configuration write may carry many rows
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait for its next request
 
 
-async def open_unix_listener(path: Path, backlog: int = 16) -> trio.SocketListener:
-    """A Unix stream socket at ``path`` (a stale one is replaced), mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)
-    sock.listen(backlog)
-    return trio.SocketListener(sock)
-
-
 async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    path: Path = nm.cfg.admin.socket
-    listener = await open_unix_listener(path)
-    task_status.started()
-
     async def handle(stream: trio.SocketStream) -> None:
         # one JSON request line, one reply line; a client may send further requests on the
         # same connection (each answered in order) and closes it when done
@@ -64,17 +46,7 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
             await trio.aclose_forcefully(stream)
 
     # one failing request never ends the listener; the listener never ends the node manager
-    handler = guard_handler("admin.connection", nm.failures, handle)
-
-    async def serve() -> None:
-        await trio.serve_listeners(handler, [listener])
-    try:
-        await keep_running("admin.listen", serve, nm.failures)
-    finally:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+    await serve_unix(nm.cfg.admin.socket, "admin", handle, nm.failures, task_status=task_status)
 
 
 async def answer(nm: "NodeManager", msg) -> dict:

@@ -11,14 +11,21 @@ from pathlib import Path
 
 import trio
 
-from telephony.core.control import (NEED_DATA, Closed, ControlConnection, ControlError,
-                                FramingError, FieldError, FROM_SERVICE, validate)
-
-from telephony.runtime.tasks import TaskFailures, guard_handler, keep_running
-
-from failover.core import events as ev
 from failover.config import NodeConfig
+from failover.core import events as ev
 from failover.eventlog import EventLog
+from failover.unixsock import serve_unix
+from telephony.core.control import (
+    FROM_SERVICE,
+    NEED_DATA,
+    Closed,
+    ControlConnection,
+    ControlError,
+    FieldError,
+    FramingError,
+    validate,
+)
+from telephony.runtime.tasks import TaskFailures
 
 
 class ServiceRunner:
@@ -133,22 +140,8 @@ class ServiceRunner:
             await stream.send_all(data)
 
     async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from failover.admin import open_unix_listener
-
-        path: Path = self.cfg.control_socket
-        listener = await open_unix_listener(path, backlog=8)
-        handler = guard_handler("control.connection", self.failures, self._connection)
-
-        async def serve() -> None:
-            await trio.serve_listeners(handler, [listener])
-        task_status.started()
-        try:
-            await keep_running("control.listen", serve, self.failures)
-        finally:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+        await serve_unix(self.cfg.control_socket, "control", self._connection, self.failures,
+                         backlog=8, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         codec = ControlConnection()

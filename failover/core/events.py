@@ -1,7 +1,7 @@
 """Events the supervisor consumes and actions it returns.  Frozen dataclasses, no I/O."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from failover.core.state import Mode, Role, ServiceHealth, State
 
@@ -32,8 +32,9 @@ class PeerHeartbeat:
     calls: int = 0
 
 
-HEARTBEAT_FIELDS = ("node", "role", "state", "term", "service", "mode", "eligible", "licensed",
-                    "hold", "shutting_down", "calls")
+#: what a node says of itself in every heartbeat; the node link's STATUS frame
+#: (:class:`failover.core.wire.Status`) and the supervisor's status view extend it
+HEARTBEAT_FIELDS = tuple(f.name for f in fields(PeerHeartbeat))
 
 
 def heartbeat_from(obj) -> "PeerHeartbeat":

@@ -13,13 +13,11 @@ from construct import (
     Bytes,
     Const,
     Construct,
-    ExprValidator,
     GreedyBytes,
     Int8ul,
     Int16ul,
     Int32ul,
     Int64ul,
-    MappingError,
     PascalString,
     Prefixed,
     PrefixedArray,
@@ -29,6 +27,7 @@ from construct import (
 )
 from construct.core import stream_read, stream_write
 
+from failover.core.fields import NODE_FIELD, EnumField
 from failover.core.state import Role
 
 MAGIC = b"VR"
@@ -36,7 +35,6 @@ VERSION = 1
 NONCE_SIZE = 16
 MAC_SIZE = 32
 DIGEST_SIZE = 32
-MAX_NODE = 32
 MAX_REASON = 120  # DbSnapshotRequest.reason, UTF-8 bytes
 MAX_ERROR = 200  # FileAck.error, UTF-8 bytes
 MAX_PATH = 1024  # UTF-8 bytes
@@ -116,25 +114,6 @@ def check_path(path: str) -> str:
 
 
 # ---- construct fields -----------------------------------------------------------------------
-
-class _EnumField(Adapter):
-    """u8 mapped to an IntEnum; an unknown value is a parse error."""
-
-    def __init__(self, enum: type[IntEnum]):
-        super().__init__(Int8ul)
-        self.enum = enum
-
-    def _decode(self, obj, context, path):
-        try:
-            return self.enum(obj)
-        except ValueError:
-            raise MappingError(f"no {self.enum.__name__} {obj}", path=path) from None
-
-    def _encode(self, obj, context, path):
-        if not isinstance(obj, self.enum):
-            raise MappingError(f"{obj!r} is not a {self.enum.__name__}", path=path)
-        return int(obj)
-
 
 class _Bool(Adapter):
     """u8 that must be 0 or 1; only a real ``bool`` is built."""
@@ -221,8 +200,6 @@ class _Digest(Adapter):
         return obj
 
 
-NODE_FIELD = ExprValidator(PascalString(Int8ul, "ascii"),
-                      lambda obj, ctx: isinstance(obj, str) and 0 < len(obj) <= MAX_NODE)
 _U32, _U64 = Int32ul, Int64ul
 _BOOL, _DIGEST, _DATA, _PATH = _Bool(), _Digest(), _Blob(), _Path()
 
@@ -232,7 +209,7 @@ HEADER_SIZE = HEADER.sizeof()  # 8
 SEQ_FIELD = Int64ul
 FRAME_OVERHEAD = HEADER_SIZE + SEQ_FIELD.sizeof() + MAC_SIZE  # 48: a sealed frame minus its body
 
-HELLO_BODY = Struct("node" / NODE_FIELD, "role" / _EnumField(Role), "channel" / _EnumField(Channel),
+HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role, strict=True), "channel" / EnumField(Channel, strict=True),
                     "nonce" / Bytes(NONCE_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
 _CHUNK_FIXED = _U32.sizeof() + _U64.sizeof() + _U32.sizeof()  # id, offset, data length
 DB_ENTRY_OVERHEAD = 8 + 8 + DIGEST_SIZE + 4  # 52: one DbEntry in a DbChanges minus its changeset

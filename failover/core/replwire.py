@@ -36,12 +36,12 @@ the memory bounded (by ``max_frame`` plus the size of one chunk).
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import deque
 
 from construct import ConstructError
 
+from failover.core.fields import MAX_NODE, hmac_sha256
 from failover.core.replmsg import (
     BODIES,
     CHANNEL_OF,
@@ -64,7 +64,6 @@ from failover.core.replmsg import (
     MAGIC,
     MAX_ERROR,
     MAX_MAX_FRAME,
-    MAX_NODE,
     MAX_PATH,
     MAX_REASON,
     MESSAGE_TYPES,
@@ -126,13 +125,6 @@ __all__ = [  # the messages (failover.core.replmsg) are part of this codec's int
 ]
 
 
-def _mac(key: bytes, *parts) -> bytes:
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for part in parts:
-        h.update(part)
-    return h.digest()
-
-
 def _header(ftype: int, length: int) -> bytes:
     return HEADER.build(dict(type=ftype, length=length))
 
@@ -140,7 +132,7 @@ def _header(ftype: int, length: int) -> bytes:
 def session_key(psk: bytes, direction: bytes, nonce_d: bytes, nonce_a: bytes, dialer_node: str,
                 acceptor_node: str, channel: Channel) -> bytes:
     """``key_d2a`` (``direction=b"d2a"``) or ``key_a2d`` of a connection."""
-    return _mac(psk, SESSION_LABEL, direction, nonce_d, nonce_a, NODE_FIELD.build(dialer_node),
+    return hmac_sha256(psk, SESSION_LABEL, direction, nonce_d, nonce_a, NODE_FIELD.build(dialer_node),
                 NODE_FIELD.build(acceptor_node), bytes([channel]))
 
 
@@ -234,7 +226,7 @@ class ReplConnection:
         length = len(self._node_bytes) + 2 + NONCE_SIZE + MAC_SIZE
         signed = (_header(MsgType.HELLO, length) + self._node_bytes
                   + bytes([self._role, self._channel]) + self._nonce)
-        return signed + _mac(self._psk, HELLO_LABEL, signed)
+        return signed + hmac_sha256(self._psk, HELLO_LABEL, signed)
 
     def send(self, msg: Message) -> bytes:
         """Frame ``msg`` with the next seq of our direction.  Raises ``LocalReplError`` (and
@@ -261,7 +253,7 @@ class ReplConnection:
             raise LocalReplError("seq exhausted")
         self._seq_out += 1
         signed = _header(ftype, length) + SEQ_FIELD.build(self._seq_out) + body
-        return signed + _mac(self._key_out, signed)
+        return signed + hmac_sha256(self._key_out, signed)
 
     @staticmethod
     def _encode(con, value, what: str) -> bytes:
@@ -341,7 +333,7 @@ class ReplConnection:
         if len(frame) < FRAME_OVERHEAD:
             return self._drop("parse", frame)
         signed = memoryview(frame)[:-MAC_SIZE]
-        if not hmac.compare_digest(frame[-MAC_SIZE:], _mac(self._key_in, signed)):
+        if not hmac.compare_digest(frame[-MAC_SIZE:], hmac_sha256(self._key_in, signed)):
             return self._drop("mac", frame)
         seq = int.from_bytes(frame[HEADER_SIZE:HEADER_SIZE + 8], "little")
         if seq != self._seq_in + 1:
@@ -370,7 +362,7 @@ class ReplConnection:
             f = HELLO_BODY.parse(frame[HEADER_SIZE:])
         except (ConstructError, ValueError):
             raise self._fatal("malformed HELLO") from None
-        if not hmac.compare_digest(f.mac, _mac(self._psk, HELLO_LABEL, frame[:-MAC_SIZE])):
+        if not hmac.compare_digest(f.mac, hmac_sha256(self._psk, HELLO_LABEL, frame[:-MAC_SIZE])):
             raise self._fatal("HELLO MAC mismatch (wrong PSK?)")
         if self._expected_peer is not None and f.node != self._expected_peer:
             raise self._fatal(f"HELLO from {f.node!r}, expected {self._expected_peer!r}")

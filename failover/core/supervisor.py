@@ -22,8 +22,16 @@ from dataclasses import dataclass, replace
 
 from failover.core import events as ev
 from failover.core.commands import Commands
-from failover.core.state import (ACTIVE_STATES, FailbackType, Mode, Role, ServiceHealth, State,
-                                  Timing, next_term)
+from failover.core.state import (
+    ACTIVE_STATES,
+    FailbackType,
+    Mode,
+    Role,
+    ServiceHealth,
+    State,
+    Timing,
+    next_term,
+)
 
 TERM_RESERVE = 64  # terms reserved by one durable write
 
@@ -77,19 +85,10 @@ class Handover:
     # "scheduled" (failback window) or "shutdown"
 
 
-@dataclass(frozen=True)
-class StatusView:
-    node: str
-    role: Role
-    state: State
-    term: int
-    service: ServiceHealth
-    mode: Mode
-    eligible: bool
-    licensed: bool
-    hold: bool
-    shutting_down: bool
-    calls: int
+@dataclass(frozen=True, kw_only=True)
+class StatusView(ev.PeerHeartbeat):
+    """The heartbeat's fields and what the node's own status adds."""
+
     uptime: float
     peer_reachable: bool
     peer_state: State | None

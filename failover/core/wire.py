@@ -13,19 +13,32 @@ returns ``NEED_DATA`` or ``Closed``.  ``RemoteLinkError`` means close the connec
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
 from construct import (
-    Adapter, BitsInteger, BitStruct, Bytes, Const, ConstructError, ExprValidator, Flag,
-    GreedyBytes, Int8ul, Int16ul, Int32ul, Int64ul, MappingError, PascalString, Struct, Terminated,
+    BitsInteger,
+    BitStruct,
+    Bytes,
+    Const,
+    ConstructError,
+    ExprValidator,
+    Flag,
+    GreedyBytes,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    PascalString,
+    Struct,
+    Terminated,
 )
 
+from failover.core.events import PeerHeartbeat
+from failover.core.fields import NODE_FIELD, EnumField, hmac_sha256
 from failover.core.state import Mode, Role, ServiceHealth, State
-
 from telephony.core.framing import NEED_DATA, Closed, NeedData  # Closed: clean EOF at a frame boundary
 
 MAGIC = b"VM"
@@ -33,7 +46,6 @@ VERSION = 1
 MAX_FRAME = 256  # whole frame, header included
 NONCE_SIZE = 16
 MAC_SIZE = 32
-MAX_NODE = 32
 MAX_REASON = 120
 DIRECTION = b"d2a"
 _HELLO_LABEL = b"vmha-hello-1"
@@ -53,28 +65,6 @@ class CommandKind(IntEnum):
     HAND_OVER = 4  # the sender (inactive) asks the active peer for a planned handover to it
 
 
-class _EnumField(Adapter):
-    """u8 mapped to an IntEnum; an unknown value is a parse error."""
-
-    def __init__(self, enum: type[IntEnum]):
-        super().__init__(Int8ul)
-        self.enum = enum
-
-    def _decode(self, obj, context, path):
-        try:
-            return self.enum(obj)
-        except ValueError:
-            raise MappingError(f"no {self.enum.__name__} {obj}", path=path) from None
-
-    def _encode(self, obj, context, path):
-        try:
-            return int(self.enum(obj))
-        except ValueError:
-            raise MappingError(f"no {self.enum.__name__} {obj!r}", path=path) from None
-
-
-_NODE = ExprValidator(PascalString(Int8ul, "ascii"),
-                      lambda obj, ctx: isinstance(obj, str) and 0 < len(obj) <= MAX_NODE)
 _REASON = ExprValidator(PascalString(Int8ul, "utf8"), lambda obj, ctx: isinstance(obj, str)
                         and len(obj.encode("utf-8", "replace")) <= MAX_REASON)
 
@@ -84,13 +74,13 @@ HEADER_SIZE = HEADER.sizeof()
 _SEQ = Int64ul
 _SEALED_OVERHEAD = _SEQ.sizeof() + MAC_SIZE  # seq before the body, mac after it
 
-HELLO_BODY = Struct("node" / _NODE, "role" / _EnumField(Role), "nonce" / Bytes(NONCE_SIZE),
+HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role), "nonce" / Bytes(NONCE_SIZE),
                     "mac" / Bytes(MAC_SIZE), Terminated)
 _FLAGS = BitStruct(Const(0, BitsInteger(4)), "shutting_down" / Flag, "hold" / Flag,
                    "licensed" / Flag, "eligible" / Flag)  # first field = most significant bit
 _STATUS_FIELDS = (
-    "node" / _NODE, "role" / _EnumField(Role), "state" / _EnumField(State), "term" / Int64ul,
-    "service" / _EnumField(ServiceHealth), "mode" / _EnumField(Mode), "flags" / _FLAGS,
+    "node" / NODE_FIELD, "role" / EnumField(Role), "state" / EnumField(State), "term" / Int64ul,
+    "service" / EnumField(ServiceHealth), "mode" / EnumField(Mode), "flags" / _FLAGS,
     "calls" / Int16ul, "ports" / Int16ul, "repl_pos" / Int64ul,
     "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul)
 STATUS_BODY = Struct(*_STATUS_FIELDS, "settings" / Int64ul, Terminated)
@@ -98,7 +88,7 @@ STATUS_BODY = Struct(*_STATUS_FIELDS, "settings" / Int64ul, Terminated)
 # ``settings``) reads as settings 0, and bytes after ``settings`` (fields a later version
 # appends) are ignored; 1 to 7 bytes there are a parse error.  The frame is authenticated.
 _STATUS_READ = Struct(*_STATUS_FIELDS, "rest" / GreedyBytes)
-COMMAND_BODY = Struct("kind" / _EnumField(CommandKind), "term" / Int64ul,
+COMMAND_BODY = Struct("kind" / EnumField(CommandKind), "term" / Int64ul,
                       "reason" / _REASON, Terminated)
 _FLAG_NAMES = ("eligible", "licensed", "hold", "shutting_down")
 # Largest legal frame (a COMMAND with a 120-byte reason); max_frame may not be below it.
@@ -112,19 +102,10 @@ class Hello:
     nonce: bytes
 
 
-@dataclass(frozen=True)
-class Status:
-    node: str
-    role: Role
-    state: State
-    term: int
-    service: ServiceHealth
-    mode: Mode
-    eligible: bool
-    licensed: bool
-    hold: bool
-    shutting_down: bool
-    calls: int
+@dataclass(frozen=True, kw_only=True)
+class Status(PeerHeartbeat):
+    """STATUS: the heartbeat's fields, then what the frame adds."""
+
     ports: int
     repl_pos: int
     ping_interval_ms: int
@@ -161,10 +142,6 @@ class RemoteLinkError(LinkError):
     """The peer broke the protocol beyond repair: close the connection."""
 
 
-def _mac(key: bytes, *parts: bytes) -> bytes:
-    return hmac.new(key, b"".join(parts), hashlib.sha256).digest()
-
-
 def _header(ftype: FrameType, length: int) -> bytes:
     return HEADER.build(dict(type=ftype, length=length))
 
@@ -188,7 +165,7 @@ class LinkConnection:
             raise LocalLinkError(f"max_frame must be in {_LARGEST_FRAME}..{HEADER_SIZE + 0xFFFF}")
         if not isinstance(role, Role):
             raise LocalLinkError(f"role must be a Role, not {role!r}")
-        self._node_bytes = self._encode(_NODE, node, "node")
+        self._node_bytes = self._encode(NODE_FIELD, node, "node")
         self._psk, self._node, self._role = psk, node, role
         self._dialer, self._nonce = dialer, nonce
         self._expected_peer, self._max_frame = expected_peer, max_frame
@@ -223,7 +200,7 @@ class LinkConnection:
         length = len(self._node_bytes) + 1 + NONCE_SIZE + MAC_SIZE
         signed = _header(FrameType.HELLO, length) + self._node_bytes + bytes([self._role])
         signed += self._nonce
-        return signed + _mac(self._psk, _HELLO_LABEL, signed)
+        return signed + hmac_sha256(self._psk, _HELLO_LABEL, signed)
 
     def send(self, msg: Status | Command) -> bytes:
         """Frame ``msg`` with the next seq.  Dialer only, once established."""
@@ -249,7 +226,7 @@ class LinkConnection:
             raise LocalLinkError("frame too large or seq exhausted")
         self._seq += 1
         signed = _header(ftype, length) + _SEQ.build(self._seq) + body
-        return signed + _mac(self._key, DIRECTION, signed)
+        return signed + hmac_sha256(self._key, DIRECTION, signed)
 
     @staticmethod
     def _encode(con, value, what: str) -> bytes:
@@ -314,7 +291,7 @@ class LinkConnection:
         if len(frame) < HEADER_SIZE + _SEALED_OVERHEAD:
             return self._drop("parse", frame)
         signed, mac = frame[:-MAC_SIZE], frame[-MAC_SIZE:]
-        if not hmac.compare_digest(mac, _mac(self._key, DIRECTION, signed)):
+        if not hmac.compare_digest(mac, hmac_sha256(self._key, DIRECTION, signed)):
             return self._drop("mac", frame)
         seq = _SEQ.parse(frame[HEADER_SIZE:HEADER_SIZE + _SEQ.sizeof()])
         if seq != self._seq + 1:
@@ -356,19 +333,19 @@ class LinkConnection:
             f = HELLO_BODY.parse(frame[HEADER_SIZE:])
         except (ConstructError, ValueError):
             raise fail("malformed HELLO") from None
-        if not hmac.compare_digest(f.mac, _mac(self._psk, _HELLO_LABEL, frame[:-MAC_SIZE])):
+        if not hmac.compare_digest(f.mac, hmac_sha256(self._psk, _HELLO_LABEL, frame[:-MAC_SIZE])):
             raise fail("HELLO MAC mismatch (wrong PSK?)")
         if self._expected_peer is not None and f.node != self._expected_peer:
             raise fail(f"HELLO from {f.node!r}, expected {self._expected_peer!r}")
         if f.role == self._role or f.nonce == self._nonce or f.node == self._node:
             raise fail("HELLO claims our own role, name or nonce (reflected?)")
         self._peer = Hello(node=f.node, role=f.role, nonce=f.nonce)
-        peer_node = _NODE.build(f.node)
+        peer_node = NODE_FIELD.build(f.node)
         if self._dialer:
             seed = self._nonce + f.nonce + self._node_bytes + peer_node
         else:
             seed = f.nonce + self._nonce + peer_node + self._node_bytes
-        self._key = _mac(self._psk, _SESSION_LABEL, seed)
+        self._key = hmac_sha256(self._psk, _SESSION_LABEL, seed)
         self.counters["frames_ok"] += 1
         return self._peer
 
