@@ -17,10 +17,10 @@ import struct
 import pytest
 import trio
 
+from failover.config import parse_config
 from failover.core import events as ev
 from failover.core.state import Mode, Role, ServiceHealth, State
 from failover.core.wire import NEED_DATA, Command, CommandKind, Hello, LinkConnection, Status
-from failover.config import parse_config
 from failover.eventlog import EventLog
 from failover.link import PeerLink
 from lab.pair import free_port

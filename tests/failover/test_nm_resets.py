@@ -15,13 +15,12 @@ import sys
 
 import trio
 
-from failover.core import events as ev
 from failover.admin import admin_request
 from failover.cli import format_status
+from failover.core import events as ev
 from failover.eventlog import EventLog
 from failover.node import NodeManager
 from failover.service_proc import ServiceRunner
-
 from tests.failover.test_node_driver import FakeLink, FakeService, make_cfg
 
 GUARD = 10.0  # hang guard only

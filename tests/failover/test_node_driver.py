@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from failover.core import events as ev
 from failover.config import parse_config
+from failover.core import events as ev
+from failover.core.state import Role, ServiceHealth, State
 from failover.eventlog import EventLog
 from failover.node import NodeManager
-from failover.core.state import Role, ServiceHealth, State
 from failover.statefile import load_state
 
 

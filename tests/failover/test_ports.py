@@ -10,18 +10,24 @@ import os
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
-import tomllib
 import trio
 
 from failover.config import (
-    EXIT_CONFIG, ConfigError, hosts_overlap, listen_binds, load_config, port_collisions,
-    same_host, settings_that_must_match,
+    EXIT_CONFIG,
+    ConfigError,
+    hosts_overlap,
+    listen_binds,
+    load_config,
+    port_collisions,
+    same_host,
+    settings_that_must_match,
 )
-from failover.configure import configure_main, make_pair, write_pair
+from failover.configure import make_pair, write_pair
 from lab.pair import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,7 +244,7 @@ def test_hosts_overlap(h1, h2, proto, overlap):
 
 def test_rtp_ports_per_sip_port_matches_the_worker():
     from failover.config import RTP_PORTS_PER_SIP_PORT
-    from telephony.sip.worker import RTP_PORTS_PER_CALL
+    from telephony.sip.core.worker_protocol import RTP_PORTS_PER_CALL
 
     assert RTP_PORTS_PER_SIP_PORT == RTP_PORTS_PER_CALL
 

@@ -2,13 +2,11 @@
 Each test names the rule of the failover guide it checks (see docs/failover-rules.md)."""
 from __future__ import annotations
 
-
 import pytest
 
 from failover.core import events as ev
 from failover.core.state import FailbackType, Mode, Role, ServiceHealth, State, next_term
 from failover.core.supervisor import Persisted, Supervisor, SupervisorConfig
-
 from tests.failover.sim import Sim, make_config
 
 PING = 0.1

@@ -9,7 +9,6 @@ import pytest
 
 from failover.core import events as ev
 from failover.core.state import FailbackType, Mode, State
-
 from tests.failover.sim import Sim
 
 WAIT = 1.0  # handover_wait: replication never completes in time here (_repl_delay 5 s)

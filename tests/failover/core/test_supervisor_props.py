@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from failover.core import events as ev
 from failover.core.state import Mode, Role, ServiceHealth, State
-
 from tests.failover.sim import Sim
 
 EVENTS = [

@@ -12,8 +12,18 @@ from hypothesis import strategies as st
 
 from failover.core.state import Mode, Role, ServiceHealth, State
 from failover.core.wire import (
-    MAX_FRAME, NEED_DATA, Closed, Command, CommandKind, Dropped, FrameType, Hello, LinkConnection,
-    LocalLinkError, RemoteLinkError, Status,
+    MAX_FRAME,
+    NEED_DATA,
+    Closed,
+    Command,
+    CommandKind,
+    Dropped,
+    FrameType,
+    Hello,
+    LinkConnection,
+    LocalLinkError,
+    RemoteLinkError,
+    Status,
 )
 
 PSK = bytes(range(32))
