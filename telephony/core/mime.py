@@ -22,10 +22,11 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
 
 from telephony.core.events import check_text
+from telephony.core.ids import MAILBOX_RE
 from telephony.core.message import VoiceMessage
 
 __all__ = [
-    "MAX_MESSAGE", "MAX_TEXT", "FROM", "MAILBOX_RE", "HEADER_LIMIT", "StoreError",
+    "MAX_MESSAGE", "MAX_TEXT", "FROM", "HEADER_LIMIT", "StoreError",
     "StoredMessage", "check_mailbox", "safe_name", "parse_time", "check_message", "build_mime",
     "parse_headers", "parse_mime", "stored_message", "age_key",
 ]
@@ -35,7 +36,6 @@ MAX_MESSAGE = 64 * 1024 * 1024
 #: Longest text field (caller, forwarding, node, call id, extension, recorded_at).
 MAX_TEXT = 200
 FROM = "Voice Mail <vmha@localhost>"
-MAILBOX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HEADER_LIMIT = 256 * 1024  # a header block longer than this is not ours (listing reads only it)
 _WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 # refold_source="none": headers set with set_raw() are written exactly as given (the default

@@ -36,13 +36,12 @@ import re
 from dataclasses import dataclass
 from typing import Container, Iterable, Mapping, Protocol, runtime_checkable
 
+from telephony.core.ids import EXTENSION_RE, MAILBOX_RE
 from telephony.core.terms import StaleTerm, check_term
 
 REASONS = ("deliver", "heard", "resync", "retry")
 DAY = 86400
 
-_EXTENSION = re.compile(r"[0-9]{1,32}")
-_MAILBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?")
 
 
@@ -152,14 +151,14 @@ def _check_count(name: str, mailbox: object, value: object) -> int:
 
 
 def _check_mailbox(mailbox: object) -> str:
-    if not isinstance(mailbox, str) or not _MAILBOX.fullmatch(mailbox):
+    if not isinstance(mailbox, str) or not MAILBOX_RE.fullmatch(mailbox):
         raise MwiError(f"mailbox {mailbox!r}: 1 to 64 of A-Z a-z 0-9 _ . - "
                        "(not starting with _ . -)")
     return mailbox
 
 
 def _check_extension(mailbox: str, extension: object) -> str:
-    if not isinstance(extension, str) or not _EXTENSION.fullmatch(extension):
+    if not isinstance(extension, str) or not EXTENSION_RE.fullmatch(extension):
         raise MwiError(f"extension {extension!r} of mailbox {mailbox!r} must be 1 to 32 digits")
     return extension
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import trio
 
+from telephony.core.ids import MAILBOX_RE
 from telephony.core.message import VoiceMessage
 from telephony.core.mime import (
     HEADER_LIMIT,
-    MAILBOX_RE,
     MAX_MESSAGE,
     StoredMessage,
     StoreError,

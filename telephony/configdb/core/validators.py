@@ -12,13 +12,13 @@ import json
 import re
 from typing import Any
 
+from telephony.core.ids import EXTENSION_RE, MAILBOX_RE
+
 
 class BadValue(ValueError):
     """A value a column does not accept; the message says why (the caller names the column)."""
 
 
-_EXTENSION = re.compile(r"[0-9]{1,32}")
-_MAILBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _RULE_KEY = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
 #: the local part of an e-mail address, and one label of its domain
 EMAIL_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~\-]{1,64}"
@@ -43,7 +43,7 @@ def _no_controls(s: str) -> None:
 
 
 def v_extension(v: Any) -> None:
-    if not _EXTENSION.fullmatch(_str(v)):
+    if not EXTENSION_RE.fullmatch(_str(v)):
         raise BadValue("must be 1 to 32 digits")
 
 
@@ -58,7 +58,7 @@ def v_label(v: Any) -> None:
 
 
 def v_mailbox(v: Any) -> None:
-    if not _MAILBOX.fullmatch(_str(v)):
+    if not MAILBOX_RE.fullmatch(_str(v)):
         raise BadValue("must be 1 to 64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
 
 
