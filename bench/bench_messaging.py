@@ -87,9 +87,9 @@ def _counts0(i: int) -> tuple[int, int]:
 async def resync_on_dovecot(tmp: Path, runs: int) -> dict:
     """The definitions-version-2 resync (see the module docstring)."""
     from lab.dovecot_status import StatusDovecot
-    from tests.telephony.sip.test_worker import free_udp_port, sipp
+    from lab.sip import free_udp_port, sipp
 
-    from integrations.cucm_sip import SipProfile
+    from telephony.sip.settings import SipProfile
     from telephony.messaging import Messaging
     from telephony.runtime.ports import PortRegistry
     from telephony.sip.driver import SipPorts

@@ -36,6 +36,11 @@
 
 Both bind only 127.0.0.1, keep their files in a working directory of their own, and are
 stopped by PID (SIGTERM, then SIGKILL; kamailio's children too).
+
+* :func:`sipp` runs one SIPp process (Trio) with a scenario of ``lab/sipp/``
+  (:data:`SCENARIOS`) or a built-in one (``"sn:uac"``), in a working directory of the caller's
+  (its logs and streamed WAVs), killed by PID at the end; :func:`free_udp_port` picks its port.
+  :func:`write_tone_ulaw` writes the G.711 WAVs its ``rtp_stream`` plays.
 """
 from __future__ import annotations
 
@@ -50,9 +55,19 @@ import struct
 import subprocess
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-__all__ = ["BaresipPhone", "KamailioPbx"]
+import trio
+
+from lab.pair import free_udp_block
+
+__all__ = ["GUARD", "SCENARIOS", "BaresipPhone", "KamailioPbx", "Sipp", "free_udp_port", "kill",
+           "sipp", "wait_exit", "write_tone_ulaw"]
+
+#: SIPp scenarios of the tests and benchmarks
+SCENARIOS = Path(__file__).resolve().parent / "sipp"
+GUARD = 30  # seconds: a hang guard only, never a speed limit
 
 
 def _children(pid: int) -> list[int]:
@@ -527,3 +542,66 @@ def write_tone_ulaw(path: Path, seconds: float = 2.0, freq: float = 440.0, *,
             + b"fact" + struct.pack("<I", 4) + fact
             + b"data" + struct.pack("<I", len(data)) + data)
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+# ============================================================================ SIPp runs (Trio)
+
+def free_udp_port() -> int:
+    """One UDP port free on 127.0.0.1 (:func:`lab.pair.free_udp_block` of 1)."""
+    return free_udp_block(1)
+
+
+def kill(proc: trio.Process | None) -> None:
+    """SIGKILL ``proc`` by its PID if it is still running (the caller then waits for it)."""
+    if proc is not None and proc.returncode is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def wait_exit(proc: trio.Process, seconds: float = GUARD) -> int:
+    """``proc``'s exit code; ``seconds`` is a hang guard only."""
+    with trio.fail_after(seconds):
+        return await proc.wait()
+
+
+class Sipp:
+    """One running SIPp process (from :func:`sipp`)."""
+
+    def __init__(self, proc: trio.Process, cwd: Path, port: int) -> None:
+        self.proc = proc
+        self.cwd = cwd
+        self.port = port
+
+    async def exit_code(self, seconds: float = GUARD) -> int:
+        """Wait for SIPp to end; when it failed, print the tail of its logs."""
+        code = await wait_exit(self.proc, seconds)
+        if code != 0:
+            for f in sorted(self.cwd.glob("*.log")):
+                print(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}")
+            print((self.cwd / "sipp.out").read_text(errors="replace")[-3000:])
+        return code
+
+
+@asynccontextmanager
+async def sipp(cwd: Path, scenario: str, *args: str, port: int | None = None):
+    """Start SIPp (``-i 127.0.0.1 -p PORT -nostdin``) in ``cwd`` with ``scenario``: a file
+    name under :data:`SCENARIOS`, a path, or ``"sn:NAME"`` for a built-in one.  Yields a
+    :class:`Sipp`; SIPp is killed by PID at the end."""
+    port = port or free_udp_port()
+    proc = None
+    try:
+        with open(cwd / "sipp.out", "ab") as out:
+            cmd = ["sipp", "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-trace_err"]
+            cmd += ["-sn", scenario[3:]] if scenario.startswith("sn:") else \
+                ["-sf", str(SCENARIOS / scenario)]
+            proc = await trio.lowlevel.open_process(cmd + list(args), cwd=cwd,
+                                                   stdin=subprocess.DEVNULL, stdout=out,
+                                                   stderr=out)
+        yield Sipp(proc, cwd, port)
+    finally:
+        kill(proc)
+        if proc is not None:
+            with trio.CancelScope(shield=True):
+                await proc.wait()

@@ -226,7 +226,10 @@ class Caller:
     def run(self, stop) -> None:
         o = self.opts
         self.start()
-        finished = lambda: self.ended_at is not None or stop()
+
+        def finished() -> bool:
+            return self.ended_at is not None or stop()
+
         self.spin(lambda: finished() or self.answered_at is not None, o.answer_timeout)
         if self.answered_at is None and self.ended_at is None:
             self.by = "timeout" if not stop() else "local"

@@ -14,9 +14,9 @@ import wave
 import pytest
 import trio
 
+from lab.sip import GUARD, kill, wait_exit
 from lab.sip_caller import diversion_header, host_of
-
-from tests.telephony.sip.test_worker import GUARD, PJSUA2_MISSING, ROOT, goertzel, kill, wait_exit, worker, write_tone_pcm
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, ROOT, goertzel, worker, write_tone_pcm
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or "")]

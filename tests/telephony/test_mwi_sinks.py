@@ -22,7 +22,7 @@ import trio
 from failover.core.state import Role
 from telephony.configdb import ConfigDB, ConfigDBError
 from integrations.base import mwi_drivers
-from integrations.cucm_sip import SipProfile
+from telephony.sip.settings import SipProfile
 from telephony.loopback import LoopbackTrunk
 from telephony.messaging import Messaging
 from telephony.runtime.ports import PortRegistry
@@ -185,7 +185,8 @@ async def test_each_lamp_goes_to_its_methods_driver_and_one_without_a_sink_stays
 
 # ============================================================================ SIP NOTIFY counts
 
-from tests.telephony.sip.test_worker import PJSUA2_MISSING, free_udp_port, sipp  # noqa: E402
+from lab.sip import free_udp_port, sipp  # noqa: E402
+from tests.telephony.sip.test_worker import PJSUA2_MISSING  # noqa: E402
 
 needs_sip = pytest.mark.skipif(PJSUA2_MISSING is not None or shutil.which("sipp") is None,
                                reason=PJSUA2_MISSING or "SIPp is not installed")

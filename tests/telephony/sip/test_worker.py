@@ -1,8 +1,8 @@
 """``python -m telephony.sip.worker`` as a real child process, driven by this test playing the
 messaging service on a Unix socket (JSON lines), against real SIPp processes on 127.0.0.1.
 
-The SIPp scenarios are in ``lab/sipp/``; SIPp runs in a temporary folder (its cwd
-holds the streamed WAV and its logs).  RFC 2833 DTMF comes from a small pjsua2 caller process
+The SIPp scenarios are in ``lab/sipp/``; SIPp runs (:func:`lab.sip.sipp`) in a temporary
+folder (its cwd holds the streamed WAV and its logs).  RFC 2833 DTMF comes from a small pjsua2 caller process
 (SIPp cannot send telephone-events without a pcap).  Every process is started and stopped by
 PID; every ``fail_after`` is a hang guard, never a speed limit.
 """
@@ -28,12 +28,9 @@ import pytest
 import trio
 
 from lab.pair import free_udp_block
-from lab.sip import write_tone_ulaw
+from lab.sip import GUARD, SCENARIOS, free_udp_port, kill, sipp, wait_exit, write_tone_ulaw
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = Path(__file__).resolve().parent / "sipp"
-GUARD = 30  # seconds: a hang guard only
-
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _pjsua2_missing() -> str | None:
@@ -49,7 +46,7 @@ def _pjsua2_missing() -> str | None:
             raise
         return ("pjsua2 is not installed: the SIP tests need it "
                 "(.venv/bin/pip install -e '.[test]' installs pjsua2-python==2.15.1.post1)")
-    pjsua2.Endpoint  # the lazy package loads its bindings here; any failure propagates
+    _ = pjsua2.Endpoint  # the lazy package loads its bindings here; any failure propagates
     return None
 
 
@@ -58,15 +55,12 @@ pytestmark = [
     pytest.mark.multiprocess,
     pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),
 ]
-needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
-                                reason="SIPp is not installed: the SIP worker's peer (apt-get install sip-tester)")
+needs_sipp = pytest.mark.skipif(
+    shutil.which("sipp") is None,
+    reason="SIPp is not installed: the SIP worker's peer (apt-get install sip-tester)")
 
 
 # ============================================================================ helpers
-
-def free_udp_port() -> int:
-    return free_udp_block(1)
-
 
 def write_tone_pcm(path: Path, seconds: float = 1.0, freq: float = 440.0) -> None:
     """8 kHz 16-bit mono PCM WAV (stdlib wave)."""
@@ -139,25 +133,12 @@ class Parent:
         return out
 
 
-async def wait_exit(proc: trio.Process, seconds: float = GUARD) -> int:
-    with trio.fail_after(seconds):
-        return await proc.wait()
-
-
 def pid_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     return False
-
-
-def kill(proc: trio.Process | None) -> None:
-    if proc is not None and proc.returncode is None:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @asynccontextmanager
@@ -203,42 +184,6 @@ async def worker(*extra: str, ports: int = 4, name: str = "w1"):
             with trio.CancelScope(shield=True):
                 await proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-class Sipp:
-    def __init__(self, proc: trio.Process, cwd: Path, port: int) -> None:
-        self.proc = proc
-        self.cwd = cwd
-        self.port = port
-
-    async def exit_code(self, seconds: float = GUARD) -> int:
-        code = await wait_exit(self.proc, seconds)
-        if code != 0:
-            for f in sorted(self.cwd.glob("*.log")):
-                print(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}")
-            print((self.cwd / "sipp.out").read_text(errors="replace")[-3000:])
-        return code
-
-
-@asynccontextmanager
-async def sipp(cwd: Path, scenario: str, *args: str, port: int | None = None):
-    """Start SIPp (``-i 127.0.0.1 -p PORT -nostdin``) in ``cwd``; killed by PID at the end."""
-    port = port or free_udp_port()
-    proc = None
-    try:
-        with open(cwd / "sipp.out", "ab") as out:
-            cmd = ["sipp", "-i", "127.0.0.1", "-p", str(port), "-nostdin", "-trace_err"]
-            cmd += ["-sn", scenario[3:]] if scenario.startswith("sn:") else \
-                ["-sf", str(SCENARIOS / scenario)]
-            proc = await trio.lowlevel.open_process(cmd + list(args), cwd=cwd,
-                                                   stdin=subprocess.DEVNULL, stdout=out,
-                                                   stderr=out)
-        yield Sipp(proc, cwd, port)
-    finally:
-        kill(proc)
-        if proc is not None:
-            with trio.CancelScope(shield=True):
-                await proc.wait()
 
 
 def uac_args(parent: Parent, *extra: str) -> list[str]:
