@@ -3,14 +3,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-
-class Role(IntEnum):
-    PRIMARY = 0
-    SECONDARY = 1
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+from telephony.core.terms import Role, term_parity  # the pair's roles live with the terms
 
 
 class State(IntEnum):
@@ -83,11 +76,6 @@ class Timing:
             return self.startup_wait
         # long enough for the link to connect and the service to start, however short the pings
         return max(self.peer_timeout, MIN_STARTUP_WAIT)
-
-
-def term_parity(role: Role) -> int:
-    """Primary terms are even, secondary terms odd: two nodes never share a term."""
-    return 0 if role is Role.PRIMARY else 1
 
 
 def next_term(role: Role, highest_seen: int) -> int:

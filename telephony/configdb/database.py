@@ -12,7 +12,6 @@ from typing import Any, Self
 
 import apsw
 
-from failover.core.state import Role
 from telephony.configdb.core.checksum import U64, sql_ck_add, sql_ck_sub, sql_row_hash
 from telephony.configdb.core.errors import ConfigDBError, DiskFull
 from telephony.configdb.core.results import ReplState
@@ -26,6 +25,7 @@ from telephony.configdb.core.schema import (
     trigger_ddl,
 )
 from telephony.configdb.core.validators import MWI_METHODS, is_int
+from telephony.core.terms import Role
 
 BUSY_TIMEOUT_MS = 5000
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import apsw
 
-from failover.core.state import Role, term_parity
 from telephony.configdb.core.errors import ConfigDBError, Refused
 from telephony.configdb.core.results import ApplyResult, Conflict, LogEntry
 from telephony.configdb.core.schema import TABLES
 from telephony.configdb.core.validators import is_int
 from telephony.configdb.database import Database
+from telephony.core.terms import Role, term_parity
 
 _REASONS = {
     apsw.SQLITE_CHANGESET_DATA: "data",

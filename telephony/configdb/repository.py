@@ -11,12 +11,12 @@ from typing import Any
 
 import apsw
 
-from failover.core.state import term_parity
 from telephony.configdb.changelog import ChangeLog
 from telephony.configdb.core.errors import ConfigDBError
 from telephony.configdb.core.results import WriteResult
 from telephony.configdb.core.schema import TABLES, Column, Table
 from telephony.configdb.core.validators import MAX_JSON, BadValue, dump_json, is_int
+from telephony.core.terms import term_parity
 
 
 class Repository(ChangeLog):

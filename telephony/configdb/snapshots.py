@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import apsw
 
-from failover.core.state import term_parity
 from telephony.configdb.core.checksum import U64
 from telephony.configdb.core.errors import ConfigDBError, Refused
 from telephony.configdb.core.results import Conflict, InstallResult, Snapshot
 from telephony.configdb.core.schema import TABLES, Table
 from telephony.configdb.core.validators import is_int
 from telephony.configdb.remote import RemoteApply
+from telephony.core.terms import term_parity
 
 
 class Snapshots(RemoteApply):

@@ -1,7 +1,9 @@
-"""Terms, the fencing tokens of the active node: the checks every core shares.  Pure.
+"""Terms, the fencing tokens of the active node: the pair's two roles, the parity of their
+terms, and the checks every core shares.  Pure.
 
 A term is an integer >= 0 (never a bool), and terms only move forward: a request that carries
-a term older than one already seen is refused and changes nothing.
+a term older than one already seen is refused and changes nothing.  The primary takes even
+terms and the secondary odd ones (:func:`term_parity`), so two nodes never share a term.
 
 :class:`StaleTerm` is the one "stale term" error.  A core refines it with its own error
 family, so that a caller catches either the refusal as such (``except StaleTerm``) or every
@@ -10,7 +12,25 @@ the MWI planner's ``StaleMwiTerm`` an ``MwiError``, a ``ValueError``).
 """
 from __future__ import annotations
 
-__all__ = ["StaleTerm", "check_term"]
+from enum import IntEnum
+
+__all__ = ["Role", "term_parity", "StaleTerm", "check_term"]
+
+
+class Role(IntEnum):
+    """The two nodes of the pair (the node manager's and the configuration database's)."""
+
+    PRIMARY = 0
+    SECONDARY = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def term_parity(role: Role) -> int:
+    """Primary terms are even, secondary terms odd: two nodes never share a term."""
+    return 0 if role is Role.PRIMARY else 1
 
 
 class StaleTerm(Exception):

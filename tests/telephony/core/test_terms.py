@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from failover.core import state
 from telephony.core.activation import Activation, ActivationError, StaleActivationTerm
 from telephony.core.mwi import MemoryMwiLedger, MwiError, MwiPlanner, StaleMwiTerm
-from telephony.core.terms import StaleTerm, check_term
+from telephony.core.terms import Role, StaleTerm, check_term, term_parity
 from telephony.notify import MemoryNotificationLedger, NotifyError
 
 
@@ -53,3 +54,14 @@ def test_the_memory_ledgers_check_terms_with_their_own_error():
         MemoryMwiLedger().put([], -1)
     with pytest.raises(NotifyError, match="term must be"):
         MemoryNotificationLedger().claim("k", "2")
+
+
+def test_roles_and_their_term_parity():
+    assert [r.label for r in Role] == ["primary", "secondary"]
+    assert term_parity(Role.PRIMARY) == 0 and term_parity(Role.SECONDARY) == 1
+    assert Role["PRIMARY"] is Role.PRIMARY and int(Role.SECONDARY) == 1
+
+
+def test_the_node_manager_uses_the_same_roles():
+    assert state.Role is Role and state.term_parity is term_parity
+    assert state.next_term(Role.PRIMARY, 3) == 4 and state.next_term(Role.SECONDARY, 3) == 5
