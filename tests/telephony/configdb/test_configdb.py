@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from failover.core.state import Role
 from telephony.configdb import (
     TABLES,
     ConfigDB,
@@ -26,6 +25,7 @@ from telephony.configdb import (
     ReplState,
     row_hash,
 )
+from telephony.core.terms import Role
 
 P_TERM = 2  # the primary writes even terms
 S_TERM = 1  # the secondary odd ones
