@@ -228,8 +228,7 @@ async def test_kill9_of_the_active_service_mid_recording_leaves_no_partial_messa
 async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
     """A real SMTP server process gets one notification per message; after the active service
     is killed the new active node does not send it again (the ledger replicated)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telephony"))
-    from smtp_server import smtp_server  # the test SMTP server process (aiosmtpd), stopped by PID
+    from lab.smtp_server import smtp_server  # the test SMTP server process (aiosmtpd), stopped by PID
 
     with smtp_server(pair_dir / "smtp-mail") as smtp:
         extra = {**FAST, "notify": {"smtp": f"127.0.0.1:{smtp.port}", "sender": "vm@example.com"}}
@@ -314,8 +313,7 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
     into IMAP from a; with Dovecot stopped the next one (for another subscriber) is spooled and
     replicated; a's service is killed; b takes over and, once Dovecot is back, delivers it
     once and lights that lamp; the first subscriber then hears their message through b."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telephony"))
-    import dovecot  # the test Dovecot process, stopped by PID
+    from lab import dovecot  # the test Dovecot process, stopped by PID
     from telephony.store import ImapStore
 
     if (why := dovecot.available()) is not None:
