@@ -14,15 +14,18 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lab.loopback_client import (
+    LoopbackCall,
+    LoopbackClientError,
+    call_on_stream,
+    open_call,
+    place_call,
+)
 from telephony.core import media
 from telephony.loopback import MAX_AUDIO_CHUNK, LoopbackTrunk, parse_call_op
-from lab.loopback_client import (
-    LoopbackCall, LoopbackClientError, call_on_stream, open_call, place_call,
-)
 from telephony.runtime.ports import PortState
-
-from tests.telephony.helpers import make_trunk, running_service
 from tests.telephony.core.test_callflow import GREETING_4000, FakeDirectory, box, make_flow
+from tests.telephony.helpers import make_trunk, running_service
 
 
 class RawClient:
@@ -921,7 +924,8 @@ async def test_announce_reports_a_coming_call_only_while_inactive(autojump_clock
 
 async def test_lamp_jobs_go_to_monitors_only_in_the_active_term(autojump_clock):
     """The trunk is a lamp driver too: a job of a term the service does not answer in is
-    refused and no monitor sees it (every lamp driver refuses jobs from an older term: docs/messaging-service.md)."""
+    refused and no monitor sees it (every lamp driver refuses jobs from an older term:
+    docs/messaging-service.md)."""
     from telephony.core.mwi import MwiJob, TransmitRefused
 
     trunk, listener = make_trunk()
