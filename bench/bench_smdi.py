@@ -91,7 +91,7 @@ import trio  # noqa: E402
 
 from failover.core.state import Role  # noqa: E402
 from telephony.configdb import ConfigDB  # noqa: E402
-from integrations.smdi import SerialSettings, SmdiProfile  # noqa: E402
+from telephony.smdi.settings import SerialSettings, SmdiProfile  # noqa: E402
 from telephony.core import media  # noqa: E402
 from telephony.core.events import Reason  # noqa: E402
 from telephony.core.message import VoiceMessage  # noqa: E402

@@ -16,15 +16,33 @@ from typing import NamedTuple, Sequence
 
 import tomli_w
 
-from failover.config import DEFAULT_LINK_PORT, PROFILES, Address, Bind, ConfigError, NodeConfig, Problem, binds_collide, check_node_name, listen_binds, load_config, parse_address, parse_config, port_collisions, same_host, settings_that_must_match
-from telephony.runtime.files import write_new_file
+from failover.config import (
+    DEFAULT_LINK_PORT,
+    PROFILES,
+    Address,
+    Bind,
+    ConfigError,
+    NodeConfig,
+    Problem,
+    binds_collide,
+    check_node_name,
+    listen_binds,
+    load_config,
+    parse_address,
+    parse_config,
+    port_collisions,
+    same_host,
+    settings_that_must_match,
+)
+from telephony.loopback import settings as loopback
+from telephony.runtime.files import fsync_dir, write_new_file
 
 __all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pair", "write_pair",
            "load_key", "configure_main"]
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "link.key"
-DEFAULT_LOOPBACK_PORTS = (3671, 3672)  # (primary, secondary) ports.loopback.listen ports
+DEFAULT_LOOPBACK_PORTS = loopback.DEFAULT_PORTS  # (primary, secondary) ports.loopback.listen ports
 AUTO = "auto"  # loopback_ports: the defaults, moved up when they would collide
 
 
@@ -43,10 +61,7 @@ def _node_doc(name: str, role: str, addr: str, peer_name: str, peer_addr: str, d
     }
     if window is not None:
         doc["failback"]["window_start"], doc["failback"]["window_end"] = window
-    if loopback_port is None:
-        doc["ports"] = {"loopback": {"enabled": False}}
-    else:
-        doc["ports"] = {"loopback": {"enabled": True, "listen": f"127.0.0.1:{loopback_port}"}}
+    doc["ports"] = {"loopback": loopback.toml_table(loopback_port)}
     return doc
 
 
@@ -195,14 +210,6 @@ def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pair(out_dir: str | os.PathLike, primary_name: str, secondary_name: str,
                primary_addr: str, secondary_addr: str, data_root: str | os.PathLike = "data", *,
                force: bool = False, **kwargs) -> PairFiles:
@@ -225,7 +232,7 @@ def write_pair(out_dir: str | os.PathLike, primary_name: str, secondary_name: st
         _write_atomic(files.key, key.hex().encode() + b"\n", 0o600, force)
         _write_atomic(files.primary, p_text.encode(), 0o644, force)
         _write_atomic(files.secondary, s_text.encode(), 0o644, force)
-        _fsync_dir(out)
+        fsync_dir(out)
     except FileExistsError as e:  # lost a race with another writer
         raise ConfigError(out, f"refusing to overwrite {e.filename} (it appeared while writing)") from None
     except OSError as e:
@@ -295,7 +302,8 @@ def _ports_arg(text: str) -> tuple[int, int] | None | str:
     try:
         p, s = (int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PRIMARY,SECONDARY ports, auto or none") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected PRIMARY,SECONDARY ports, auto or none") from None
     return p, s
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.smdi import SerialSettings
+from telephony.smdi.settings import SerialSettings
 
 _LINE = re.compile(r"(\d{2,7}),([5-8])([NEOMS])(1|1\.5|2)")
 _PARITY = {"N": "none", "E": "even", "O": "odd", "M": "mark", "S": "space"}

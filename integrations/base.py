@@ -1,7 +1,16 @@
-"""PBX integration profiles: which ports, which MWI method, how numbers are rewritten.
+"""PBX integration profiles: which voice ports, where a call's information comes from, which
+MWI method, how numbers are rewritten (docs/integrations.md).
+
+An integration is three independent choices, and the messaging service wires any valid
+combination of them:
+
+* **voice ports** (:class:`VoicePort`): the lines that carry the calls;
+* **call information** (:class:`CallInfo`): why a call came and for whom, in the voice port's
+  own signalling or out of band on the SMDI link;
+* **MWI method** (:class:`MwiMethod`): how lamps are switched.
 
 Profiles are data, not ``if vendor == ...`` branches: a driver reads its profile and applies
-it the same way for every PBX.  Pure: no I/O.
+it the same way for every PBX.  Pure: no I/O, nothing of the project imported.
 """
 from __future__ import annotations
 
@@ -13,14 +22,36 @@ from enum import StrEnum
 NUMBER_FIELDS = ("calling", "called", "forwarding")
 
 
+class VoicePort(StrEnum):
+    """A kind of voice port (one driver each).  Later: analog board lines, SCCP ports."""
+
+    SIP = "sip"  # SIP lines: a trunk or registered lines, also a media gateway's SIP lines
+    #              (analog/digital PBX lines turned into SIP, as Cisco's PIMG/TIMG units did)
+    LOOPBACK = "loopback"  # the loopback simulator (the voice-board stand-in of the lab)
+
+
+#: voice ports that number their lines (the driver's port *i* is line *i*), so information
+#: that names a line (an SMDI record's terminal) finds the port that rings
+NUMBERED_PORTS = frozenset({VoicePort.SIP, VoicePort.LOOPBACK})
+
+
+class CallInfo(StrEnum):
+    """Where a call's information (numbers, reason) comes from.  Later: in-band DTMF."""
+
+    SIGNALLING = "signalling"  # the voice port's own: SIP Diversion / History-Info headers,
+    #                            the loopback offer's fields
+    SMDI = "smdi"  # the serial SMDI link's record for the line's terminal number
+
+
 class MwiMethod(StrEnum):
     """How message-waiting lamps are switched on this integration."""
 
-    NONE = "none"  # no lamps (the loopback test trunk)
+    NONE = "none"  # no lamps
     SIP_NOTIFY = "sip_notify"  # unsolicited SIP NOTIFY (message-summary)
-    SCCP = "sccp"  # Skinny station MWI
+    SCCP = "sccp"  # Skinny station MWI (no driver in vmha yet)
     SMDI = "smdi"  # OP:MWI over the serial data link
-    DTMF = "dtmf"  # feature-code digits dialled on an analog port
+    DTMF = "dtmf"  # feature-code digits dialled on an analog port (no driver in vmha yet)
+    LOOPBACK = "loopback"  # the loopback trunk's monitor: the simulated PBX's MWI side
 
 
 @dataclass(frozen=True)
@@ -44,7 +75,10 @@ class NumberRule:
 
 @dataclass(frozen=True)
 class IntegrationProfile:
-    """One PBX integration.  ``ports`` is the default number of ports of ``port_kind``."""
+    """One PBX integration: its three parts (``voice_ports``, ``call_info``, ``mwi_method``)
+    and the number rules of its calls.  ``port_kind`` is the kind of port whose driver applies
+    the rules, ``ports`` its default number of ports; ``voice_ports`` defaults to
+    ``(port_kind,)``."""
 
     name: str
     port_kind: str
@@ -54,12 +88,22 @@ class IntegrationProfile:
     max_number: int = 32  # longest number kept after the rules ran
     description: str = ""
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    voice_ports: tuple[str, ...] = ()
+    call_info: CallInfo = CallInfo.SIGNALLING
 
     def __post_init__(self) -> None:
         if not self.name or not self.port_kind:
             raise ValueError("an integration profile needs a name and a port kind")
         if not 0 < self.ports <= 1024:
             raise ValueError(f"profile {self.name}: ports must be 1..1024, got {self.ports}")
+        if not self.voice_ports:
+            object.__setattr__(self, "voice_ports", (self.port_kind,))
+        bad = [v for v in self.voice_ports if v not in set(VoicePort)]
+        if bad:
+            raise ValueError(f"profile {self.name}: unknown voice ports {bad}")
+        if self.call_info is CallInfo.SMDI and not set(self.voice_ports) <= NUMBERED_PORTS:
+            raise ValueError(f"profile {self.name}: SMDI call information needs voice ports "
+                             "that number their lines")
 
     def normalise(self, field_name: str, number: str) -> str:
         """Apply the profile's number rules to one number field."""
@@ -75,31 +119,44 @@ class IntegrationProfile:
 #: a subscriber's ``mwi_method`` (configuration database) that never needs a driver
 NO_LAMP = "none"
 
+#: THE table of lamps: a node's MWI method -> ``{subscriber mwi_method: the driver kind that
+#: sends those lamps}``.  The messaging service sends each lamp through the driver named here;
+#: the node manager refuses a subscriber whose method is not in its node's row
+#: (telephony.configdb).  ``none`` is never in a row: it means no lamp and needs no driver.
+#: The loopback monitor shows the lamps of ``sip`` subscribers (the lab's stand-in for a SIP
+#: PBX).  SCCP and DTMF have no driver in vmha: no row.
+MWI_DRIVERS: dict[MwiMethod, dict[str, str]] = {
+    MwiMethod.SIP_NOTIFY: {"sip": VoicePort.SIP.value},
+    MwiMethod.SMDI: {"smdi": "smdi"},
+    MwiMethod.LOOPBACK: {"sip": VoicePort.LOOPBACK.value},
+    MwiMethod.NONE: {},
+}
+
+
+def default_integration(*, sip: bool, smdi: bool,
+                        loopback: bool) -> tuple[tuple[str, ...], CallInfo, MwiMethod]:
+    """The integration of a node whose file has no ``[integration]`` choices, derived from the
+    enabled port drivers: ``(voice_ports, call_info, mwi)``.
+
+    * voice ports: the enabled ones, the loopback trunk's lines first;
+    * call information: the SMDI link's when ``ports.smdi`` is enabled, else the ports' own;
+    * MWI: SIP NOTIFY when ``ports.sip`` is enabled, else the SMDI link when enabled, else
+      the loopback trunk's monitor (the lab and the demo), else none.  (SIP and SMDI both
+      enabled is no default: the file must choose.)"""
+    voice = tuple(v.value for v, on in ((VoicePort.LOOPBACK, loopback), (VoicePort.SIP, sip)) if on)
+    call_info = CallInfo.SMDI if smdi else CallInfo.SIGNALLING
+    mwi = (MwiMethod.SIP_NOTIFY if sip else MwiMethod.SMDI if smdi
+           else MwiMethod.LOOPBACK if loopback else MwiMethod.NONE)
+    return voice, call_info, mwi
+
 
 def mwi_drivers(*, sip: bool, smdi: bool, loopback: bool) -> dict[str, str]:
-    """Which driver sends the lamps of each subscriber ``mwi_method`` on a node whose port
-    drivers are enabled as given: ``{method: driver kind}``.
-
-    * ``sip`` → the SIP ports (unsolicited NOTIFY) when ``ports.sip`` is enabled; on a node
-      with only the loopback trunk (no SIP, no SMDI: the lab and the demo) → the loopback
-      trunk's monitor, the simulated PBX's MWI side, which shows the same counts;
-    * ``smdi`` → the SMDI link when ``ports.smdi`` is enabled;
-    * ``sccp`` and ``dtmf`` have no driver in vmha: never served;
-    * ``none`` is never in the answer: it means no lamp and needs no driver.
-
-    The node manager refuses a subscriber whose method is not served (telephony.configdb), the
-    messaging service sends each lamp through the driver named here."""
-    out: dict[str, str] = {}
-    if sip:
-        out["sip"] = "sip"
-    elif loopback and not smdi:
-        out["sip"] = "loopback"
-    if smdi:
-        out["smdi"] = "smdi"
-    return out
+    """:data:`MWI_DRIVERS`' row for the default integration of a node whose port drivers are
+    enabled as given (:func:`default_integration`)."""
+    return dict(MWI_DRIVERS[default_integration(sip=sip, smdi=smdi, loopback=loopback)[2]])
 
 
 def node_mwi_drivers(cfg) -> dict[str, str]:
-    """:func:`mwi_drivers` for a node's configuration (``failover.config.NodeConfig``)."""
-    p = cfg.ports
-    return mwi_drivers(sip=p.sip.enabled, smdi=p.smdi.enabled, loopback=p.loopback.enabled)
+    """:data:`MWI_DRIVERS`' row for a node's settings (anything with ``integration.mwi``: the
+    node manager's ``NodeConfig``, the service's ``ServiceSettings``)."""
+    return dict(MWI_DRIVERS.get(MwiMethod(cfg.integration.mwi), {}))

@@ -2,11 +2,13 @@
 (driver: ``telephony.loopback``).  Data only."""
 from __future__ import annotations
 
-from integrations.base import IntegrationProfile, MwiMethod, NumberRule
+from integrations.base import CallInfo, IntegrationProfile, MwiMethod, NumberRule, VoicePort
 
+#: loopback lines + the offer's fields + no lamps (a node without an ``[integration]``
+#: choice shows its lamps on the trunk's monitor instead: ``integrations.base``)
 LOOPBACK = IntegrationProfile(
     name="loopback",
-    port_kind="loopback",
+    port_kind=VoicePort.LOOPBACK.value,
     ports=4,
     mwi_method=MwiMethod.NONE,
     number_rules=(
@@ -14,4 +16,6 @@ LOOPBACK = IntegrationProfile(
     ),
     max_number=32,
     description="simulated PBX trunk: JSON lines over TCP on 127.0.0.1, one call per connection",
+    voice_ports=(VoicePort.LOOPBACK.value,),
+    call_info=CallInfo.SIGNALLING,
 )

@@ -13,21 +13,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from telephony.configdb import ConfigDB
-
 from telephony.core.callflow import CallFlow, CallPort
 from telephony.core.events import CallArrival
-from telephony.ledgers import DbMwiLedger, DbNotificationLedger
 from telephony.core.message import VoiceMessage
 from telephony.core.mwi import LampCoalescer, MwiJob, MwiPlanner, next_daily_resync
+from telephony.ledgers import DbMwiLedger, DbNotificationLedger
 from telephony.notify import NotificationFailed, SmtpNotifier
+from telephony.settings import ServiceSettings
 from telephony.spool import Spool, SpoolWorker
 from telephony.store import MessageStore, StoreUnavailable
 
@@ -479,7 +479,8 @@ def _read_passwords(path: Path) -> dict[str, str]:
 
 
 def build_store(cfg) -> MessageStore:
-    """The message store a node's configuration names."""
+    """The message store a node's settings name (``cfg.store``: the service's
+    ``telephony.settings.ServiceSettings``, or the node manager's ``NodeConfig``)."""
     from telephony.store import ImapStore, MaildirStore
 
     st = cfg.store
@@ -507,9 +508,9 @@ def build_store(cfg) -> MessageStore:
     return MaildirStore(st.maildir)
 
 
-def build_messaging(cfg, db: ConfigDB, sinks: Mapping[str, MwiSink]) -> Messaging:
-    """The voice-messaging core for a node's configuration (``failover.config.NodeConfig``).
-    ``sinks``: subscriber mwi_method -> the driver that sends its lamps
+def build_messaging(cfg: ServiceSettings, db: ConfigDB, sinks: Mapping[str, MwiSink]) -> Messaging:
+    """The voice-messaging core for the node's settings (``cfg``: the service's view of the
+    node's file).  ``sinks``: subscriber mwi_method -> the driver that sends its lamps
     (``integrations.base.node_mwi_drivers`` names them)."""
     store = build_store(cfg)
     st = cfg.store

@@ -34,7 +34,6 @@ import re
 import signal
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,25 @@ from typing import Any
 
 import trio
 
+from integrations.base import CallInfo, node_mwi_drivers
 from telephony.core.activation import Activation, ActivationError
-from telephony.core.control import MAX_COUNTERS, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError, FramingError, FieldError, make, validate
+from telephony.core.control import (
+    MAX_COUNTERS,
+    NEED_DATA,
+    TO_SERVICE,
+    Closed,
+    ControlConnection,
+    ControlError,
+    FieldError,
+    FramingError,
+    make,
+    validate,
+)
 from telephony.core.events import CallArrival
+from telephony.core.settings import ConfigError
 from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
+from telephony.settings import Integration, ServiceSettings, load_service_settings, read_keys
 
 log = logging.getLogger("telephony.service")
 
@@ -500,58 +513,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the keys ``--config`` gives the command line's defaults (a file may hold only these)
+CONFIG_KEYS = ("node.name", "service.health_interval", "service.offer_hold",
+               "ports.loopback.enabled", "ports.loopback.listen", "ports.loopback.count",
+               "log.level")
+
+
 def _read_config(path: Path) -> dict[str, Any]:
-    """The few keys of the node's TOML file the service needs (the node manager validates
-    the whole file).  Raises ValueError naming the key and the file."""
+    """The few keys of the node's TOML file the command line needs (:data:`CONFIG_KEYS`,
+    checked by their definitions in :mod:`telephony.settings`).  Raises ValueError naming the
+    key and the file."""
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from None
-
-    def get(dotted: str, check, default=None):
-        node: Any = doc
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        try:
-            return check(node)
-        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {dotted}: {exc}") from None
-
-    def typed(t, inner):
-        def check(v):
-            if isinstance(v, bool) or not isinstance(v, t):
-                raise ValueError(f"expected {t.__name__ if isinstance(t, type) else 'a number'}, "
-                                 f"got {v!r}")
-            return inner(str(v))
-        return check
-
-    def boolean(v):
-        if not isinstance(v, bool):
-            raise ValueError(f"expected true or false, got {v!r}")
-        return v
-
-    def address(v):
-        m = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s]+)):(?P<port>\d{1,5})",
-                         v) if isinstance(v, str) else None
-        if m is None or int(m["port"]) > 65535:
-            raise ValueError(f'expected "host:port", got {v!r}')
-        return (m["v6"] or m["host"], int(m["port"]))
-
-    out: dict[str, Any] = {
-        "node": get("node.name", typed(str, _node_name)),
-        "health_interval": get("service.health_interval", typed((int, float), _number(0.001, 10))),
-        "offer_hold": get("service.offer_hold", typed((int, float), _number(0, 60))),
-        "loopback_enabled": get("ports.loopback.enabled", boolean, True),
-        "loopback": get("ports.loopback.listen", address),
-        "ports": get("ports.loopback.count", typed(int, _number(1, 256, integer=True))),
-        "log_level": get("log.level", typed(str, lambda s: s)),
+        got = read_keys(path, CONFIG_KEYS)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    listen = got.get("ports.loopback.listen")
+    return {
+        "node": got.get("node.name"),
+        "health_interval": got.get("service.health_interval"),
+        "offer_hold": got.get("service.offer_hold"),
+        "loopback_enabled": got.get("ports.loopback.enabled", True),
+        "loopback": (listen.host, listen.port) if listen is not None else None,
+        "ports": got.get("ports.loopback.count"),
+        "log_level": got.get("log.level"),
     }
-    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServiceOptions:
@@ -646,23 +631,47 @@ async def serve(opts: ServiceOptions) -> int:
     return box["code"]
 
 
+def voice_ports(integration: Integration,
+                built: dict[str, tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
+    """The voice-port drivers built (``{kind: (driver or None, its port names)}``) in the
+    integration's line order (``integration.voice_ports``)."""
+    return [built[kind] for kind in integration.voice_ports
+            if kind in built and built[kind][0] is not None]
+
+
+def line_names(voice: list[tuple[Any, list[str]]]) -> tuple[str, ...]:
+    """Every line of the voice ports, in order: line *i* is SMDI terminal ``terminals[i]``."""
+    return tuple(name for _, names in voice for name in names)
+
+
+def connect_call_info(integration: Integration, voice: list[tuple[Any, list[str]]],
+                      link: Any) -> None:
+    """With call information from SMDI, every voice-port driver asks the link for the call
+    ringing on one of its lines: ``driver.line_info = link.line_arrival`` (the loopback
+    trunk's contract: ``await line_info(port, call_id, node) -> CallArrival``)."""
+    if integration.call_info == CallInfo.SMDI:
+        for driver, _ in voice:
+            driver.line_info = link.line_arrival
+
+
 async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
+    # the drivers and the voice-messaging core are imported when the file asks for them:
+    # start-up stays quick without them
     from telephony.loopback import LoopbackTrunk
 
     drivers: list[PortDriver] = []
     extra: dict[str, Any] = {}
-    cfg = None
+    settings: ServiceSettings | None = None
     if opts.config is not None:
-        from failover.config import ConfigError, load_config
-        try:
-            cfg = load_config(opts.config)
+        try:  # the node manager has validated the whole file: this is the service's view
+            settings = load_service_settings(opts.config)
         except ConfigError as exc:
             log.error("configuration: %s", exc)
             return EXIT_FAILED
     trunk = None
     if opts.loopback is not None:
         trunk = LoopbackTrunk(host=opts.loopback[0], port=opts.loopback[1], count=opts.ports,
-                              realtime=cfg.messaging.realtime_audio if cfg else True)
+                              realtime=settings.messaging.realtime_audio if settings else True)
         try:
             host, port = await trunk.open()
         except OSError as exc:  # ListenError: one line naming the setting and the address
@@ -670,24 +679,25 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                       else f"cannot listen on {opts.loopback[0]}:{opts.loopback[1]} "
                            f"(setting ports.loopback.listen): {exc.strerror or exc}")
             return EXIT_FAILED
-        drivers.append(trunk)
         extra["loopback"] = f"{host}:{port}"
-    link = None
-    sm = cfg.ports.smdi if cfg is not None else None
-    if sm is not None and sm.enabled:
-        from telephony.smdi.driver import SmdiLink
-        link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(), node=opts.node)
-        drivers.append(link)
-        if trunk is not None:
-            trunk.line_info = link.line_arrival  # a ringing line's numbers come from SMDI
     sip = None
-    sp = cfg.ports.sip if cfg is not None else None
+    sp = settings.ports.sip if settings is not None else None
     if sp is not None and sp.enabled:
         from telephony.sip.driver import SipPorts
         sip = SipPorts(profile=sp.profile(), node=opts.node,
-                       runtime_dir=cfg.node.data_dir / "run",
-                       media_dir=cfg.node.data_dir / "sip-media")
-        drivers.append(sip)
+                       runtime_dir=settings.node.data_dir / "run",
+                       media_dir=settings.node.data_dir / "sip-media")
+    link = None
+    sm = settings.ports.smdi if settings is not None else None
+    if sm is not None and sm.enabled:
+        from telephony.smdi.driver import SmdiLink
+        voice = voice_ports(settings.integration,
+                            {"loopback": (trunk, trunk.port_names() if trunk else []),
+                             "sip": (sip, sp.port_names() if sip else [])})
+        link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice)),
+                        node=opts.node)
+        connect_call_info(settings.integration, voice, link)
+    drivers = [d for d in (trunk, link, sip) if d is not None]
     try:
         control = await trio.open_unix_socket(opts.control)
     except OSError as exc:
@@ -696,22 +706,22 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         return EXIT_FAILED
     messaging = None
     db = None
-    if cfg is not None:
+    if settings is not None:
         from telephony.configdb import ConfigDB, ConfigDBError
-
         from telephony.messaging import build_messaging
+
+        s = settings
         try:
             db = await trio.to_thread.run_sync(
-                lambda: ConfigDB(cfg.database.path, role=cfg.node.role,
-                                 log_keep=cfg.replication.log_keep, log_max=cfg.replication.log_max))
-            # each subscriber's lamps go to the driver its mwi_method names (the same table
-            # the node manager checks subscribers against): SIP NOTIFY, the SMDI link, or on
-            # a loopback-only node the trunk's monitor
-            from integrations.base import node_mwi_drivers
+                lambda: ConfigDB(s.database.path, role=s.node.role,
+                                 log_keep=s.replication.log_keep, log_max=s.replication.log_max))
+            # each subscriber's lamps go to the driver its mwi_method names on this node's
+            # MWI method (the same table the node manager checks subscribers against): SIP
+            # NOTIFY, the SMDI link, or the loopback trunk's monitor
             by_kind = {"sip": sip, "smdi": link, "loopback": trunk}
-            sinks = {method: by_kind[kind] for method, kind in node_mwi_drivers(cfg).items()
+            sinks = {method: by_kind[kind] for method, kind in node_mwi_drivers(s).items()
                      if by_kind.get(kind) is not None}
-            messaging = build_messaging(cfg, db, sinks=sinks)
+            messaging = build_messaging(s, db, sinks=sinks)
         except (ConfigDBError, OSError, ValueError) as exc:
             log.error("voice messaging cannot start: %s", exc)
             return EXIT_FAILED

@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from integrations.smdi import PARITIES, SerialSettings, SmdiProfile
+from telephony.smdi.settings import PARITIES, SerialSettings, SmdiProfile
 
 from telephony.core.events import CallArrival
 from telephony.core.mwi import TransmitRefused, require_term

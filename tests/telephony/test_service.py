@@ -14,7 +14,6 @@ import trio.testing
 from telephony.core.control import NEED_DATA, ControlConnection
 from telephony.runtime.ports import PortState
 from telephony.service import EXIT_FAILED, EXIT_OK, MessagingService
-
 from tests.telephony.helpers import DirectTrunk, running_service
 
 HOLD = 2.0
@@ -453,3 +452,106 @@ async def test_a_service_stalled_right_after_activating_handles_queued_renewals_
     # and it was serving in between: health said "active" after the stall
     before = received[:fenced[0]]
     assert [m for m in before if m["op"] == "health" and m["state"] == "active"], before
+
+
+# ============================================================================ the integration's wiring
+
+
+class _Driver:
+    """A voice-port driver stand-in: the wiring only sets its ``line_info``."""
+
+
+class _Link:
+    async def line_arrival(self, port, call_id, node):  # pragma: no cover - never called
+        raise AssertionError
+
+
+def test_smdi_call_information_reaches_every_voice_port_in_line_order():
+    from telephony.service import connect_call_info, line_names, voice_ports
+    from telephony.settings import Integration
+    from telephony.smdi.settings import SmdiProfile
+
+    trunk, sip, link = _Driver(), _Driver(), _Link()
+    built = {"loopback": (trunk, ["loopback-1", "loopback-2"]), "sip": (sip, ["sip-1"])}
+    smdi = Integration(profile=None, voice_ports=("loopback", "sip"), call_info="smdi", mwi="smdi")
+    voice = voice_ports(smdi, built)
+    assert line_names(voice) == ("loopback-1", "loopback-2", "sip-1")
+    connect_call_info(smdi, voice, link)
+    assert trunk.line_info == link.line_arrival and sip.line_info == link.line_arrival
+    prof = SmdiProfile(terminals=(7, 8, 9), lines=line_names(voice))  # terminal i is line i
+    assert [prof.port_of(t) for t in (7, 8, 9)] == ["loopback-1", "loopback-2", "sip-1"]
+    # the order is the integration's; a driver not built has no lines
+    gateway = Integration(profile="gateway-smdi", voice_ports=("sip",), call_info="smdi",
+                          mwi="smdi")
+    assert line_names(voice_ports(gateway, {**built, "loopback": (None, [])})) == ("sip-1",)
+    # call information in the ports' own signalling: nothing is connected
+    lamps_only = Integration(profile=None, voice_ports=("sip",), call_info="signalling",
+                             mwi="smdi")
+    other = _Driver()
+    connect_call_info(lamps_only, voice_ports(lamps_only, {"sip": (other, ["sip-1"])}), link)
+    assert not hasattr(other, "line_info")
+
+
+async def test_smdi_records_give_the_loopback_lines_their_calls(tmp_path):
+    """The serial-SMDI integration wired by the service's own functions, with a real SMDI link
+    on a pty pair: a record for this node's terminal, then a ring on that line, and the call
+    carries the record's numbers."""
+    import os
+    import shutil
+    import termios
+    import tty
+
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed: it makes the SMDI pty pair")
+    from lab.loopback_client import call_on_stream
+    from lab.smdi import SocatPair
+    from telephony.service import connect_call_info, line_names, voice_ports
+    from telephony.settings import resolve_integration
+    from telephony.smdi.core.codec import encode_call_record
+    from telephony.smdi.driver import SmdiLink
+    from telephony.smdi.settings import SerialSettings, SmdiProfile
+    from tests.telephony.helpers import make_trunk
+    from tests.util import until
+
+    pair = SocatPair(tmp_path / "node", tmp_path / "pbx")
+    pair.start()
+    pbx = os.open(tmp_path / "pbx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        tty.setraw(pbx, termios.TCSANOW)
+        trunk, listener = make_trunk(count=2)
+        ports = _Ports(loopback=True, smdi=True)
+        integration = resolve_integration({}, ports)  # no [integration]: today's wiring
+        assert (integration.voice_ports, integration.call_info) == (("loopback",), "smdi")
+        voice = voice_ports(integration, {"loopback": (trunk, trunk.port_names())})
+        link = SmdiLink(serial=SerialSettings(str(tmp_path / "node")),
+                        profile=SmdiProfile(terminals=(5, 6), keep_last=4,
+                                            lines=line_names(voice)),
+                        node="a", reopen_min=0.05, reopen_max=0.2)
+        connect_call_info(integration, voice, link)
+        async with running_service(drivers=[trunk, link]) as (svc, mgr, _):
+            link.gate = svc.answering_term
+            await until(lambda: link.is_open, "the SMDI link open")
+            await mgr.send("activate", term=2, lease=60.0)
+            await mgr.expect("activated")
+            os.write(pbx, encode_call_record(6, "B", "5551002", "5551001"))  # line 2
+            await until(lambda: link.counters["records"] == 1, "the record parsed")
+            async with call_on_stream(await listener.connect(), "r1", line=2,
+                                      forwarding="9999") as call:
+                assert call.answer["port"] == "loopback-2"
+                ev = await mgr.expect("call", event="answered")
+                assert (ev["call"]["forwarding"], ev["call"]["calling"], ev["call"]["reason"],
+                        ev["call"]["integration"]) == ("1002", "1001", "busy", "serial-smdi")
+    finally:
+        os.close(pbx)
+        pair.stop()
+
+
+class _Ports:
+    """The enabled-flags view of ``[ports.*]`` that the integration is derived from."""
+
+    def __init__(self, *, loopback=False, smdi=False, sip=False):
+        from types import SimpleNamespace
+
+        self.loopback = SimpleNamespace(enabled=loopback)
+        self.smdi = SimpleNamespace(enabled=smdi)
+        self.sip = SimpleNamespace(enabled=sip)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.smdi import SerialSettings, SmdiProfile
+from telephony.smdi.settings import SerialSettings, SmdiProfile
 from telephony.smdi.core.codec import CallRecord, MwiFailure, MwiFormat
 from telephony.smdi.core.link import (MAX_PER_TERMINAL, FailureMatcher, LampQueue, LinePacer,
                                  RecordMatcher)

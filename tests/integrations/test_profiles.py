@@ -1,0 +1,103 @@
+"""integrations/: the three parts of an integration as data, the named profiles, the lamp
+table and the default wiring of a file without an [integration] section."""
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from integrations.base import (
+    MWI_DRIVERS,
+    NUMBERED_PORTS,
+    CallInfo,
+    IntegrationProfile,
+    MwiMethod,
+    VoicePort,
+    default_integration,
+    mwi_drivers,
+    node_mwi_drivers,
+)
+from integrations.cucm_sip import CUCM_SIP
+from integrations.loopback import LOOPBACK
+from integrations.profiles import PROFILES
+from integrations.smdi import GATEWAY_SMDI, SERIAL_SMDI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_integrations_import_nothing_of_the_project():
+    for path in (ROOT / "integrations").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[0] not in ("telephony", "failover", "lab", "tests"), \
+                    f"{path.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] not in ("telephony", "failover", "lab", "tests")
+
+
+def test_the_profiles_name_their_three_parts():
+    assert list(PROFILES) == ["cucm-sip", "serial-smdi", "gateway-smdi", "loopback"]
+    parts = {name: (p.voice_ports, p.call_info, p.mwi_method) for name, p in PROFILES.items()}
+    assert parts == {
+        "cucm-sip": (("sip",), CallInfo.SIGNALLING, MwiMethod.SIP_NOTIFY),
+        "serial-smdi": (("loopback",), CallInfo.SMDI, MwiMethod.SMDI),
+        "gateway-smdi": (("sip",), CallInfo.SMDI, MwiMethod.SMDI),
+        "loopback": (("loopback",), CallInfo.SIGNALLING, MwiMethod.NONE),
+    }
+    assert (CUCM_SIP, SERIAL_SMDI, GATEWAY_SMDI, LOOPBACK) == tuple(PROFILES.values())
+    for p in PROFILES.values():
+        assert p.name and set(p.voice_ports) <= set(VoicePort)
+        if p.call_info is CallInfo.SMDI:
+            assert set(p.voice_ports) <= NUMBERED_PORTS
+
+
+def test_a_profile_checks_its_parts():
+    base = dict(name="x", port_kind="loopback", ports=4, mwi_method=MwiMethod.NONE)
+    assert IntegrationProfile(**base).voice_ports == ("loopback",)  # from the port kind
+    with pytest.raises(ValueError, match="unknown voice ports"):
+        IntegrationProfile(**base, voice_ports=("analog",))
+    with pytest.raises(ValueError, match="ports must be"):
+        IntegrationProfile(**{**base, "ports": 0})
+
+
+def test_the_lamp_table():
+    assert MWI_DRIVERS == {
+        MwiMethod.SIP_NOTIFY: {"sip": "sip"},
+        MwiMethod.SMDI: {"smdi": "smdi"},
+        MwiMethod.LOOPBACK: {"sip": "loopback"},
+        MwiMethod.NONE: {},
+    }
+    for method in (MwiMethod.SCCP, MwiMethod.DTMF):  # no driver in vmha: no row
+        assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi=method.value))) == {}
+    cfg = SimpleNamespace(integration=SimpleNamespace(mwi="smdi"))
+    assert node_mwi_drivers(cfg) == {"smdi": "smdi"}
+    node_mwi_drivers(cfg)["x"] = "y"  # a copy: the table is not changed through it
+    assert MWI_DRIVERS[MwiMethod.SMDI] == {"smdi": "smdi"}
+
+
+def _old_mwi_drivers(*, sip: bool, smdi: bool, loopback: bool) -> dict[str, str]:
+    """The wiring before the integration model (no [integration] section)."""
+    out: dict[str, str] = {}
+    if sip:
+        out["sip"] = "sip"
+    elif loopback and not smdi:
+        out["sip"] = "loopback"
+    if smdi:
+        out["smdi"] = "smdi"
+    return out
+
+
+@pytest.mark.parametrize("sip, smdi, loopback", list(itertools.product((False, True), repeat=3)))
+def test_the_default_integration_is_the_old_wiring(sip, smdi, loopback):
+    voice, call_info, mwi = default_integration(sip=sip, smdi=smdi, loopback=loopback)
+    assert voice == tuple(k for k, on in (("loopback", loopback), ("sip", sip)) if on)
+    # the loopback trunk's lines took their numbers from SMDI whenever the link was on
+    assert call_info is (CallInfo.SMDI if smdi else CallInfo.SIGNALLING)
+    if not (sip and smdi):  # both: refused by the configuration without an [integration]
+        assert mwi_drivers(sip=sip, smdi=smdi, loopback=loopback) == \
+            _old_mwi_drivers(sip=sip, smdi=smdi, loopback=loopback)
+        assert dict(MWI_DRIVERS[mwi]) == _old_mwi_drivers(sip=sip, smdi=smdi, loopback=loopback)
