@@ -12,7 +12,7 @@ import time
 import pytest
 import trio
 
-from integrations.smdi import SmdiProfile
+from telephony.smdi.settings import SmdiProfile
 from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.driver import SmdiLink

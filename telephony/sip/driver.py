@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from integrations.cucm_sip import SipProfile
+from telephony.sip.settings import SipProfile
 
 from telephony.core import media
 from telephony.core.callflow import check_destination

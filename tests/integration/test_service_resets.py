@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from integrations.cucm_sip import SipProfile
+from telephony.sip.settings import SipProfile
 from lab.loopback_client import place_call
 from telephony.sip import driver as sip_driver
 from telephony.sip.driver import SipPorts

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from integrations.smdi import SerialSettings, SmdiProfile
+from telephony.smdi.settings import SerialSettings, SmdiProfile
 from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.core.codec import MwiFormat, encode_call_record, encode_mwi_failure
