@@ -1,22 +1,23 @@
 """The SIP port driver: pjsua2 worker processes of up to four ports each, started and watched by
-the messaging service, and the call flow driven over them.
+the messaging service, and the calls and lamps driven over them.
 
 * :class:`SipPorts` (a :class:`telephony.runtime.ports.PortDriver`) registers ports ``sip-1..N`` and
   runs one supervisor task per worker (:mod:`telephony.sip.worker`, a child process talking
-  JSON lines on a Unix socket).  A worker that dies is restarted with backoff; its ports are
-  ``down`` meanwhile and the calls it held are logged and reported as dropped.
+  JSON lines on a Unix socket, :class:`WorkerChannel`).  A worker that dies is restarted with
+  backoff; its ports are ``down`` meanwhile and the calls it held are logged and reported as
+  dropped.
 * An ``incoming`` INVITE becomes a call-arrival event on one of that worker's ports: the reason
   and forwarding number come from Diversion / History-Info (:mod:`telephony.sip.core.headers`); on
   the inactive node the service holds the call and tells the node manager (immediate
   failover), then it is answered normally.  A rejected call gets 486 (busy) or 480.
-* An answered call is a :class:`SipCall` (a :class:`telephony.core.callflow.CallPort`): prompts are
-  WAV files the worker plays; a recording is a WAV file the worker writes while this side
-  reads it as it grows and ends it on silence, the maximum, a digit or hang-up
-  (:class:`telephony.core.media.Recorder`, the same rules as every port).
-* :meth:`SipCall.transfer` is a blind transfer (REFER) of the answered call to
-  ``sip:<digits>@<the PBX's signalling address>`` (where the INVITE came from); success is a
-  2xx final status from the PBX within the profile's ``transfer_timeout``, after which the
-  worker sends BYE and the call is over (docs/sip.md, *Transfer*).
+* **Numbered lines** (docs/sip.md, *Lines*): a call addressed to ``<user>-N`` (register mode:
+  the account ``user-N`` it reached; trunk mode: the Request-URI user) is on line ``sip-N``.
+  With :attr:`SipPorts.line_info` set (call information from the SMDI link), such a call is
+  put on that very port and its numbers come from ``await line_info(port, call_id, node)``
+  instead of the SIP headers, the loopback trunk's contract.
+* An answered call is a :class:`telephony.sip.call.SipCall` (a
+  :class:`telephony.core.callflow.CallPort`): prompts, recordings, digits and the blind
+  transfer, over the worker that holds it.
 * :meth:`SipPorts.send_mwi` (the messaging core's lamp sink) sends an unsolicited
   ``message-summary`` NOTIFY through a live worker, only while the service is active in the
   job's term; 403, 408 and 5xx are retried with backoff, then the job fails (the ledger keeps
@@ -25,48 +26,37 @@ the messaging service, and the call flow driven over them.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import re
 import signal
 import sys
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from telephony.sip.settings import SipProfile
-
-from telephony.core import media
-from telephony.core.callflow import check_destination
 from telephony.core.events import CallArrival
+from telephony.core.framing import (NEED_DATA, Closed, FramingError, LineFramer, Unfinished,
+                                    decode_json_object, encode_json_line)
 from telephony.core.mwi import TransmitRefused, require_term
 from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger
+from telephony.sip.call import SipCall, WorkerGone
 from telephony.sip.core.headers import call_reason, message_summary
+from telephony.sip.settings import SipProfile
 
 log = logging.getLogger("telephony.sip")
 
 KIND = "sip"
 MAX_LINE = 256 * 1024  # the worker's events carry the raw INVITE (at most 16 KiB)
-WAV_HEADER = 44  # pjmedia's PCM WAV writer: a 44-byte header, then the samples
 RETRY_CODES = {403, 408, 480, 500, 503, 504}
-#: the PBX's signalling address as the worker reports it (pjsip: "1.2.3.4:5060", "[::1]:5060")
-_REMOTE = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):\d{1,5}")
-BYE_WAIT = 5.0  # s a transferred call waits for the worker's "disconnected"
-#: s between looks at a growing recording: pjmedia writes it in 4096-byte steps (256 ms of
-#: audio), so looking more often finds nothing new (bench: 3.7 ms/s of the service's CPU per
-#: call with 0.05 s)
-RECORD_POLL = 0.25
 
 Flow = Callable[[CallArrival, Any, int], Awaitable[Any]]
-
-
-class WorkerGone(ConnectionError):
-    """The worker process is not running (or went away): the request was not sent."""
+#: ``await line_info(port, call_id, node) -> CallArrival``: the information of the call
+#: ringing on a numbered line, from the PBX's data link (``SmdiLink.line_arrival``)
+LineInfo = Callable[[str, str, str], Awaitable[CallArrival]]
 
 
 def user_of(uri: str) -> str:
@@ -80,17 +70,6 @@ def user_of(uri: str) -> str:
             break
     s = s.split(";", 1)[0]
     return s.split("@", 1)[0] if "@" in s else (s if uri.lower().lstrip('"< ').startswith("tel:") else "")
-
-
-def transfer_target(destination: str, remote: Any) -> str:
-    """The Refer-To URI of a blind transfer: ``sip:<destination>@<remote>``, ``remote`` being
-    the address the call's INVITE came from (the PBX, or the proxy in front of it).  ``#`` is
-    escaped as ``%23`` (RFC 3261 allows it in no user part).  ValueError for a bad
-    destination or a ``remote`` that is no ``host:port``."""
-    user = check_destination(destination).replace("#", "%23")
-    if not isinstance(remote, str) or not _REMOTE.fullmatch(remote):
-        raise ValueError(f"the call has no usable signalling address ({remote!r:.60})")
-    return f"sip:{user}@{remote}"
 
 
 _MEDIA_FILE = re.compile(r".+-(?:play|rec)-\d+\.wav")
@@ -109,258 +88,43 @@ def sweep_media(media_dir: Path) -> int:
     return n
 
 
-class _Lines:
-    """JSON lines from a stream, bounded."""
+class WorkerChannel:
+    """The service's end of one worker's Unix socket: one JSON object per line both ways
+    (:mod:`telephony.core.framing`).  A line from the worker that is no JSON object is logged
+    and skipped; a line over :data:`MAX_LINE` breaks the connection (the stream cannot be
+    resynchronised); sends are serialised."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.buf = bytearray()
+        self.framer = LineFramer(MAX_LINE)
         self.lock = trio.Lock()
 
     async def read(self) -> dict | None:
+        """The worker's next event; None once it closed its end.  Raises
+        ``trio.BrokenResourceError`` after an over-long line."""
         while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line = bytes(self.buf[:i])
-                del self.buf[:i + 1]
-                try:
-                    msg = json.loads(line)
-                except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply
-                    log.warning("bad line from a SIP worker: %r", line[:80])
-                    continue
-                if isinstance(msg, dict):
-                    return msg
+            try:
+                item = self.framer.next_line()
+            except FramingError as e:
+                raise trio.BrokenResourceError(f"a SIP worker sent an over-long line ({e})") \
+                    from None
+            if item is NEED_DATA:
+                self.framer.receive_data(await self.stream.receive_some(65536))
                 continue
-            if len(self.buf) > MAX_LINE:
-                raise trio.BrokenResourceError("a SIP worker sent an over-long line")
-            data = await self.stream.receive_some(65536)
-            if not data:
+            if isinstance(item, (Closed, Unfinished)):  # a line cut by the end is dropped
                 return None
-            self.buf += data
+            msg = decode_json_object(item)
+            if isinstance(msg, dict):
+                return msg
+            log.warning("bad line from a SIP worker (%s): %r", msg, item[:80])
 
     async def send(self, **msg: Any) -> None:
-        data = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        data = encode_json_line(msg)
         async with self.lock:
             await self.stream.send_all(data)
 
-
-class SipCall:
-    """One answered SIP call, as the call flow sees it (:class:`telephony.core.callflow.CallPort`)."""
-
-    def __init__(self, worker: "Worker", call_id: str, media_dir: Path, *,
-                 record_poll: float = RECORD_POLL, remote: str = "",
-                 transfer_timeout: float = 10.0,
-                 label: str | None = None) -> None:
-        self.worker = worker
-        self.id = call_id
-        self.media_dir = media_dir
-        self.record_poll = record_poll
-        self.remote = remote                   # where the INVITE came from ("host:port")
-        self.transfer_timeout = transfer_timeout
-        self.label = label or call_id          # the call id in log lines
-        self._abandoned: set[int] = set()      # transfers given up on (timeout)
-        self.digits: deque[str] = deque(maxlen=32)
-        self.changed = trio.Event()
-        self.done: dict[tuple[str, int], dict] = {}  # ("played"|"recorded", id) -> event
-        self.ended = trio.Event()
-        self.end_info: dict = {}
-        self._ids = itertools.count(1)
-
-    # ---------------------------------------------------------------- worker events
-
-    def event(self, ev: dict) -> None:
-        kind = ev.get("ev")
-        if kind == "dtmf" and isinstance(ev.get("digit"), str) and ev["digit"] in "0123456789*#":
-            self.digits.append(ev["digit"])
-        elif kind in ("played", "recorded") and isinstance(ev.get("id"), int):
-            self.done[(kind, ev["id"])] = ev
-        elif kind == "transfer_result" and isinstance(ev.get("id"), int):
-            if ev["id"] in self._abandoned:
-                self._abandoned.discard(ev["id"])
-                log.info("call %s: late transfer result after the timeout: %s %s", self.label,
-                         ev.get("code"), ev.get("reason", ""))
-            else:
-                self.done[(kind, ev["id"])] = ev
-        elif kind == "error" and ev.get("op") == "transfer" and isinstance(ev.get("ref"), int):
-            self.done[("transfer_result", ev["ref"])] = {
-                "code": 0, "reason": f"refused by the worker: {ev.get('message', '')}"}
-        elif kind == "disconnected":
-            self.end_info = ev
-            self.ended.set()
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def gone(self) -> None:
-        """The worker died: the call is over."""
-        self._mark_ended({"by": "worker", "reason": "worker process ended"})
-
-    def _mark_ended(self, info: dict) -> None:
-        if not self.ended.is_set():
-            self.end_info = info
-        self.ended.set()
-        self.changed.set()
-
-    async def _wait(self, pred: Callable[[], bool], timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not pred():
-                await self.changed.wait()
-            return True
-        return False
-
-    async def _op(self, **msg: Any) -> bool:
-        if self.ended.is_set():
-            return False
-        try:
-            await self.worker.send(call=self.id, **msg)
-            return True
-        except (WorkerGone, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.gone()
-            return False
-
-    # ---------------------------------------------------------------- CallPort
-
-    @property
-    def hung_up(self) -> bool:
-        return self.ended.is_set()
-
-    async def play(self, wav: bytes, *, interruptible: bool = True) -> str | None:
-        media.pcm_of(wav)  # ValueError for anything but 8 kHz 16-bit mono
-        if self.hung_up:
-            return None
-        if interruptible and self.digits:
-            return self.digits.popleft()
-        n = next(self._ids)
-        path = self.media_dir / f"{self.id}-play-{n}.wav"
-        await trio.to_thread.run_sync(path.write_bytes, wav)
-        try:
-            if not await self._op(op="play", id=n, path=str(path)):
-                return None
-            seconds = media.wav_duration(wav)
-            await self._wait(lambda: ("played", n) in self.done or self.hung_up
-                             or (interruptible and bool(self.digits)), seconds + 10)
-            if ("played", n) not in self.done and not self.hung_up:
-                await self._op(op="stop_play", id=n)
-                await self._wait(lambda: ("played", n) in self.done or self.hung_up, 5)
-            self.done.pop(("played", n), None)
-            if interruptible and self.digits and not self.hung_up:
-                return self.digits.popleft()
-            return None
-        finally:
-            path.unlink(missing_ok=True)
-
-    async def record(self, *, max_seconds: float, silence_seconds: float) -> tuple[bytes, str]:
-        rec = media.Recorder(max_seconds=max_seconds, silence_seconds=silence_seconds)
-        self.digits.clear()
-        if self.hung_up:
-            return media.wav_bytes(rec.finish()), "hangup"
-        n = next(self._ids)
-        path = self.media_dir / f"{self.id}-rec-{n}.wav"
-        if not await self._op(op="record", id=n, path=str(path)):
-            return media.wav_bytes(rec.finish()), "hangup"
-        offset = WAV_HEADER
-        reason: str | None = None
-        deadline = trio.current_time() + max_seconds + 5  # the worker's file may lag
-        try:
-            while reason is None:
-                with trio.move_on_after(self.record_poll):
-                    await self.changed.wait()
-                data = await trio.to_thread.run_sync(_read_from, path, offset)
-                data = data[:len(data) & ~1]
-                if data:
-                    offset += len(data)
-                    reason = rec.feed(data)
-                if reason is None:
-                    if self.digits:
-                        reason = "dtmf"
-                    elif self.hung_up:
-                        reason = "hangup"
-                    elif trio.current_time() > deadline:
-                        reason = "max"
-            if reason != "hangup":
-                await self._op(op="stop_record", id=n)
-                await self._wait(lambda: ("recorded", n) in self.done or self.hung_up, 5)
-            if reason in ("dtmf", "hangup"):  # what reached the file before the end counts
-                tail = await trio.to_thread.run_sync(_read_from, path, offset)
-                rec.feed(tail[:len(tail) & ~1])
-            self.done.pop(("recorded", n), None)
-            self.digits.clear()
-            return media.wav_bytes(rec.finish()), reason
-        finally:
-            path.unlink(missing_ok=True)
-
-    async def collect_digits(self, *, max_digits: int, timeout: float, terminator: str = "#") -> str:
-        got = ""
-        while len(got) < max_digits and not self.hung_up:
-            if not self.digits:
-                if not await self._wait(lambda: bool(self.digits) or self.hung_up, timeout):
-                    break
-                continue
-            d = self.digits.popleft()
-            if d == terminator:
-                break
-            got += d
-        return got
-
-    async def hangup(self) -> None:
-        if self.hung_up:
-            return
-        if await self._op(op="hangup"):
-            await self._wait(lambda: self.hung_up, 5)
-        if not self.hung_up:
-            self.gone()
-
-    async def transfer(self, destination: str) -> bool:
-        """Blind transfer (REFER) to ``destination`` (1 to 31 of ``0-9 * #``; ValueError
-        otherwise).  True when the PBX reports a 2xx final status within
-        ``transfer_timeout``: the worker sends BYE and ``hung_up`` is True on return.  False
-        when it refuses, reports a failure, says nothing in time, or the call ends first;
-        the call goes on as before unless it ended.  False at once after a hang-up."""
-        dest = check_destination(destination)
-        if self.hung_up:
-            return False
-        try:
-            target = transfer_target(dest, self.remote)
-        except ValueError as e:
-            log.warning("call %s: transfer to %s not attempted: %s", self.label, dest, e)
-            return False
-        n = next(self._ids)
-        key = ("transfer_result", n)
-        if not await self._op(op="transfer", id=n, target=target):
-            log.warning("call %s: transfer to %s not sent: the call or its worker is gone",
-                        self.label, dest)
-            return False
-        await self._wait(lambda: key in self.done or self.hung_up, self.transfer_timeout)
-        res = self.done.pop(key, None)
-        if res is None:
-            if self.hung_up:
-                log.info("call %s: transfer to %s (%s): the call ended first (%s)",
-                         self.label, dest, target, self.end_info.get("reason", ""))
-            else:
-                self._abandoned.add(n)
-                log.warning("call %s: transfer to %s (%s): no final status within %g s; "
-                            "the call goes on", self.label, dest, target, self.transfer_timeout)
-            return False
-        code = res.get("code") if isinstance(res.get("code"), int) else 0
-        ok = 200 <= code < 300
-        then = "transferred" if ok else "the call ended" if self.hung_up else "the call goes on"
-        log.info("call %s: transfer to %s (%s): %s %s -> %s", self.label, dest, target, code,
-                 res.get("reason", ""), then)
-        if not ok:
-            return False
-        if not await self._wait(lambda: self.hung_up, BYE_WAIT):  # the worker's BYE
-            log.warning("call %s: no disconnect %g s after the transfer; counted as ended",
-                        self.label, BYE_WAIT)
-            self._mark_ended({"by": "local", "reason": "transferred"})
-        return True
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(1 << 20)
-    except FileNotFoundError:
-        return b""
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 class Worker:
@@ -370,11 +134,10 @@ class Worker:
         self.index = index
         self.ports = ports
         self.name = f"w{index + 1}"
-        self.lines: _Lines | None = None
+        self.channel: WorkerChannel | None = None
         self.proc: trio.Process | None = None
         self.calls: dict[str, SipCall] = {}
         self.active: dict[str, ActiveCall] = {}
-        self.port_of: dict[str, str] = {}  # worker call id -> port name
         self.notifies: dict[int, dict] = {}
         self.notify_done = trio.Event()
         self.ready = trio.Event()
@@ -382,12 +145,12 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.lines is not None and self.ready.is_set()
+        return self.channel is not None and self.ready.is_set()
 
     async def send(self, **msg: Any) -> None:
-        if self.lines is None:
+        if self.channel is None:
             raise WorkerGone(f"SIP worker {self.name} is not running")
-        await self.lines.send(**msg)
+        await self.channel.send(**msg)
 
 
 class SipPorts:
@@ -417,6 +180,9 @@ class SipPorts:
         self.gate: Callable[[], int | None] = lambda: None
         #: ``report(level, event, message)``: the node's event log
         self.report: Callable[[str, str, str], Awaitable[None]] | None = None
+        #: the call information of a numbered line from the PBX's data link (the SMDI link's
+        #: ``line_arrival``, set by the service); None: every call's from its SIP headers
+        self.line_info: LineInfo | None = None
         self._registry: PortRegistry | None = None
         self._notify_ids = itertools.count(1)
         self.counters: dict[str, int] = {"calls": 0, "rejected": 0, "dropped_by_worker": 0,
@@ -545,7 +311,7 @@ class SipPorts:
                 async with trio.open_nursery() as n:
                     async def watch_exit():
                         await w.proc.wait()
-                        if w.lines is None:  # still waiting for its connection
+                        if w.channel is None:  # still waiting for its connection
                             n.cancel_scope.cancel()
                         # else the kernel closed its end: _serve reads EOF, ends the calls
                         # (the call flows keep what was recorded) and returns
@@ -559,7 +325,7 @@ class SipPorts:
                         why = "did not connect within 30 s"
                         n.cancel_scope.cancel()
                     else:
-                        w.lines = _Lines(stream)
+                        w.channel = WorkerChannel(stream)
                         why = await self._serve(w, service)
                         n.cancel_scope.cancel()
             except Exception as e:
@@ -576,20 +342,20 @@ class SipPorts:
 
     async def _stop(self, w: Worker, why: str) -> None:
         w.ready = trio.Event()
-        lines, w.lines = w.lines, None
+        channel, w.channel = w.channel, None
         self._set(w, PortState.DOWN)
         self._lost(w, why)
         for nid, box in list(w.notifies.items()):
             box.setdefault("result", {"code": 503, "reason": f"worker {why}"})
         w.notify_done.set()
         w.notify_done = trio.Event()
-        if lines is not None:
+        if channel is not None:
             try:
                 with trio.move_on_after(1):
-                    await lines.send(op="shutdown")
+                    await channel.send(op="shutdown")
             except Exception:  # noqa: BLE001
                 pass
-            await lines.stream.aclose()
+            await channel.aclose()
         proc = w.proc
         if proc is not None:
             with trio.move_on_after(5):
@@ -612,11 +378,11 @@ class SipPorts:
             call.gone()
 
     async def _serve(self, w: Worker, service: CallService) -> str:
-        assert w.lines is not None
+        assert w.channel is not None
         async with trio.open_nursery() as n:  # exits once every call's task is over
             while True:
                 try:
-                    ev = await w.lines.read()
+                    ev = await w.channel.read()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                     self._lost(w, why := f"connection broke: {e}")
                     return why
@@ -711,72 +477,115 @@ class SipPorts:
                 else:
                     await self._reply(w, op="reject", call=wid, code=500)
 
+    def line_of(self, ev: dict) -> str | None:
+        """The line (port name ``sip-N``) an ``incoming`` call is addressed to, or None: in
+        register mode the account ``<user>-N`` the call reached, in trunk mode the
+        Request-URI's user ``<user>-N`` (a gateway routes its line N to ``sip:vm-N@<the
+        worker's address>``; docs/sip.md, *Lines*)."""
+        if self.profile.mode == "register":
+            return self.port_of_account(str(ev.get("account") or ""))
+        return self.port_of_account(user_of(str(ev.get("request_uri") or "")))
+
     async def _take_call(self, w: Worker, ev: dict, service: CallService,
                          held: dict[str, Any]) -> None:
         wid = ev.get("call")
         if not isinstance(wid, str):
             return
         assert self._registry is not None
-        port = self._claim(w, self.port_of_account(str(ev.get("account") or "")))
+        line = self.line_of(ev) if self.line_info is not None else None
+        if line is not None and line not in w.ports:
+            where = next((f"worker {o.name}'s" for o in self.workers if line in o.ports),
+                         "no such")
+            log.warning("SIP call %s for line %s refused (404): %s line, not one of worker %s "
+                        "(%s)", wid, line, where, w.name, ", ".join(w.ports))
+            await self._reply(w, op="reject", call=wid, code=404)
+            return
+        if line is not None:  # the call information comes from the data link: that very line
+            port = self._registry.claim_port(line)
+        else:
+            port = self._claim(w, self.port_of_account(str(ev.get("account") or "")))
         held["port"] = port
         if port is None:
             await self._reply(w, op="reject", call=wid, code=486)
             return
+        call_id = _call_id(ev.get("sip_call_id"), wid)
+        call = SipCall(w, wid, self.media_dir, remote=str(ev.get("remote") or ""),
+                       transfer_timeout=self.profile.transfer_timeout, label=call_id)
+        w.calls[wid] = call  # from now on its events (a CANCEL's disconnect) reach it
+        try:
+            await self._answer_call(w, ev, service, held, port, call, line)
+        finally:
+            w.calls.pop(wid, None)
+
+    async def _arrival(self, ev: dict, service: CallService, port: Any, call_id: str,
+                       line: str | None) -> CallArrival:
+        """The call-arrival event: on a numbered line with ``line_info`` set, the data
+        link's (it waits for the line's SMDI record); else from the SIP headers.  ValueError
+        for numbers the profile refuses."""
+        if line is not None:
+            assert self.line_info is not None
+            arrival = await self.line_info(port.name, call_id, service.node)
+            log.info("SIP call %s on line %s: call information from the data link", call_id,
+                     port.name)
+            return arrival
         raw = ev.get("raw") if isinstance(ev.get("raw"), str) else ""
         reason, forwarding = call_reason(raw, select=self.profile.select)
         base = self.profile.base
+        return CallArrival(
+            node=service.node, port=port.name, call_id=call_id,
+            calling=_number(base, "calling", user_of(str(ev.get("from", "")))),
+            called=_number(base, "called", user_of(str(ev.get("request_uri") or ev.get("to", "")))),
+            forwarding=_number(base, "forwarding", forwarding),
+            reason=reason, integration=base.name)
+
+    async def _answer_call(self, w: Worker, ev: dict, service: CallService,
+                           held: dict[str, Any], port: Any, call: SipCall,
+                           line: str | None) -> None:
+        wid = call.id
         try:
-            arrival = CallArrival(
-                node=service.node, port=port.name,
-                call_id=_call_id(ev.get("sip_call_id"), wid),
-                calling=_number(base, "calling", user_of(str(ev.get("from", "")))),
-                called=_number(base, "called", user_of(str(ev.get("request_uri") or ev.get("to", "")))),
-                forwarding=_number(base, "forwarding", forwarding),
-                reason=reason, integration=base.name)
+            arrival = await self._arrival(ev, service, port, call.label, line)
         except ValueError as e:
             port.state = PortState.IDLE
             log.warning("SIP call %s refused: %s", wid, e)
             await self._reply(w, op="reject", call=wid, code=400)
             return
-        call = SipCall(w, wid, self.media_dir, remote=str(ev.get("remote") or ""),
-                       transfer_timeout=self.profile.transfer_timeout, label=arrival.call_id)
-        w.calls[wid] = call
+        if call.hung_up:  # the caller gave up while the line waited for its record
+            port.state = PortState.IDLE
+            log.info("SIP call %s on %s ended before it was offered", arrival.call_id, port.name)
+            return
+        decision = await service.offer(arrival)
+        if not decision.answered:
+            self.counters["rejected"] += 1
+            await self._reply(w, op="reject", call=wid, code=486 if decision.reason == "busy" else 480)
+            return
+        active = decision.call
+        assert active is not None
+        held["answered"] = True
+        w.active[wid] = active
+        self.counters["calls"] += 1
+        await self._reply(w, op="answer", call=wid)
+        gone = "ended"
         try:
-            decision = await service.offer(arrival)
-            if not decision.answered:
-                self.counters["rejected"] += 1
-                await self._reply(w, op="reject", call=wid, code=486 if decision.reason == "busy" else 480)
-                return
-            active = decision.call
-            assert active is not None
-            held["answered"] = True
-            w.active[wid] = active
-            self.counters["calls"] += 1
-            await self._reply(w, op="answer", call=wid)
-            gone = "ended"
-            try:
-                async with trio.open_nursery() as n:
-                    async def watch_drop():
-                        await active.dropped.wait()
-                        await call.hangup()
-                    n.start_soon(watch_drop)
-                    if self.flow is not None:
-                        await self.flow(arrival, call, decision.term)
-                        await call.hangup()
-                    else:
-                        await call.ended.wait()
-                    n.cancel_scope.cancel()
-                gone = "dropped" if call.end_info.get("by") == "worker" else "ended"
-            except Exception:
-                log.exception("SIP call %s: the call flow failed", arrival.call_id)
-                await call.hangup()
-            finally:
-                with trio.CancelScope(shield=True):
-                    w.active.pop(wid, None)
-                    if not active.finished:
-                        await service.end_call(active, gone if not active.dropped.is_set() else "dropped")
+            async with trio.open_nursery() as n:
+                async def watch_drop():
+                    await active.dropped.wait()
+                    await call.hangup()
+                n.start_soon(watch_drop)
+                if self.flow is not None:
+                    await self.flow(arrival, call, decision.term)
+                    await call.hangup()
+                else:
+                    await call.ended.wait()
+                n.cancel_scope.cancel()
+            gone = "dropped" if call.end_info.get("by") == "worker" else "ended"
+        except Exception:
+            log.exception("SIP call %s: the call flow failed", arrival.call_id)
+            await call.hangup()
         finally:
-            w.calls.pop(wid, None)
+            with trio.CancelScope(shield=True):
+                w.active.pop(wid, None)
+                if not active.finished:
+                    await service.end_call(active, gone if not active.dropped.is_set() else "dropped")
 
     def _claim(self, w: Worker, first: str | None = None):
         """An idle port of ``w`` (``first`` when it is idle: the line the call came in on)."""

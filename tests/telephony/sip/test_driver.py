@@ -1,161 +1,253 @@
-"""The service side of a SIP call (:class:`telephony.sip.driver.SipCall`) without a worker
-process: a fake worker records the ops, the test plays the worker's events.  Here: blind
-transfer (the REFER itself is tested against SIPp in test_sip_worker.py and, through the call
-flow, in tests/integration/test_sip.py)."""
+"""The SIP port driver (:mod:`telephony.sip.driver`) without worker processes: the test plays
+the workers on in-memory streams (the worker's end of each socket is a second
+:class:`WorkerChannel`) and the messaging service is a real :class:`CallDesk`.
+
+Here: the worker channel's framing (bad lines skipped, an over-long line breaks the
+connection), the line a call is on and where its information comes from (the ``line_info``
+hook, the SMDI link's ``line_arrival``), the call at an inactive node with that information,
+and the sweep of media files a killed service left."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from telephony.core.callflow import CallPort
-from telephony.sip.driver import SipCall, check_destination, transfer_target
+from telephony.core.events import CallArrival
+from telephony.runtime.ports import CallDesk, PortRegistry, PortState
+from telephony.sip.driver import KIND, SipPorts, WorkerChannel, sweep_media
+from telephony.sip.settings import SipProfile
+from telephony.smdi.core.codec import SmdiReader, encode_call_record
+from telephony.smdi.driver import SmdiLink
+from telephony.smdi.settings import SerialSettings, SmdiProfile
 
-GUARD = 10  # seconds: a hang guard only
+from tests.util import until
 
-
-class FakeWorker:
-    def __init__(self) -> None:
-        self.ops: list[dict] = []
-        self.sent = trio.Event()
-        self.gone = False
-
-    async def send(self, **msg) -> None:
-        if self.gone:
-            raise trio.BrokenResourceError("gone")
-        self.ops.append(msg)
-        self.sent.set()
-        self.sent = trio.Event()
+# the INVITE's own information, which a call on a numbered line must NOT use
+DIVERSION = "Diversion: <sip:1002@gw>;reason=unconditional;counter=1"
 
 
-def make_call(tmp_path: Path, timeout: float = 10.0, remote: str = "10.0.0.5:5060"):
-    w = FakeWorker()
-    return w, SipCall(w, "w1-1", tmp_path, remote=remote, transfer_timeout=timeout,  # type: ignore[arg-type]
-                      label="call-x")
+class Desk(CallDesk):
+    """The messaging service as a port driver sees it: offers, holds, answers."""
+
+    node = "a"
+
+    def __init__(self, registry: PortRegistry, term: int | None = 4) -> None:
+        self.term = term
+        self.sent: list[dict] = []
+        super().__init__(registry=registry, answering=lambda: self.term,
+                         notify=self._record, offer_hold=30.0)
+
+    async def _record(self, msg: dict) -> None:
+        self.sent.append(msg)
+
+    def events(self, op: str, event: str | None = None) -> list[dict]:
+        return [m for m in self.sent if m.get("op") == op
+                and (event is None or m.get("event") == event)]
 
 
-async def next_op(w: FakeWorker) -> dict:
-    n = len(w.ops)
-    while len(w.ops) == n:
-        await w.sent.wait()
-    return w.ops[-1]
+def make_ports(tmp_path: Path, **profile) -> tuple[SipPorts, Desk, PortRegistry]:
+    sip = SipPorts(profile=SipProfile(count=8, **profile), node="a", runtime_dir=tmp_path,
+                   media_dir=tmp_path)
+    reg = PortRegistry()
+    sip.register(reg)
+    reg.set_state(KIND, PortState.IDLE)
+    return sip, Desk(reg), reg
 
 
-async def run_transfer(w: FakeWorker, call: SipCall, worker_side) -> dict:
-    """``call.transfer("0")`` in a task; once its op is out, ``await worker_side(op, result)``
-    plays the worker.  Returns ``result`` (``ok``: what transfer returned)."""
-    result: dict = {}
-    with trio.fail_after(GUARD):
-        async with trio.open_nursery() as n:
-            async def run():
-                result["ok"] = await call.transfer("0")
-            n.start_soon(run)
-            await worker_side(await next_op(w), result)
-    return result
+@asynccontextmanager
+async def playing_worker(sip: SipPorts, desk: Desk, index: int):
+    """Worker ``index`` served by the driver; yields the worker's end of its socket."""
+    w = sip.workers[index]
+    ours, theirs = trio.testing.memory_stream_pair()
+    w.channel = WorkerChannel(ours)
+    w.ready.set()
+    async with trio.open_nursery() as n:
+        n.start_soon(sip._serve, w, desk)
+        yield WorkerChannel(theirs)
+        n.cancel_scope.cancel()
 
 
-def test_destination_and_target():
-    assert transfer_target("0", "10.1.2.3:5060") == "sip:0@10.1.2.3:5060"
-    assert transfer_target("*12#", "[2001:db8::1]:5061") == "sip:*12%23@[2001:db8::1]:5061"
-    assert check_destination("1" * 31) == "1" * 31
-    for bad in ("", "1" * 32, "12a", "1 2", "0\r\n", None, 5, b"0"):
-        with pytest.raises(ValueError, match="0-9"):
-            check_destination(bad)
-    for remote in ("", None, "1.2.3.4", "pbx:5060", "1.2.3.4:5060\r\nX: y", "1.2.3.4:5060;x"):
-        with pytest.raises(ValueError, match="signalling address"):
-            transfer_target("0", remote)
+def incoming(wid: str, user: str, *, account: str = "a-w2", extra: str = DIVERSION) -> dict:
+    ruri = f"sip:{user}@127.0.0.1:5062"
+    raw = (f"INVITE {ruri} SIP/2.0\r\nFrom: <sip:0301234567@gw>;tag=1\r\n"
+           f"To: <sip:{user}@vm>\r\n{extra}\r\n\r\n")
+    return {"ev": "incoming", "call": wid, "sip_call_id": f"{wid}@gw",
+            "from": "<sip:0301234567@gw>;tag=1", "to": f"<sip:{user}@vm>",
+            "request_uri": ruri, "raw": raw, "remote": "127.0.0.1:5060", "account": account}
 
 
-async def test_success_waits_for_the_disconnect_and_the_call_is_over(tmp_path, caplog):
-    caplog.set_level("INFO", logger="telephony.sip")
-    w, call = make_call(tmp_path)
-    assert isinstance(call, CallPort)
-
-    async def worker_side(op, result):
-        assert op == {"call": "w1-1", "op": "transfer", "id": op["id"],
-                      "target": "sip:0@10.0.0.5:5060"}
-        call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 200,
-                    "reason": "OK"})
-        await trio.lowlevel.checkpoint()
-        assert "ok" not in result          # not over before the worker's disconnect
-        call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "local"})
-
-    result = await run_transfer(w, call, worker_side)
-    assert result["ok"] is True and call.hung_up
-    assert "call call-x: transfer to 0 (sip:0@10.0.0.5:5060): 200 OK -> transferred" in caplog.text
+async def next_op(far: WorkerChannel) -> dict:
+    with trio.fail_after(10):  # a hang guard
+        op = await far.read()
+    assert op is not None
+    return op
 
 
-@pytest.mark.parametrize("ev", [
-    {"ev": "transfer_result", "code": 603, "reason": "Decline"},
-    {"ev": "transfer_result", "code": 486, "reason": "Busy Here"},
-    {"ev": "error", "op": "transfer", "message": "pjsua refused"},   # the op itself refused
-])
-async def test_a_failure_returns_false_and_the_call_goes_on(tmp_path, ev, caplog):
-    caplog.set_level("INFO", logger="telephony.sip")
-    w, call = make_call(tmp_path)
-
-    async def worker_side(op, result):
-        ref = {"ref": op["id"]} if ev["ev"] == "error" else {"id": op["id"]}
-        call.event({**ev, "call": "w1-1", **ref})
-
-    result = await run_transfer(w, call, worker_side)
-    assert result["ok"] is False and not call.hung_up
-    assert "the call goes on" in caplog.text
+def smdi_arrival(port: str, call_id: str, node: str) -> CallArrival:
+    return CallArrival(node=node, port=port, call_id=call_id, calling="9876", called="",
+                       forwarding="1001", reason="busy", integration="gateway-smdi")
 
 
-async def test_call_ended_before_the_final_status(tmp_path):
-    w, call = make_call(tmp_path)
-
-    async def worker_side(op, result):
-        call.event({"ev": "transfer_result", "call": "w1-1", "id": op["id"], "code": 487,
-                    "reason": "call ended before the transfer's final status"})
-        call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "remote"})
-
-    result = await run_transfer(w, call, worker_side)
-    assert result["ok"] is False and call.hung_up
+# ============================================================================ the channel
 
 
-async def test_no_final_status_in_time_is_a_failure_and_a_late_one_is_only_logged(tmp_path, caplog):
-    caplog.set_level("INFO", logger="telephony.sip")
-    w, call = make_call(tmp_path, timeout=0.2)       # the timeout is what is tested here
-    with trio.fail_after(GUARD):
-        assert await call.transfer("0") is False
-    assert not call.hung_up and "no final status within 0.2 s" in caplog.text
-    call.event({"ev": "transfer_result", "call": "w1-1", "id": w.ops[0]["id"], "code": 200,
-                "reason": "OK"})
-    assert "late transfer result after the timeout: 200 OK" in caplog.text
-    assert not [k for k in call.done if k[0] == "transfer_result"]
+async def test_the_channel_skips_bad_lines_and_reads_on(caplog):
+    ours, theirs = trio.testing.memory_stream_pair()
+    ch = WorkerChannel(ours)
+    await theirs.send_all(b'not json\n[1, 2]\n\xff\xfe\n{"ev": "ready"}\n{"ev": "x", "n": 1')
+    assert await ch.read() == {"ev": "ready"}
+    assert caplog.text.count("bad line from a SIP worker") == 3
+    await theirs.send_all(b"}\n")
+    assert await ch.read() == {"ev": "x", "n": 1}
+    await theirs.send_all(b'{"ev": "cut by the end"')
+    await theirs.aclose()
+    assert await ch.read() is None  # an unfinished last line is dropped
 
 
-async def test_after_a_hang_up_or_without_remote_nothing_is_sent(tmp_path):
-    w, call = make_call(tmp_path)
-    call.event({"ev": "disconnected", "call": "w1-1", "code": 200, "by": "remote"})
-    assert await call.transfer("0") is False
-    with pytest.raises(ValueError):                   # a bad destination still raises
-        await call.transfer("0x")
-    w2, call2 = make_call(tmp_path, remote="")
-    assert await call2.transfer("0") is False
-    assert w.ops == [] and w2.ops == []
+async def test_an_over_long_line_breaks_the_connection():
+    from telephony.sip.driver import MAX_LINE
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    ch = WorkerChannel(ours)
+    await theirs.send_all(b'{"ev": "ready"}\n' + b"x" * (MAX_LINE + 10))
+    assert await ch.read() == {"ev": "ready"}
+    with pytest.raises(trio.BrokenResourceError, match="over-long"):
+        await ch.read()
 
 
-async def test_a_worker_gone_during_the_wait(tmp_path):
-    w, call = make_call(tmp_path)
+async def test_the_channel_sends_one_json_line_per_op():
+    ours, theirs = trio.testing.memory_stream_pair()
+    await WorkerChannel(ours).send(op="answer", call="w1-1")
+    assert await theirs.receive_some(100) == b'{"op":"answer","call":"w1-1"}\n'
 
-    async def worker_side(op, result):
-        call.gone()
 
-    result = await run_transfer(w, call, worker_side)
-    assert result["ok"] is False and call.hung_up and call.end_info["by"] == "worker"
-    w.gone = True
-    _, call3 = make_call(tmp_path)
-    call3.worker = w                                  # the op cannot be sent at all
-    assert await call3.transfer("0") is False and call3.hung_up
+# ============================================================================ lines
+
+
+def test_the_line_of_a_call():
+    sip = SipPorts(profile=SipProfile(count=8), node="a", runtime_dir=Path("/"),
+                   media_dir=Path("/"))
+    assert sip.line_of(incoming("c", "vm-6")) == "sip-6"          # trunk: the Request-URI
+    assert sip.line_of(incoming("c", "vm-12")) == "sip-12"        # (no such line: refused)
+    assert sip.line_of(incoming("c", "5000")) is None
+    assert sip.line_of(incoming("c", "vm-x")) is None
+    reg = SipPorts(profile=SipProfile(count=8, mode="register", registrar="sip:127.0.0.1",
+                                      user="line"),
+                   node="a", runtime_dir=Path("/"), media_dir=Path("/"))
+    # register mode: the account the call reached, whatever the Request-URI says
+    assert reg.line_of(incoming("c", "vm-6", account="line-3")) == "sip-3"
+    assert reg.line_of(incoming("c", "line-3", account="a-w1")) is None
+
+
+async def test_a_numbered_line_takes_its_information_from_line_info(tmp_path):
+    sip, desk, reg = make_ports(tmp_path)
+    asked: list[tuple[str, str, str]] = []
+    record = trio.Event()
+
+    async def line_info(port: str, call_id: str, node: str) -> CallArrival:
+        asked.append((port, call_id, node))
+        await record.wait()  # the record comes after the ring
+        return smdi_arrival(port, call_id, node)
+
+    sip.line_info = line_info
+    async with playing_worker(sip, desk, 1) as far:  # worker w2: sip-5 .. sip-8
+        await far.send(**incoming("w2-1", "vm-6"))
+        await until(lambda: asked, "the driver asks for the line's information")
+        assert asked == [("sip-6", "w2-1@gw", "a")]  # that very line, not the first idle one
+        assert reg.get("sip-6").state is PortState.RINGING and not desk.sent
+        record.set()
+        assert await next_op(far) == {"op": "answer", "call": "w2-1"}
+        answered, = desk.events("call", "answered")
+        call = answered["call"]
+        assert (call["port"], call["forwarding"], call["reason"], call["calling"]) == \
+            ("sip-6", "1001", "busy", "9876")  # the data link's, not Diversion's 1002
+        assert reg.get("sip-6").state is PortState.IN_CALL
+        await far.send(ev="disconnected", call="w2-1", code=200, by="remote")
+        await until(lambda: desk.events("call", "ended"), "the call's end")
+        assert reg.get("sip-6").state is PortState.IDLE
+
+
+async def test_a_busy_or_foreign_line_is_refused_and_an_unnumbered_call_uses_its_headers(tmp_path):
+    sip, desk, reg = make_ports(tmp_path)
+    sip.line_info = lambda port, call_id, node: pytest.fail("no line to ask about")
+    reg.claim_port("sip-6")  # in a call already
+    async with playing_worker(sip, desk, 1) as far:
+        await far.send(**incoming("w2-1", "vm-6"))
+        assert await next_op(far) == {"op": "reject", "call": "w2-1", "code": 486}
+        await far.send(**incoming("w2-2", "vm-2"))   # worker w1's line
+        assert await next_op(far) == {"op": "reject", "call": "w2-2", "code": 404}
+        await far.send(**incoming("w2-3", "vm-12"))  # no such line
+        assert await next_op(far) == {"op": "reject", "call": "w2-3", "code": 404}
+        # no line named: the SIP headers, as without the hook, on any idle port
+        await far.send(**incoming("w2-4", "5000"))
+        assert await next_op(far) == {"op": "answer", "call": "w2-4"}
+        call = desk.events("call", "answered")[0]["call"]
+        assert (call["port"], call["forwarding"], call["reason"], call["called"]) == \
+            ("sip-5", "1002", "all", "5000")
+    assert all(reg.get(p).state is not PortState.RINGING for p in ("sip-5", "sip-7", "sip-8"))
+
+
+async def test_without_the_hook_a_numbered_call_uses_its_headers_as_before(tmp_path):
+    sip, desk, reg = make_ports(tmp_path)
+    async with playing_worker(sip, desk, 1) as far:
+        await far.send(**incoming("w2-1", "vm-6"))
+        assert await next_op(far) == {"op": "answer", "call": "w2-1"}
+        call = desk.events("call", "answered")[0]["call"]
+        assert (call["port"], call["forwarding"], call["reason"], call["called"]) == \
+            ("sip-5", "1002", "all", "vm6")
+
+
+async def test_a_caller_who_gives_up_while_the_line_waits_is_not_offered(tmp_path):
+    sip, desk, reg = make_ports(tmp_path)
+    asked = trio.Event()
+
+    async def line_info(port: str, call_id: str, node: str) -> CallArrival:
+        asked.set()
+        await trio.sleep(0.2)  # ring_wait: no record came
+        return smdi_arrival(port, call_id, node)
+
+    sip.line_info = line_info
+    async with playing_worker(sip, desk, 1) as far:
+        await far.send(**incoming("w2-1", "vm-7"))
+        await asked.wait()
+        await far.send(ev="disconnected", call="w2-1", code=487, by="remote")  # CANCEL
+        await until(lambda: reg.get("sip-7").state is PortState.IDLE, "the line free again")
+        assert desk.sent == []
+
+
+async def test_a_record_and_call_at_the_inactive_node_is_held_and_answered_after_takeover(tmp_path):
+    """The SMDI link's own ``line_arrival`` as the hook: the record filed for terminal 6
+    (line sip-6); the service is inactive, so the call is held and offered to the node
+    manager with the record's numbers, then answered once the service is active."""
+    sip, desk, reg = make_ports(tmp_path)
+    desk.term = None
+    lines = tuple(f"sip-{i}" for i in range(1, 9))
+    link = SmdiLink(serial=SerialSettings("/dev/null"), node="a",
+                    profile=SmdiProfile(terminals=tuple(range(1, 9)), keep_last=4, lines=lines))
+    (rec,) = SmdiReader().feed(encode_call_record(6, "N", "5551001", "5559876"))
+    assert link.matcher.add(rec, trio.current_time()).port == "sip-6"
+    sip.line_info = link.line_arrival
+    async with playing_worker(sip, desk, 1) as far:
+        await far.send(**incoming("w2-1", "vm-6"))
+        offered = await until(lambda: desk.events("call_offered"), "the call offered")
+        call = offered[0]["call"]
+        assert (call["port"], call["forwarding"], call["reason"], call["calling"]) == \
+            ("sip-6", "1001", "no_answer", "9876")
+        desk.term = 5  # the node manager failed over: the service is active
+        desk.wake()
+        assert await next_op(far) == {"op": "answer", "call": "w2-1"}
+        answered = desk.events("call", "answered")[0]
+        assert answered["term"] == 5 and answered["call"] == call
+    assert link.counters["matched"] == 1
+
+
+# ============================================================================ media files
 
 
 def test_media_files_left_by_a_killed_service_are_swept(tmp_path):
-    from telephony.sip.driver import sweep_media
-
     left = ["w1-3-rec-2.wav", "w12-40-play-1.wav", "w1-3-play-17.wav"]
     kept = ["greeting.wav", "w1-3-rec-2.wav.json", "notes.txt", "w1-rec-.wav"]
     for name in left + kept:
