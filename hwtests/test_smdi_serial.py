@@ -16,11 +16,18 @@ from telephony.smdi.settings import SmdiProfile
 from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.driver import SmdiLink
+from lab.smdi import LinkService
 from lab.smdi_pbx import PbxSimulator
-from tests.telephony.smdi.test_driver import Service, until
 
 GUARD = 60.0  # seconds: a hang guard only
 CALL_TYPES = "ABDNU"
+
+
+async def waiting(condition) -> None:
+    """Poll ``condition`` until it holds; the run's ``fail_after`` is the hang guard (these
+    runs import nothing from the test suite: hwtests/README.md)."""
+    while not condition():
+        await trio.sleep(0.01)
 
 
 def make_link(settings) -> SmdiLink:
@@ -56,8 +63,8 @@ async def test_records_and_lamps_cross_the_line_intact(smdi_line, hw_report):
         async with PbxSimulator(pbx_device, invalid={link.profile.station("1099")},
                                 baudrate=settings.baudrate, line_rate=False).running() as pbx:
             async with trio.open_nursery() as n:
-                await n.start(link.run, Service())
-                await until(lambda: link.is_open, "the voice-mail end open")
+                await n.start(link.run, LinkService())
+                await waiting(lambda: link.is_open)  # the voice-mail end open
                 ours = peers = 0
                 for i in range(100):
                     if i % 10 == 3:
@@ -66,7 +73,7 @@ async def test_records_and_lamps_cross_the_line_intact(smdi_line, hw_report):
                     await pbx.call_record(terminal, CALL_TYPES[i % 5], f"555{1000 + i}",
                                           f"555{2000 + i}")
                     ours, peers = ours + (terminal <= 4), peers + (terminal > 4)
-                await until(lambda: link.counters["records"] == 100, "100 records parsed")
+                await waiting(lambda: link.counters["records"] == 100)  # 100 records parsed
                 assert link.counters["peer_records"] == peers
                 for line in (1, 2, 3, 4):  # a waiting record of each line, every field intact
                     rec = await link.call_info(f"loopback-{line}")
@@ -88,7 +95,7 @@ async def test_records_and_lamps_cross_the_line_intact(smdi_line, hw_report):
                 assert sent_s >= 0.95 * line_s  # never faster than the line (pacing)
 
                 await link.send_mwi(MwiJob("1099", "mb99", True, 1, 0, 7, "deliver"))
-                await until(lambda: failures, "the switch's failure record")
+                await waiting(lambda: failures)  # the switch's failure record
                 assert failures[0][0] == "1099" and "INV" in failures[0][1]
                 assert link.counters["protocol_errors"] >= 10
                 n.cancel_scope.cancel()

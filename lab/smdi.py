@@ -18,6 +18,9 @@ Layout in ``directory``::
     splitter.err, socat-<name>.log  diagnostics
 
 Every process is started in its own session and stopped by its PID (SIGTERM, then SIGKILL).
+
+:class:`LinkService` is the messaging service a driver (the SMDI link) runs under when it runs
+on its own, outside a node: tests, the hardware qualification runs, benchmarks.
 """
 from __future__ import annotations
 
@@ -35,10 +38,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from telephony.core.events import CallArrival
+from telephony.runtime.ports import ActiveCall, Decision
+
 PBX = "pbx"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 _RESERVED = {PBX, "splitter.log", "splitter.err"}
 _SOCAT_SPECIAL = set(",:!\"'\\")
+
+
+class LinkService:
+    """The ``service`` a port driver's ``run`` takes (``telephony.runtime.ports.CallService``)
+    when no messaging service is there: it names the node and takes no call (an offer is
+    rejected as the service stopping would reject it).  The SMDI link only files and matches
+    records with it; a test that wants announcements sets the link's ``announce`` hook."""
+
+    def __init__(self, node: str = "a") -> None:
+        self.node = node
+
+    async def offer(self, call: CallArrival) -> Decision:
+        return Decision(False, "shutdown")
+
+    async def end_call(self, call: ActiveCall, event: str = "ended") -> None:
+        return None
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float) -> int:

@@ -295,9 +295,10 @@ def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp
                     reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 async def test_smdi_record_handling_failure_reopens_the_link_and_it_goes_on(tmp_path):
     from telephony.smdi.core.codec import encode_call_record
-    from lab.smdi import SocatPair
+    from lab.smdi import LinkService as Service, SocatPair
 
-    from tests.telephony.smdi.test_driver import Far, Service, make_link, until
+    from tests.telephony.smdi.test_driver import Far, make_link
+    from tests.util import until
 
     pair = SocatPair(tmp_path / "node", tmp_path / "pbx")
     pair.start()

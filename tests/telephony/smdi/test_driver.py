@@ -16,17 +16,14 @@ from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.core.codec import MwiFormat, encode_call_record, encode_mwi_failure
 from telephony.smdi.driver import LINK_PORT, LinkDown, SmdiLink, TransmitRefused
-from lab.smdi import SocatPair
+from lab.smdi import LinkService, SocatPair
+from tests.util import until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("socat") is None,
     reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 
 GUARD = 10.0
-
-
-class Service:
-    node = "a"
 
 
 class Far:
@@ -92,14 +89,6 @@ def make_link(device, **profile) -> tuple[SmdiLink, PortRegistry, list]:
     return link, reg, reports
 
 
-async def until(pred, what: str) -> None:
-    with trio.move_on_after(GUARD):
-        while not pred():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def job(ext: str, on: bool, term: int = 4) -> MwiJob:
     return MwiJob(ext, f"mb{ext}", on, 1 if on else 0, 0, term, "deliver")
 
@@ -114,7 +103,7 @@ async def test_records_for_our_lines_are_matched_announced_and_rewritten(ptys):
 
     link.announce = announce
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         assert reg.get(LINK_PORT).state == "idle"
         far.write(encode_call_record(3, "B", "5551002", "5551001"))  # ours: line loopback-3
@@ -144,7 +133,7 @@ async def test_a_record_waits_record_wait_for_its_ring_and_then_expires(ptys):
     _, dev, far = ptys
     link, _, _ = make_link(dev, record_wait=0.2, ring_wait=0)
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         far.write(encode_call_record(2, "N", "5551002", "5551001"))
         await until(lambda: link.matcher.pending() == 1, "queued")
@@ -161,7 +150,7 @@ async def test_transmit_only_while_active_in_the_jobs_term(ptys):
     _, dev, far = ptys
     link, _, _ = make_link(dev)
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         with pytest.raises(TransmitRefused):
             await link.send_mwi(job("1002", True))  # inactive
@@ -188,7 +177,7 @@ async def test_a_deactivation_during_the_wait_for_the_line_stops_the_command(pty
     active = {"term": 2}
     link.gate = lambda: active["term"]
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         await link.send_mwi(job("1001", True, term=2))  # ~0.5 s on the wire at 300 baud
 
@@ -213,7 +202,7 @@ async def test_commands_are_paced_at_the_line_rate_and_formats_come_from_the_pro
     link.pacer = LinePacer(2400, link.serial.bits_per_char)
     link.gate = lambda: 2
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         t0 = trio.current_time()
         for i in range(20):
@@ -239,7 +228,7 @@ async def test_mwi_failure_records_are_matched_to_the_job(ptys):
 
     link.on_mwi_failure = on_failure
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         j = job("1009", True, term=2)
         await link.send_mwi(j)
@@ -255,7 +244,7 @@ async def test_garbage_on_the_line_changes_nothing(ptys):
     _, dev, far = ptys
     link, _, _ = make_link(dev)
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         far.write(bytes(range(256)) * 4 + b"MD00x" + os.urandom(300).replace(b"M", b"m"))
         far.write(encode_call_record(4, "N", "5551002", "5551001"))
@@ -271,7 +260,7 @@ async def test_a_pty_that_disappears_is_reopened_and_says_so(ptys, tmp_path):
     ups: list[int] = []
     link.on_up = lambda: ups.append(1)  # an active node resyncs lamps when the port is back
     async with trio.open_nursery() as n:
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open, "open")
         far.close()
         pair.stop()  # the device is gone (a USB adapter pulled out)
@@ -307,7 +296,7 @@ async def test_a_pyserial_url_without_an_fd_uses_the_thread_fallback():
         port = listeners[0].socket.getsockname()[1]
         link, _, _ = make_link(f"socket://127.0.0.1:{port}")
         link.gate = lambda: 2
-        await n.start(link.run, Service())
+        await n.start(link.run, LinkService())
         await until(lambda: link.is_open and conn_box, "connected")
         assert link._port is not None and link._port.stream is None  # the thread path
         await conn_box[0].send_all(encode_call_record(2, "A", "5551007", ""))
@@ -354,7 +343,7 @@ async def line(tmp_path):
         link.gate = lambda: 2
         async with PbxSimulator(tmp_path / "pbx", baudrate=9600).running() as pbx:
             async with trio.open_nursery() as n:
-                await n.start(link.run, Service())
+                await n.start(link.run, LinkService())
                 await until(lambda: link.is_open, "open")
                 yield link, pbx, n
                 n.cancel_scope.cancel()
