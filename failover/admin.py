@@ -11,6 +11,7 @@ import trio
 
 from failover.unixsock import serve_unix
 from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, FramingError
+from telephony.core.framing import LineFramer, Unfinished, decode_json_object
 from telephony.runtime.tasks import describe
 
 if TYPE_CHECKING:
@@ -97,6 +98,31 @@ async def _db(nm: "NodeManager", op: str, msg: dict) -> dict:
         return {"ok": False, "error": str(e)}
 
 
+#: bytes of one reply a client reads at most (a reply may list a whole table: ``db_list``)
+MAX_REPLY = 1 << 26
+
+
+def _read_reply(sock: socket.socket, framer: LineFramer) -> dict:
+    """The next reply line on a blocking admin connection, as a JSON object.
+    ConnectionError when the node manager closed the connection without one; ValueError for
+    a reply that is no JSON object or is longer than :data:`MAX_REPLY`.  A last line without
+    its ``\\n`` is still read (the connection closed right after it)."""
+    while True:
+        try:
+            line = framer.next_line()
+        except FramingError as e:
+            raise ValueError(f"bad reply from the node manager: {e}") from None
+        if line is NEED_DATA:
+            framer.receive_data(sock.recv(65536))
+            continue
+        if isinstance(line, Closed):
+            raise ConnectionError("node manager closed the admin connection without answering")
+        msg = decode_json_object(line.raw if isinstance(line, Unfinished) else line)
+        if isinstance(msg, str):
+            raise ValueError(f"bad reply from the node manager: {msg}")
+        return msg
+
+
 class AdminClient:
     """A blocking admin connection for several requests in a row (benchmarks, scripts)."""
 
@@ -104,17 +130,11 @@ class AdminClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))
-        self._buf = b""
+        self._replies = LineFramer(MAX_REPLY)
 
     def request(self, request: dict) -> dict:
         self.sock.sendall(json.dumps(request).encode() + b"\n")
-        while b"\n" not in self._buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("node manager closed the admin connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
+        return _read_reply(self.sock, self._replies)
 
     def close(self) -> None:
         self.sock.close()
@@ -126,12 +146,4 @@ def admin_request(path: Path, request: dict, timeout: float = 10.0) -> dict:
         s.settimeout(timeout)
         s.connect(str(path))
         s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    if not buf:
-        raise ConnectionError("node manager closed the admin connection without answering")
-    return json.loads(buf)
+        return _read_reply(s, LineFramer(MAX_REPLY))

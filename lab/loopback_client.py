@@ -40,6 +40,9 @@ from typing import Any
 import trio
 
 from telephony.core import media
+from telephony.core.framing import (NEED_DATA, Closed, FramingError, LineFramer, Unfinished,
+                                    decode_json_object)
+
 MAX_LINE = 4096
 AUDIO_CHUNK = 2560  # bytes of PCM per audio line (the trunk takes at most 2560)
 MAX_EVENTS = 1024  # events kept per call (the oldest go first)
@@ -74,8 +77,7 @@ class LoopbackCall:
 
     def __init__(self, stream: trio.abc.Stream, *, reply_timeout: float) -> None:
         self._stream = stream
-        self._buf = bytearray()
-        self._eof = False
+        self._framer = LineFramer(MAX_LINE)  # the trunk's lines
         self.reply_timeout = reply_timeout
         self.answer: dict[str, Any] | None = None  # the reply to the offer
         self.final: dict[str, Any] | None = None  # ended / dropped / None while in progress
@@ -197,7 +199,7 @@ class LoopbackCall:
                         self._cursor = i + 1
                         return self.events[i]
                 self._cursor = len(self.events)
-                if self.final is not None or self._eof and not self._buf:
+                if self.final is not None or self._framer.at_eof and not self._framer.buffered:
                     raise LoopbackClientError(
                         f"the call is over ({(self.final or {}).get('ev', 'closed')}) "
                         f"without {name!r:.40}")
@@ -254,31 +256,28 @@ class LoopbackCall:
                 msg = self._pop_line()
                 if msg is not None:
                     return msg
-                if len(self._buf) > MAX_LINE:
-                    raise LoopbackClientError("trunk sent an over-long line")
-                if self._eof:
+                if self._framer.at_eof:
                     # the connection closed without a final word: treat it as dropped
                     return {"ev": "dropped", "reason": "connection closed"}
                 try:
                     data = await self._stream.receive_some(MAX_LINE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
-                if not data:
-                    self._eof = True
-                self._buf += data
+                self._framer.receive_data(data)  # b"": the end of the stream
 
     def _pop_line(self) -> dict[str, Any] | None:
-        """The next complete line in the buffer, parsed; None if there is none."""
-        nl = self._buf.find(b"\n")
-        if nl < 0:
-            return None
-        line = bytes(self._buf[:nl])
-        del self._buf[: nl + 1]
+        """The next complete line received, parsed; None if there is none (a line cut by
+        the end of the stream is dropped)."""
         try:
-            msg = json.loads(line)
-        except ValueError:
-            raise LoopbackClientError(f"trunk sent a non-JSON line: {line!r:.80}") from None
-        if not isinstance(msg, dict) or not isinstance(msg.get("ev"), str):
+            line = self._framer.next_line()
+        except FramingError:
+            raise LoopbackClientError("trunk sent an over-long line") from None
+        if line is NEED_DATA or isinstance(line, (Closed, Unfinished)):
+            return None
+        msg = decode_json_object(line)
+        if isinstance(msg, str):
+            raise LoopbackClientError(f"trunk sent a bad line ({msg}): {line!r:.80}")
+        if not isinstance(msg.get("ev"), str):
             raise LoopbackClientError(f"trunk sent a line without ev: {line!r:.80}")
         return msg
 
