@@ -12,12 +12,12 @@ import time
 import pytest
 import trio
 
-from telephony.smdi.settings import SmdiProfile
+from lab.smdi import LinkService
+from lab.smdi_pbx import PbxSimulator
 from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.driver import SmdiLink
-from lab.smdi import LinkService
-from lab.smdi_pbx import PbxSimulator
+from telephony.smdi.settings import SmdiProfile
 
 GUARD = 60.0  # seconds: a hang guard only
 CALL_TYPES = "ABDNU"

@@ -46,13 +46,12 @@ from pathlib import Path
 
 import trio
 
-from lab.loopback_client import LoopbackClientError, place_call
-from telephony.store import parse_mime
-from telephony.runtime.tasks import describe
-
 from failover.config import load_config
 from failover.eventlog import format_record
+from lab.loopback_client import LoopbackClientError, place_call
 from lab.pair import Pair, free_udp_block
+from telephony.runtime.tasks import describe
+from telephony.store import parse_mime
 
 # seconds after the pair was started: kill -9 of the active service, a call on the inactive
 # node's trunk (call takeover), an operator failover, a call on the node that now holds

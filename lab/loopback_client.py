@@ -40,8 +40,7 @@ from typing import Any
 import trio
 
 from telephony.core import media
-from telephony.core.framing import (NEED_DATA, Closed, FramingError, LineFramer, Unfinished,
-                                    decode_json_object)
+from telephony.core.framing import NEED_DATA, Closed, FramingError, LineFramer, Unfinished, decode_json_object
 
 MAX_LINE = 4096
 AUDIO_CHUNK = 2560  # bytes of PCM per audio line (the trunk takes at most 2560)

@@ -104,7 +104,8 @@ class SocatPair:
             _remove_link(link)  # stale, from a socat that was killed
         with open(self.log, "ab") if self.log is not None else nullcontext(subprocess.DEVNULL) as stderr:
             self._proc = subprocess.Popen(
-                [socat, "-d", "-d", f"pty,raw,echo=0,link={self.link_a}", f"pty,raw,echo=0,link={self.link_b}"],
+                [socat, "-d", "-d", f"pty,raw,echo=0,link={self.link_a}",
+                 f"pty,raw,echo=0,link={self.link_b}"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -220,7 +221,8 @@ class SerialSplitterLab:
         while b"ready\n" not in seen:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"splitter not ready within {timeout} s; see {self.directory / 'splitter.err'}")
+                raise TimeoutError(f"splitter not ready within {timeout} s; "
+                                   f"see {self.directory / 'splitter.err'}")
             readable, _, _ = select.select([out], [], [], min(left, 0.1))
             if readable:
                 chunk = os.read(out, 4096)
@@ -282,7 +284,8 @@ class SerialSplitterLab:
         """All bytes node ``name`` transmitted (``"pbx"``: all the PBX sent), from the log."""
         return b"".join(bytes.fromhex(r["hex"]) for r in self.log_records() if r.get("from") == name)
 
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0) -> list[dict[str, Any]]:
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool],
+                 timeout: float = 5.0) -> list[dict[str, Any]]:
         """Poll the log until ``predicate(records)`` holds; return the records.  TimeoutError if not."""
         deadline = time.monotonic() + timeout
         while True:

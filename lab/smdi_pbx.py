@@ -31,7 +31,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from telephony.runtime.tasks import TaskFailures, python_logger
-from telephony.smdi.core.codec import CommandReader, MwiCommand, ProtocolError, encode_call_record, encode_mwi_failure
+from telephony.smdi.core.codec import (
+    CommandReader,
+    MwiCommand,
+    ProtocolError,
+    encode_call_record,
+    encode_mwi_failure,
+)
 
 log = logging.getLogger("lab.smdi_pbx")
 

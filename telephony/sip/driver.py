@@ -38,8 +38,15 @@ from typing import Any
 import trio
 
 from telephony.core.events import CallArrival
-from telephony.core.framing import (NEED_DATA, Closed, FramingError, LineFramer, Unfinished,
-                                    decode_json_object, encode_json_line)
+from telephony.core.framing import (
+    NEED_DATA,
+    Closed,
+    FramingError,
+    LineFramer,
+    Unfinished,
+    decode_json_object,
+    encode_json_line,
+)
 from telephony.core.mwi import TransmitRefused, require_term
 from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger
@@ -345,7 +352,7 @@ class SipPorts:
         channel, w.channel = w.channel, None
         self._set(w, PortState.DOWN)
         self._lost(w, why)
-        for nid, box in list(w.notifies.items()):
+        for box in list(w.notifies.values()):
             box.setdefault("result", {"code": 503, "reason": f"worker {why}"})
         w.notify_done.set()
         w.notify_done = trio.Event()
@@ -370,7 +377,7 @@ class SipPorts:
     def _lost(self, w: Worker, why: str) -> None:
         """The worker's connection ended: every call it held is over (logged as dropped; the
         call flow keeps what was recorded, as after a hang-up)."""
-        for cid, active in list(w.active.items()):
+        for active in list(w.active.values()):
             self.counters["dropped_by_worker"] += 1
             log.warning("call %s on %s dropped: SIP worker %s %s", active.call_id,
                         active.arrival.port, w.name, why)

@@ -6,24 +6,21 @@ Hang guards only (``GUARD``); no timing is judged here.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 
 import pytest
 import trio
 
 from failover.config import load_config
-from lab.pair import Pair
-from telephony.core import media
 from lab.loopback_client import open_call
+from lab.pair import Pair
 from lab.smdi import SerialSplitterLab
 from lab.smdi_pbx import PbxSimulator
-
-from tests.integration.conftest import until, wait_active
-from tests.integration.test_pair import _vmha
+from telephony.core import media
+from tests.integration.conftest import wait_active
 from tests.integration.test_messaging import FAST, _stored_directly, admin
+from tests.integration.test_pair import _vmha
+from tests.util import until
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(shutil.which("socat") is None,
@@ -73,17 +70,20 @@ async def test_calls_records_lamps_and_a_failover_on_a_record_for_the_inactive_n
         with Pair(pair_dir, extra=FAST, extra_a=smdi(lab, "a"), extra_b=smdi(lab, "b")) as pair:
             pair.start()
             await wait_active(pair, "a")
-            r = await admin(pair.a, {"op": "db_write", "ops": [subscriber(e) for e in ("1001", "1002", "1003")]})
+            r = await admin(pair.a, {"op": "db_write",
+                                     "ops": [subscriber(e) for e in ("1001", "1002", "1003")]})
             assert r["ok"], r
-            await until(lambda: "smdi_up" in {e["event"] for e in pair.b.events()}, "b's link open")
+            await until(lambda: "smdi_up" in {e["event"] for e in pair.b.events()}, "b's link open",
+                        in_thread=True)
             async with PbxSimulator(lab.pbx_tty).running() as pbx:
                 # a call forwarded on busy from 1001 reaches a's line 2 (terminal 2)
                 await pbx.call_record(2, "B", "5551001", "5559876")
                 await until(lambda: parsed(pair_dir, "a", 2) and parsed(pair_dir, "b", 2),
-                            "both nodes parsed the record")
+                            "both nodes parsed the record", in_thread=True)
                 end = await leave_message(pair.loop_port("a"), 2, "smdi-1")
                 assert end["reason"] == "silence"
-                await until(lambda: count(pair, "mb1001") == 1, "message for 1001 in the store")
+                await until(lambda: count(pair, "mb1001") == 1, "message for 1001 in the store",
+                            in_thread=True)
                 await pbx.wait_commands(1)
                 await trio.sleep(0.5)
                 assert [(c.on, c.number) for _, c in pbx.commands] == [(True, "5551001")]
@@ -96,15 +96,16 @@ async def test_calls_records_lamps_and_a_failover_on_a_record_for_the_inactive_n
                 # resync sends it again (an unconfirmed lamp is resent, at least once)
                 await until(lambda: ((pair.b.admin({"op": "db_get", "table": "mwi_ledger",
                                                     "key": "mb1001"}) or {}).get("row") or {})
-                            .get("state", {}).get("confirmed"), "ledger replicated to b")
+                            .get("state", {}).get("confirmed"), "ledger replicated to b", in_thread=True)
                 # the PBX sends a call to b's line 6 (terminal 6, b's loopback-2): b is
                 # inactive, so the record alone makes it fail over; then the line rings
                 await pbx.call_record(6, "N", "5551002", "5551001")
-                await until(lambda: pair.b.state() == "active", "b active on the record")
+                await until(lambda: pair.b.state() == "active", "b active on the record", in_thread=True)
                 t_b = max(t for t, _ in wire(lab, "a"))  # a's last transmission
                 end = await leave_message(pair.loop_port("b"), 2, "smdi-2")
                 assert end["reason"] == "silence"
-                await until(lambda: count(pair, "mb1002") == 1, "message for 1002 in the store")
+                await until(lambda: count(pair, "mb1002") == 1, "message for 1002 in the store",
+                            in_thread=True)
                 await pbx.wait_commands(4)
                 await trio.sleep(0.5)
                 cmds = [(c.on, c.number) for _, c in pbx.commands]
@@ -133,26 +134,27 @@ async def test_garbage_changes_nothing_and_a_refused_lamp_is_reported(pair_dir):
                 await pbx.send(bytes(range(256)) + b"MD001x\r\n\x19" + b"\xff" * 50 + b"MWI 12 \r\n")
                 await pbx.call_record(3, "A", "5551009", "")
                 await until(lambda: parsed(pair_dir, "a", 3) and parsed(pair_dir, "b", 3),
-                            "the record after the garbage, on both nodes")
+                            "the record after the garbage, on both nodes", in_thread=True)
                 assert pair.states() == {"a": "active", "b": "inactive"}  # nothing moved
                 assert wire(lab, "a") == [] and wire(lab, "b") == []
                 await leave_message(pair.loop_port("a"), 3, "smdi-9")
                 await pbx.wait_commands(1)
                 assert pbx.commands[0][1].number == "5551009"
                 await until(lambda: any(e["event"] == "smdi_mwi_failure" and "INV" in e["message"]
-                                        for e in pair.a.events()), "the refusal in a's event log")
+                                        for e in pair.a.events()), "the refusal in a's event log",
+                            in_thread=True)
 
                 def unconfirmed():
                     row = (pair.a.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1009"})
                            or {}).get("row")
                     return row and row["state"]["on"] and not row["state"]["confirmed"]
 
-                await until(unconfirmed, "the ledger keeps the refused lamp unconfirmed")
+                await until(unconfirmed, "the ledger keeps the refused lamp unconfirmed", in_thread=True)
                 assert wire(lab, "b") == []
                 # the link's counters are in both nodes' status (sent when they change)
                 await until(lambda: smdi_counters(pair.a).get("mwi_failures") == 1
                             and smdi_counters(pair.b).get("records", 0) >= 1,
-                            "the SMDI counters in the status")
+                            "the SMDI counters in the status", in_thread=True)
                 ca, cb = smdi_counters(pair.a), smdi_counters(pair.b)
                 assert ca["protocol_errors"] >= 1 and cb["protocol_errors"] >= 1, (ca, cb)
                 assert (ca["records"], ca["mwi_sent"], ca["matched"]) == (1, 1, 1), ca
@@ -178,16 +180,16 @@ async def test_a_pty_that_disappears_is_reopened_and_the_status_says_so(pair_dir
                 ports = ((node.status() or {}).get("ports") or [])
                 return next((p["state"] for p in ports if p["name"] == "smdi-link"), None)
 
-            await until(lambda: link_state(pair.a) == "idle", "a's link up in the status")
+            await until(lambda: link_state(pair.a) == "idle", "a's link up in the status", in_thread=True)
             await trio.to_thread.run_sync(lab.drop, "a")
-            await until(lambda: link_state(pair.a) == "down", "a's link down in the status")
+            await until(lambda: link_state(pair.a) == "down", "a's link down in the status", in_thread=True)
             await until(lambda: any(e["event"] == "smdi_down" for e in pair.a.events()),
-                        "smdi_down in the event log")
+                        "smdi_down in the event log", in_thread=True)
             await trio.to_thread.run_sync(lab.restore, "a")
-            await until(lambda: link_state(pair.a) == "idle", "a's link reopened")
+            await until(lambda: link_state(pair.a) == "idle", "a's link reopened", in_thread=True)
             ups = [e for e in pair.a.events() if e["event"] == "smdi_up"]
             assert len(ups) == 2
             async with PbxSimulator(lab.pbx_tty).running() as pbx:
                 await pbx.call_record(1, "D", "", "5551001")
-                await until(lambda: parsed(pair_dir, "a", 1), "records flow to a again")
+                await until(lambda: parsed(pair_dir, "a", 1), "records flow to a again", in_thread=True)
             assert pair.states() == {"a": "active", "b": "inactive"}

@@ -21,7 +21,6 @@ from lab.pair import Pair, free_udp_block
 from lab.sip import free_udp_port, sipp
 from lab.smdi import SerialSplitterLab
 from lab.smdi_pbx import PbxSimulator
-
 from tests.integration.conftest import wait_active
 from tests.integration.test_messaging import FAST, admin
 from tests.integration.test_sip import caller_wav, has_voice, messages, port_states
@@ -115,14 +114,15 @@ async def start(pair: Pair) -> None:
     r = await admin(pair.a, {"op": "db_write", "ops": [subscriber(e) for e in
                                                        ("1001", "1002", "1003")]})
     assert r["ok"], r
+    lines = {f"sip-{i}": "idle" for i in range(1, 5)}
     for node in (pair.a, pair.b):
-        await until(lambda: port_states(node) == {f"sip-{i}": "idle" for i in range(1, 5)},
-                    f"{node.name}'s SIP lines up", in_thread=True)
-        await until(lambda: "smdi_up" in {e["event"] for e in node.events()},
+        await until(lambda n=node: port_states(n) == lines, f"{node.name}'s SIP lines up",
+                    in_thread=True)
+        await until(lambda n=node: "smdi_up" in {e["event"] for e in n.events()},
                     f"{node.name}'s SMDI link open", in_thread=True)
 
 
-async def test_a_record_and_a_gateway_call_on_the_active_nodes_line_leave_a_message_and_an_smdi_lamp(pair_dir):
+async def test_a_record_and_a_gateway_call_on_the_active_nodes_line_leave_its_message_and_lamp(pair_dir):
     watch = NotifyWatch()
     async with trio.open_nursery() as nursery:
         await nursery.start(watch.run)

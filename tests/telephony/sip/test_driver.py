@@ -22,7 +22,6 @@ from telephony.sip.settings import SipProfile
 from telephony.smdi.core.codec import SmdiReader, encode_call_record
 from telephony.smdi.driver import SmdiLink
 from telephony.smdi.settings import SerialSettings, SmdiProfile
-
 from tests.util import until
 
 # the INVITE's own information, which a call on a numbered line must NOT use

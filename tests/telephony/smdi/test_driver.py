@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from telephony.smdi.settings import SerialSettings, SmdiProfile
+from lab.smdi import LinkService, SocatPair
 from telephony.core.mwi import MwiJob
 from telephony.runtime.ports import PortRegistry
 from telephony.smdi.core.codec import MwiFormat, encode_call_record, encode_mwi_failure
 from telephony.smdi.driver import LINK_PORT, LinkDown, SmdiLink, TransmitRefused
-from lab.smdi import LinkService, SocatPair
+from telephony.smdi.settings import SerialSettings, SmdiProfile
 from tests.util import until
 
 pytestmark = pytest.mark.skipif(
