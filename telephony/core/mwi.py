@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Container, Iterable, Mapping, Protocol, runtime_checkable
 
-from telephony.core.ids import EXTENSION_RE, MAILBOX_RE
+from telephony.core.ids import EXTENSION_RE, MAILBOX_RE, check_count
 from telephony.core.terms import StaleTerm, check_term
 
 REASONS = ("deliver", "heard", "resync", "retry")
@@ -143,13 +143,6 @@ class MemoryMwiLedger:
 
 # --------------------------------------------------------------------------- validation
 
-def _check_count(name: str, mailbox: object, value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise MwiError(f"{name} count of mailbox {mailbox!r} must be an integer >= 0, "
-                       f"not {value!r}")
-    return value
-
-
 def _check_mailbox(mailbox: object) -> str:
     if not isinstance(mailbox, str) or not MAILBOX_RE.fullmatch(mailbox):
         raise MwiError(f"mailbox {mailbox!r}: 1 to 64 of A-Z a-z 0-9 _ . - "
@@ -210,8 +203,8 @@ class MwiPlanner:
         term = self._current()
         _check_mailbox(mailbox)
         _check_extension(mailbox, extension)
-        _check_count("new", mailbox, new)
-        _check_count("old", mailbox, old)
+        check_count("new", mailbox, new, MwiError)
+        check_count("old", mailbox, old, MwiError)
         if reason not in REASONS:
             raise MwiError(f"reason {reason!r} is not one of {', '.join(REASONS)}")
         states, jobs = [], []
@@ -244,8 +237,8 @@ class MwiPlanner:
                                f"not {value!r}")
             extension, new, old = value
             _check_extension(mailbox, extension)
-            _check_count("new", mailbox, new)
-            _check_count("old", mailbox, old)
+            check_count("new", mailbox, new, MwiError)
+            check_count("old", mailbox, old, MwiError)
             other = seen_ext.setdefault(extension, mailbox)
             if other != mailbox:
                 raise MwiError(f"extension {extension} belongs to both {other!r} and "

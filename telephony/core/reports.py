@@ -11,6 +11,8 @@ import csv
 import io
 from typing import Any, Iterable, Mapping, Sequence
 
+from telephony.core.ids import check_count
+
 COUNT_COLUMNS = ("extension", "name", "mailbox", "new", "heard", "total")
 HISTORY_COLUMNS = ("time", "node", "term", "kind", "cause", "duration_s", "outcome",
                    "active_at", "ended_at", "ended_cause", "active_for_s",
@@ -48,13 +50,6 @@ class ReportGate:
 
 # --------------------------------------------------------------------------- message counts
 
-def _count(mailbox: str, name: str, v: Any) -> int:
-    if type(v) is not int or v < 0:
-        raise ReportError(f"{name} count of mailbox {mailbox!r} must be an integer >= 0, "
-                          f"not {v!r}")
-    return v
-
-
 def _ext_key(ext: str) -> tuple:
     return (len(ext), ext) if ext.isdigit() else (1 << 30, ext)
 
@@ -78,7 +73,8 @@ def message_counts_report(counts: Mapping[str, tuple[int, int]],
             raise ReportError(f"mailbox {mailbox!r} must be a non-empty string")
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise ReportError(f"counts[{mailbox!r}] must be (new, old), not {value!r}")
-        checked[mailbox] = (_count(mailbox, "new", value[0]), _count(mailbox, "old", value[1]))
+        checked[mailbox] = (check_count("new", mailbox, value[0], ReportError),
+                            check_count("old", mailbox, value[1], ReportError))
     rows = []
     seen_mailbox: set[str] = set()
     seen_ext: set[str] = set()
@@ -158,6 +154,14 @@ def _field(rec: Mapping, index: int, name: str, kind: type | tuple) -> Any:
     return v
 
 
+def _pending_row(ts, node: str, term: int, cause: str) -> dict:
+    """A failover-history row for an activation not yet known to have finished."""
+    return {"time": ts, "node": node, "term": term, "kind": None, "cause": cause,
+            "duration_s": None, "outcome": "pending", "active_at": None, "ended_at": None,
+            "ended_cause": None, "active_for_s": None, "handover_wait_s": None,
+            "handover_replicated": None}
+
+
 def failover_history_report(events: Iterable[Mapping[str, Any]]) -> list[dict]:
     """One row per activation, oldest first, from event-log records (both nodes' logs may
     be concatenated; records are matched per node, in the order given).
@@ -191,11 +195,7 @@ def failover_history_report(events: Iterable[Mapping[str, Any]]) -> list[dict]:
         if not isinstance(node, str) or isinstance(ts, bool) or not isinstance(ts, (int, float)):
             raise ReportError(f"event record {i} ({event!r}) has no node or ts")
         if event == "activating":
-            row = {"time": ts, "node": node, "term": _field(rec, i, "term", int), "kind": None,
-                   "cause": _field(rec, i, "cause", str), "duration_s": None,
-                   "outcome": "pending", "active_at": None, "ended_at": None,
-                   "ended_cause": None, "active_for_s": None, "handover_wait_s": None,
-                   "handover_replicated": None}
+            row = _pending_row(ts, node, _field(rec, i, "term", int), _field(rec, i, "cause", str))
             rows.append(row)
             current[node] = row
             handover.pop(node, None)
@@ -205,11 +205,7 @@ def failover_history_report(events: Iterable[Mapping[str, Any]]) -> list[dict]:
             row = current.get(node)
             if row is None or row["term"] != term or row["outcome"] != "pending":
                 # the log starts after its 'activating' record (rotated, or cut)
-                row = {"time": None, "node": node, "term": term, "kind": None,
-                       "cause": _field(rec, i, "cause", str), "duration_s": None,
-                       "outcome": "pending", "active_at": None, "ended_at": None,
-                       "ended_cause": None, "active_for_s": None, "handover_wait_s": None,
-                       "handover_replicated": None}
+                row = _pending_row(None, node, term, _field(rec, i, "cause", str))
                 rows.append(row)
                 current[node] = row
             row.update(kind=event, duration_s=round(took / 1000, 6), outcome="active",

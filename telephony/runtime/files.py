@@ -15,6 +15,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _write_all_and_sync(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def write_new_file(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Create ``path`` (which must not exist: ``O_EXCL``) with exactly ``mode`` whatever the
     umask, write all of ``data``, fsync and close it.  The caller then links or renames it into
@@ -22,10 +29,7 @@ def write_new_file(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> N
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        _write_all_and_sync(fd, data)
     finally:
         os.close(fd)
 
@@ -37,10 +41,7 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        _write_all_and_sync(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)

@@ -12,21 +12,10 @@ from pathlib import Path
 
 import trio
 
+from telephony.core import mime
 from telephony.core.ids import MAILBOX_RE
 from telephony.core.message import VoiceMessage
-from telephony.core.mime import (
-    HEADER_LIMIT,
-    MAX_MESSAGE,
-    StoredMessage,
-    StoreError,
-    age_key,
-    build_mime,
-    check_mailbox,
-    check_message,
-    parse_headers,
-    parse_mime,
-    stored_message,
-)
+from telephony.core.mime import StoreError
 from telephony.runtime.files import fsync_dir, write_new_file
 from telephony.store.base import StoreUnavailable, error_text
 
@@ -75,24 +64,24 @@ class MaildirStore:
             raise StoreUnavailable(f"message store {self.root}: {what}") from e
 
     async def deliver(self, msg: VoiceMessage) -> bool:
-        check_message(msg)  # a bad message is refused before any I/O
+        mime.check_message(msg)  # a bad message is refused before any I/O
         return await self._run(self._deliver, msg)
 
     async def counts(self, mailbox: str) -> tuple[int, int]:
-        check_mailbox(mailbox)
+        mime.check_mailbox(mailbox)
         return await self._run(self._counts, mailbox)
 
-    async def list(self, mailbox: str, *, new_only: bool = False) -> builtins.list[StoredMessage]:
-        check_mailbox(mailbox)
+    async def list(self, mailbox: str, *, new_only: bool = False) -> builtins.list[mime.StoredMessage]:
+        mime.check_mailbox(mailbox)
         return await self._run(self._list, mailbox, new_only)
 
     async def fetch_audio(self, mailbox: str, uid: str) -> bytes:
-        check_mailbox(mailbox)
+        mime.check_mailbox(mailbox)
         _check_uid_maildir(uid)
         return await self._run(self._fetch, mailbox, uid)
 
     async def mark_heard(self, mailbox: str, uid: str) -> None:
-        check_mailbox(mailbox)
+        mime.check_mailbox(mailbox)
         _check_uid_maildir(uid)
         await self._run(self._mark, mailbox, uid)
 
@@ -127,7 +116,7 @@ class MaildirStore:
         return None
 
     def _deliver(self, msg: VoiceMessage) -> bool:
-        data = build_mime(msg)
+        data = mime.build_mime(msg)
         d = self._mailbox_dir(msg.mailbox)
         for sub in ("tmp", "new", "cur"):
             os.makedirs(d / sub, mode=0o700, exist_ok=True)
@@ -199,7 +188,7 @@ class MaildirStore:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             buf = b""
-            while len(buf) < HEADER_LIMIT:
+            while len(buf) < mime.HEADER_LIMIT:
                 chunk = f.read(16384)
                 if not chunk:
                     break
@@ -208,7 +197,7 @@ class MaildirStore:
                     break
         return buf, st.st_mtime_ns
 
-    def _list(self, mailbox: str, new_only: bool) -> builtins.list[StoredMessage]:
+    def _list(self, mailbox: str, new_only: bool) -> builtins.list[mime.StoredMessage]:
         d = self._mailbox_dir(mailbox)
         found = []
         for key, path, heard in self._entries(d):
@@ -225,11 +214,11 @@ class MaildirStore:
                 if new_only and heard:
                     continue
             try:
-                h = parse_headers(head)
+                h = mime.parse_headers(head)
             except StoreError:
                 h = {}
-            m = stored_message(key, h, heard)
-            found.append((age_key(m), mtime, key, m))
+            m = mime.stored_message(key, h, heard)
+            found.append((mime.age_key(m), mtime, key, m))
         found.sort(key=lambda t: t[:3])
         return [t[3] for t in found]
 
@@ -241,10 +230,10 @@ class MaildirStore:
                 break
             try:
                 with open(p, "rb") as f:
-                    data = f.read(MAX_MESSAGE + 1)
+                    data = f.read(mime.MAX_MESSAGE + 1)
             except FileNotFoundError:
                 continue  # moved to cur/ meanwhile
-            return parse_mime(data)[1]
+            return mime.parse_mime(data)[1]
         raise StoreError(f"no message {uid} in mailbox {mailbox}")
 
     def _mark(self, mailbox: str, uid: str) -> None:
