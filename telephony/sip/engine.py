@@ -491,14 +491,18 @@ class Engine:
     def _path(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.opts.media_dir, path)
 
-    def op_play(self, f: dict) -> None:
+    def _media_op(self, f: dict, what: str, running: str) -> tuple[CallState, int, str]:
+        """The call, id and file of a ``play``/``record`` op, checked: the call has media and
+        the id is not running yet (``running`` names the call's table of them)."""
         st = self._call(f["call"])
         if st.audio is None:
             raise OpError(f"call {st.wid} has no active media")
-        pid = f["id"]
-        if pid in st.players:
-            raise OpError(f"play {pid} is already running on {st.wid}")
-        path = self._path(f["path"])
+        if f["id"] in getattr(st, running):
+            raise OpError(f"{what} {f['id']} is already running on {st.wid}")
+        return st, f["id"], self._path(f["path"])
+
+    def op_play(self, f: dict) -> None:
+        st, pid, path = self._media_op(f, "play", "players")
         if not os.path.isfile(path):
             raise OpError(f"no such file: {path}")
         player = pj_classes().Player(self, st.wid, pid)
@@ -531,13 +535,7 @@ class Engine:
         self.emit("played", call=st.wid, id=pid, how="stopped")
 
     def op_record(self, f: dict) -> None:
-        st = self._call(f["call"])
-        if st.audio is None:
-            raise OpError(f"call {st.wid} has no active media")
-        rid = f["id"]
-        if rid in st.recorders:
-            raise OpError(f"recording {rid} is already running on {st.wid}")
-        path = self._path(f["path"])
+        st, rid, path = self._media_op(f, "recording", "recorders")
         if not os.path.isdir(os.path.dirname(path) or "."):
             raise OpError(f"no such directory: {os.path.dirname(path)}")
         if any(os.path.abspath(p) == os.path.abspath(path) for _r, p in st.recorders.values()):
