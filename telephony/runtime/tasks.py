@@ -184,3 +184,18 @@ async def listen_tcp(setting: str, host: str | None, port: int) -> list[trio.Soc
 
 __all__ = ["Backoff", "ListenError", "TaskFailures", "contained", "describe", "guard_handler",
            "keep_running", "listen_tcp", "python_logger"]
+
+
+async def report_event(report: Callable[[str, str, str], Awaitable[None]] | None,
+                       logger: logging.Logger, level: str, event: str, message: str, *,
+                       local: bool = True) -> None:
+    """A driver's event for the node's event log (``report``, the service's
+    ``MessagingService.report``) and, with ``local``, for this process's log.  A failing
+    ``report`` is logged and swallowed: the event log never stops a driver."""
+    if local:
+        getattr(logger, level)("%s: %s", event, message)
+    if report is not None:
+        try:
+            await report(level, event, message)
+        except Exception:  # noqa: BLE001 - the event log must never stop the ports
+            logger.exception("cannot report %s", event)

@@ -49,7 +49,7 @@ from telephony.core.framing import (
 )
 from telephony.core.mwi import TransmitRefused, require_term
 from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
-from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger
+from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger, report_event
 from telephony.sip.call import SipCall, WorkerGone
 from telephony.sip.core.headers import call_reason, message_summary
 from telephony.sip.settings import SipProfile
@@ -209,13 +209,7 @@ class SipPorts:
 
     async def _report(self, level: str, event: str, message: str, *, local: bool = True) -> None:
         """``message`` to the node's event log (and, with ``local``, this service's log)."""
-        if local:
-            getattr(log, level)("%s: %s", event, message)
-        if self.report is not None:
-            try:
-                await self.report(level, event, message)
-            except Exception:  # noqa: BLE001 - the event log must never stop the ports
-                log.exception("cannot report %s", event)
+        await report_event(self.report, log, level, event, message, local=local)
 
     def _set(self, w: Worker, state: PortState) -> None:
         if self._registry is None:

@@ -8,6 +8,7 @@ workers bind (the port-collision checks of ``vmha node`` and ``vmha configure``)
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 from integrations.base import IntegrationProfile
@@ -70,8 +71,7 @@ KEYS: dict[str, Key] = {
 }
 
 
-def _d(name: str):
-    return default_of(KEYS, name)
+_d = functools.partial(default_of, KEYS)  # a field's default: its key's
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,13 @@ from typing import Any
 
 import trio
 
-from telephony.smdi.settings import PARITIES, SerialSettings, SmdiProfile
-
 from telephony.core.events import CallArrival
 from telephony.core.mwi import TransmitRefused, require_term
 from telephony.runtime.ports import CallService, PortRegistry, PortState
-from telephony.runtime.tasks import TaskFailures, describe, python_logger
+from telephony.runtime.tasks import TaskFailures, describe, python_logger, report_event
 from telephony.smdi.core.codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
 from telephony.smdi.core.link import FailureMatcher, LampQueue, LinePacer, RecordMatcher
+from telephony.smdi.settings import PARITIES, SerialSettings, SmdiProfile
 
 log = logging.getLogger("telephony.smdi")
 
@@ -277,12 +276,7 @@ class SmdiLink:
             self._registry.set_state(KIND, state)
 
     async def _report(self, level: str, event: str, message: str) -> None:
-        getattr(log, level)("%s: %s", event, message)
-        if self.report is not None:
-            try:
-                await self.report(level, event, message)
-            except Exception:  # noqa: BLE001 - the event log must never stop the link
-                log.exception("cannot report %s", event)
+        await report_event(self.report, log, level, event, message)
 
     # ------------------------------------------------------------------ inbound
 

@@ -14,6 +14,7 @@ record, only the active one may transmit (``OP:MWI`` / ``RMV:MWI`` lamp commands
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from integrations.base import IntegrationProfile
@@ -116,8 +117,7 @@ KEYS: dict[str, Key] = {
 }
 
 
-def _d(name: str):
-    return default_of(KEYS, name)
+_d = functools.partial(default_of, KEYS)  # a field's default: its key's
 
 
 @dataclass(frozen=True)
