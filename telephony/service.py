@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 from integrations.base import CallInfo, node_mwi_drivers
+from integrations.profiles import smdi_integration
 from telephony.core.activation import Activation, ActivationError
 from telephony.core.control import (
     MAX_COUNTERS,
@@ -694,7 +695,8 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         voice = voice_ports(settings.integration,
                             {"loopback": (trunk, trunk.port_names() if trunk else []),
                              "sip": (sip, sp.port_names() if sip else [])})
-        link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice)),
+        base = smdi_integration(settings.integration.profile, settings.integration.voice_ports)
+        link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice), base),
                         node=opts.node)
         connect_call_info(settings.integration, voice, link)
     drivers = [d for d in (trunk, link, sip) if d is not None]

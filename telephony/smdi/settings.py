@@ -231,10 +231,11 @@ class SmdiSection:
         return SerialSettings(device=self.device or "", baudrate=self.baudrate,
                               bytesize=self.bytesize, parity=self.parity, stopbits=self.stopbits)
 
-    def profile(self, lines: tuple[str, ...] = ()) -> SmdiProfile:
-        """The driver's view of the link, its terminals on the voice ports ``lines``
-        (ValueError on a bad combination)."""
-        return SmdiProfile(
+    def profile(self, lines: tuple[str, ...] = (),
+                base: IntegrationProfile = SERIAL_SMDI) -> SmdiProfile:
+        """The driver's view of the link, its terminals on the voice ports ``lines``, its
+        calls labelled with the integration ``base`` (ValueError on a bad combination)."""
+        return SmdiProfile(base=base,
             terminals=self.terminals or (), desk=self.desk, record_wait=self.record_wait,
             ring_wait=self.ring_wait, strip=self.strip, keep_last=self.keep_last,
             mwi=MwiFormat(on_prefix=self.mwi_on, off_prefix=self.mwi_off, suffix=self.mwi_suffix,

@@ -22,7 +22,7 @@ from integrations.base import (
 )
 from integrations.cucm_sip import CUCM_SIP
 from integrations.loopback import LOOPBACK
-from integrations.profiles import PROFILES
+from integrations.profiles import PROFILES, smdi_integration
 from integrations.smdi import GATEWAY_SMDI, SERIAL_SMDI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +101,10 @@ def test_the_default_integration_is_the_old_wiring(sip, smdi, loopback):
         assert mwi_drivers(sip=sip, smdi=smdi, loopback=loopback) == \
             _old_mwi_drivers(sip=sip, smdi=smdi, loopback=loopback)
         assert dict(MWI_DRIVERS[mwi]) == _old_mwi_drivers(sip=sip, smdi=smdi, loopback=loopback)
+
+
+def test_smdi_calls_are_labelled_with_the_integration_that_serves_them():
+    assert smdi_integration(None, ("sip",)).name == "gateway-smdi"
+    assert smdi_integration(None, ("loopback",)).name == "serial-smdi"
+    assert smdi_integration("serial-smdi", ("loopback",)).name == "serial-smdi"
+    assert smdi_integration("gateway-smdi", ("sip",)).name == "gateway-smdi"
