@@ -1,6 +1,9 @@
-"""Tests of file replication (failover/filerepl.py): real files under tmp_path, two
+"""Tests of file replication (the failover/filerepl/ package): real files under tmp_path, two
 ``FileReplicator`` instances wired through an in-memory pair of fake channels (and once through
-a real ``ReplEndpoint`` pair on loopback)."""
+a real ``ReplEndpoint`` pair on loopback).  The pure sessions have their own tests
+(tests/failover/core/test_transfer.py).  Waits are on conditions and events; a negative check
+("nothing was sent") follows a point where the replicator has had its chance (all tasks
+blocked, a later refusal, the session ended)."""
 from __future__ import annotations
 
 import errno
@@ -11,18 +14,35 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from failover.core.replwire import (
-    FileAck, FileBegin, FileChunk, FileDelete, FileEnd, FileEntry, FileManifest,
-    FileManifestRequest, FileOffer,
+    FileAck,
+    FileBegin,
+    FileChunk,
+    FileDelete,
+    FileEnd,
+    FileEntry,
+    FileManifest,
+    FileManifestRequest,
+    FileOffer,
 )
 from failover.filerepl import (
-    DISK_FULL, MANIFEST_PATH, RECEIVER_ACTIVE, TMP_DIR, FileReplicator, IndexEntry, plan,
+    DISK_FULL,
+    MANIFEST_PATH,
+    RECEIVER_ACTIVE,
+    TMP_DIR,
+    FileReplicator,
+    IndexEntry,
+    plan,
 )
-from failover.replchan import ChannelClosed
+from failover.filerepl.scan import Scanner
+from failover.filerepl.watcher import Watcher
+from failover.replchan import ChannelClosed, ReplTasks, events_log
 from lab.pair import free_port
+from tests.util import until
 
 DIRS = ["prompts", "streams", "support", "spool"]
 MIB = 1024 * 1024
@@ -78,6 +98,15 @@ class FakeChan:
         self._out.close()
         self._in.close()
 
+    def drain(self) -> list:
+        """The messages queued for this end (taken without waiting)."""
+        out = []
+        while True:
+            try:
+                out.append(self._in.receive_nowait())
+            except trio.WouldBlock:
+                return out
+
 
 def chan_pair(*, tap_out=None, tap_back=None, buffer: int = 16) -> tuple[FakeChan, FakeChan]:
     """(dialer end, acceptor end)."""
@@ -124,9 +153,14 @@ class Node:
                     watch_debounce_ms=10, watch_step_ms=5)
         opts.update(kw)
         self.opts = opts
-        self.rep = FileReplicator(root=self.root, directories=DIRS, data_dir=self.data,
-                                  events=self.events, **opts)
+        self.rep = self._replicator()
         self.scope: trio.CancelScope | None = None
+        self.ended = trio.Event()  # set when the replicator's run() has returned
+
+    def _replicator(self) -> FileReplicator:
+        return FileReplicator(root=self.root, directories=DIRS, data_dir=self.data,
+                              events=self.events, failures=ReplTasks(events_log(self.events)),
+                              **self.opts)
 
     def p(self, rel: str) -> Path:
         return self.root / rel
@@ -156,10 +190,14 @@ class Node:
 
     async def start(self, nursery) -> None:
         self.scope = trio.CancelScope()
+        self.ended = ended = trio.Event()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with self.scope:
-                await self.rep.run(task_status=task_status)
+            try:
+                with self.scope:
+                    await self.rep.run(task_status=task_status)
+            finally:
+                ended.set()
 
         await nursery.start(run)
 
@@ -168,8 +206,7 @@ class Node:
 
     def restart(self) -> FileReplicator:
         """A fresh replicator on the same directories (as after a crash)."""
-        self.rep = FileReplicator(root=self.root, directories=DIRS, data_dir=self.data,
-                                  events=self.events, **self.opts)
+        self.rep = self._replicator()
         return self.rep
 
 
@@ -181,17 +218,39 @@ def inactive(node: Node, term: int = 2) -> None:
     node.rep.set_role(sending=False, receiving=True, term=term)
 
 
-async def until(cond, what: str = "condition", timeout: float = 20.0, poll: float = 0.005):
-    with trio.move_on_after(timeout):
-        while True:
-            if cond():
-                return
-            await trio.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}")
+async def watching(node: Node) -> None:
+    """Wait until the node's watcher reports changes: a file written after its first sweep
+    and before it watches would only be found by the next sweep.  The probes are reserved
+    names (``prompts/.vmha-probe-<n>``, left in place), which the watcher reports and the
+    replicator ignores.  Every probe written once the watcher watched (from the first one
+    it saw) is seen before this returns, so no event of theirs is still on its way."""
+    seen: set[str] = set()
+    written: list[str] = []
+    watcher = node.rep.watcher
+    real = watcher.rel_of
+
+    def rel_of(abspath: str):
+        seen.add(abspath)
+        return real(abspath)
+
+    def probe() -> bool:
+        path = node.p(f"prompts/.vmha-probe-{len(written)}")
+        path.write_bytes(b"probe")
+        written.append(str(path))
+        return bool(seen & set(written))
+
+    watcher.rel_of = rel_of
+    try:
+        await until(probe, "the watcher")
+        first = min(i for i, p in enumerate(written) if p in seen)
+        await until(lambda: set(written[first:]) <= seen, "every later probe seen")
+    finally:
+        del watcher.rel_of
 
 
-async def pair(nursery, tmp_path, *, a_kw=None, b_kw=None, **link_kw):
-    """a active (sender), b inactive (receiver), both running, a -> b connected."""
+async def pair(nursery, tmp_path, *, a_kw=None, b_kw=None, watch=True, **link_kw):
+    """a active (sender), b inactive (receiver), both running, a -> b connected; a's
+    watcher is watching (unless ``watch`` is False: a test that stops it)."""
     a = Node(tmp_path, "a", **(a_kw or {}))
     b = Node(tmp_path, "b", **(b_kw or {}))
     active(a)
@@ -199,11 +258,18 @@ async def pair(nursery, tmp_path, *, a_kw=None, b_kw=None, **link_kw):
     await a.start(nursery)
     await b.start(nursery)
     link = Link(nursery, a, b, **link_kw)
+    if watch:
+        await watching(a)
     return a, b, link
 
 
 def synced(a: Node, b: Node) -> bool:
     return a.rep.pending() == 0
+
+
+def receiver_gone(node: Node) -> bool:
+    """The node's receiver session has ended (it handled all it got, then cleaned up)."""
+    return not node.rep.stats()["receiver_connected"]
 
 
 def sha(data: bytes) -> bytes:
@@ -313,11 +379,11 @@ async def test_missed_event_is_fixed_by_barrier(nursery, tmp_path, monkeypatch):
     async def no_watch(self):  # every watch event is "missed"
         await trio.sleep_forever()
 
-    monkeypatch.setattr(FileReplicator, "_watch_loop", no_watch)
-    a, b, _ = await pair(nursery, tmp_path)
-    await until(lambda: synced(a, b), "initial sync")
+    monkeypatch.setattr(Watcher, "run", no_watch)
+    a, b, _ = await pair(nursery, tmp_path, watch=False)
+    await until(lambda: synced(a, b) and a.rep.stats()["sweeps"] >= 1, "initial sync and sweep")
     a.write("support/notes.txt", b"v1")
-    await trio.sleep(0.2)
+    await trio.testing.wait_all_tasks_blocked()  # the replicator had its chance
     assert b.read("support/notes.txt") is None and a.rep.pending() == 0  # nobody noticed
     await a.rep.barrier()
     assert a.rep.pending() >= 1
@@ -329,8 +395,8 @@ async def test_missed_event_is_fixed_by_the_sweep(nursery, tmp_path, monkeypatch
     async def no_watch(self):
         await trio.sleep_forever()
 
-    monkeypatch.setattr(FileReplicator, "_watch_loop", no_watch)
-    a, b, _ = await pair(nursery, tmp_path, a_kw={"sweep_interval": 0.1})
+    monkeypatch.setattr(Watcher, "run", no_watch)
+    a, b, _ = await pair(nursery, tmp_path, a_kw={"sweep_interval": 0.1}, watch=False)
     a.write("support/notes.txt", b"v1")
     await until(lambda: b.read("support/notes.txt") == b"v1", "replicated by a sweep")
     a.p("support/notes.txt").unlink()
@@ -339,15 +405,25 @@ async def test_missed_event_is_fixed_by_the_sweep(nursery, tmp_path, monkeypatch
 
 
 async def test_batch_delay_groups_changes(nursery, tmp_path):
-    a, b, link = await pair(nursery, tmp_path, a_kw={"batch_delay": 0.4})
+    delay = 1.0
+    a, b, link = await pair(nursery, tmp_path, a_kw={"batch_delay": delay})
     await until(lambda: synced(a, b), "initial sync")
+    scans: list[set[str]] = []
+    real_scan = a.rep.watcher.scan
+
+    async def scan(rels):
+        scans.append(set(rels))
+        await real_scan(rels)
+
+    a.rep.watcher.scan = scan
+    t0 = trio.current_time()
     a.write("streams/one", b"1")
-    await trio.sleep(0.15)
+    await trio.sleep(0.15)  # pacing, not a wait: longer than the watch debounce, within the delay
     a.write("streams/two", b"2")
-    await trio.sleep(0.1)
-    assert b.read("streams/one") is None  # still held back by the batching delay
     await until(lambda: b.read("streams/one") == b"1" and b.read("streams/two") == b"2",
                 "batch sent")
+    assert trio.current_time() - t0 >= delay  # held back by the batching delay
+    assert any({"streams/one", "streams/two"} <= s for s in scans), scans  # one batch
 
 
 async def test_pending_counts_until_the_peer_manifest_arrives(nursery, tmp_path):
@@ -438,8 +514,8 @@ async def test_index_is_persistent_and_unchanged_files_are_not_hashed_again(tmp_
         assert len(versions) == 10
         node.stop()
     hashed = []
-    orig = FileReplicator._hash_file
-    monkeypatch.setattr(FileReplicator, "_hash_file",
+    orig = Scanner.hash_file
+    monkeypatch.setattr(Scanner, "hash_file",
                         lambda self, rel: hashed.append(rel) or orig(self, rel))
     node.restart()
     async with trio.open_nursery() as n:
@@ -497,7 +573,7 @@ async def test_interrupted_large_transfer_never_shows_a_partial_target_and_resum
     await until(lambda: b.read("support/big.bin") == old and synced(a, b), "initial sync")
     a.write("support/big.bin", data)
     await until(lambda: link.d.closed, "connection cut mid-transfer")
-    await trio.sleep(0.05)
+    await until(lambda: receiver_gone(b), "the receiver's session ended")
     assert b.read("support/big.bin") == old  # never a partial file at the target path
     partial = [p for p in b.temps() if p.name.startswith("r-")]
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(data)
@@ -532,7 +608,8 @@ async def test_receiver_restart_keeps_the_partial_and_resumes(nursery, tmp_path)
     await gate.wait()
     link.scope.cancel()
     b.stop()
-    await trio.sleep(0.05)
+    await b.ended.wait()
+    await until(lambda: receiver_gone(b), "the receiver's session ended")
     assert b.read("support/big.bin") is None
     (b.root / TMP_DIR / "t-stale").write_bytes(b"from a crashed small transfer")
     have = [p for p in b.temps() if p.name.startswith("r-")][0].stat().st_size
@@ -564,7 +641,7 @@ async def test_interrupted_small_transfer_leaves_nothing(nursery, tmp_path):
     state["cut"] = link.cut
     a.write("streams/msg.wav", data)
     await until(lambda: link.d.closed, "cut")
-    await trio.sleep(0.05)
+    await until(lambda: receiver_gone(b), "the receiver's session ended")
     assert b.read("streams/msg.wav") is None and b.temps() == []
     begins = [m for m in link.d.sent if isinstance(m, FileBegin)]
     assert begins and not begins[0].wait_offer
@@ -697,9 +774,15 @@ async def test_receiver_refuses_while_active(nursery, tmp_path):
     await a.rep.barrier()
     await until(lambda: any(isinstance(m, FileAck) and m.error == RECEIVER_ACTIVE
                             for m in link.a.sent), "refusal")
-    await trio.sleep(0.2)
+
+    def refused() -> list[FileAck]:
+        return [m for m in link.a.sent if isinstance(m, FileAck) and not m.ok]
+
+    # the sender backs off and asks again (a manifest request, refused too), more than once
+    await until(lambda: len(refused()) >= 3 and any(m.path == MANIFEST_PATH for m in refused()),
+                "refused again after backing off")
     assert b.read("support/f") is None and a.rep.pending() > 0
-    refusals = [m for m in link.a.sent if isinstance(m, FileAck) and not m.ok]
+    refusals = refused()
     assert all(m.error == RECEIVER_ACTIVE for m in refusals)
     assert any(m.path == MANIFEST_PATH for m in refusals)
     inactive(b)
@@ -712,7 +795,9 @@ async def test_not_sending_idles_and_pending_is_zero(nursery, tmp_path):
     a.rep.set_role(sending=False, receiving=False, term=2)  # manual mode
     n = len(link.d.sent)
     a.write("support/f", b"data")
-    await trio.sleep(0.3)
+    await a.rep.barrier()  # the replicator knows the file...
+    assert "support/f" in a.rep._index
+    await trio.testing.wait_all_tasks_blocked()  # ...and had its chance to send it
     assert a.rep.pending() == 0 and len(link.d.sent) == n and b.read("support/f") is None
     active(a)
     await until(lambda: b.read("support/f") == b"data" and synced(a, b), "sent after manual")
@@ -767,7 +852,7 @@ async def test_disk_full_pauses_and_resumes_with_nothing_lost(nursery, tmp_path)
     a, b, _ = await pair(nursery, tmp_path, b_kw={"resume_threshold": 1 * MIB})
     await until(lambda: synced(a, b), "synced")
     full = {"on": True, "hits": 0}
-    real_write = b.rep._write_all
+    real_write = b.rep.installer.write_all
 
     def write_all(fd, data):
         if full["on"]:
@@ -775,7 +860,7 @@ async def test_disk_full_pauses_and_resumes_with_nothing_lost(nursery, tmp_path)
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fd, data)
 
-    b.rep._write_all = write_all
+    b.rep.installer.write_all = write_all
     files = {f"streams/m{i}.wav": secrets.token_bytes(1000 + i) for i in range(10)}
     big = secrets.token_bytes(3 * MIB)
     for rel, data in files.items():
@@ -784,9 +869,9 @@ async def test_disk_full_pauses_and_resumes_with_nothing_lost(nursery, tmp_path)
     await a.rep.barrier()
     await until(lambda: a.rep.stats()["paused"] == DISK_FULL, "sender paused")
     assert b.rep.stats()["paused"] == DISK_FULL
-    await trio.sleep(0.5)  # retries with backoff while full
     hits = full["hits"]
-    assert hits >= 2
+    await until(lambda: full["hits"] > hits, "a retry while the disk is full")
+    assert full["hits"] >= 2
     assert all(b.read(rel) is None for rel in files) and b.read("support/big.bin") is None
     assert a.rep.pending() == 11
     full["on"] = False
@@ -802,7 +887,7 @@ async def test_disk_full_in_the_middle_of_a_large_file_keeps_the_partial(nursery
     a, b, link = await pair(nursery, tmp_path)
     data = secrets.token_bytes(8 * MIB)
     writes = {"n": 0, "full": True}
-    real_write = b.rep._write_all
+    real_write = b.rep.installer.write_all
 
     def write_all(fd, chunk):
         writes["n"] += 1
@@ -810,7 +895,7 @@ async def test_disk_full_in_the_middle_of_a_large_file_keeps_the_partial(nursery
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
         real_write(fd, chunk)
 
-    b.rep._write_all = write_all
+    b.rep.installer.write_all = write_all
     a.write("support/big.bin", data)
     await until(lambda: a.rep.stats()["paused"] == DISK_FULL, "paused")
     partial = [p for p in b.temps() if p.name.startswith("r-")]
@@ -942,22 +1027,26 @@ async def test_pipelined_small_files_bounded_window(nursery, tmp_path):
     nursery.start_soon(_swallow, a.rep.sender_session, d)
     req = await acc.receive()
     await acc.send(FileManifest(request_id=req.request_id, last=True, entries=()))
-    begins: list[FileBegin] = []
-    with trio.move_on_after(0.5):
-        while True:
+
+    async def begins_until_blocked(n: int) -> list[FileBegin]:
+        """The transfers started: ``n`` complete ones, then whatever else the sender sends
+        before it waits for an ack (all tasks blocked)."""
+        got: list = []
+        ends = 0
+        while ends < n:
             m = await acc.receive()
-            if isinstance(m, FileBegin):
-                begins.append(m)
+            got.append(m)
+            ends += isinstance(m, FileEnd)
+        await trio.testing.wait_all_tasks_blocked()
+        got += acc.drain()
+        return [m for m in got if isinstance(m, FileBegin)]
+
+    begins = await begins_until_blocked(8)
     assert len(begins) == 8 and not any(m.wait_offer for m in begins)
     assert a.rep.stats()["in_flight"] == 8
     for m in begins[:3]:
         await acc.send(FileAck(transfer_id=m.transfer_id, path=m.path, ok=True, error=""))
-    more: list[FileBegin] = []
-    with trio.move_on_after(0.3):
-        while True:
-            m = await acc.receive()
-            if isinstance(m, FileBegin):
-                more.append(m)
+    more = await begins_until_blocked(3)
     assert len(more) == 3
     assert a.rep.pending() == 37
 
@@ -966,9 +1055,9 @@ async def test_pipelined_small_files_bounded_window(nursery, tmp_path):
 
 
 async def test_over_a_real_replication_endpoint_pair(nursery, tmp_path):
+    from failover.config import Address
     from failover.core.replwire import Channel
     from failover.core.state import Role
-    from failover.config import Address
     from failover.replchan import ReplEndpoint
 
     a = Node(tmp_path, "a")
@@ -999,7 +1088,8 @@ async def test_over_a_real_replication_endpoint_pair(nursery, tmp_path):
     try:
         await until(lambda: synced(a, b) and b.read("support/big.bin") == big, "over TCP", timeout=20)
     except AssertionError:
-        print(a.rep.stats(), b.rep.stats(), eps[0].stats(), eps[1].stats(), a.events.records[-10:], b.events.records[-10:], sep="\n")
+        print(a.rep.stats(), b.rep.stats(), eps[0].stats(), eps[1].stats(),
+              a.events.records[-10:], b.events.records[-10:], sep="\n")
         raise
     assert all(b.read(rel) == data for rel, data in small.items())
     # fail over: b sends back to a over its own outbound connection

@@ -18,16 +18,15 @@ import apsw
 import pytest
 import trio
 
-from failover.core.replwire import (NEED_DATA, Channel, DbState, FileManifestRequest, Hello,
-                                ReplConnection)
-from failover.core.state import Mode, Role, State
 from failover.config import parse_config
-from telephony.configdb import ConfigDB
+from failover.core.replwire import NEED_DATA, Channel, DbState, FileManifestRequest, Hello, ReplConnection
+from failover.core.state import Mode, Role, State
 from failover.replication import Replication
 from lab.pair import free_port
+from telephony.configdb import ConfigDB
 from telephony.runtime.tasks import ListenError
-
-from tests.failover.test_filerepl import pair, synced, until
+from tests.failover.test_filerepl import pair, synced
+from tests.util import until
 
 PSK = bytes(range(32))
 GUARD = 30  # seconds: hang guard only
