@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from failover.core.replwire import (Channel, DbChanges, DbEntry, DbSchema, DbState, NEED_DATA,
-                                ReplConnection)
-from failover.core.state import Role
 from failover.config import load_config
-from telephony.configdb import SCHEMA_VERSION, ConfigDB
 from failover.configure import load_key
+from failover.core.replwire import NEED_DATA, Channel, DbChanges, DbEntry, DbSchema, DbState, ReplConnection
+from failover.core.state import Role
 from lab.pair import Node, Pair
-
+from telephony.configdb import SCHEMA_VERSION, ConfigDB
 from tests.integration.conftest import GUARD, until, wait_active
 
 pytestmark = pytest.mark.multiprocess
@@ -83,7 +81,9 @@ def sha(path: Path) -> str | None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a reserved name (.vmha…): the temp file itself is never replicated, so the only
+    # transfer of the content is the file's own
+    tmp = path.with_name(f".vmha-{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -234,7 +234,7 @@ async def _forge_session(node: Node, psk: bytes, entries: list[DbEntry], *, tamp
     await stream.send_all(conn.hello())
     while not conn.established:
         conn.receive_data(await stream.receive_some(65536))
-        while (ev := conn.next_event()) is not NEED_DATA:
+        while conn.next_event() is not NEED_DATA:
             pass
     if schema is not None:
         await stream.send_all(conn.send(DbSchema(schema)))
