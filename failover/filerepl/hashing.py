@@ -81,16 +81,32 @@ def hash_file(path: Path) -> tuple[int, bytes, Sig | None] | None:
         os.close(fd)
 
 
-def read_small(path: Path, limit: int) -> tuple[bytes, bytes, Sig | None] | None:
-    """(data, digest, cache sig) of a regular file below ``limit`` bytes; None if it is gone,
-    not regular or not below ``limit``.  Raises ``Unstable`` if it changed while read."""
+def _open_regular(path: Path) -> tuple[int, os.stat_result] | None:
+    """An fd and its stat for a regular file; None if it is gone or not regular."""
     try:
         fd = os.open(path, OPEN_FLAGS)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size >= limit:
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def read_small(path: Path, limit: int) -> tuple[bytes, bytes, Sig | None] | None:
+    """(data, digest, cache sig) of a regular file below ``limit`` bytes; None if it is gone,
+    not regular or not below ``limit``.  Raises ``Unstable`` if it changed while read."""
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        if st.st_size >= limit:
             return None
         parts, total = [], 0
         while True:
@@ -113,15 +129,11 @@ def open_large(path: Path, e: IndexEntry) -> tuple[int, int, bytes, Sig | None] 
     """(fd, size, digest, cache sig) of a file to stream, hashing it again unless its
     signature is the indexed one (``e``); None if it is gone or not regular.  Raises
     ``Unstable`` if it changed while hashed.  The caller closes the fd."""
-    try:
-        fd = os.open(path, OPEN_FLAGS)
-    except OSError:
+    opened = _open_regular(path)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return None
         if e.sig is not None and e.sig == sig(st):
             return fd, e.size, e.digest, e.sig
         digest = hash_fd(fd)

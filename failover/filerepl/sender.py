@@ -135,15 +135,22 @@ class Sender:
         await self.r.scan([path])
         self.session.enqueue(path)
 
-    async def _send_small(self, path: str) -> None:
-        r, s = self.r, self.session
+    async def _read(self, fn, path: str, arg):
+        """``fn(file, arg)`` in a thread; None (and the file looked at again later) when the
+        file changed while read, is gone or is no longer a regular file."""
         try:
-            res = await trio.to_thread.run_sync(read_small, r.root / path, r.resume_threshold)
+            res = await trio.to_thread.run_sync(fn, self.r.root / path, arg)
         except Unstable:
-            s.retry_later(path, r.retry_min, trio.current_time())
-            return
+            self.session.retry_later(path, self.r.retry_min, trio.current_time())
+            return None
         if res is None:
             await self._recheck(path)
+        return res
+
+    async def _send_small(self, path: str) -> None:
+        r, s = self.r, self.session
+        res = await self._read(read_small, path, r.resume_threshold)
+        if res is None:
             return
         data, digest, sig = res
         e = r.note_content(path, len(data), digest, sig)
@@ -157,13 +164,8 @@ class Sender:
 
     async def _send_large(self, path: str, epoch: int) -> None:
         r, s = self.r, self.session
-        try:
-            res = await trio.to_thread.run_sync(open_large, r.root / path, s.local[path])
-        except Unstable:
-            s.retry_later(path, r.retry_min, trio.current_time())
-            return
+        res = await self._read(open_large, path, s.local[path])
         if res is None:
-            await self._recheck(path)
             return
         fd, size, digest, sig = res
         try:
