@@ -19,7 +19,7 @@ def _config(args) -> "object":
     try:
         return load_config(path)
     except ConfigError as e:
-        raise SystemExit(f"vmha: configuration error:\n{e}")
+        raise SystemExit(f"vmha: configuration error:\n{e}") from None
 
 
 def _admin(cfg, request: dict) -> dict | None:
@@ -30,7 +30,7 @@ def _admin(cfg, request: dict) -> dict | None:
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except (OSError, ValueError) as e:
-        raise SystemExit(f"vmha: admin socket {cfg.admin.socket}: {e}")
+        raise SystemExit(f"vmha: admin socket {cfg.admin.socket}: {e}") from None
 
 
 def cmd_node(args) -> int:
@@ -66,7 +66,7 @@ def format_status(st: dict) -> str:
              p["mode"] or "?", "?" if p["calls"] is None else str(p["calls"]),
              "yes" if p["reachable"] else "NO", "never" if hb is None else f"{hb:.2f} s ago")]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     ports = ", ".join(f"{x['name']} {x['state']}" for x in st["ports"]) or "none reported"
     s = st["settings"]
     flags = [f for f in ("hold", "shutting_down") if n.get(f)] + ([] if n["licensed"] else ["UNLICENSED"])
@@ -156,7 +156,7 @@ def _db_request(args) -> dict:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"vmha db: {what} is not JSON: {e}")
+            raise SystemExit(f"vmha db: {what} is not JSON: {e}") from None
 
     a = args.db_cmd
     if a == "put":
@@ -168,7 +168,7 @@ def _db_request(args) -> dict:
         try:
             text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
         except OSError as e:
-            raise SystemExit(f"vmha db apply: {e}")
+            raise SystemExit(f"vmha db apply: {e}") from None
         return {"op": "db_write", "ops": parse_json(text, args.file)}
     if a == "get":
         return {"op": "db_get", "table": args.table, "key": args.key}
@@ -193,10 +193,14 @@ def cmd_db(args) -> int:
 
 def cmd_report(args) -> int:
     """The guide's reports, generated only on the primary while it is active."""
-    from telephony.core.reports import (ReportGate, failover_history_csv, failover_history_report,
-                                   message_counts_csv, message_counts_report)
-
     from failover.eventlog import read_events
+    from telephony.core.reports import (
+        ReportGate,
+        failover_history_csv,
+        failover_history_report,
+        message_counts_csv,
+        message_counts_report,
+    )
 
     cfg = _config(args)
     reply = _admin(cfg, {"op": "status"})

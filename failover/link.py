@@ -12,13 +12,21 @@ from collections import Counter
 
 import trio
 
-from failover.core import events as ev
-from failover.core.wire import NEED_DATA, Closed, Command, CommandKind, Dropped, Hello, LinkConnection, LinkError, Status
-from telephony.runtime.tasks import (Backoff, TaskFailures, describe, guard_handler, keep_running,
-                             listen_tcp)
-
 from failover.config import NodeConfig, shared_settings_digest
+from failover.core import events as ev
+from failover.core.wire import (
+    NEED_DATA,
+    Closed,
+    Command,
+    CommandKind,
+    Dropped,
+    Hello,
+    LinkConnection,
+    LinkError,
+    Status,
+)
 from failover.eventlog import EventLog
+from telephony.runtime.tasks import Backoff, TaskFailures, describe, guard_handler, keep_running, listen_tcp
 
 #: errors that end one link connection (the dialer then reconnects with backoff)
 CONNECTION_ERRORS = (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,

@@ -17,20 +17,19 @@ from dataclasses import dataclass, field
 
 import trio
 
-from failover.core import events as ev
-from failover.core.state import State
-from failover.core.state import ACTIVE_STATES
-from failover.core.supervisor import Persisted, Supervisor
-from failover.core.wire import Command, Status
 from failover.admin import serve_admin
 from failover.config import NodeConfig
-from telephony.configdb import ConfigDBError
 from failover.configure import load_key
+from failover.core import events as ev
+from failover.core.state import ACTIVE_STATES, State
+from failover.core.supervisor import Persisted, Supervisor
+from failover.core.wire import Command, Status
 from failover.eventlog import EventLog
 from failover.link import COMMAND_NAMES, PeerLink
 from failover.replication import Replication
 from failover.service_proc import ServiceRunner
 from failover.statefile import load_state, save_state
+from telephony.configdb import ConfigDBError
 from telephony.runtime.tasks import TaskFailures, contained
 
 COMMAND_KINDS = {name: kind for kind, name in COMMAND_NAMES.items()}  # supervisor name -> wire
@@ -286,9 +285,8 @@ async def run_node(cfg: NodeConfig) -> int:
     import errno
     import socket
 
-    from telephony.runtime.tasks import ListenError
-
     from failover.config import EXIT_CONFIG, listen_binds, port_collisions
+    from telephony.runtime.tasks import ListenError
 
     events = EventLog(cfg.node.data_dir / "events.jsonl", cfg.node.name, level=cfg.log.level,
                       console=sys.stderr if cfg.log.console else None)

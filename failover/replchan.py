@@ -34,11 +34,23 @@ from typing import Awaitable, Callable
 
 import trio
 
-from telephony.runtime.tasks import TaskFailures, contained, describe, keep_running, listen_tcp
-
-from failover.core.replwire import DEFAULT_MAX_FRAME, NEED_DATA, Channel, Closed, Dropped, Hello, LocalReplError, RemoteReplError, ReplConnection, ReplError, max_changes_bytes, max_data
-from failover.core.state import Role
 from failover.config import Address
+from failover.core.replwire import (
+    DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    Channel,
+    Closed,
+    Dropped,
+    Hello,
+    LocalReplError,
+    RemoteReplError,
+    ReplConnection,
+    ReplError,
+    max_changes_bytes,
+    max_data,
+)
+from failover.core.state import Role
+from telephony.runtime.tasks import TaskFailures, describe, keep_running, listen_tcp
 
 __all__ = ["ChannelClosed", "ReplChannel", "ReplEndpoint", "ReplTasks", "Session",
            "INBOX_ITEMS", "RECEIVE_SIZE", "LISTEN_SETTING"]
@@ -520,7 +532,7 @@ class ReplEndpoint:
                 elif chan._closed_reason is None:
                     reason = f"{type(rest).__name__}: {rest}"
             if fatal is not None:
-                raise fatal
+                raise fatal from None  # the group's own part, not a new error while handling it
             return reason
 
     # ---- dialing -------------------------------------------------------------------------

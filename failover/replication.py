@@ -42,17 +42,35 @@ from functools import partial
 
 import trio
 
-from integrations.base import node_mwi_drivers
-from telephony.runtime.tasks import Backoff, describe, keep_running
-
-from failover.core import events as ev
-from failover.core.replwire import Channel, DbChanges, DbEntry, DbSchema, DbSnapshotBegin, DbSnapshotChunk, DbSnapshotRequest, DbState, max_data
-from failover.core.state import Mode, Role, State
 from failover.config import NodeConfig
-from telephony.configdb import SCHEMA_VERSION, ConfigDB, ConfigDBError, DiskFull, LogEntry, LogGap, Refused, Snapshot
+from failover.core import events as ev
+from failover.core.replwire import (
+    Channel,
+    DbChanges,
+    DbEntry,
+    DbSchema,
+    DbSnapshotBegin,
+    DbSnapshotChunk,
+    DbSnapshotRequest,
+    DbState,
+    max_data,
+)
+from failover.core.state import Mode, Role, State
 from failover.eventlog import EventLog
 from failover.filerepl import FileReplicator
 from failover.replchan import ChannelClosed, ReplEndpoint, ReplTasks, events_log
+from integrations.base import node_mwi_drivers
+from telephony.configdb import (
+    SCHEMA_VERSION,
+    ConfigDB,
+    ConfigDBError,
+    DiskFull,
+    LogEntry,
+    LogGap,
+    Refused,
+    Snapshot,
+)
+from telephony.runtime.tasks import Backoff, describe, keep_running
 
 WINDOW = 5000  # log entries sent ahead of the receiver's acknowledgements
 BATCH_ENTRIES = 500

@@ -111,7 +111,8 @@ class ServiceRunner:
     def kill(self, reason: str) -> None:
         self._reported.add(self.generation)  # the supervisor already handled this loss
         if self.proc is not None and self.proc.returncode is None:
-            self.events.write("error", "service_kill", f"killing messaging service pid {self.proc.pid}: {reason}")
+            self.events.write("error", "service_kill",
+                              f"killing messaging service pid {self.proc.pid}: {reason}")
             self.proc.kill()
 
     async def shutdown(self, reason: str) -> None:
@@ -210,4 +211,5 @@ class ServiceRunner:
         elif op == "event":  # a driver's event (SMDI link down/up, switch refusals)
             self.events.write(msg["level"], msg["event"], msg["message"])
         elif op == "error":
-            self.events.write("warning", "service_refused", f"service refused {msg.get('ref')}: {msg['message']}")
+            self.events.write("warning", "service_refused",
+                              f"service refused {msg.get('ref')}: {msg['message']}")

@@ -23,11 +23,13 @@ def load_state(path: Path) -> Persisted:
         data = json.loads(raw)
         term = data["term"]
         contact = data.get("last_contact_wall")
-        if not isinstance(term, int) or term < 0 or (contact is not None and not isinstance(contact, (int, float))):
+        if (not isinstance(term, int) or term < 0
+                or (contact is not None and not isinstance(contact, (int, float)))):
             raise ValueError("bad field types")
     except (ValueError, KeyError, TypeError) as e:
         raise StateFileError(f"{path}: node state is corrupt ({e}); refusing to start with an "
-                             "unknown term. Restore it or move it aside after checking the peer's term.") from e
+                             "unknown term. Restore it or move it aside after checking the "
+                             "peer's term.") from e
     return Persisted(term=term, last_contact_wall=contact)
 
 

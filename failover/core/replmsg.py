@@ -209,7 +209,8 @@ HEADER_SIZE = HEADER.sizeof()  # 8
 SEQ_FIELD = Int64ul
 FRAME_OVERHEAD = HEADER_SIZE + SEQ_FIELD.sizeof() + MAC_SIZE  # 48: a sealed frame minus its body
 
-HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role, strict=True), "channel" / EnumField(Channel, strict=True),
+HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role, strict=True),
+                    "channel" / EnumField(Channel, strict=True),
                     "nonce" / Bytes(NONCE_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
 _CHUNK_FIXED = _U32.sizeof() + _U64.sizeof() + _U32.sizeof()  # id, offset, data length
 DB_ENTRY_OVERHEAD = 8 + 8 + DIGEST_SIZE + 4  # 52: one DbEntry in a DbChanges minus its changeset

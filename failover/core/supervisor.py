@@ -413,7 +413,8 @@ class Supervisor(Commands):
         self._next_renew = now + self.cfg.ping_interval
         acts.append(ev.ActivateService(new, self.cfg.lease_s))
         if was_active:
-            acts.append(ev.Log("warning", "reterm", f"{self.cfg.node} stays active in new term {new}: {cause}"))
+            acts.append(ev.Log("warning", "reterm",
+                               f"{self.cfg.node} stays active in new term {new}: {cause}"))
         else:
             kind = kind or ("failback" if self.cfg.role is Role.PRIMARY else "failover")
             self._activation = (cause, now, kind)
@@ -603,7 +604,8 @@ class Supervisor(Commands):
         if self._failback_skip and not self._failback_due():
             self._failback_skip = False  # the window is over
 
-        if st is State.ACTIVATING and self._activation_deadline is not None and now >= self._activation_deadline:
+        if (st is State.ACTIVATING and self._activation_deadline is not None
+                and now >= self._activation_deadline):
             self._go_inactive(now, acts, "service did not confirm activation", drain=False)
             return
 

@@ -28,9 +28,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from telephony.core.events import CallArrival, check_text
-from telephony.core.framing import (MAX_LINE, NEED_DATA, Closed, FramingError, LineFramer,
-                                    LocalFramingError, NeedData, Unfinished, decode_json_object,
-                                    encode_json_line)
+from telephony.core.framing import (
+    MAX_LINE,
+    NEED_DATA,
+    Closed,
+    FramingError,
+    LineFramer,
+    LocalFramingError,
+    NeedData,
+    Unfinished,
+    decode_json_object,
+    encode_json_line,
+)
 
 __all__ = ["MAX_LINE", "NEED_DATA", "Closed", "FramingError", "LocalFramingError", "ControlError",
            "ControlConnection", "FieldError", "parse_line", "validate", "make"]

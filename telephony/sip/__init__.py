@@ -1,1 +1,2 @@
-"""SIP ports (Cisco CallManager SIP integration) on pjsua2: header parsing, MWI bodies, worker processes and the driver."""
+"""SIP ports (Cisco CallManager SIP integration) on pjsua2: header parsing, MWI bodies, worker
+processes and the driver."""
