@@ -110,8 +110,8 @@ ROOT = HERE.parent
 import trio  # noqa: E402
 
 from failover.config import load_config  # noqa: E402
-from lab.pair import Node, Pair, free_udp_block  # noqa: E402
 from lab.loopback_client import LoopbackCall, LoopbackClientError  # noqa: E402
+from lab.pair import Node, Pair, free_udp_block  # noqa: E402
 
 HOST = "127.0.0.1"
 COMPLETED = ("failover", "failback", "startup")  # records that end an activation
@@ -944,7 +944,8 @@ def code_version() -> dict:
                                   timeout=10).stdout.rstrip("\n")
         except (OSError, subprocess.SubprocessError):
             return ""
-    dirty = git("status", "--porcelain", "--", "failover", "telephony", "integrations", "bench/bench_failover.py")
+    dirty = git("status", "--porcelain", "--", "failover", "telephony", "integrations",
+                "bench/bench_failover.py")
     return {"commit": git("rev-parse", "HEAD") or None,
             "uncommitted": [ln[3:] for ln in dirty.splitlines()]}
 

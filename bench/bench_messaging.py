@@ -29,8 +29,9 @@ resync    (definitions version 2) the whole takeover resync of ``Messaging.resyn
           (must be 100 x runs); ``status_logins`` the status account's IMAP logins in
           Dovecot's log over all ``store_counts`` counts (the cold one and the runs: 10 each,
           one per ``telephony.store.STATUS_PER_LOGIN`` mailboxes), ``status_fallbacks`` the
-          mailboxes the last count had to log in to one by one (0).  ``store_count_cold_s``: one count before the runs, while
-          Dovecot builds the index of each mailbox for the first time (not part of a resync).
+          mailboxes the last count had to log in to one by one (0).  ``store_count_cold_s``:
+          one count before the runs, while Dovecot builds the index of each mailbox for the
+          first time (not part of a resync).
 
           Definitions version 1 (``bench/results/messaging-run1..4.json``, no
           ``definitions_version`` key): ``resync_10k_s`` was the planner alone against the
@@ -88,11 +89,10 @@ async def resync_on_dovecot(tmp: Path, runs: int) -> dict:
     """The definitions-version-2 resync (see the module docstring)."""
     from lab.dovecot_status import StatusDovecot
     from lab.sip import free_udp_port, sipp
-
-    from telephony.sip.settings import SipProfile
     from telephony.messaging import Messaging
     from telephony.runtime.ports import PortRegistry
     from telephony.sip.driver import SipPorts
+    from telephony.sip.settings import SipProfile
     from telephony.store import build_mime
 
     users = {f"m{i}": f"pw{i}" for i in range(SUBSCRIBERS)}

@@ -44,7 +44,6 @@ import threading
 import time
 from pathlib import Path
 
-
 import apsw  # noqa: E402
 
 from failover.admin import AdminClient  # noqa: E402
@@ -159,7 +158,8 @@ def bench_files(pair: Pair, count: int) -> list[float]:
         os.replace(tmp, final)
         while True:
             try:
-                if target.stat().st_size == len(data) and hashlib.sha256(target.read_bytes()).digest() == want:
+                if (target.stat().st_size == len(data)
+                        and hashlib.sha256(target.read_bytes()).digest() == want):
                     break
             except FileNotFoundError:
                 pass

@@ -237,7 +237,7 @@ class SippRun:
         if len(lines) < 2:
             return None
         head = lines[0].rstrip(";").split(";")
-        return dict(zip(head, lines[-1].rstrip(";").split(";")))
+        return dict(zip(head, lines[-1].rstrip(";").split(";"), strict=False))
 
     def stats(self) -> dict:
         row = self._last_stat() or {}
@@ -265,8 +265,9 @@ class SippRun:
             n = errors.count(what)
             if n and what != "receive timeout":
                 codes[what.lower()] = codes.get(what.lower(), 0) + n
-        return {"created": get("TotalCallCreated"), "failure_replies": codes, "successful": get("SuccessfulCall(C)"),
-                "failed": get("FailedCall(C)"), "callee_bye": get("callee_bye(C)"),
+        return {"created": get("TotalCallCreated"), "failure_replies": codes,
+                "successful": get("SuccessfulCall(C)"), "failed": get("FailedCall(C)"),
+                "callee_bye": get("callee_bye(C)"),
                 "retransmissions": get("Retransmissions(C)"),
                 "failed_max_udp_retrans": get("FailedMaxUDPRetrans(C)"),
                 "failed_rejected": get("FailedCallRejected(C)"),
@@ -549,7 +550,8 @@ def failover_part(tmp: Path, args) -> dict:
         from lab.sip import KamailioPbx
     except ImportError as e:
         KamailioPbx = None  # noqa: N806
-        out["failover_pbx"] = f"none (lab.sip not importable: {e}); load sent to a's workers, then b dialled directly"
+        out["failover_pbx"] = (f"none (lab.sip not importable: {e}); load sent to a's workers, "
+                               "then b dialled directly")
     before = store_files(pair)
     lines = rr_lines(a_ports, total_calls, n_ports)
     if KamailioPbx is not None:

@@ -90,17 +90,17 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 import trio  # noqa: E402
 
 from failover.core.state import Role  # noqa: E402
+from lab.smdi import SocatPair  # noqa: E402
+from lab.smdi_pbx import PbxSimulator  # noqa: E402
 from telephony.configdb import ConfigDB  # noqa: E402
-from telephony.smdi.settings import SerialSettings, SmdiProfile  # noqa: E402
 from telephony.core import media  # noqa: E402
 from telephony.core.events import Reason  # noqa: E402
 from telephony.core.message import VoiceMessage  # noqa: E402
+from telephony.core.mwi import MwiJob  # noqa: E402
 from telephony.messaging import Messaging  # noqa: E402
 from telephony.smdi.core.codec import SmdiReader, encode_call_record  # noqa: E402
 from telephony.smdi.driver import SmdiLink  # noqa: E402
-from telephony.core.mwi import MwiJob  # noqa: E402
-from lab.smdi import SocatPair  # noqa: E402
-from lab.smdi_pbx import PbxSimulator  # noqa: E402
+from telephony.smdi.settings import SerialSettings, SmdiProfile  # noqa: E402
 from telephony.store import MaildirStore  # noqa: E402
 
 
@@ -111,7 +111,7 @@ def record_stream(n: int, seed: int = 1) -> bytes:
         if i % 50 == 0:
             parts.append(b"\x7f\x7fxx\r\n")  # line noise now and then
         length = rnd.choice((4, 7, 10))
-        digits = lambda: "".join(rnd.choice("0123456789") for _ in range(length))  # noqa: E731
+        digits = lambda n=length: "".join(rnd.choice("0123456789") for _ in range(n))  # noqa: E731
         kind = rnd.choice("DABNU")
         parts.append(encode_call_record(1 + i % 8, kind, "" if kind == "D" else digits(),
                                         digits() if rnd.random() < 0.9 else ""))
@@ -285,7 +285,7 @@ async def resync_run(tmp: Path, lamps: int, fresh: int, seed: int) -> dict:
                 queued: dict[str, float] = {}
 
                 async def fresh_lamps(t0: float) -> None:
-                    for ext, when in zip(fresh_ext, at):
+                    for ext, when in zip(fresh_ext, at, strict=True):
                         await trio.sleep_until(t0 + when)
                         await store.deliver(_message(ext, "f", audio))  # a message just left
                         queued[ext] = trio.current_time()
@@ -350,7 +350,7 @@ async def deep_run(tmp: Path, lamps: int, fresh: int, seed: int) -> dict:
                 t0 = trio.current_time()
                 for job in bulk:  # in order: the resync's order
                     await nursery.start(send, job)
-                for job, when in zip(fresh_jobs, at):
+                for job, when in zip(fresh_jobs, at, strict=True):
                     await trio.sleep_until(t0 + when)
                     queued[job.extension] = trio.current_time()
                     await nursery.start(send, job)

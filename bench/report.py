@@ -69,7 +69,8 @@ def soak_table(files: list[tuple[dict, str]]) -> None:
         name, timeout = next((n, t) for n, q, t in PROFILES if q == p)
         if x.get(p + "soak_calls_placed") is None:
             continue
-        load = f"{x.get('soak_s', 0) / 60:g} min" + (", `stress-ng --cpu 2`" if x.get("stress") else ", no load")
+        load = (f"{x.get('soak_s', 0) / 60:g} min"
+                + (", `stress-ng --cpu 2`" if x.get("stress") else ", no load"))
         stall = x.get(p + "stalls", x.get(p + "soak_stalls", 0))
         longest = x.get(p + "max_stall_s", x.get(p + "soak_max_stall_s", 0.0)) or 0.0
         if version(x) >= 2:
@@ -115,7 +116,8 @@ def main() -> None:
     r = json.load(open(a.runs))
     f = json.load(open(a.fast)) if a.fast else None
     runs_table(r, f)
-    soaks = ([(json.load(open(a.default_soak)), "")] if a.default_soak else []) + ([(f, "fast_")] if f else [])
+    soaks = (([(json.load(open(a.default_soak)), "")] if a.default_soak else [])
+             + ([(f, "fast_")] if f else []))
     if soaks:
         print()
         soak_table(soaks)

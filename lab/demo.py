@@ -668,7 +668,7 @@ def write_caller_wav(path: Path) -> None:
     """What the SIP callers say: 1.4 s of silence (over the greeting and the beep), then a
     1.2 s two-tone "voice", then the file ends (the caller hangs up a bit later)."""
     rate, frames = 8000, bytearray()
-    for i in range(int(rate * 1.4)):
+    for _ in range(int(rate * 1.4)):
         frames += b"\0\0"
     for i in range(int(rate * 1.2)):
         f = 1250.0 if (i // 2400) % 2 == 0 else 950.0

@@ -156,7 +156,8 @@ class TcpRelay:
             with self._lock:
                 socks = [self._lsock] + [s for p in self._pairs for s in p]
             try:
-                readable, _, _ = select.select(socks if self._flowing.is_set() else [self._lsock], [], [], 0.01)
+                readable, _, _ = select.select(socks if self._flowing.is_set() else [self._lsock],
+                                               [], [], 0.01)
             except (OSError, ValueError):
                 continue
             for s in readable:
@@ -209,7 +210,8 @@ class Node:
     def start(self, extra_env: dict | None = None) -> None:
         env = {**os.environ, **self.env, **(extra_env or {})}
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "failover.cli", "node", "--config", str(self.config)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "failover.cli", "node",
+                                      "--config", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
 
@@ -295,8 +297,8 @@ class Pair:
     replication listener is reached through a TcpRelay, so the test can cut and heal the
     network between the nodes (``cut()`` cuts both, like a pulled cable)."""
 
-    def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default", extra: dict | None = None,
-                 extra_a: dict | None = None, extra_b: dict | None = None):
+    def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default",
+                 extra: dict | None = None, extra_a: dict | None = None, extra_b: dict | None = None):
         """``extra``: TOML sections merged into both nodes' files (a nested table such as
         ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
         same for one node, after ``extra``."""

@@ -294,12 +294,14 @@ def _port(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lab.splitter",
-        description="Software SMDI data splitter: PBX data to every port, ports' data merged back to the PBX.",
+        description="Software SMDI data splitter: PBX data to every port, "
+                    "ports' data merged back to the PBX.",
     )
     parser.add_argument("--pbx", required=True, metavar="PATH", help="the PBX side tty")
     parser.add_argument("--port", required=True, action="append", type=_port, metavar="NAME=PATH",
                         help="a voice-mail node's tty (repeat for each node)")
-    parser.add_argument("--log", required=True, metavar="FILE", help="JSON-lines log of every chunk and event")
+    parser.add_argument("--log", required=True, metavar="FILE",
+                        help="JSON-lines log of every chunk and event")
     parser.add_argument("--max-pending", type=int, default=MAX_PENDING, metavar="BYTES",
                         help="pending output kept per device before dropping (default 1 MiB)")
     parser.add_argument("--retry", type=float, default=RETRY_S, metavar="SECONDS",
@@ -311,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_pending < 1:
         parser.error("--max-pending must be positive")
     with open(args.log, "a", encoding="utf-8") as log:
-        Splitter(args.pbx, args.port, log, max_pending=args.max_pending, retry_s=args.retry).run(ready=sys.stdout)
+        splitter = Splitter(args.pbx, args.port, log, max_pending=args.max_pending, retry_s=args.retry)
+        splitter.run(ready=sys.stdout)
     return 0
 
 
