@@ -12,12 +12,21 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from failover.core.state import FailbackType, Mode, Role
 from failover.config import (
-    MUST_MATCH, PROFILES, SCHEMA, Address, ConfigError, NodeConfig, guide_settings, load_config,
-    parse_address, parse_config, settings_that_must_match,
+    MUST_MATCH,
+    PROFILES,
+    SCHEMA,
+    Address,
+    ConfigError,
+    NodeConfig,
+    guide_settings,
+    load_config,
+    parse_address,
+    parse_config,
+    settings_that_must_match,
 )
 from failover.configure import configure_main, load_key, make_pair, write_pair
+from failover.core.state import FailbackType, Mode, Role
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -129,9 +138,9 @@ FULL = {
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
     "replication": {"enabled": True, "listen": "[fd00::2]:3701", "peer": "ums-a.cluster.example:3701",
-                    "handover_wait": 30, "files_root": "/srv/vmha/shared", "directories": ["prompts", "spool"],
-                    "batch_delay": 0.5, "sweep_interval": 300, "max_frame": 1048576, "log_keep": 50,
-                    "log_max": 2000},
+                    "handover_wait": 30, "files_root": "/srv/vmha/shared",
+                    "directories": ["prompts", "spool"], "batch_delay": 0.5, "sweep_interval": 300,
+                    "max_frame": 1048576, "log_keep": 50, "log_max": 2000},
     "store": {"kind": "imap", "maildir": "/srv/shared/vm", "imap": "mail.example:143",
               "imap_passwords": "/etc/vmha/imap.pw", "timeout": 3},
     "notify": {"smtp": "mail.example:25", "sender": "vm@example.com", "attach_audio": True},
@@ -166,12 +175,15 @@ def test_full_config(tmp_path):
     r = c.replication
     assert c.database.path == Path("/srv/vmha/db/config.db")
     assert (r.listen, r.peer) == (Address("fd00::2", 3701), Address("ums-a.cluster.example", 3701))
-    assert (r.handover_wait, r.files_root, r.directories) == (30.0, Path("/srv/vmha/shared"), ("prompts", "spool"))
-    assert (r.batch_delay, r.sweep_interval, r.max_frame, r.log_keep, r.log_max) == (0.5, 300.0, 1048576, 50, 2000)
+    assert (r.handover_wait, r.files_root, r.directories) == \
+        (30.0, Path("/srv/vmha/shared"), ("prompts", "spool"))
+    assert (r.batch_delay, r.sweep_interval, r.max_frame, r.log_keep, r.log_max) == \
+        (0.5, 300.0, 1048576, 50, 2000)
     assert c.supervisor_config().handover_wait == 30.0
     sm = c.ports.smdi
     ser, prof = sm.serial_settings(), sm.profile()
-    assert (ser.device, ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == ("/dev/ttyS1", 4800, 8, "none", 2)
+    assert (ser.device, ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == \
+        ("/dev/ttyS1", 4800, 8, "none", 2)
     assert ser.bits_per_char == 11
     assert c.messaging.operator == "0"
     assert (prof.terminals, prof.desk, prof.record_wait, prof.ring_wait) == ((5, 6, 7, 8), 1, 20.0, 1.5)
@@ -293,7 +305,8 @@ def test_parse_config_base_dir():
     ("default", 0.1, 6, 0), ("fast", 0.02, 6, 10), ("guide", 1.0, 30, 0)])
 def test_profile_presets(tmp_path, profile, ping, missed, rt):
     c = load_config(write(tmp_path, minimal(failover={"profile": profile})))
-    assert (c.failover.ping_interval, c.failover.missed_pings, c.failover.realtime_priority) == (ping, missed, rt)
+    assert (c.failover.ping_interval, c.failover.missed_pings, c.failover.realtime_priority) == \
+        (ping, missed, rt)
     assert c.lease_s == pytest.approx(ping * (missed - 1))
     assert c.startup_wait_s == pytest.approx(max(ping * missed, 1.0))
     assert PROFILES[profile].peer_timeout == pytest.approx(c.peer_timeout)
@@ -615,7 +628,8 @@ def test_window_must_match():
     a, b = pair_docs()
     a["failback"] = {"type": "scheduled", "window_start": "22:00", "window_end": "23:00"}
     b["failback"] = {"type": "scheduled", "window_start": "22:00", "window_end": "23:30"}
-    assert settings_that_must_match(*pair(a, b)) == ["failback.window_end: ums-a has '23:00', ums-b has '23:30'"]
+    assert settings_that_must_match(*pair(a, b)) == \
+        ["failback.window_end: ums-a has '23:00', ums-b has '23:30'"]
 
 
 def test_not_a_pair():

@@ -77,7 +77,8 @@ def make_cfg(tmp_path, role="secondary"):
     data = {
         "node": {"name": "b" if role == "secondary" else "a", "role": role, "data_dir": str(tmp_path / "d"),
                  "key_file": str(tmp_path / "k")},
-        "link": {"listen": "127.0.0.1:1", "peer": "127.0.0.1:2", "peer_name": "a" if role == "secondary" else "b"},
+        "link": {"listen": "127.0.0.1:1", "peer": "127.0.0.1:2",
+                 "peer_name": "a" if role == "secondary" else "b"},
         "ports": {"loopback": {"enabled": False}},
         "replication": {"enabled": False},  # the replication driver has its own tests
     }
@@ -110,7 +111,7 @@ async def test_heartbeats_go_out_every_ping_interval(tmp_path, autojump_clock):
     t0 = trio.current_time()
     nm, link, svc = await run_manager(tmp_path, script)
     times = [t - t0 for t, m in link.sent if type(m).__name__ == "Status"]
-    gaps = [round(b - a, 9) for a, b in zip(times, times[1:])]
+    gaps = [round(b - a, 9) for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) <= 0.1 + 1e-9  # never later than the ping interval
     assert len(times) >= 20
     # every status frame carries the digest of the settings both nodes must share
@@ -146,7 +147,7 @@ async def test_lease_is_renewed_every_ping_interval_while_active(tmp_path, autoj
     renews = [t for t, m in svc.ops if m["op"] == "renew"]
     act = [t for t, m in svc.ops if m["op"] == "activate"][0]
     assert renews and renews[0] == pytest.approx(act + 0.1, abs=1e-6)
-    gaps = [b - a for a, b in zip(renews, renews[1:])]
+    gaps = [b - a for a, b in zip(renews, renews[1:], strict=False)]
     assert max(gaps) == pytest.approx(0.1, abs=1e-6)
     lease = [m for t, m in svc.ops if m["op"] == "renew"][0]["lease"]
     assert lease == pytest.approx(0.5)

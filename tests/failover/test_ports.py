@@ -184,8 +184,10 @@ def test_check_names_both_settings_of_each_collision(tmp_path):
     assert collisions == [
         f"{a} replication.listen 127.0.0.1:13654 collides with {b} link.listen 127.0.0.1:13654",
         f"{a} ports.loopback.listen 127.0.0.1:3671 collides with {b} ports.loopback.listen 127.0.0.1:3671",
-        f"{a} ports.sip.sip_port 127.0.0.1:5070-5071 collides with {b} ports.sip.sip_port 127.0.0.1:5071-5072 (UDP)",
-        f"{a} ports.sip.rtp_port 127.0.0.1:21000-21015 collides with {b} ports.sip.rtp_port 127.0.0.1:21008-21023 (UDP)",
+        f"{a} ports.sip.sip_port 127.0.0.1:5070-5071 collides with "
+        f"{b} ports.sip.sip_port 127.0.0.1:5071-5072 (UDP)",
+        f"{a} ports.sip.rtp_port 127.0.0.1:21000-21015 collides with "
+        f"{b} ports.sip.rtp_port 127.0.0.1:21008-21023 (UDP)",
     ], lines
 
 

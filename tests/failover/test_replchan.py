@@ -180,7 +180,7 @@ async def test_exchange_both_ways_on_both_channels():
             assert {await done_recv.receive() for _ in range(3)} == \
                 {("db", "beta"), ("db", "alpha"), "files"}
 
-            for peer, me in (("beta", "alpha"), ("alpha", "beta")):
+            for peer, _me in (("beta", "alpha"), ("alpha", "beta")):
                 chan, replies = results[("db", peer)]
                 assert (chan.peer, chan.channel, chan.dialer) == (peer, Channel.DB, True)
                 assert chan.peer_role is (Role.SECONDARY if peer == "beta" else Role.PRIMARY)
@@ -572,4 +572,4 @@ def test_endpoint_validates_arguments(kw):
 def test_listen_port_before_run():
     ep = endpoint("alpha", None)
     with pytest.raises(RuntimeError):
-        ep.listen_port
+        _ = ep.listen_port

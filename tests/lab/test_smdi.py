@@ -13,7 +13,6 @@ import tty
 from pathlib import Path
 
 import pytest
-
 import serial  # pyserial: a dependency of the project, never skipped
 
 from lab.smdi import SerialSplitterLab, SocatPair

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import trio
 
-from telephony.configdb import ConfigDB
 from failover.core.state import Role
+from telephony.configdb import ConfigDB
 from telephony.messaging import Messaging
 from telephony.store import MaildirStore
-
 from tests.telephony.messages import make_message
 from tests.util import until
 

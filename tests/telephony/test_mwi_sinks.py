@@ -20,16 +20,15 @@ import pytest
 import trio
 
 from failover.core.state import Role
-from telephony.configdb import ConfigDB, ConfigDBError
 from integrations.base import mwi_drivers
-from telephony.sip.settings import SipProfile
+from lab import dovecot
+from lab.dovecot_status import StatusDovecot
+from telephony.configdb import ConfigDB, ConfigDBError
 from telephony.loopback import LoopbackTrunk
 from telephony.messaging import Messaging
 from telephony.runtime.ports import PortRegistry
+from telephony.sip.settings import SipProfile
 from telephony.store import ImapStore, MaildirStore
-
-from lab import dovecot
-from lab.dovecot_status import StatusDovecot
 from tests.telephony.messages import make_message
 from tests.util import until
 

@@ -162,7 +162,7 @@ def _run_faults(sim: Sim, faults) -> None:
     actives = sim.actives()
     assert len(actives) == 1, (actives, [(k, v.sup.state, v.sup.service, v.sup.cause)
                                          for k, v in sim.nodes.items()])
-    for name, node in sim.nodes.items():
+    for node in sim.nodes.values():
         assert node.persisted_terms == sorted(node.persisted_terms)
     if sim.nodes["b"].sup.mode is Mode.AUTOMATIC:
         assert sim.nodes[actives[0]].service.answering(sim.now)

@@ -321,10 +321,10 @@ def test_status_bodies_of_the_version_before_and_of_later_versions_are_read():
     later version appends): they are ignored."""
     d, a = pair()
     good = d.send(status(settings=77))[14:-32]
-    for seq, (body, settings) in enumerate([(good[:-8], 0), (good + b"new-field", 77),
-                                            (good, 77)], start=1):
+    for seq, (body, digest) in enumerate([(good[:-8], 0), (good + b"new-field", 77),
+                                          (good, 77)], start=1):
         a.receive_data(seal(KEY, FrameType.STATUS, seq, body))
-        assert a.next_event() == status(settings=settings)
+        assert a.next_event() == status(settings=digest)
 
 
 def test_status_body_checks():

@@ -8,8 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.core.control import (
-    FROM_SERVICE, MAX_LINE, NEED_DATA, TO_SERVICE, Closed, ControlConnection, ControlError,
-    FramingError, FieldError, LocalFramingError, make, validate,
+    FROM_SERVICE,
+    MAX_LINE,
+    NEED_DATA,
+    TO_SERVICE,
+    Closed,
+    ControlConnection,
+    ControlError,
+    FieldError,
+    FramingError,
+    LocalFramingError,
+    make,
+    validate,
 )
 
 CALL = {"node": "a", "port": "loopback-1", "call_id": "c1", "calling": "4021",
@@ -243,7 +253,8 @@ def test_make_builds_checked_messages_for_both_directions():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(min_size=1, max_size=300) | st.sampled_from([l for _, l in GOLDEN]), max_size=12),
+@given(st.lists(st.binary(min_size=1, max_size=300) | st.sampled_from([line for _, line in GOLDEN]),
+                max_size=12),
        st.integers(min_value=8, max_value=400))
 def test_random_bytes_give_only_events_or_protocol_error(chunks, max_line):
     conn = ControlConnection(max_line=max_line)

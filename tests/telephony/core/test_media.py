@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telephony.core import media
+
 FAST = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -119,7 +120,7 @@ def test_tone(freq, seconds, amp):
     samples = struct.unpack(f"<{len(pcm) // 2}h", pcm)
     assert max(abs(s) for s in samples) <= round(amp * 32767)
     assert media.rms(pcm) == pytest.approx(amp * 32767 / math.sqrt(2), rel=0.01)
-    crossings = sum(1 for a, b in zip(samples, samples[1:]) if (a < 0) != (b < 0))
+    crossings = sum(1 for a, b in zip(samples, samples[1:], strict=False) if (a < 0) != (b < 0))
     assert crossings == pytest.approx(2 * freq * seconds, abs=2)
 
 

@@ -17,10 +17,17 @@ from failover.core import events as ev
 from failover.core.state import Role, ServiceHealth, State
 from failover.core.supervisor import Supervisor, SupervisorConfig
 from failover.eventlog import EventLog, read_events
-from telephony.core.reports import (COUNT_COLUMNS, HISTORY_COLUMNS, ReportError, ReportGate,
-                               failover_history_csv, failover_history_report,
-                               message_counts_csv, message_counts_report, render_csv)
-
+from telephony.core.reports import (
+    COUNT_COLUMNS,
+    HISTORY_COLUMNS,
+    ReportError,
+    ReportGate,
+    failover_history_csv,
+    failover_history_report,
+    message_counts_csv,
+    message_counts_report,
+    render_csv,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,15 @@ import pytest
 import trio
 import trio.testing
 
-from telephony.runtime.tasks import (Backoff, ListenError, TaskFailures, contained, describe,
-                             keep_running, listen_tcp)
+from telephony.runtime.tasks import (
+    Backoff,
+    ListenError,
+    TaskFailures,
+    contained,
+    describe,
+    keep_running,
+    listen_tcp,
+)
 
 
 def recorder():
@@ -78,7 +85,7 @@ async def test_keep_running_survives_errors_groups_and_returns_with_growing_dela
 
     with trio.move_on_after(100):
         await keep_running("t", body, failures, Backoff(first=1.0, cap=4.0))
-    assert [round(b - a, 6) for a, b in zip(starts, starts[1:])] == [1.0, 2.0, 4.0]
+    assert [round(b - a, 6) for a, b in zip(starts, starts[1:], strict=False)] == [1.0, 2.0, 4.0]
     assert failures.counts["t"] == 3
     assert "OSError: first" in lines[0][2] and "BrokenResourceError: child" in lines[1][2]
     assert lines[2][0] == "warning" and "returned unexpectedly" in lines[2][2]

@@ -11,10 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.core.events import MAX_FIELD, CallArrival, Reason
-from telephony.sip.core.headers import (MAX_COUNT, MAX_ENTRIES, MAX_HEADER, Redirect, call_reason,
-                                   headers_named, message_summary, parse_diversion,
-                                   parse_history_info, parse_message_summary)
-
+from telephony.sip.core.headers import (
+    MAX_COUNT,
+    MAX_ENTRIES,
+    MAX_HEADER,
+    Redirect,
+    call_reason,
+    headers_named,
+    message_summary,
+    parse_diversion,
+    parse_history_info,
+    parse_message_summary,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 B, N, A, U, D = Reason.BUSY, Reason.NO_ANSWER, Reason.ALL, Reason.UNKNOWN, Reason.DIRECT
@@ -60,7 +68,8 @@ def test_headers_named_joins_folded_lines():
 
 
 def test_headers_named_stops_at_the_blank_line():
-    msg = invite("Diversion: <sip:1@cm>", body="Diversion: <sip:9@cm>\r\nHistory-Info: <sip:9@cm>;index=1\r\n")
+    msg = invite("Diversion: <sip:1@cm>",
+                 body="Diversion: <sip:9@cm>\r\nHistory-Info: <sip:9@cm>;index=1\r\n")
     assert headers_named(msg, "Diversion") == ["<sip:1@cm>"]
     assert headers_named(msg, "History-Info") == []
 
@@ -161,7 +170,8 @@ def test_diversion_user_part_kept_as_sent():
 
 def test_diversion_quoted_display_names_with_commas_and_angles():
     value = ('"Smith, John <sales>" <sip:1020@cm>;reason=no-answer, '
-             '"say \\"hi\\", <x>" <sip:2020@cm>;reason=user-busy,Plain Name <sip:3020@cm>;reason=unconditional')
+             '"say \\"hi\\", <x>" <sip:2020@cm>;reason=user-busy,'
+             'Plain Name <sip:3020@cm>;reason=unconditional')
     assert pairs(parse_diversion([value])) == [("1020", N), ("2020", B), ("3020", A)]
     # an escaped quote does not end the display name, so the comma after it does not split
     assert pairs(parse_diversion(['"a\\",b" <sip:1@cm>;reason=user-busy'])) == [("1", B)]
@@ -169,11 +179,13 @@ def test_diversion_quoted_display_names_with_commas_and_angles():
 
 def test_diversion_addr_spec_form_and_blanks_around_params():
     assert pairs(parse_diversion(["sip:1002@cm;reason=user-busy",
-                                  "<sip:1003@cm> ; Reason = no-answer ;privacy=off"])) == [("1002", B), ("1003", N)]
+                                  "<sip:1003@cm> ; Reason = no-answer ;privacy=off"])) == \
+        [("1002", B), ("1003", N)]
 
 
 def test_diversion_quoted_param_with_comma_does_not_split():
-    assert pairs(parse_diversion(['<sip:1@x>;reason="a, b", <sip:2@x>;reason=user-busy'])) == [("1", U), ("2", B)]
+    assert pairs(parse_diversion(['<sip:1@x>;reason="a, b", <sip:2@x>;reason=user-busy'])) == \
+        [("1", U), ("2", B)]
 
 
 @pytest.mark.parametrize("bad", [
@@ -270,7 +282,8 @@ def test_history_info_escaped_reason_forms(value):
 def test_history_info_q850_reason_is_not_a_sip_cause():
     value = "<sip:1002@cm?Reason=Q.850%3Bcause%3D17>;index=1, <sip:2000@cm>;index=1.1"
     assert pairs(parse_history_info([value])) == [("1002", U)]
-    value = "<sip:1002@cm?Reason=Q.850%3Bcause%3D17&Reason=SIP%3Bcause%3D486>;index=1, <sip:2000@cm>;index=1.1"
+    value = ("<sip:1002@cm?Reason=Q.850%3Bcause%3D17&Reason=SIP%3Bcause%3D486>;index=1, "
+             "<sip:2000@cm>;index=1.1")
     assert pairs(parse_history_info([value])) == [("1002", B)]
 
 
@@ -337,7 +350,8 @@ def test_history_info_index_handling():
     # no index anywhere: wire order
     assert pairs(parse_history_info(["<sip:1002@cm>, <sip:2000@cm;cause=486>"])) == [("1002", B)]
     # some entries with a bad or missing index are dropped
-    value = "<sip:1002@cm>;index=1, <sip:7777@cm;cause=302>;index=x, <sip:8888@cm>, <sip:2000@cm;cause=486>;index=1.1"
+    value = ("<sip:1002@cm>;index=1, <sip:7777@cm;cause=302>;index=x, <sip:8888@cm>, "
+             "<sip:2000@cm;cause=486>;index=1.1")
     assert pairs(parse_history_info([value])) == [("1002", B)]
 
 
@@ -348,7 +362,8 @@ def test_history_info_bounds_and_garbage():
     assert len(got) == MAX_ENTRIES - 1 and got[-1].number == "1" and got[0].number == str(MAX_ENTRIES - 2)
     got = parse_history_info([", ".join(f"<sip:{i}@c>" for i in range(MAX_ENTRIES + 20))])
     assert [r.number for r in got] == [str(i) for i in reversed(range(MAX_ENTRIES - 1))]
-    assert parse_history_info(["<sip:1@cm>;index=1, <sip:2@cm;cause=486>;index=1.1;" + "x" * MAX_HEADER]) == []
+    assert parse_history_info(["<sip:1@cm>;index=1, <sip:2@cm;cause=486>;index=1.1;"
+                               + "x" * MAX_HEADER]) == []
     assert parse_history_info(["", "<sip:1@cm", ";index=1", "\x00\xff"]) == []
 
 
@@ -471,7 +486,8 @@ def test_forwarding_number_fits_a_call_arrival():
 
 # --------------------------------------------------------------------------- message-summary
 
-RFC3842_EXAMPLE = "Messages-Waiting: yes\r\nMessage-Account: sip:vm@pbx.example\r\nVoice-Message: 2/8 (0/2)\r\n"
+RFC3842_EXAMPLE = ("Messages-Waiting: yes\r\nMessage-Account: sip:vm@pbx.example\r\n"
+                   "Voice-Message: 2/8 (0/2)\r\n")
 
 
 def test_message_summary_golden():
@@ -511,14 +527,17 @@ def test_parse_message_summary_round_trip_and_tolerance():
                                  "Voice-Message: 1/2 ( 1 / 0 )\r\nX: y\r\n") == \
         {"waiting": True, "account": None, "voice": (1, 2, 1, 0)}
     # a bad status line is skipped for a later good one; a bad Voice-Message line gives None
-    assert parse_message_summary("Messages-Waiting: maybe\r\nMessages-Waiting: yes\r\nVoice-Message: x/2\r\n") == \
+    assert parse_message_summary("Messages-Waiting: maybe\r\nMessages-Waiting: yes\r\n"
+                                 "Voice-Message: x/2\r\n") == \
         {"waiting": True, "account": None, "voice": None}
-    assert parse_message_summary(f"Messages-Waiting: yes\r\nVoice-Message: {MAX_COUNT + 1}/0\r\n")["voice"] is None
+    body = f"Messages-Waiting: yes\r\nVoice-Message: {MAX_COUNT + 1}/0\r\n"
+    assert parse_message_summary(body)["voice"] is None
     assert parse_message_summary("Messages-Waiting: yes\r\nMessages-Waiting: no\r\n")["waiting"] is True
 
 
 @pytest.mark.parametrize("body", ["", "Voice-Message: 1/2\r\n", "Messages-Waiting: maybe\r\n",
-                                  "Messages-Waiting:\r\n", "Messages-Waiting yes\r\n", None, b"Messages-Waiting: yes"])
+                                  "Messages-Waiting:\r\n", "Messages-Waiting yes\r\n", None,
+                                  b"Messages-Waiting: yes"])
 def test_parse_message_summary_needs_a_status_line(body):
     with pytest.raises(ValueError):
         parse_message_summary(body)
@@ -526,7 +545,8 @@ def test_parse_message_summary_needs_a_status_line(body):
 
 # --------------------------------------------------------------------------- properties
 
-SIPISH = st.text(alphabet=st.sampled_from(list('<>";,=@:?%&\\ \t\r\nsipSIPtel.-+19index=causereason')), max_size=200)
+SIPISH = st.text(alphabet=st.sampled_from(list('<>";,=@:?%&\\ \t\r\nsipSIPtel.-+19index=causereason')),
+                 max_size=200)
 FRAGMENTS = st.lists(st.sampled_from([
     "<sip:1002@cm>", "<sip:2000@cm;cause=486>", ";index=1", ";index=1.1", ";reason=user-busy", ", ",
     '"Name, <x>" ', "<", ">", '"', ";", "?Reason=SIP%3Bcause%3D408", ";mp=1", ";rc=1", "tel:+1-5",
@@ -598,4 +618,5 @@ def test_message_summary_round_trip(new, old, data, account):
     uo = data.draw(st.integers(0, old))
     body = message_summary(new, old, account=account, urgent_new=un, urgent_old=uo)
     assert body.endswith("\r\n") and body.count("\r\n") == 3 and "\n" not in body.replace("\r\n", "")
-    assert parse_message_summary(body) == {"waiting": new > 0, "account": account, "voice": (new, old, un, uo)}
+    assert parse_message_summary(body) == \
+        {"waiting": new > 0, "account": account, "voice": (new, old, un, uo)}

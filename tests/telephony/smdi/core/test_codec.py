@@ -10,9 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telephony.core.events import Reason
-from telephony.smdi.core.codec import (DEFAULT_MAX_BUFFER, MAX_RECORD, CallRecord, CommandReader,
-                                  MwiCommand, MwiFailure, MwiFormat, ProtocolError, SmdiReader,
-                                  encode_call_record, encode_mwi_failure)
+from telephony.smdi.core.codec import (
+    DEFAULT_MAX_BUFFER,
+    MAX_RECORD,
+    CallRecord,
+    CommandReader,
+    MwiCommand,
+    MwiFailure,
+    MwiFormat,
+    ProtocolError,
+    SmdiReader,
+    encode_call_record,
+    encode_mwi_failure,
+)
 
 SMDI_FRAMING = frozenset(b"\r\n\x19\x7f\xff")
 CMD_FRAMING = frozenset(b"\r\n\x7f\xff\x04")

@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telephony.smdi.settings import SerialSettings, SmdiProfile
 from telephony.smdi.core.codec import CallRecord, MwiFailure, MwiFormat
-from telephony.smdi.core.link import (MAX_PER_TERMINAL, FailureMatcher, LampQueue, LinePacer,
-                                 RecordMatcher)
+from telephony.smdi.core.link import MAX_PER_TERMINAL, FailureMatcher, LampQueue, LinePacer, RecordMatcher
+from telephony.smdi.settings import SerialSettings, SmdiProfile
 
 
 def rec(terminal: int, fwd: str = "5551002") -> CallRecord:
