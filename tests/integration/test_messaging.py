@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import datetime
 import json
-from pathlib import Path
 import os
-import time
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import trio
 
 from failover.config import load_config
+from lab.loopback_client import open_call
 from lab.pair import Pair
 from telephony.core import media
-from lab.loopback_client import open_call
 from telephony.store import parse_mime
-
 from tests.integration.conftest import GUARD, until, wait_active
 
 pytestmark = pytest.mark.multiprocess
@@ -105,7 +104,8 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
             assert rep.returncode == 0, rep.stderr
             row = next(x for x in json.loads(rep.stdout)["subscribers"] if x["extension"] == "1001")
             assert (row["mailbox"], row["new"], row["heard"]) == ("mb1001", 1, 0)
-            rep = await trio.to_thread.run_sync(_vmha, "report", "failovers", "--csv", "-c", str(pair.a.config))
+            rep = await trio.to_thread.run_sync(_vmha, "report", "failovers", "--csv",
+                                                "-c", str(pair.a.config))
             assert rep.returncode == 0 and ",a," in rep.stdout.splitlines()[1], rep  # a's activation
             rep = await trio.to_thread.run_sync(_vmha, "report", "messages", "-c", str(pair.b.config))
             assert rep.returncode == 1 and "secondary" in rep.stderr, rep
@@ -134,7 +134,8 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
             assert messaging(pair.a)["lamp_jobs_sent"] == 2, messaging(pair.a)
 
             def confirmed_off_on_b():
-                row = (pair.b.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1001"}) or {}).get("row")
+                reply = pair.b.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1001"})
+                row = (reply or {}).get("row")
                 return row and not row["state"]["on"] and row["state"]["confirmed"]
 
             # a lamp sent but not yet confirmed in the ledger would be sent again by the new
@@ -239,7 +240,8 @@ async def test_notification_email_is_sent_once_across_a_takeover(pair_dir):
                 "extension": "1004", "name": "Di", "mailbox": "mb1004", "mwi_method": "none",
                 "notify": [{"type": "email", "address": "di@example.com"}]}}]})
             assert r["ok"], r
-            await leave_message(pair.loop_port("a"), "call-n", "1004", media.tone(600, 1.0) + media.silence(1.0))
+            await leave_message(pair.loop_port("a"), "call-n", "1004",
+                                media.tone(600, 1.0) + media.silence(1.0))
             await until(lambda: len(smtp.messages()) == 1, "notification e-mail")
             (mail,) = smtp.messages()
             assert mail["To"] == "di@example.com" and "5550100" in mail["Subject"]
@@ -349,13 +351,15 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
                 mon_a, mon_b = Monitor(), Monitor()
                 await nursery.start(mon_a.run, pair.loop_port("a"))
                 await nursery.start(mon_b.run, pair.loop_port("b"))
-                await leave_message(pair.loop_port("a"), "imap-1", "1007", media.tone(440, 1.0) + media.silence(1.0))
+                await leave_message(pair.loop_port("a"), "imap-1", "1007",
+                                    media.tone(440, 1.0) + media.silence(1.0))
                 await in_imap("mb1007", (1, 0))
                 await until(lambda: mon_a.jobs, "lamp on from a")
                 assert [(j["on"], j["new"]) for j in mon_a.jobs] == [(True, 1)]
                 # the message server goes away: the next message waits in the replicated spool
                 await trio.to_thread.run_sync(server.stop)
-                await leave_message(pair.loop_port("a"), "imap-2", "1008", media.tone(660, 1.0) + media.silence(1.0))
+                await leave_message(pair.loop_port("a"), "imap-2", "1008",
+                                    media.tone(660, 1.0) + media.silence(1.0))
                 spool_b = load_config(pair.b.config).replication.files_root / "spool"
                 await until(lambda: any(spool_b.glob("*.vmmsg")), "spool replicated to b")
                 os.kill(pair.a.service_pid(), signal.SIGKILL)

@@ -22,13 +22,22 @@ import sys
 import pytest
 import trio
 
+from failover.configure import load_key
 from failover.core.state import Mode, Role, ServiceHealth, State
 from failover.core.wire import Command, CommandKind, Dropped, Hello, LinkConnection, Status
-from failover.configure import load_key
-from lab.pair import Pair
 from lab.loopback_client import open_call, place_call
-
-from tests.integration.conftest import GUARD, events_of, link_listen, pid_alive, status, until, wait_events, wait_active, watch_states
+from lab.pair import Pair
+from tests.integration.conftest import (
+    GUARD,
+    events_of,
+    link_listen,
+    pid_alive,
+    status,
+    until,
+    wait_active,
+    wait_events,
+    watch_states,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -510,16 +519,18 @@ async def test_forged_and_garbage_link_frames(pair_dir):
             before = (await status(node))["peer"]["link"]
             for what, (payload, half_close) in bad_inputs.items():
                 back = await trio.to_thread.run_sync(
-                    lambda: _exchange(addr, payload, half_close=half_close))
+                    lambda addr=addr, payload=payload, half_close=half_close:
+                    _exchange(addr, payload, half_close=half_close))
                 assert back == b"", f"{target} answered {what}: {back!r}"
             # a replayed capture: a valid HELLO (answered) but frames of another session
             sender, s_role, r_role, frames = replays[target]
             hello, *wire = _recorded_session(psk, sender, s_role, target, r_role, frames)
             back = await trio.to_thread.run_sync(
-                lambda: _exchange(addr, hello, half_close=True, read_hello=True, then=b"".join(wire)))
+                lambda addr=addr, hello=hello, wire=wire:
+                _exchange(addr, hello, half_close=True, read_hello=True, then=b"".join(wire)))
             assert back[:2] == b"VM" and back[3] == 1, back  # its HELLO, nothing more
 
-            after = await until(lambda: (s := node.status())
+            after = await until(lambda node=node, before=before, wire=wire: (s := node.status())
                                 and s["peer"]["link"].get("dropped_mac", 0)
                                 >= before.get("dropped_mac", 0) + len(wire)
                                 and s["peer"]["link"].get("in_rejected", 0)
@@ -598,9 +609,9 @@ async def test_shared_settings_that_differ_at_run_time_are_reported(pair_dir):
         pair.start(first="a")
         await wait_active(pair, "a")
         for node in (pair.a, pair.b):
-            await until(lambda: (s := node.status()) and s["peer"]["link"]["settings_match"]
+            await until(lambda node=node: (s := node.status()) and s["peer"]["link"]["settings_match"]
                         is False, f"{node.name} to see the difference")
-            await until(lambda: any(e["event"] == "settings_differ" for e in node.events()),
+            await until(lambda node=node: any(e["event"] == "settings_differ" for e in node.events()),
                         f"{node.name}'s event log")
         r = await trio.to_thread.run_sync(_vmha, "status", "-c", str(pair.a.config))
         assert r.returncode == 0 and "SHARED SETTINGS DIFFER" in r.stdout, r

@@ -18,9 +18,8 @@ import time
 import pytest
 import trio
 
-from lab.pair import Pair
 from lab.loopback_client import place_call
-
+from lab.pair import Pair
 from tests.integration.conftest import GUARD, events_of, pid_alive, until, wait_active, watch_states
 
 pytestmark = pytest.mark.multiprocess

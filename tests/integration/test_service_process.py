@@ -19,7 +19,6 @@ import pytest
 import trio
 
 from lab.loopback_client import open_call, place_call
-
 from tests.telephony.helpers import FakeManager
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,13 +25,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from telephony.sip.settings import SipProfile
 from lab.loopback_client import place_call
 from telephony.sip import driver as sip_driver
 from telephony.sip.driver import SipPorts
-
-from tests.telephony.helpers import running_service
+from telephony.sip.settings import SipProfile
 from tests.integration.test_service_process import loopback_address, service_process
+from tests.telephony.helpers import running_service
 
 GUARD = 30  # seconds: a hang guard only
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_sip_worker.py"
@@ -294,9 +293,9 @@ def test_a_loopback_address_in_use_is_one_line_naming_the_setting_and_exit_1(tmp
 @pytest.mark.skipif(shutil.which("socat") is None,
                     reason="socat is not installed: it makes the SMDI pty pair (apt-get install socat)")
 async def test_smdi_record_handling_failure_reopens_the_link_and_it_goes_on(tmp_path):
+    from lab.smdi import LinkService as Service
+    from lab.smdi import SocatPair
     from telephony.smdi.core.codec import encode_call_record
-    from lab.smdi import LinkService as Service, SocatPair
-
     from tests.telephony.smdi.test_driver import Far, make_link
     from tests.util import until
 

@@ -14,15 +14,13 @@ import pytest
 import trio
 
 from failover.config import load_config
-from lab.pair import Pair
+from lab.pair import Pair, free_udp_block
+from lab.sip import free_udp_port, sipp, write_tone_ulaw
 from telephony.core import media
 from telephony.store import parse_mime
-from lab.pair import free_udp_block
-from lab.sip import free_udp_port, sipp, write_tone_ulaw
-from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
-
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
 
 pytestmark = [pytest.mark.multiprocess,
               pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or ""),
@@ -158,7 +156,8 @@ async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers
                 assert codes == [0] * len(batch), (codes, batch)
             for mailbox in {m for _, m, _ in CASES}:
                 want = sorted(r for _, m, r in CASES if m == mailbox)
-                await until(lambda: len(messages(pair, mailbox)) == len(want), f"messages in {mailbox}")
+                await until(lambda mailbox=mailbox, want=want: len(messages(pair, mailbox)) == len(want),
+                            f"messages in {mailbox}")
                 got = messages(pair, mailbox)
                 assert sorted(h["x-vmha-reason"] for h, _ in got) == want, (mailbox, got)
                 for h, wav in got:

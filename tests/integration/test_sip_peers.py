@@ -28,16 +28,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from lab.pair import Pair
+from lab.pair import Pair, free_udp_block
+from lab.sip import BaresipPhone, KamailioPbx, free_udp_port, sipp
 from telephony.core import media
-from lab.sip import BaresipPhone, KamailioPbx
-from lab.pair import free_udp_block
-from lab.sip import free_udp_port, sipp
-from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
-
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin
 from tests.integration.test_sip import VOICE_HZ, caller_wav, has_voice, messages, sip, sip_port, subscriber
+from tests.telephony.sip.test_worker import PJSUA2_MISSING, goertzel
 
 pytestmark = [pytest.mark.multiprocess]
 needs_pjsua2 = pytest.mark.skipif(PJSUA2_MISSING is not None, reason=PJSUA2_MISSING or "")
