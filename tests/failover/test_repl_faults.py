@@ -25,7 +25,7 @@ from failover.replication import Replication
 from lab.pair import free_port
 from telephony.configdb import ConfigDB
 from telephony.runtime.tasks import ListenError
-from tests.failover.test_filerepl import pair, synced
+from tests.failover.filerepl.test_replicator import pair, synced
 from tests.util import until
 
 PSK = bytes(range(32))
