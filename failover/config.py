@@ -21,7 +21,6 @@ import ipaddress
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -59,6 +58,7 @@ from telephony.settings import (
     NotifySection,
     PortsSection,
     StoreSection,
+    read_toml,
 )
 from telephony.sip import settings as sip
 
@@ -431,16 +431,7 @@ class NodeConfig:
 def load_config(path: str | os.PathLike) -> NodeConfig:
     """Read and check one node's TOML file.  Raises only :class:`ConfigError`."""
     p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:  # the message ends "(at line N, column M)"
-        raise ConfigError(p, f"invalid TOML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(p, f"invalid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(p, f"cannot read: {e.strerror or e}") from None
-    return parse_config(data, str(p), base_dir=p.absolute().parent)
+    return parse_config(read_toml(p), str(p), base_dir=p.absolute().parent)
 
 
 def parse_config(data: dict, source: str, *, base_dir: str | os.PathLike | None = None) -> NodeConfig:

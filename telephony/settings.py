@@ -360,7 +360,9 @@ class ServiceSettings:
     integration: Integration
 
 
-def _read(path: str | Path) -> dict:
+def read_toml(path: str | Path) -> dict:
+    """A node's TOML file as a dict.  Raises only :class:`ConfigError` (one line naming the
+    file: not TOML, not UTF-8, cannot be read)."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -394,7 +396,7 @@ def load_service_settings(path: str | Path) -> ServiceSettings:
     whole: here only the service's sections and keys are read, with the same checks and rules.
     Raises :class:`~telephony.core.settings.ConfigError`."""
     p = Path(path)
-    doc = _read(p)
+    doc = read_toml(p)
     schema = {**SERVICE_KEYS, **SECTIONS, "integration": INTEGRATION}
     found: list[Problem] = []
     raw = _tables(doc, schema, found)
@@ -419,7 +421,7 @@ def read_keys(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
     only a few keys (``python -m telephony.service --config``).  Raises
     :class:`~telephony.core.settings.ConfigError`."""
     p = Path(path)
-    doc = _read(p)
+    doc = read_toml(p)
     everything = {**SERVICE_KEYS, **SECTIONS}
     schema: dict[str, dict[str, Key]] = {}
     for dotted in keys:
