@@ -116,6 +116,9 @@ class IntegrationProfile:
         return number
 
 
+#: the rule most integrations start with: drop what people write between digits
+SEPARATORS = NumberRule(r"[\s\-.()/]", "", note="visual separators: '+1 (555) 010-0199'")
+
 #: a subscriber's ``mwi_method`` (configuration database) that never needs a driver
 NO_LAMP = "none"
 

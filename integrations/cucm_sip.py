@@ -3,20 +3,14 @@ call came from Diversion / History-Info, and light lamps with unsolicited MWI NO
 (the SIP ports' settings, ``[ports.sip]``: ``telephony/sip/settings.py``)."""
 from __future__ import annotations
 
-from integrations.base import CallInfo, IntegrationProfile, MwiMethod, NumberRule, VoicePort
+from integrations.base import SEPARATORS, IntegrationProfile, MwiMethod, NumberRule, VoicePort
 
-#: SIP lines + SIP headers + NOTIFY
+#: SIP lines + SIP headers (the ports' own signalling, the default) + NOTIFY
 CUCM_SIP = IntegrationProfile(
     name="cucm-sip",
     port_kind=VoicePort.SIP.value,
     ports=4,
     mwi_method=MwiMethod.SIP_NOTIFY,
-    number_rules=(
-        NumberRule(r"^\+", "", note="E.164 plus sign"),
-        NumberRule(r"[\s\-.()/]", "", note="visual separators"),
-    ),
-    max_number=32,
+    number_rules=(NumberRule(r"^\+", "", note="E.164 plus sign"), SEPARATORS),
     description="SIP trunk or registered lines to Cisco Unified CM (or any SIP PBX / proxy)",
-    voice_ports=(VoicePort.SIP.value,),
-    call_info=CallInfo.SIGNALLING,
 )

@@ -11,6 +11,8 @@ media gateway (as Cisco's PIMG/TIMG units did for Unity).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from integrations.base import CallInfo, IntegrationProfile, MwiMethod, VoicePort
 
 #: voice-board lines (the loopback trunk, their simulator) + SMDI records + SMDI lamps;
@@ -26,15 +28,10 @@ SERIAL_SMDI = IntegrationProfile(
     call_info=CallInfo.SMDI,
 )
 
-#: a media gateway's SIP lines + SMDI records + SMDI lamps; terminal ``terminals[i]`` is line
-#: ``sip-{i+1}``
-GATEWAY_SMDI = IntegrationProfile(
-    name="gateway-smdi",
-    port_kind=VoicePort.SIP.value,
-    ports=4,
-    mwi_method=MwiMethod.SMDI,
-    description="circuit-switched PBX behind a media gateway: the PBX's lines reach the "
-                "nodes as SIP, the call records and MWI commands on the serial SMDI link",
+#: a media gateway's SIP lines + SMDI records + SMDI lamps: the serial integration with other
+#: voice ports; terminal ``terminals[i]`` is line ``sip-{i+1}``
+GATEWAY_SMDI = replace(
+    SERIAL_SMDI, name="gateway-smdi", port_kind=VoicePort.SIP.value,
     voice_ports=(VoicePort.SIP.value,),
-    call_info=CallInfo.SMDI,
-)
+    description="circuit-switched PBX behind a media gateway: the PBX's lines reach the "
+                "nodes as SIP, the call records and MWI commands on the serial SMDI link")
