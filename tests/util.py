@@ -33,3 +33,27 @@ async def until(predicate: Callable[[], Any], what: str = "the condition", *,
                 return last
             await trio.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last value {last!r})")
+
+
+class EventLogRecorder:
+    """Stands in for the node's event log (``write(level, event, message, fields)``) and keeps
+    every record; a test reads them by name or waits for them."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self._changed = trio.Event()
+
+    def write(self, level, event, message, fields=None) -> dict:
+        rec = {"level": level, "event": event, "message": message, "fields": fields}
+        self.records.append(rec)
+        self._changed.set()
+        self._changed = trio.Event()
+        return rec
+
+    def named(self, event: str) -> list[dict]:
+        return [r for r in self.records if r["event"] == event]
+
+    async def wait_for(self, event: str, count: int = 1) -> list[dict]:
+        while len(self.named(event)) < count:
+            await self._changed.wait()
+        return self.named(event)

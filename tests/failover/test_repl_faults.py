@@ -26,22 +26,11 @@ from lab.pair import free_port
 from telephony.configdb import ConfigDB
 from telephony.runtime.tasks import ListenError
 from tests.failover.filerepl.test_replicator import pair, synced
-from tests.util import until
+from tests.util import EventLogRecorder, until
 
 PSK = bytes(range(32))
 GUARD = 30  # seconds: hang guard only
 
-
-class Events:
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def write(self, level, event, message, fields=None):
-        self.records.append({"level": level, "event": event, "message": message,
-                             "fields": fields})
-
-    def named(self, event: str) -> list[dict]:
-        return [r for r in self.records if r["event"] == event]
 
 
 def sub(ext: str) -> dict:
@@ -56,7 +45,7 @@ class ReplNode:
     def __init__(self, tmp_path, name: str, role: str, ports: dict):
         other = "b" if name == "a" else "a"
         self.name = name
-        self.events = Events()
+        self.events = EventLogRecorder()
         doc = {
             "node": {"name": name, "role": role, "data_dir": str(tmp_path / name)},
             "link": {"listen": f"127.0.0.1:{ports[name, 'link']}",

@@ -28,33 +28,13 @@ from failover.core.replwire import (
 )
 from failover.core.state import Role
 from failover.replchan import INBOX_ITEMS, ChannelClosed, ReplChannel, ReplEndpoint
-from tests.util import until
+from tests.util import EventLogRecorder, until
 
 HOST = "127.0.0.1"
 PSK = bytes(range(32))
 D = bytes(32)
 GUARD = 10  # seconds: hang guard only
 
-
-class Recorder:
-    """Stands in for the EventLog; tests can wait for an event."""
-
-    def __init__(self):
-        self.records: list[dict] = []
-        self._changed = trio.Event()
-
-    def write(self, level, event, message, fields=None):
-        self.records.append(dict(level=level, event=event, message=message, fields=fields))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def named(self, event: str) -> list[dict]:
-        return [r for r in self.records if r["event"] == event]
-
-    async def wait_for(self, event: str, count: int = 1) -> list[dict]:
-        while len(self.named(event)) < count:
-            await self._changed.wait()
-        return self.named(event)
 
 
 def endpoint(node: str, events, *, peer_port: int = 0, listen_port: int = 0, psk: bytes = PSK,
@@ -80,7 +60,7 @@ async def serve(ep: ReplEndpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> No
 
 async def start_pair(nursery, a_kw: dict, b_kw: dict):
     """alpha and beta, each dialing the other."""
-    ra, rb = Recorder(), Recorder()
+    ra, rb = EventLogRecorder(), EventLogRecorder()
     a = endpoint("alpha", ra, **a_kw)
     await nursery.start(serve, a)
     b = endpoint("beta", rb, peer_port=a.listen_port, **b_kw)
@@ -221,11 +201,11 @@ async def test_wrong_psk_peer_never_reaches_a_session():
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: session},
                          sessions_out={Channel.DB: session})
             await nursery.start(serve, b)
-            ra = Recorder()
+            ra = EventLogRecorder()
             a = endpoint("alpha", ra, peer_port=b.listen_port, psk=b"not the key",
                          sessions_out={Channel.DB: session}, sessions_in={Channel.DB: session})
             await nursery.start(serve, a)
@@ -252,7 +232,7 @@ async def test_wrong_peer_name_and_missing_channel_are_refused_and_a_good_peer_s
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: session})
             await nursery.start(serve, b)
             await fake_dial(b.listen_port, node="gamma", refused=True)
@@ -275,7 +255,7 @@ async def test_handshake_timeout_and_garbage_do_not_disturb_a_running_session():
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: session}, handshake_timeout=0.2)
             await nursery.start(serve, b)
             stream, conn = await fake_dial(b.listen_port)
@@ -311,10 +291,10 @@ async def test_peer_restart_redials_and_starts_a_new_session():
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            ra = Recorder()
+            ra = EventLogRecorder()
             a = endpoint("alpha", ra, sessions_out={Channel.DB: a_session})
             await nursery.start(serve, a)
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: b_session})
             b_scope = await nursery.start(serve, b)
             port = b.listen_port
@@ -327,7 +307,7 @@ async def test_peer_restart_redials_and_starts_a_new_session():
             assert "beta" in down[0]["message"]
             assert not a.stats()["db"]["out_connected"]
 
-            b2 = endpoint("beta", Recorder(), listen_port=port,
+            b2 = endpoint("beta", EventLogRecorder(), listen_port=port,
                           sessions_in={Channel.DB: b_session})
             await nursery.start(serve, b2)
             await until(lambda: b_got == [state(1), state(2)])
@@ -356,7 +336,7 @@ async def test_second_inbound_connection_replaces_the_first_once_it_is_authentic
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: session}, handshake_timeout=0.3)
             await nursery.start(serve, b)
             s1, c1 = await fake_dial(b.listen_port)
@@ -399,7 +379,7 @@ async def test_peer_closing_ends_a_session_that_is_not_reading():
 
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            rb = Recorder()
+            rb = EventLogRecorder()
             b = endpoint("beta", rb, sessions_in={Channel.DB: session})
             await nursery.start(serve, b)
             stream, conn = await fake_dial(b.listen_port)

@@ -11,6 +11,7 @@ record, so the messages show which one was used.  Hang guards only; no timing is
 from __future__ import annotations
 
 import shutil
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,9 @@ async def start(pair: Pair) -> None:
                     f"{node.name}'s SMDI link open", in_thread=True)
 
 
-async def test_a_record_and_a_gateway_call_on_the_active_nodes_line_leave_its_message_and_lamp(pair_dir):
+@asynccontextmanager
+async def running(pair_dir: Path):
+    """The lab, the started pair, the PBX simulator and the NOTIFY watch, for one test."""
     watch = NotifyWatch()
     async with trio.open_nursery() as nursery:
         await nursery.start(watch.run)
@@ -130,61 +133,59 @@ async def test_a_record_and_a_gateway_call_on_the_active_nodes_line_leave_its_me
                 gateway_pair(pair_dir, lab, watch) as pair:
             await start(pair)
             async with PbxSimulator(lab.pbx_tty).running() as pbx:
-                # a call for 1001 forwarded on busy from 5559876 rings a's line 2 (terminal 2)
-                await pbx.call_record(2, "B", "5551001", "5559876")
-                await until(lambda: parsed(pair_dir, "a", 2) and parsed(pair_dir, "b", 2),
-                            "both nodes parsed the record", in_thread=True)
-                assert await gateway_call(pair_dir / "gw1", sip_port(pair, "a"), 2) == 0
-                await until(lambda: messages(pair, "mb1001"), "the message for 1001",
-                            in_thread=True)
-                (h, wav), = messages(pair, "mb1001")
-                # the record's numbers and reason, not the INVITE's (1003, unconditional)
-                assert (h["x-vmha-node"], h["x-vmha-forwarding"], h["x-vmha-reason"],
-                        h["x-vmha-caller"]) == ("a", "1001", "busy", "9876"), h
-                assert has_voice(wav), "the gateway's RTP is not in the message"
-                assert messages(pair, "mb1003") == []
-                log = (pair_dir / "a.log").read_text()
-                assert "on line sip-2: call information from the data link" in log
-                # the lamp: one OP:MWI command on the SMDI link, from the active node only
-                await pbx.wait_commands(1)
-                await trio.sleep(0.5)  # a second command (there must be none) would be here
-                assert [(c.on, c.number) for _, c in pbx.commands] == [(True, "5551001")]
-                assert wire(lab, "b") == []
-                assert watch.got == []  # no NOTIFY
-                smdi = ((pair.a.status() or {}).get("counters") or {}).get("smdi") or {}
-                assert smdi.get("matched") == 1, smdi
+                yield lab, pair, pbx, watch
         nursery.cancel_scope.cancel()
+
+
+async def test_a_record_and_a_gateway_call_on_the_active_nodes_line_leave_its_message_and_lamp(pair_dir):
+    async with running(pair_dir) as (lab, pair, pbx, watch):
+        # a call for 1001 forwarded on busy from 5559876 rings a's line 2 (terminal 2)
+        await pbx.call_record(2, "B", "5551001", "5559876")
+        await until(lambda: parsed(pair_dir, "a", 2) and parsed(pair_dir, "b", 2),
+                    "both nodes parsed the record", in_thread=True)
+        assert await gateway_call(pair_dir / "gw1", sip_port(pair, "a"), 2) == 0
+        await until(lambda: messages(pair, "mb1001"), "the message for 1001",
+                    in_thread=True)
+        (h, wav), = messages(pair, "mb1001")
+        # the record's numbers and reason, not the INVITE's (1003, unconditional)
+        assert (h["x-vmha-node"], h["x-vmha-forwarding"], h["x-vmha-reason"],
+                h["x-vmha-caller"]) == ("a", "1001", "busy", "9876"), h
+        assert has_voice(wav), "the gateway's RTP is not in the message"
+        assert messages(pair, "mb1003") == []
+        log = (pair_dir / "a.log").read_text()
+        assert "on line sip-2: call information from the data link" in log
+        # the lamp: one OP:MWI command on the SMDI link, from the active node only
+        await pbx.wait_commands(1)
+        await trio.sleep(0.5)  # a second command (there must be none) would be here
+        assert [(c.on, c.number) for _, c in pbx.commands] == [(True, "5551001")]
+        assert wire(lab, "b") == []
+        assert watch.got == []  # no NOTIFY
+        smdi = ((pair.a.status() or {}).get("counters") or {}).get("smdi") or {}
+        assert smdi.get("matched") == 1, smdi
 
 
 async def test_a_record_and_a_gateway_call_on_the_inactive_nodes_line_fail_over_at_once(pair_dir):
-    watch = NotifyWatch()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watch.run)
-        with SerialSplitterLab(pair_dir / "serial") as lab, \
-                gateway_pair(pair_dir, lab, watch) as pair:
-            await start(pair)
-            async with PbxSimulator(lab.pbx_tty).running() as pbx:
-                # the PBX hunts to b's line 2 (terminal 6): the record and the ring come
-                # together, b is inactive; whichever reaches b first starts the failover
-                await pbx.call_record(6, "N", "5551002", "5551001")
-                code = await gateway_call(pair_dir / "gw1", sip_port(pair, "b"), 2)
-                assert code == 0, "the call at the inactive node was not answered"
-                assert pair.b.state() == "active"
-                await until(lambda: messages(pair, "mb1002"), "the message for 1002",
-                            in_thread=True)
-                (h, wav), = messages(pair, "mb1002")
-                assert (h["x-vmha-node"], h["x-vmha-forwarding"], h["x-vmha-reason"],
-                        h["x-vmha-caller"]) == ("b", "1002", "no_answer", "1001"), h
-                assert has_voice(wav)
-                ev = [e for e in pair.b.events() if e["event"] in ("failover", "activating")]
-                assert any("call" in e["message"] for e in ev), ev
-                # b's lamps are SMDI commands: its takeover resync sets every lamp it does
-                # not know (1001, 1003 off; 1002 off or already on), then 1002 on
-                await until(lambda: (True, "5551002") in [(c.on, c.number)
-                                                          for _, c in pbx.commands],
-                            "1002's lamp lit by b")
-                assert wire(lab, "b") and b"".join(d for _, d in wire(lab, "b")) == \
-                    b"".join(c.raw for _, c in pbx.commands)
-                assert wire(lab, "a") == []  # a never transmitted
-                assert watch.got == []  # no NOTIFY from either node
-        nursery.cancel_scope.cancel()
+    async with running(pair_dir) as (lab, pair, pbx, watch):
+        # the PBX hunts to b's line 2 (terminal 6): the record and the ring come
+        # together, b is inactive; whichever reaches b first starts the failover
+        await pbx.call_record(6, "N", "5551002", "5551001")
+        code = await gateway_call(pair_dir / "gw1", sip_port(pair, "b"), 2)
+        assert code == 0, "the call at the inactive node was not answered"
+        assert pair.b.state() == "active"
+        await until(lambda: messages(pair, "mb1002"), "the message for 1002",
+                    in_thread=True)
+        (h, wav), = messages(pair, "mb1002")
+        assert (h["x-vmha-node"], h["x-vmha-forwarding"], h["x-vmha-reason"],
+                h["x-vmha-caller"]) == ("b", "1002", "no_answer", "1001"), h
+        assert has_voice(wav)
+        ev = [e for e in pair.b.events() if e["event"] in ("failover", "activating")]
+        assert any("call" in e["message"] for e in ev), ev
+        # b's lamps are SMDI commands: its takeover resync sets every lamp it does
+        # not know (1001, 1003 off; 1002 off or already on), then 1002 on
+        await until(lambda: (True, "5551002") in [(c.on, c.number)
+                                                  for _, c in pbx.commands],
+                    "1002's lamp lit by b")
+        assert wire(lab, "b") and b"".join(d for _, d in wire(lab, "b")) == \
+            b"".join(c.raw for _, c in pbx.commands)
+        assert wire(lab, "a") == []  # a never transmitted
+        assert watch.got == []  # no NOTIFY from either node

@@ -15,28 +15,12 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab import dovecot
 from lab.dovecot import DovecotServer
 from telephony.spool import MAGIC, Spool, SpoolError, SpoolWorker, decode, encode
 from telephony.store import ImapStore, MaildirStore, StoreError, StoreUnavailable
+from tests.telephony.conftest import needs_dovecot
 from tests.telephony.messages import make_message
-from tests.util import until
-
-SKIP_IMAP = dovecot.available()
-needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")
-
-
-class Events:
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def write(self, level, event, message, fields=None):
-        rec = {"level": level, "event": event, "message": message, "fields": fields}
-        self.records.append(rec)
-        return rec
-
-    def named(self, event: str) -> list[dict]:
-        return [r for r in self.records if r["event"] == event]
+from tests.util import EventLogRecorder, until
 
 
 class Switchable:
@@ -61,33 +45,10 @@ def files(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-@pytest.fixture
-def maildir(tmp_path):
-    root = tmp_path / "store"
-    root.mkdir()
-    return MaildirStore(root)
 
 
-@pytest.fixture(scope="module")
-def dovecot_server(tmp_path_factory):
-    if SKIP_IMAP:
-        pytest.skip(SKIP_IMAP)
-    with DovecotServer(tmp_path_factory.mktemp("dovecot")) as server:
-        yield server
 
 
-@pytest.fixture(params=["maildir", "imap"])
-def store(request, tmp_path):
-    if request.param == "maildir":
-        root = tmp_path / "store"
-        root.mkdir()
-        return MaildirStore(root)
-    if SKIP_IMAP:
-        pytest.skip(SKIP_IMAP)
-    server = request.getfixturevalue("dovecot_server")
-    server.reset_mail()
-    return ImapStore(server.host, server.port, credentials=server.credentials,
-                     mailboxes=server.mailboxes)
 
 
 # ============================================================================ Spool
@@ -239,7 +200,7 @@ async def test_bad_message_is_not_spooled(tmp_path):
 
 
 async def test_spooled_while_down_then_delivered(maildir, tmp_path):
-    events = Events()
+    events = EventLogRecorder()
     store = Switchable(maildir, up=False)
     spool = Spool(tmp_path / "spool")
     worker = SpoolWorker(spool, store, retry_min=0.01, retry_max=0.05, events=events,
@@ -275,7 +236,7 @@ async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_sto
     """The messaging core lights the lamp in ``on_stored``: called once per message that
     reached the store from the spool (not for duplicates), after it is stored; a failing
     follow-up is reported and the spool is still drained."""
-    events = Events()
+    events = EventLogRecorder()
     spool = Spool(tmp_path / "spool")
     seen: list[tuple[str, tuple[int, int]]] = []
 
@@ -345,7 +306,7 @@ async def test_two_nodes_deliver_copies_of_one_spool_file_exactly_once(store, tm
 
 
 async def test_bad_spool_files_go_to_bad_and_the_worker_carries_on(maildir, tmp_path):
-    events = Events()
+    events = EventLogRecorder()
     spool = Spool(tmp_path / "spool")
     first = spool.put(make_message(1))
     (tmp_path / "spool" / "000000000002-garbage.vmmsg").write_bytes(b"\x00garbage")
@@ -413,7 +374,7 @@ async def test_a_failing_store_does_not_kill_the_worker(maildir, tmp_path):
                 raise RuntimeError("bug in the store")
             return await maildir.deliver(msg)
 
-    events = Events()
+    events = EventLogRecorder()
     spool = Spool(tmp_path / "spool")
     spool.put(make_message(1))
     worker = SpoolWorker(spool, Broken(), retry_min=0.01, retry_max=0.02, events=events,
@@ -427,7 +388,7 @@ async def test_a_failing_store_does_not_kill_the_worker(maildir, tmp_path):
 
 
 async def test_spool_unwritable_while_store_down_is_an_error(tmp_path, maildir):
-    events = Events()
+    events = EventLogRecorder()
     (tmp_path / "blocked").write_text("")
     worker = SpoolWorker(Spool(tmp_path / "blocked" / "spool"), Switchable(maildir, up=False),
                          events=events)

@@ -42,7 +42,7 @@ from failover.filerepl.scan import Scanner
 from failover.filerepl.watcher import Watcher
 from failover.replchan import ChannelClosed, ReplTasks, events_log
 from lab.pair import free_port
-from tests.util import until
+from tests.util import EventLogRecorder, until
 
 DIRS = ["prompts", "streams", "support", "spool"]
 MIB = 1024 * 1024
@@ -50,18 +50,6 @@ MIB = 1024 * 1024
 
 # ============================================================================ harness
 
-
-class Events:
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def write(self, level, event, message, fields=None):
-        rec = {"level": level, "event": event, "message": message, "fields": fields}
-        self.records.append(rec)
-        return rec
-
-    def named(self, event: str) -> list[dict]:
-        return [r for r in self.records if r["event"] == event]
 
 
 class FakeChan:
@@ -148,7 +136,7 @@ class Node:
         self.name = name
         self.data = tmp_path / name
         self.root = self.data / "files"
-        self.events = Events()
+        self.events = EventLogRecorder()
         opts = dict(sweep_interval=3600.0, retry_min=0.05, retry_max=0.5,
                     watch_debounce_ms=10, watch_step_ms=5)
         opts.update(kw)

@@ -9,10 +9,8 @@ import trio
 from lab import dovecot
 from lab.dovecot import DovecotServer
 from telephony.store import ImapStore, StoreError, StoreUnavailable
+from tests.telephony.conftest import needs_dovecot
 from tests.telephony.messages import make_message
-
-SKIP_IMAP = dovecot.available()
-needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")
 
 
 @needs_dovecot

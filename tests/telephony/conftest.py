@@ -1,5 +1,6 @@
-"""The Dovecot the IMAP tests of the store package share (one for the package), and a
-parametrised empty store of each kind."""
+"""Fixtures of the telephony tests: the Dovecot the IMAP tests share (one for the package,
+started only when a test asks for it), a parametrised empty store of each kind, a Maildir
+store."""
 from __future__ import annotations
 
 import pytest
@@ -9,6 +10,8 @@ from lab.dovecot import DovecotServer
 from telephony.store import ImapStore, MaildirStore
 
 SKIP_IMAP = dovecot.available()
+#: a test that needs the real Dovecot (in CI a skip fails: docs/testing.md)
+needs_dovecot = pytest.mark.skipif(SKIP_IMAP is not None, reason=SKIP_IMAP or "")
 
 
 @pytest.fixture(scope="package")
@@ -32,3 +35,10 @@ def store(request, tmp_path):
     server.reset_mail()
     return ImapStore(server.host, server.port, credentials=server.credentials,
                      mailboxes=server.mailboxes)
+
+
+@pytest.fixture
+def maildir(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    return MaildirStore(root)
