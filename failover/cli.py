@@ -268,14 +268,20 @@ def cmd_configure(args, rest: list[str]) -> int:
 def plugin_commands(sub) -> dict:
     """Subcommands that other packages of the installation add (entry-point group
     ``vmha.commands``: a callable that adds its parser to ``sub`` and returns its handler).
-    The lab package adds ``vmha demo`` this way, so the node manager never imports the lab."""
+    The lab package adds ``vmha demo`` this way, so the node manager never imports the lab.
+    They are loaded only when the command line does not name a built-in command
+    (:data:`BUILTIN`): ``vmha node`` never imports a plugin."""
     handlers = {}
     for ep in sorted(entry_points(group="vmha.commands"), key=lambda e: e.name):
         handlers[ep.name] = ep.load()(sub)
     return handlers
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the node manager's own commands (``configure`` has its own parser)
+BUILTIN = ("node", "status", "failover", "failback", "mode", "db", "report", "events", "configure")
+
+
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vmha", description="voice-messaging high availability pair")
     sub = ap.add_subparsers(dest="cmd", required=True)
     conf = argparse.ArgumentParser(add_help=False)
@@ -316,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     sub.add_parser("configure", add_help=False, help="pairing wizard: write both nodes' TOML and the key "
                    "(see vmha configure --help)")
-    ap.plugin_handlers = plugin_commands(sub)
+    ap.plugin_handlers = plugin_commands(sub) if plugins else {}
     return ap
 
 
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["configure"]:
         return cmd_configure(None, argv[1:])
-    ap = build_parser()
+    ap = build_parser(plugins=argv[:1] == [] or argv[0] not in BUILTIN)
     args = ap.parse_args(argv)
     handlers = {"node": cmd_node, "status": cmd_status, "failover": cmd_move, "failback": cmd_move,
                 "mode": cmd_move, "events": cmd_events, "db": cmd_db, "report": cmd_report,
