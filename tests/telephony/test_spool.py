@@ -253,7 +253,9 @@ async def test_on_stored_follows_each_spooled_delivery_and_its_errors_do_not_sto
                          on_stored=on_stored)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        await until(lambda: not spool.pending(), "spool drained")
+        # the follow-up runs after the message has left the spool: wait for both
+        await until(lambda: not spool.pending() and events.named("spool_followup_failed"),
+                    "spool drained and the last follow-up done")
         nursery.cancel_scope.cancel()
     assert seen == [(msgs[1].message_id, (2, 0)), (msgs[2].message_id, (3, 0))]
     (failed,) = events.named("spool_followup_failed")
