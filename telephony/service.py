@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from integrations.base import CallInfo, node_mwi_drivers
-from integrations.profiles import smdi_integration
+from integrations.profiles import analog_integration, smdi_integration
 from telephony.core.activation import Activation, ActivationError
 from telephony.core.control import (
     MAX_COUNTERS,
@@ -688,18 +688,26 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         sip = SipPorts(profile=sp.profile(), node=opts.node,
                        runtime_dir=settings.node.data_dir / "run",
                        media_dir=settings.node.data_dir / "sip-media")
+    analog = None
+    ap = settings.ports.analog if settings is not None else None
+    if ap is not None and ap.enabled:
+        from telephony.analog.driver import AnalogPorts
+        i = settings.integration
+        analog = AnalogPorts(ap, node=opts.node, profile=analog_integration(i.profile, i.call_info),
+                             call_info=i.call_info, realtime=settings.messaging.realtime_audio)
     link = None
     sm = settings.ports.smdi if settings is not None else None
     if sm is not None and sm.enabled:
         from telephony.smdi.driver import SmdiLink
         voice = voice_ports(settings.integration,
                             {"loopback": (trunk, trunk.port_names() if trunk else []),
-                             "sip": (sip, sp.port_names() if sip else [])})
+                             "sip": (sip, sp.port_names() if sip else []),
+                             "analog": (analog, analog.port_names() if analog else [])})
         base = smdi_integration(settings.integration.profile, settings.integration.voice_ports)
         link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice), base),
                         node=opts.node)
         connect_call_info(settings.integration, voice, link)
-    drivers = [d for d in (trunk, link, sip) if d is not None]
+    drivers = [d for d in (trunk, link, sip, analog) if d is not None]
     try:
         control = await trio.open_unix_socket(opts.control)
     except OSError as exc:
@@ -720,7 +728,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             # each subscriber's lamps go to the driver its mwi_method names on this node's
             # MWI method (the same table the node manager checks subscribers against): SIP
             # NOTIFY, the SMDI link, or the loopback trunk's monitor
-            by_kind = {"sip": sip, "smdi": link, "loopback": trunk}
+            by_kind = {"sip": sip, "smdi": link, "loopback": trunk, "analog": analog}
             sinks = {method: by_kind[kind] for method, kind in node_mwi_drivers(s).items()
                      if by_kind.get(kind) is not None}
             messaging = build_messaging(s, db, sinks=sinks)
@@ -732,6 +740,8 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             trunk.media_only = True  # offers with "media": true get the call flow
         if sip is not None:
             sip.flow = messaging.handle_call
+        if analog is not None:
+            analog.flow = messaging.handle_call
     service = MessagingService(node=opts.node, control=control, drivers=drivers,
                                health_interval=opts.health_interval,
                                offer_hold=opts.offer_hold, hello_extra=extra,
@@ -744,6 +754,11 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     if sip is not None:
         sip.gate = service.answering_term  # NOTIFY only while active, in that term
         sip.report = service.report
+    if analog is not None:
+        analog.gate = service.answering_term  # lamps are dialled only while active, in that term
+        analog.report = service.report
+        if messaging is not None:
+            analog.on_up = messaging.request_resync
     if link is not None:
         link.gate = service.answering_term  # transmit only while active, in that term
         link.announce = service.announce

@@ -3,7 +3,8 @@ docs/integrations.md).
 
 * :data:`SECTIONS`: the sections the service owns, in file order: the port drivers' (each
   from its settings module: ``telephony/loopback/settings.py``, ``telephony/smdi/settings.py``,
-  ``telephony/sip/settings.py``), ``[database]``, ``[store]``, ``[notify]``, ``[messaging]``;
+  ``telephony/sip/settings.py``, ``telephony/analog/settings.py``), ``[database]``,
+  ``[store]``, ``[notify]``, ``[messaging]``;
   :data:`INTEGRATION`: the ``[integration]`` section, which wires them (voice ports, call
   information, MWI method);
 * :data:`SERVICE_KEYS`: keys of the node manager's sections that the service reads too
@@ -22,8 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.base import NUMBERED_PORTS, CallInfo, MwiMethod, VoicePort, default_integration
+from integrations.base import (
+    IN_BAND_PORTS,
+    NUMBERED_PORTS,
+    CallInfo,
+    MwiMethod,
+    VoicePort,
+    default_integration,
+)
 from integrations.profiles import PROFILES
+from telephony.analog import settings as analog
 from telephony.core.ids import MAILBOX_RE
 from telephony.core.settings import (
     Addr,
@@ -89,6 +98,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     loopback.SECTION: loopback.KEYS,
     smdi.SECTION: smdi.KEYS,
     sip.SECTION: sip.KEYS,
+    analog.SECTION: analog.KEYS,
     "database": {
         "path": Key(path, None),  # <data_dir>/config.db
     },
@@ -136,6 +146,7 @@ class PortsSection:
     loopback: loopback.LoopbackSettings
     smdi: smdi.SmdiSection
     sip: sip.SipSection
+    analog: analog.AnalogSettings = analog.AnalogSettings()
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,8 @@ def build(v: dict[str, dict[str, Any]], data_dir: Path) -> dict[str, Any]:
     """The typed sections from checked values (:data:`SECTIONS` and :data:`INTEGRATION`):
     ``{"ports", "database", "store", "notify", "messaging", "integration"}``."""
     ports = PortsSection(loopback.LoopbackSettings(**v[loopback.SECTION]),
-                         smdi.SmdiSection(**v[smdi.SECTION]), sip.section(v[sip.SECTION]))
+                         smdi.SmdiSection(**v[smdi.SECTION]), sip.section(v[sip.SECTION]),
+                         analog.AnalogSettings(**v[analog.SECTION]))
     return {
         "ports": ports,
         "database": DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
@@ -216,12 +228,18 @@ def build(v: dict[str, dict[str, Any]], data_dir: Path) -> dict[str, Any]:
     }
 
 
+def _enabled(ports: Any, driver: str) -> bool:
+    """``ports.<driver>.enabled`` of a ports view that may predate the driver (False)."""
+    return bool(getattr(getattr(ports, driver, None), "enabled", False))
+
+
 def resolve_integration(given: dict[str, Any], ports: PortsSection) -> Integration:
     """Each part: as written, else the named profile's, else derived from the enabled ports
     (``integrations.base.default_integration``: today's wiring for a file without the section)."""
     prof = PROFILES[given["profile"]] if given.get("profile") is not None else None
     voice, call_info, mwi = default_integration(sip=ports.sip.enabled, smdi=ports.smdi.enabled,
-                                                loopback=ports.loopback.enabled)
+                                                loopback=ports.loopback.enabled,
+                                                analog=_enabled(ports, "analog"))
     if prof is not None:
         voice, call_info, mwi = prof.voice_ports, prof.call_info, prof.mwi_method
     parts = {"voice_ports": tuple(voice), "call_info": str(call_info), "mwi": str(mwi)}
@@ -238,6 +256,7 @@ def problems(s: dict[str, Any]) -> list[Problem]:
     problem names the key the operator should change."""
     ports: PortsSection = s["ports"]
     out = loopback.problems(ports.loopback) + smdi.problems(ports.smdi) + sip.problems(ports.sip)
+    out += analog.problems(ports.analog)
     out += integration_problems(s["integration"], ports)
     st = s["store"]
     if st.kind == "imap":
@@ -253,15 +272,17 @@ def problems(s: dict[str, Any]) -> list[Problem]:
 
 #: the port driver each MWI method needs
 _MWI_DRIVER = {MwiMethod.SIP_NOTIFY: sip.SECTION, MwiMethod.SMDI: smdi.SECTION,
-               MwiMethod.LOOPBACK: loopback.SECTION}
+               MwiMethod.LOOPBACK: loopback.SECTION, MwiMethod.DTMF: analog.SECTION}
 
 
 def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
     """Whether the three parts fit each other and the enabled ``[ports.*]``."""
     out: list[Problem] = []
-    voice_on = {VoicePort.LOOPBACK.value: ports.loopback.enabled, VoicePort.SIP.value: ports.sip.enabled}
+    voice_on = {VoicePort.LOOPBACK.value: ports.loopback.enabled, VoicePort.SIP.value: ports.sip.enabled,
+                VoicePort.ANALOG.value: ports.analog.enabled}
     counts = {VoicePort.LOOPBACK.value: ("ports.loopback.count", ports.loopback.count),
-              VoicePort.SIP.value: ("ports.sip.count", ports.sip.count)}
+              VoicePort.SIP.value: ("ports.sip.count", ports.sip.count),
+              VoicePort.ANALOG.value: ("ports.analog.count", ports.analog.lines)}
     sm = ports.smdi
     # a file without the section: the rules of the wiring it always had
     smdi_reported = False
@@ -270,7 +291,8 @@ def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
                            "ports.sip cannot both be enabled unless [integration] chooses how "
                            "they work together (integration.mwi, docs/integrations.md)"))
         smdi_reported = True
-    if {"voice_ports", "call_info"} <= i.derived and sm.enabled and not ports.loopback.enabled:
+    if {"voice_ports", "call_info"} <= i.derived and sm.enabled and not ports.loopback.enabled \
+            and not ports.analog.enabled:
         out.append(Problem("ports.smdi.enabled", "the SMDI integration answers calls on the "
                            "loopback lines (the voice-board simulator): enable ports.loopback, "
                            "or name the voice ports in integration.voice_ports"))
@@ -302,14 +324,25 @@ def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
                 named = " + ".join(counts[v][0] for v in i.voice_ports)
                 out.append(Problem("ports.smdi.terminals", f"{len(sm.terminals)} terminals for "
                                    f"{lines} lines ({named}): one terminal per line"))
+    if i.call_info == CallInfo.DTMF:
+        other = [v for v in i.voice_ports if v not in IN_BAND_PORTS]
+        if other or not i.voice_ports:
+            out.append(Problem(i.source("call_info"), "call information from DTMF digits needs "
+                               f'voice ports that hear them in band: only "analog", not {other}'))
+    elif i.call_info == CallInfo.SIGNALLING and VoicePort.ANALOG.value in i.voice_ports:
+        hint = (' (without [integration] the enabled loopback or SIP ports make it "signalling": '
+                'set integration.profile = "analog-dtmf" and disable the other voice ports)'
+                if "call_info" in i.derived else "")
+        out.append(Problem(i.source("call_info"), "analog lines carry no call information of "
+                           f'their own: choose "dtmf" (digits after answer) or "smdi"{hint}'))
     mwi = MwiMethod(i.mwi)
-    if mwi in (MwiMethod.SCCP, MwiMethod.DTMF):
+    if mwi is MwiMethod.SCCP:
         out.append(Problem(i.source("mwi"), f'no driver in vmha sends "{mwi}" lamps yet: choose '
-                           'one of "sip_notify", "smdi", "loopback", "none"'))
+                           'one of "sip_notify", "smdi", "dtmf", "loopback", "none"'))
     elif mwi in _MWI_DRIVER and not smdi_reported:
         section = _MWI_DRIVER[mwi]
         on = {sip.SECTION: ports.sip.enabled, smdi.SECTION: sm.enabled,
-              loopback.SECTION: ports.loopback.enabled}[section]
+              loopback.SECTION: ports.loopback.enabled, analog.SECTION: ports.analog.enabled}[section]
         if not on:
             out.append(Problem(i.source("mwi"), f'"{mwi}" lamps need {section}.enabled = true'))
     if sm.enabled and not smdi_reported and i.call_info != CallInfo.SMDI and mwi != MwiMethod.SMDI:

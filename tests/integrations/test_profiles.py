@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from integrations.analog import ANALOG_DTMF, ANALOG_SMDI
 from integrations.base import (
+    IN_BAND_PORTS,
     MWI_DRIVERS,
     NUMBERED_PORTS,
     CallInfo,
@@ -22,7 +24,7 @@ from integrations.base import (
 )
 from integrations.cucm_sip import CUCM_SIP
 from integrations.loopback import LOOPBACK
-from integrations.profiles import PROFILES, smdi_integration
+from integrations.profiles import PROFILES, analog_integration, smdi_integration
 from integrations.smdi import GATEWAY_SMDI, SERIAL_SMDI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,26 +42,36 @@ def test_integrations_import_nothing_of_the_project():
 
 
 def test_the_profiles_name_their_three_parts():
-    assert list(PROFILES) == ["cucm-sip", "serial-smdi", "gateway-smdi", "loopback"]
+    assert list(PROFILES) == ["cucm-sip", "serial-smdi", "gateway-smdi", "analog-dtmf",
+                              "analog-smdi", "loopback"]
     parts = {name: (p.voice_ports, p.call_info, p.mwi_method) for name, p in PROFILES.items()}
     assert parts == {
         "cucm-sip": (("sip",), CallInfo.SIGNALLING, MwiMethod.SIP_NOTIFY),
         "serial-smdi": (("loopback",), CallInfo.SMDI, MwiMethod.SMDI),
         "gateway-smdi": (("sip",), CallInfo.SMDI, MwiMethod.SMDI),
+        "analog-dtmf": (("analog",), CallInfo.DTMF, MwiMethod.DTMF),
+        "analog-smdi": (("analog",), CallInfo.SMDI, MwiMethod.SMDI),
         "loopback": (("loopback",), CallInfo.SIGNALLING, MwiMethod.NONE),
     }
-    assert (CUCM_SIP, SERIAL_SMDI, GATEWAY_SMDI, LOOPBACK) == tuple(PROFILES.values())
+    assert (CUCM_SIP, SERIAL_SMDI, GATEWAY_SMDI, ANALOG_DTMF, ANALOG_SMDI, LOOPBACK) == \
+        tuple(PROFILES.values())
     for p in PROFILES.values():
         assert p.name and set(p.voice_ports) <= set(VoicePort)
         if p.call_info is CallInfo.SMDI:
             assert set(p.voice_ports) <= NUMBERED_PORTS
+        if p.call_info is CallInfo.DTMF:
+            assert set(p.voice_ports) <= IN_BAND_PORTS
 
 
 def test_a_profile_checks_its_parts():
     base = dict(name="x", port_kind="loopback", ports=4, mwi_method=MwiMethod.NONE)
     assert IntegrationProfile(**base).voice_ports == ("loopback",)  # from the port kind
     with pytest.raises(ValueError, match="unknown voice ports"):
-        IntegrationProfile(**base, voice_ports=("analog",))
+        IntegrationProfile(**base, voice_ports=("sccp",))
+    with pytest.raises(ValueError, match="DTMF call information needs voice ports"):
+        IntegrationProfile(**base, call_info=CallInfo.DTMF)
+    assert IntegrationProfile(**{**base, "port_kind": "analog"},
+                              call_info=CallInfo.DTMF).voice_ports == ("analog",)
     with pytest.raises(ValueError, match="ports must be"):
         IntegrationProfile(**{**base, "ports": 0})
 
@@ -68,11 +80,14 @@ def test_the_lamp_table():
     assert MWI_DRIVERS == {
         MwiMethod.SIP_NOTIFY: {"sip": "sip"},
         MwiMethod.SMDI: {"smdi": "smdi"},
+        MwiMethod.DTMF: {"dtmf": "analog"},
         MwiMethod.LOOPBACK: {"sip": "loopback"},
         MwiMethod.NONE: {},
     }
-    for method in (MwiMethod.SCCP, MwiMethod.DTMF):  # no driver in vmha: no row
-        assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi=method.value))) == {}
+    # SCCP has no driver in vmha: no row
+    assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi="sccp"))) == {}
+    assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi="dtmf"))) == \
+        {"dtmf": "analog"}
     cfg = SimpleNamespace(integration=SimpleNamespace(mwi="smdi"))
     assert node_mwi_drivers(cfg) == {"smdi": "smdi"}
     node_mwi_drivers(cfg)["x"] = "y"  # a copy: the table is not changed through it
@@ -103,7 +118,24 @@ def test_the_default_integration_is_the_old_wiring(sip, smdi, loopback):
         assert dict(MWI_DRIVERS[mwi]) == _old_mwi_drivers(sip=sip, smdi=smdi, loopback=loopback)
 
 
+@pytest.mark.parametrize("sip, smdi, loopback", list(itertools.product((False, True), repeat=3)))
+def test_analog_lines_in_the_default_integration(sip, smdi, loopback):
+    voice, call_info, mwi = default_integration(sip=sip, smdi=smdi, loopback=loopback,
+                                                analog=True)
+    assert voice == tuple(k for k, on in (("loopback", loopback), ("sip", sip), ("analog", True))
+                          if on)
+    assert call_info is (CallInfo.SMDI if smdi else CallInfo.DTMF if voice == ("analog",)
+                         else CallInfo.SIGNALLING)
+    assert mwi is (MwiMethod.SIP_NOTIFY if sip else MwiMethod.SMDI if smdi else MwiMethod.DTMF)
+    assert mwi_drivers(sip=sip, smdi=smdi, loopback=loopback, analog=True) == \
+        dict(MWI_DRIVERS[mwi])
+
+
 def test_smdi_calls_are_labelled_with_the_integration_that_serves_them():
+    assert smdi_integration(None, ("analog",)).name == "analog-smdi"
+    assert analog_integration(None, "dtmf").name == "analog-dtmf"
+    assert analog_integration(None, "smdi").name == "analog-smdi"
+    assert analog_integration("analog-smdi", "smdi") is ANALOG_SMDI
     assert smdi_integration(None, ("sip",)).name == "gateway-smdi"
     assert smdi_integration(None, ("loopback",)).name == "serial-smdi"
     assert smdi_integration("serial-smdi", ("loopback",)).name == "serial-smdi"
