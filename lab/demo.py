@@ -17,6 +17,18 @@ header, the caller speaking a WAV) at the active node's SIP port, and runs a scr
   move the node holds, so it refuses the calls (no call takeover) and the PBX would hunt on;
 * then calls keep coming until Ctrl-C or ``--duration``.
 
+Then, at ~21 s, an **analog site** (:class:`AnalogSite`): a second pair whose voice
+ports are the analog lines of a voice-board simulator (:mod:`lab.voiceboard`, a simulator:
+nobody has a voice board here) with the in-band DTMF integration (profile ``analog-dtmf``).
+Its simulated PBX hunts one caller over both nodes' lines; when the port answers it sends
+``#1001`` (forwarded from 1001 on busy), the caller speaks, hangs up; the demo shows the
+line, the digits, the mailbox and the reason of the message, and the lamp the active node
+lit by dialling ``*911001`` on a line.  (A node's voice ports are either analog lines, whose
+calls say why they came in band or on SMDI, or ports with their own signalling: the analog
+lines need a pair of their own.)  The analog pair starts after the script above, so its
+start-up does not compete for the CPU with the takeovers being measured, and it is stopped
+once its call is shown (about 15 s later).
+
 The SIP calls are made by the built-in caller :mod:`lab.sip_caller` (one pjsua2
 process per call).  Each message left in the shared Maildir store is shown with the node that
 recorded it (its ``X-VMHA-Node`` header), so the messages are seen to go on across the takeover.
@@ -50,12 +62,15 @@ from failover.config import load_config
 from failover.eventlog import format_record
 from lab.loopback_client import LoopbackClientError, place_call
 from lab.pair import Pair, free_udp_block
+from lab.voiceboard import VoiceBoardSim
+from telephony.core import media
 from telephony.runtime.tasks import describe
 from telephony.store import parse_mime
 
 # seconds after the pair was started: kill -9 of the active service, a call on the inactive
 # node's trunk (call takeover), an operator failover, a call on the node that now holds
 KILL_AT, TAKEOVER_CALL_AT, FAILOVER_AT, PROBE_AT = 5.0, 10.0, 15.0, 19.0
+ANALOG_AT = 21.0  # the analog site starts (after the script: see the module docstring)
 CALL_EVERY, HOLD = 0.5, (1.0, 1.8)  # at most 4 calls at once: the loopback trunk has 4 ports
 REFRESH = 0.25
 # SIP calls: one every SIP_EVERY s, at most SIP_MAX at once (a node has SIP_PORTS ports); the
@@ -64,6 +79,10 @@ REFRESH = 0.25
 SIP_EVERY, SIP_MAX, SIP_PORTS, SIP_HOLD = 1.5, 2, 4, 2.8
 SUBSCRIBERS = (("1001", "Alice Example"), ("1002", "Bob Example"))
 SIP_REASONS = ("user-busy", "no-answer", "unconditional")
+# the analog site: lines per node, the call's in-band digits and what they mean, the tone the
+# caller speaks after 3 s of silence (over the wait for more digits, the greeting, the beep)
+ANALOG_LINES, ANALOG_DIGITS, ANALOG_EXT = 2, "#1001", "1001"  # "#1001": 1001 was busy
+ANALOG_VOICE = (3.0, 1250.0, 1.2)  # silence s, tone Hz, tone s
 EVENT_LINES = 8
 ACTIVATIONS = ("startup", "failover", "failback")
 
@@ -141,10 +160,126 @@ class MwiPhones:
             await sock.sendto(self.reply(text), addr)
 
 
+class AnalogSite:
+    """The demo's analog site: a second pair (``<workdir>/analog``) whose nodes' voice ports
+    are the lines of a voice-board simulator's boards ``a`` and ``b`` (sockets in
+    ``<workdir>/vb``), profile ``analog-dtmf``; one call, its message and its lamp."""
+
+    def __init__(self, workdir: Path) -> None:
+        (workdir / "vb").mkdir(parents=True, exist_ok=True)
+        self.sim = VoiceBoardSim(workdir / "vb", {"a": ANALOG_LINES, "b": ANALOG_LINES})
+        self.pair = Pair(workdir / "analog", relay=False, analog=self.sim,
+                         analog_keys={"count": ANALOG_LINES, "rings": 1},
+                         extra={"messaging": {"silence": 1.0, "min_message": 0.2}})
+        self.status = f"starts at {ANALOG_AT:.0f} s"  # one line for the view and the summary
+        self.stopped = False
+
+    def _node_ready(self, name: str) -> bool:
+        st = self.pair.node(name).status() or {}
+        idle = [p for p in st.get("ports", []) if p.get("kind") == "analog" and p.get("state") == "idle"]
+        return self.sim.connected(name) and len(idle) == ANALOG_LINES
+
+    def _message(self) -> dict | None:
+        box = load_config(self.pair.a.config).store.maildir / f"mb{ANALOG_EXT}"
+        for sub in ("new", "cur"):
+            for f in sorted((box / sub).iterdir()) if (box / sub).is_dir() else []:
+                try:
+                    return parse_mime(f.read_bytes())[0]
+                except Exception:  # noqa: BLE001, S112 - half-written: seen on a later poll
+                    continue
+        return None
+
+    async def _poll(self, demo: "Demo", pred, timeout: float, what: str):
+        found = await demo.wait_for(pred, timeout)
+        if not found:
+            raise RuntimeError(f"{what} not seen within {timeout:g} s")
+        return found
+
+    @staticmethod
+    async def _thread_poll(pred, timeout: float, what: str):
+        with trio.move_on_after(timeout):
+            while not (found := await trio.to_thread.run_sync(pred)):
+                await trio.sleep(0.1)
+            return found
+        raise RuntimeError(f"{what} not seen within {timeout:g} s")
+
+    async def _call(self, demo: "Demo") -> None:
+        await trio.to_thread.run_sync(self.pair.start)
+        demo.say(f"analog site: a pair on a voice-board simulator's lines ({ANALOG_LINES} per node, "
+                 f"boards {self.sim.socket_path('a')}, {self.sim.socket_path('b')}), node managers "
+                 f"a pid {self.pair.a.pid}, b pid {self.pair.b.pid}")
+        await self._thread_poll(lambda: self.pair.a.state() == "active", 20, "analog a active")
+        ops = [{"op": "put", "table": "subscribers", "row": {
+            "extension": ANALOG_EXT, "name": "Alice Example", "mailbox": f"mb{ANALOG_EXT}",
+            "mwi_method": "dtmf", "notify": []}}]
+        reply = await trio.to_thread.run_sync(
+            lambda: self.pair.a.admin({"op": "db_write", "ops": ops}, timeout=10))
+        if not (reply and reply.get("ok")):
+            raise RuntimeError(f"subscriber not added: {(reply or {}).get('error', 'no answer')}")
+        await self._thread_poll(lambda: self._node_ready("a") and self._node_ready("b"), 20,
+                                "both analog boards connected")
+        silence_s, hz, tone_s = ANALOG_VOICE
+        handle = self.sim.start_call(digits=ANALOG_DIGITS, audio=media.silence(silence_s)
+                                     + media.tone(hz, tone_s) + media.silence(0.3), hunt=("a", "b"))
+        where = f"line {handle.call.board}/{handle.call.line}"
+        self.status = f"calling: {where} rings, digits {ANALOG_DIGITS} after the answer"
+        demo.say(f"analog call: the PBX rings {where} (node {handle.call.board}'s "
+                 f"analog-{handle.call.line}); it sends {ANALOG_DIGITS} in band after the answer")
+        with trio.move_on_after(40):
+            call = await handle.wait()
+        if not handle.done or not call.answered:
+            raise RuntimeError(f"the analog call on {where} was not answered "
+                               f"({handle.call.ended_by or 'still ringing'})")
+        h = await self._thread_poll(self._message, 15, f"the message for mb{ANALOG_EXT}")
+        await self._poll(demo, lambda: self.sim.lamps.get(ANALOG_EXT) is True, 15,
+                         f"lamp {ANALOG_EXT} on")
+        dial = next((d for d in reversed(self.sim.dialled) if d["extension"] == ANALOG_EXT
+                     and d["result"] == "on"), {})
+        message = (f"message in mb{ANALOG_EXT} (forwarded by {h.get('x-vmha-forwarding', '?')}, "
+                   f"{h.get('x-vmha-reason', '?')}, {float(h.get('x-vmha-duration', 0) or 0):.1f} s, "
+                   f"recorded by {h.get('x-vmha-node', '?')})")
+        lit = (f"lamp {ANALOG_EXT} on: dialled {dial.get('digits', '?')} "
+               f"on line {dial.get('board', '?')}/{dial.get('line', '?')}")
+        self.status = f"{where}, digits {ANALOG_DIGITS}: {message}; {lit}"
+        demo.banner(f"ANALOG CALL on {where} (node {call.board}'s analog-{call.line}): digits "
+                    f"{ANALOG_DIGITS} -> {message}; {lit}")
+
+    async def run(self, demo: "Demo") -> None:
+        """The analog site's whole life; a failure is shown, it never ends the demo."""
+        failed: str | None = None
+        await demo.at(ANALOG_AT)
+        self.status = "starting"
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.sim.run)
+                try:
+                    await self._call(demo)
+                finally:
+                    with trio.CancelScope(shield=True):  # the pair first: then its boards
+                        await trio.to_thread.run_sync(self.stop)
+                    nursery.cancel_scope.cancel()
+        except* Exception as group:  # noqa: BLE001 - the analog site never ends the demo
+            failed = describe(group)
+        if failed is not None:
+            self.status = f"failed: {failed}"
+            demo.banner(f"ANALOG CALL failed: {failed}")
+
+    def stop(self) -> None:
+        """Stop the analog pair's processes (by PID; again at the demo's end: idempotent)."""
+        self.pair.stop()
+        if not self.stopped:
+            self.stopped = True
+            if self.status.startswith("starts at"):
+                self.status = f"not placed: the demo stopped before {ANALOG_AT:.0f} s"
+            elif self.status.startswith(("starting", "calling")):
+                self.status = f"stopped before the call ended ({self.status})"
+
+
 class Demo:
     def __init__(self, pair: Pair, tty: bool, sip: bool = False,
-                 phones: MwiPhones | None = None) -> None:
+                 phones: MwiPhones | None = None, analog: AnalogSite | None = None) -> None:
         self.pair, self.tty, self.sip = pair, tty, sip
+        self.analog = analog
         self.t0 = time.monotonic()
         self.status: dict[str, dict | None] = {"a": None, "b": None}
         self.logs = {n: load_config(pair.node(n).config).node.data_dir / "events.jsonl" for n in "ab"}
@@ -212,6 +347,7 @@ class Demo:
                  "Ctrl-C to stop", "", "FAILOVER MONITOR"]
         lines += [self.node_line(n) for n in "ab"]
         lines += ["", self.calls_line()] + ([self.sip_line()] if self.sip else [])
+        lines += [f"analog call: {self.analog.status}"] if self.analog else []
         lines += [f"next: {self.next_step}", ""]
         lines += [f">>> {b}" for b in self.banners[-3:]]
         lines += ["", "recent events (both nodes, by time; per-call lines hidden):"]
@@ -537,7 +673,8 @@ class Demo:
         await self.call_on_inactive(nursery, "probe-1")
         if self.sip and self.sip_ready:
             await self.sip_on_inactive(nursery, "sip-probe-1", probe=True)
-        self.next_step = "none: calls continue until Ctrl-C (or --duration)"
+        self.next_step = (f"the analog site's call from {ANALOG_AT:.0f} s; calls continue until "
+                          "Ctrl-C (or --duration)")
 
     async def run(self, duration: float) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -548,6 +685,8 @@ class Demo:
                         nursery.cancel_scope.cancel()
                 nursery.start_soon(on_signal)
                 nursery.start_soon(self.monitor)
+                if self.analog is not None:
+                    nursery.start_soon(self.analog.run, self)
                 await self.wait_for(self.active, 20)
                 nursery.start_soon(self.caller, nursery)
                 nursery.start_soon(self.script, nursery)
@@ -587,6 +726,8 @@ class Demo:
                          + (", ".join(f"{b} {k}" for b, k in sorted(boxes.items())) or "none") + ")")
             lamps = ", ".join(f"{e} {v}" for e, v in sorted(self.phones.lamps.items())) or "none"
             lines.append(f"MWI NOTIFYs received by the phones: {self.phones.notifies}; lamps: {lamps}")
+        if self.analog is not None:
+            lines.append(f"analog call (voice-board simulator, DTMF integration): {self.analog.status}")
         lines += ["measured by the demo:"] + [f"  {m}" for m in self.measured or ["nothing"]]
         lines.append("processes: all stopped" if not leftovers else
                      f"processes LEFT RUNNING: {', '.join(leftovers)}")
@@ -702,7 +843,12 @@ def main_demo(args) -> int:
         phones.bind()  # a plain socket: bound now, served inside the demo's trio.run
     extra = {"extra_a": sip_section(phones.port), "extra_b": sip_section(phones.port)} if sip else {}
     pair = Pair(workdir, relay=True, **extra)
-    demo = Demo(pair, tty, sip, phones)
+    try:
+        analog: AnalogSite | None = AnalogSite(workdir)
+    except ValueError as exc:  # a --dir too deep for the boards' Unix sockets
+        print(f"analog site: off ({exc})", flush=True)
+        analog = None
+    demo = Demo(pair, tty, sip, phones, analog)
     if sip:
         write_caller_wav(demo.wav)
     print(f"vmha demo: starting a pair on loopback in {workdir} (primary a first)", flush=True)
@@ -729,6 +875,8 @@ def main_demo(args) -> int:
         ran = demo.elapsed()
         print("\nstopping both nodes ...", flush=True)
         pair.stop()
+        if analog is not None:
+            analog.stop()
         killed = stop_sip_workers(workdir)
         phones.close()
         for s, handler in previous.items():

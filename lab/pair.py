@@ -292,16 +292,47 @@ class Node:
         return out
 
 
+def analog_sections(socket: str | Path, *, profile: str = "analog-dtmf", **keys) -> dict:
+    """The TOML sections that put one node's voice ports on a voice-board simulator's board:
+    ``[ports.analog]`` with the simulator backend on ``socket`` (``keys`` add or override its
+    keys: ``count``, ``rings``, ``tone_profile`` ...), the loopback trunk off (a node's voice
+    ports are the analog lines alone), ``[integration] profile`` (``analog-dtmf``: call
+    information and lamps by DTMF on the lines; ``analog-smdi``: by the SMDI link, whose
+    ``[ports.smdi]`` the caller adds)."""
+    return {"ports": {"loopback": {"enabled": False},
+                      "analog": {"enabled": True, "backend": "sim", "socket": str(socket), **keys}},
+            "integration": {"profile": profile}}
+
+
+def merge_sections(*parts: dict | None) -> dict:
+    """TOML sections merged one level down, later parts winning: ``{"ports": {"analog": ..}}``
+    and ``{"ports": {"smdi": ..}}`` give both tables (``Pair``'s extras replace whole
+    sub-tables, so a node's extra made of several parts is merged here first)."""
+    out: dict = {}
+    for part in parts:
+        for section, values in (part or {}).items():
+            out[section] = {**out.get(section, {}), **values} if isinstance(values, dict) else values
+    return out
+
+
 class Pair:
     """Two nodes on loopback.  With ``relay=True`` each node link direction and each node's
     replication listener is reached through a TcpRelay, so the test can cut and heal the
     network between the nodes (``cut()`` cuts both, like a pulled cable)."""
 
     def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default",
-                 extra: dict | None = None, extra_a: dict | None = None, extra_b: dict | None = None):
+                 extra: dict | None = None, extra_a: dict | None = None, extra_b: dict | None = None,
+                 analog=None, analog_keys: dict | None = None):
         """``extra``: TOML sections merged into both nodes' files (a nested table such as
         ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
-        same for one node, after ``extra``."""
+        same for one node, after ``extra``.  ``analog``: a voice-board simulator
+        (``lab.voiceboard.VoiceBoardSim``, anything with ``socket_path(name)``): each node's
+        analog lines on its board's socket (:func:`analog_sections`; ``analog_keys`` are its
+        keyword arguments, ``profile`` among them), merged before ``extra_a``/``extra_b``,
+        which may add more ``[ports.*]`` tables."""
+        if analog is not None:
+            extra_a, extra_b = (merge_sections(analog_sections(analog.socket_path(n), **(analog_keys or {})),
+                                               more) for n, more in (("a", extra_a), ("b", extra_b)))
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         la, lb = free_port(), free_port()

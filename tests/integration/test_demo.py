@@ -62,6 +62,25 @@ def check_sip(out: str, workdir: Path, *, takeover: bool) -> None:
     assert "did not end with their service" not in out, out
 
 
+def check_analog(out: str) -> None:
+    """The analog site: its pair's call on a voice-board simulator's line, the in-band digits,
+    the message's mailbox and reason (from the message in the analog pair's store), the lamp
+    lit by dialling; and its node managers gone."""
+    m = re.search(r"analog site: a pair on a voice-board simulator's lines \(2 per node, .*\), "
+                  r"node managers a pid (\d+), b pid (\d+)", out)
+    assert m, out
+    assert all(gone(int(pid)) for pid in m.groups())
+    assert re.search(r"analog call: the PBX rings line [ab]/\d \(node [ab]'s analog-\d\); it sends "
+                     r"#1001 in band after the answer", out), out
+    banner = re.search(r"ANALOG CALL on line ([ab])/(\d) \(node \1's analog-\2\): digits #1001 -> "
+                       r"message in mb1001 \(forwarded by 1001, busy, ([\d.]+) s, recorded by \1\); "
+                       r"lamp 1001 on: dialled \*911001#? on line \1/(\d)", out)
+    assert banner, out
+    assert float(banner.group(3)) > 0 and banner.group(4) != banner.group(2), banner.group(0)
+    assert re.search(r"analog call \(voice-board simulator, DTMF integration\): line [ab]/\d, digits "
+                     r"#1001: message in mb1001 \(forwarded by 1001, busy", out), out
+
+
 def workdir_of(out: str) -> str:
     m = re.search(r"starting a pair on loopback in (\S+) \(primary a first\)", out)
     assert m, out
@@ -84,8 +103,9 @@ def gone(pid: int) -> bool:
 
 def test_demo_runs_its_script_and_cleans_up(tmp_path):
     work = tmp_path / "demo"
-    r = subprocess.run(DEMO + ["--duration", "25", "--dir", str(work)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    # 45 s: the script (up to ~20 s), then the analog site's pair and its call
+    r = subprocess.run(DEMO + ["--duration", "45", "--dir", str(work)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=150)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert workdir_of(out) == str(work)
@@ -119,6 +139,7 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     check_sip(out, work, takeover=True)
     # the lamps: the nodes' MWI NOTIFYs reached the demo's phones
     assert re.search(r"MWI NOTIFYs received by the phones: [1-9]", out), out
+    check_analog(out)
 
 
 def test_demo_stops_cleanly_on_ctrl_c():
@@ -158,4 +179,7 @@ def test_demo_stops_cleanly_on_ctrl_c():
     assert leftovers(work) == []
     assert all(gone(pid) for pid in manager_pids(out))
     check_sip(out, Path(work), takeover=False)
+    # stopped before the analog site's call (or during it): said so, and nothing left running
+    assert re.search(r"analog call \(voice-board simulator, DTMF integration\): (not placed: the demo "
+                     r"stopped before \d+ s|stopped before the call ended|line )", out), out
     shutil.rmtree(work, ignore_errors=True)  # the demo keeps its temporary dir for the logs
