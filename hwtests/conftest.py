@@ -34,6 +34,13 @@ def pytest_addoption(parser):
                 help="line settings of both ends (default 9600,7E1)")
     g.addoption("--hw-report", metavar="FILE",
                 help="write the measured figures of the run to this JSON file")
+    g.addoption("--dahdi", metavar="CHANNELS",
+                help="DAHDI channels of FXO ports to qualify, as in system.conf (1-4,7); "
+                     "without it the DAHDI board runs skip (they need a card)")
+    g.addoption("--visa", metavar="RESOURCE",
+                help="the telephone-line tester's VISA resource (TCPIP::host::port::SOCKET ...), "
+                     "wired to the --dahdi channels; without it the analog qualification runs "
+                     "on the simulated tester and board")
 
 
 def _line(text: str) -> tuple[int, int, str, float]:
@@ -66,6 +73,20 @@ def smdi_line(request, tmp_path):
             str(tmp_path / "pbx"), True
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def dahdi_channels(request) -> list[int]:
+    """The DAHDI channels given with ``--dahdi`` (FXO ports wired to the PBX's lines)."""
+    from telephony.analog.dahdi import parse_channels
+
+    text = request.config.getoption("--dahdi")
+    if not text:
+        pytest.skip("hardware: no DAHDI card given (--dahdi CHANNELS on a machine with FXO ports)")
+    try:
+        return parse_channels(text)
+    except ValueError as e:
+        raise pytest.UsageError(f"--dahdi: {e}") from None
 
 
 @pytest.fixture(scope="session")
