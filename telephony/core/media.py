@@ -8,7 +8,9 @@ and prompts travel as WAV files (RIFF) holding exactly that format.
   format and refuses anything else (other rates, widths, channel counts, compressed data, a
   truncated data chunk, a file over 64 MiB) with a :class:`ValueError` that says why.
 * :func:`tone`, :func:`silence`, :func:`rms`, :func:`duration`, :func:`frames` are small
-  helpers over PCM.
+  helpers over PCM.  Levels are computed with numpy: the sum of squares exactly in 64-bit
+  integers, then one division and one square root, so :func:`rms` gives the very float the
+  pure-Python sum gave; the recorder computes the levels of every whole frame of a chunk at once.
 * :class:`SilenceDetector` (frames in, "the caller has stopped talking" out) and
   :class:`Recorder` (audio in, "the recording is over: silence | max" out) are sans-IO.
 * The prompts: a voice-mail system without recorded prompts still needs something to play.
@@ -40,6 +42,8 @@ from array import array
 from collections.abc import Iterator
 from typing import Final
 
+import numpy as np
+
 RATE: Final = 8000  # samples per second
 SAMPLE_WIDTH: Final = 2  # bytes per sample (16-bit signed, little-endian)
 CHANNELS: Final = 1
@@ -52,6 +56,7 @@ SILENCE_THRESHOLD: Final = 200.0  # RMS below this is silence (about -44 dBFS)
 FULL_SCALE: Final = 32767
 
 _BIG_ENDIAN = sys.byteorder == "big"
+_INT16_LE = np.dtype("<i2")
 _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
@@ -154,14 +159,6 @@ def frames(pcm: bytes, size: int = FRAME_BYTES) -> Iterator[bytes]:
         yield pcm[i:i + size]
 
 
-def _samples(pcm: bytes) -> array:
-    a = array("h")
-    a.frombytes(pcm)
-    if _BIG_ENDIAN:
-        a.byteswap()
-    return a
-
-
 def _to_bytes(a: array) -> bytes:
     if _BIG_ENDIAN:
         a = array("h", a)
@@ -174,8 +171,17 @@ def rms(frame: bytes) -> float:
     frame = _check_pcm(frame, "a frame")
     if not frame:
         return 0.0
-    s = _samples(frame)
-    return math.sqrt(sum(x * x for x in s) / len(s))
+    x = np.frombuffer(frame, dtype=_INT16_LE).astype(np.int64)
+    return math.sqrt(int(x @ x) / len(x))  # the sum of squares is exact in int64
+
+
+def _frame_levels(pcm: bytes) -> list[float]:
+    """The RMS of each whole :data:`FRAME_BYTES` frame of ``pcm``, the same floats as
+    :func:`rms` of each (a frame's sum of squares is below 2**38: exact as a float)."""
+    n = len(pcm) // FRAME_BYTES
+    x = np.frombuffer(pcm, dtype=_INT16_LE, count=n * FRAME_BYTES // SAMPLE_WIDTH)
+    x = x.astype(np.int64).reshape(n, FRAME_BYTES // SAMPLE_WIDTH)
+    return np.sqrt(np.einsum("ij,ij->i", x, x) / x.shape[1]).tolist()
 
 
 def _check_seconds(seconds: float) -> None:
@@ -232,11 +238,17 @@ class SilenceDetector:
         frame = _check_pcm(frame, "a frame")
         if self.done or not frame:
             return self.done
-        if rms(frame) >= self.threshold:
+        return self._judge(rms(frame), len(frame))
+
+    def _judge(self, level: float, size: int) -> bool:
+        """:meth:`feed` of a checked, non-empty frame of ``size`` bytes whose RMS is ``level``."""
+        if self.done:
+            return True
+        if level >= self.threshold:
             self.speech_started = True
             self.silent_bytes = 0
         elif self.speech_started:
-            self.silent_bytes += len(frame)
+            self.silent_bytes += size
             if self.silent_bytes >= self._needed:
                 self.done = True
         return self.done
@@ -275,16 +287,26 @@ class Recorder:
         if self.reason is not None:
             return self.reason
         self._pending += pcm
-        while len(self._pending) >= FRAME_BYTES and self.reason is None:
-            frame = bytes(self._pending[:FRAME_BYTES])
-            del self._pending[:FRAME_BYTES]
-            self._take(frame)
+        whole = len(self._pending) - len(self._pending) % FRAME_BYTES
+        if not whole:
+            return None
+        block = bytes(self._pending[:whole])
+        used = 0
+        for level in _frame_levels(block):  # every whole frame's level in one numpy pass
+            self._take(block[used:used + FRAME_BYTES], level)
+            used += FRAME_BYTES
+            if self.reason is not None:
+                break
+        del self._pending[:used]
         return self.reason
 
-    def _take(self, frame: bytes) -> None:
-        frame = frame[:self.max_bytes - len(self._buf)]
+    def _take(self, frame: bytes, level: float) -> None:
+        room = self.max_bytes - len(self._buf)
+        if room < len(frame):  # the last frame before max: judged on what is kept of it
+            frame = frame[:room]
+            level = rms(frame)
         self._buf += frame
-        if self.detector.feed(frame):
+        if self.detector._judge(level, len(frame)):
             del self._buf[len(self._buf) - self.detector.silent_bytes:]
             self.reason = "silence"
         elif len(self._buf) >= self.max_bytes:
