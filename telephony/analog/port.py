@@ -14,14 +14,13 @@ beep and a recording), as for a PBX that refused the transfer.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from telephony.core import media
-from telephony.core.callflow import DTMF_DIGITS, check_destination
+from telephony.core.callflow import check_destination, check_digit_request
 
 __all__ = ["AnalogPort", "MAX_PENDING_DIGITS"]
 
@@ -173,14 +172,7 @@ class AnalogPort:
 
     async def collect_digits(self, *, max_digits: int, timeout: float,
                              terminator: str = "#") -> str:
-        if isinstance(max_digits, bool) or not isinstance(max_digits, int) \
-                or not 1 <= max_digits <= 64:
-            raise ValueError(f"max_digits must be an integer from 1 to 64, got {max_digits!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
-        if terminator and (len(terminator) != 1 or terminator not in DTMF_DIGITS):
-            raise ValueError(f"terminator must be one DTMF digit or '', got {terminator!r:.20}")
+        check_digit_request(max_digits, timeout, terminator)
         out = ""
         while len(out) < max_digits:
             digit = await self.next_digit(trio.current_time() + timeout)

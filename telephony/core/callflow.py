@@ -175,6 +175,20 @@ def check_destination(destination: Any) -> str:
     return destination
 
 
+def check_digit_request(max_digits: Any, timeout: Any, terminator: Any) -> None:
+    """The arguments of ``CallPort.collect_digits``: 1 to 64 digits, a timeout above 0 s, a
+    terminator of one DTMF digit or ''.  Raises ValueError (every port checks the same way)."""
+    if isinstance(max_digits, bool) or not isinstance(max_digits, int) \
+            or not 1 <= max_digits <= 64:
+        raise ValueError(f"max_digits must be an integer from 1 to 64, got {max_digits!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
+    if not isinstance(terminator, str) or (terminator and (len(terminator) != 1
+                                                           or terminator not in DTMF_DIGITS)):
+        raise ValueError(f"terminator must be one DTMF digit or '', got {terminator!r:.20}")
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -3,7 +3,6 @@ on the trunk's JSON lines (the protocol: :mod:`telephony.loopback`)."""
 from __future__ import annotations
 
 import base64
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 import trio
 
 from telephony.core import media
-from telephony.core.callflow import check_destination
-from telephony.loopback.wire import ANNOUNCEMENTS, DTMF_DIGITS, MAX_PENDING_DIGITS, JsonLines
+from telephony.core.callflow import check_destination, check_digit_request
+from telephony.loopback.wire import ANNOUNCEMENTS, MAX_PENDING_DIGITS, JsonLines
 
 
 class LoopbackPort:
@@ -180,14 +179,7 @@ class LoopbackPort:
 
     async def collect_digits(self, *, max_digits: int, timeout: float,
                              terminator: str = "#") -> str:
-        if isinstance(max_digits, bool) or not isinstance(max_digits, int) \
-                or not 1 <= max_digits <= 64:
-            raise ValueError(f"max_digits must be an integer from 1 to 64, got {max_digits!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
-        if terminator and (len(terminator) != 1 or terminator not in DTMF_DIGITS):
-            raise ValueError(f"terminator must be one DTMF digit or '', got {terminator!r:.20}")
+        check_digit_request(max_digits, timeout, terminator)
         out = ""
         deadline = trio.current_time() + timeout
         while len(out) < max_digits:

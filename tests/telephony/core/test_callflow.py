@@ -10,7 +10,14 @@ import pytest
 import trio
 
 from telephony.core import media
-from telephony.core.callflow import Announcer, CallFlow, CallPort, Outcome, check_destination
+from telephony.core.callflow import (
+    Announcer,
+    CallFlow,
+    CallPort,
+    Outcome,
+    check_destination,
+    check_digit_request,
+)
 from telephony.core.events import CallArrival, Reason
 from telephony.core.message import VoiceMessage, message_id_for
 
@@ -594,3 +601,24 @@ async def test_default_clock_is_iso_utc():
     assert out.message.message_id == "x_y_1.b.12@vmha"
     stamp = out.message.recorded_at
     assert len(stamp) == 20 and stamp[4] == "-" and stamp[10] == "T" and stamp.endswith("Z")
+
+
+@pytest.mark.parametrize("max_digits, timeout, terminator, message", [
+    (0, 1.0, "#", "max_digits must be an integer from 1 to 64"),
+    (65, 1.0, "#", "max_digits must be an integer from 1 to 64"),
+    (True, 1.0, "#", "max_digits must be an integer from 1 to 64"),
+    (4, 0, "#", "timeout must be a number of seconds above 0"),
+    (4, float("nan"), "#", "timeout must be a number of seconds above 0"),
+    (4, "1", "#", "timeout must be a number of seconds above 0"),
+    (4, 1.0, "##", "terminator must be one DTMF digit or ''"),
+    (4, 1.0, "A", "terminator must be one DTMF digit or ''"),
+    (4, 1.0, None, "terminator must be one DTMF digit or ''"),
+])
+def test_a_bad_digit_request_is_refused(max_digits, timeout, terminator, message):
+    with pytest.raises(ValueError, match=message):
+        check_digit_request(max_digits, timeout, terminator)
+
+
+@pytest.mark.parametrize("terminator", ["", "#", "*", "0"])
+def test_a_good_digit_request_passes(terminator):
+    assert check_digit_request(64, 0.5, terminator) is None
