@@ -36,7 +36,7 @@ ALLOWED = {
 #: subpackages of telephony that sit below the drivers and the service
 TELEPHONY_BASE = ("telephony.core", "telephony.runtime")
 #: the driver subpackages of telephony (a driver imports the base, integrations and itself)
-DRIVERS = ("telephony.sip", "telephony.smdi", "telephony.loopback", "telephony.analog")
+DRIVERS = ("telephony.sip", "telephony.smdi", "telephony.loopback", "telephony.analog", "telephony.sccp")
 #: what a pure module may not import
 IO_MODULES = {"trio", "socket", "time", "threading", "os", "asyncio", "select", "signal",
               "subprocess", "selectors", "shutil", "tempfile", "pathlib", "serial", "apsw",
