@@ -67,7 +67,8 @@ def format_status(st: dict) -> str:
              "yes" if p["reachable"] else "NO", "never" if hb is None else f"{hb:.2f} s ago")]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    ports = ", ".join(f"{x['name']} {x['state']}" for x in st["ports"]) or "none reported"
+    ports = ", ".join(f"{x['name']} {x['state']}" + (f" ({x['detail']})" if x.get("detail") else "")
+                      for x in st["ports"]) or "none reported"
     s = st["settings"]
     flags = [f for f in ("hold", "shutting_down") if n.get(f)] + ([] if n["licensed"] else ["UNLICENSED"])
     lines += ["", f"last change: {n['cause']}" + (f"   [{', '.join(flags)}]" if flags else "")]

@@ -51,6 +51,7 @@ from telephony.core.settings import (
     walk,
 )
 from telephony.loopback import settings as loopback
+from telephony.sccp import settings as sccp
 from telephony.settings import (
     DatabaseSection,
     Integration,
@@ -645,14 +646,15 @@ class Bind(NamedTuple):
 def listen_binds(c: NodeConfig) -> list[Bind]:
     """Every socket this node binds: the node link and replication listeners (node manager),
     the loopback trunk, the SIP signalling ports and RTP ranges (messaging service and its
-    workers), and the admin and control Unix sockets."""
+    workers), the SCCP ports' RTP range, and the admin and control Unix sockets."""
     src = c.source
     out = [Bind(src, "link.listen", "tcp", c.link.listen.host, c.link.listen.port, c.link.listen.port)]
     r = c.replication
     if r.enabled:
         out.append(Bind(src, "replication.listen", "tcp", r.listen.host, r.listen.port, r.listen.port))
     # the messaging service's: the loopback trunk, the SIP workers' ports and RTP ranges
-    for setting, proto, host, lo, hi in loopback.binds(c.ports.loopback) + sip.binds(c.ports.sip):
+    for setting, proto, host, lo, hi in (loopback.binds(c.ports.loopback) + sip.binds(c.ports.sip)
+                                         + sccp.binds(c.ports.sccp)):
         out.append(Bind(src, setting, proto, host, lo, hi))
     out.append(Bind(src, "admin.socket", "unix", str(c.admin.socket), 0, 0))
     out.append(Bind(src, "node.data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))

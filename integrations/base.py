@@ -23,17 +23,19 @@ NUMBER_FIELDS = ("calling", "called", "forwarding")
 
 
 class VoicePort(StrEnum):
-    """A kind of voice port (one driver each).  Later: SCCP ports."""
+    """A kind of voice port (one driver each)."""
 
     SIP = "sip"  # SIP lines: a trunk or registered lines, also a media gateway's SIP lines
     #              (analog/digital PBX lines turned into SIP, as Cisco's PIMG/TIMG units did)
     LOOPBACK = "loopback"  # the loopback simulator (the voice-board stand-in of the lab)
     ANALOG = "analog"  # analog (FXO) lines of a voice board: port analog-N is board line N
+    SCCP = "sccp"  # SCCP ("Skinny") stations registered with Cisco CallManager: port sccp-N
+    #                is device prefix + N
 
 
 #: voice ports that number their lines (the driver's port *i* is line *i*), so information
 #: that names a line (an SMDI record's terminal) finds the port that rings
-NUMBERED_PORTS = frozenset({VoicePort.SIP, VoicePort.LOOPBACK, VoicePort.ANALOG})
+NUMBERED_PORTS = frozenset({VoicePort.SIP, VoicePort.LOOPBACK, VoicePort.ANALOG, VoicePort.SCCP})
 
 #: voice ports that hear the caller's line after answering, so integration digits sent in
 #: band (DTMF) can be read: only analog lines
@@ -44,7 +46,7 @@ class CallInfo(StrEnum):
     """Where a call's information (numbers, reason) comes from."""
 
     SIGNALLING = "signalling"  # the voice port's own: SIP Diversion / History-Info headers,
-    #                            the loopback offer's fields
+    #                            SCCP CallInfo, the loopback offer's fields
     SMDI = "smdi"  # the serial SMDI link's record for the line's terminal number
     DTMF = "dtmf"  # digits the PBX sends in band right after the port answers (a DTMF
     #                integration: "#1234" = busy for 1234), matched against digit patterns
@@ -55,7 +57,7 @@ class MwiMethod(StrEnum):
 
     NONE = "none"  # no lamps
     SIP_NOTIFY = "sip_notify"  # unsolicited SIP NOTIFY (message-summary)
-    SCCP = "sccp"  # Skinny station MWI (no driver in vmha yet)
+    SCCP = "sccp"  # an SCCP port calls CallManager's MWI on/off number for the extension
     SMDI = "smdi"  # OP:MWI over the serial data link
     DTMF = "dtmf"  # feature-code digits dialled on an analog line (*91 + extension)
     LOOPBACK = "loopback"  # the loopback trunk's monitor: the simulated PBX's MWI side
@@ -137,43 +139,48 @@ NO_LAMP = "none"
 #: the node manager refuses a subscriber whose method is not in its node's row
 #: (telephony.configdb).  ``none`` is never in a row: it means no lamp and needs no driver.
 #: The loopback monitor shows the lamps of ``sip`` subscribers (the lab's stand-in for a SIP
-#: PBX).  The analog lines dial the lamps of ``dtmf`` subscribers (a feature code per lamp).
-#: SCCP has no driver in vmha: no row.
+#: PBX).  The analog lines dial the lamps of ``dtmf`` subscribers (a feature code per lamp);
+#: the SCCP ports call CallManager's MWI numbers for ``sccp`` subscribers.
 MWI_DRIVERS: dict[MwiMethod, dict[str, str]] = {
     MwiMethod.SIP_NOTIFY: {"sip": VoicePort.SIP.value},
     MwiMethod.SMDI: {"smdi": "smdi"},
     MwiMethod.DTMF: {"dtmf": VoicePort.ANALOG.value},
+    MwiMethod.SCCP: {"sccp": VoicePort.SCCP.value},
     MwiMethod.LOOPBACK: {"sip": VoicePort.LOOPBACK.value},
     MwiMethod.NONE: {},
 }
 
 
-def default_integration(*, sip: bool, smdi: bool, loopback: bool,
-                        analog: bool = False) -> tuple[tuple[str, ...], CallInfo, MwiMethod]:
+def default_integration(*, sip: bool, smdi: bool, loopback: bool, analog: bool = False,
+                        sccp: bool = False) -> tuple[tuple[str, ...], CallInfo, MwiMethod]:
     """The integration of a node whose file has no ``[integration]`` choices, derived from the
     enabled port drivers: ``(voice_ports, call_info, mwi)``.
 
-    * voice ports: the enabled ones, the loopback trunk's lines first, then SIP, then analog;
+    * voice ports: the enabled ones, the loopback trunk's lines first, then SIP, then analog,
+      then SCCP;
     * call information: the SMDI link's when ``ports.smdi`` is enabled, else in-band DTMF
       when the analog lines are the only voice ports, else the ports' own;
     * MWI: SIP NOTIFY when ``ports.sip`` is enabled, else the SMDI link when enabled, else
-      feature codes dialled on the analog lines when enabled, else the loopback trunk's
-      monitor (the lab and the demo), else none.  (SIP and SMDI both enabled is no default:
+      feature codes dialled on the analog lines when enabled, else CallManager's MWI numbers
+      called by the SCCP ports when enabled, else the loopback trunk's monitor (the lab and
+      the demo), else none.  (SIP and SMDI both enabled is no default:
       the file must choose.)"""
     voice = tuple(v.value for v, on in ((VoicePort.LOOPBACK, loopback), (VoicePort.SIP, sip),
-                                        (VoicePort.ANALOG, analog)) if on)
+                                        (VoicePort.ANALOG, analog), (VoicePort.SCCP, sccp)) if on)
     call_info = (CallInfo.SMDI if smdi
                  else CallInfo.DTMF if voice == (VoicePort.ANALOG.value,) else CallInfo.SIGNALLING)
     mwi = (MwiMethod.SIP_NOTIFY if sip else MwiMethod.SMDI if smdi
-           else MwiMethod.DTMF if analog else MwiMethod.LOOPBACK if loopback else MwiMethod.NONE)
+           else MwiMethod.DTMF if analog else MwiMethod.SCCP if sccp
+           else MwiMethod.LOOPBACK if loopback else MwiMethod.NONE)
     return voice, call_info, mwi
 
 
-def mwi_drivers(*, sip: bool, smdi: bool, loopback: bool, analog: bool = False) -> dict[str, str]:
+def mwi_drivers(*, sip: bool, smdi: bool, loopback: bool, analog: bool = False,
+                sccp: bool = False) -> dict[str, str]:
     """:data:`MWI_DRIVERS`' row for the default integration of a node whose port drivers are
     enabled as given (:func:`default_integration`)."""
     return dict(MWI_DRIVERS[default_integration(sip=sip, smdi=smdi, loopback=loopback,
-                                                analog=analog)[2]])
+                                                analog=analog, sccp=sccp)[2]])
 
 
 def node_mwi_drivers(cfg) -> dict[str, str]:

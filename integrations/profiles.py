@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from integrations.analog import ANALOG_DTMF, ANALOG_SMDI
 from integrations.base import IntegrationProfile
+from integrations.cucm_sccp import CUCM_SCCP
 from integrations.cucm_sip import CUCM_SIP
 from integrations.loopback import LOOPBACK
 from integrations.smdi import GATEWAY_SMDI, SERIAL_SMDI
 
 #: name -> profile, in the order the docs list them
 PROFILES: dict[str, IntegrationProfile] = {
-    p.name: p for p in (CUCM_SIP, SERIAL_SMDI, GATEWAY_SMDI, ANALOG_DTMF, ANALOG_SMDI, LOOPBACK)}
+    p.name: p for p in (CUCM_SIP, CUCM_SCCP, SERIAL_SMDI, GATEWAY_SMDI, ANALOG_DTMF, ANALOG_SMDI,
+                        LOOPBACK)}
 
 
 def smdi_integration(profile: str | None, voice_ports: tuple[str, ...]) -> IntegrationProfile:
@@ -30,3 +32,9 @@ def analog_integration(profile: str | None, call_info: str) -> IntegrationProfil
     if profile is not None:
         return PROFILES[profile]
     return ANALOG_SMDI if call_info == "smdi" else ANALOG_DTMF
+
+
+def sccp_integration(profile: str | None) -> IntegrationProfile:
+    """The integration the SCCP ports' calls belong to: the named profile, else
+    ``cucm-sccp``."""
+    return PROFILES[profile] if profile is not None else CUCM_SCCP

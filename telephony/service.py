@@ -41,8 +41,8 @@ from typing import Any
 
 import trio
 
-from integrations.base import CallInfo, node_mwi_drivers
-from integrations.profiles import analog_integration, smdi_integration
+from integrations.base import node_mwi_drivers
+from integrations.profiles import analog_integration, sccp_integration, smdi_integration
 from telephony.core.activation import Activation, ActivationError
 from telephony.core.control import (
     MAX_COUNTERS,
@@ -60,7 +60,8 @@ from telephony.core.events import CallArrival
 from telephony.core.settings import ConfigError
 from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
-from telephony.settings import Integration, ServiceSettings, load_service_settings, read_keys
+from telephony.settings import ServiceSettings, load_service_settings, read_keys
+from telephony.wiring import connect_call_info, line_names, voice_ports  # also re-exported
 
 log = logging.getLogger("telephony.service")
 
@@ -632,29 +633,6 @@ async def serve(opts: ServiceOptions) -> int:
     return box["code"]
 
 
-def voice_ports(integration: Integration,
-                built: dict[str, tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
-    """The voice-port drivers built (``{kind: (driver or None, its port names)}``) in the
-    integration's line order (``integration.voice_ports``)."""
-    return [built[kind] for kind in integration.voice_ports
-            if kind in built and built[kind][0] is not None]
-
-
-def line_names(voice: list[tuple[Any, list[str]]]) -> tuple[str, ...]:
-    """Every line of the voice ports, in order: line *i* is SMDI terminal ``terminals[i]``."""
-    return tuple(name for _, names in voice for name in names)
-
-
-def connect_call_info(integration: Integration, voice: list[tuple[Any, list[str]]],
-                      link: Any) -> None:
-    """With call information from SMDI, every voice-port driver asks the link for the call
-    ringing on one of its lines: ``driver.line_info = link.line_arrival`` (the loopback
-    trunk's contract: ``await line_info(port, call_id, node) -> CallArrival``)."""
-    if integration.call_info == CallInfo.SMDI:
-        for driver, _ in voice:
-            driver.line_info = link.line_arrival
-
-
 async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     # the drivers and the voice-messaging core are imported when the file asks for them:
     # start-up stays quick without them
@@ -695,6 +673,12 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         i = settings.integration
         analog = AnalogPorts(ap, node=opts.node, profile=analog_integration(i.profile, i.call_info),
                              call_info=i.call_info, realtime=settings.messaging.realtime_audio)
+    sccp = None
+    cp = settings.ports.sccp if settings is not None else None
+    if cp is not None and cp.enabled:
+        from telephony.sccp.driver import SccpPorts
+        sccp = SccpPorts(cp, node=opts.node, profile=sccp_integration(settings.integration.profile),
+                         realtime=settings.messaging.realtime_audio)
     link = None
     sm = settings.ports.smdi if settings is not None else None
     if sm is not None and sm.enabled:
@@ -702,12 +686,13 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         voice = voice_ports(settings.integration,
                             {"loopback": (trunk, trunk.port_names() if trunk else []),
                              "sip": (sip, sp.port_names() if sip else []),
-                             "analog": (analog, analog.port_names() if analog else [])})
+                             "analog": (analog, analog.port_names() if analog else []),
+                             "sccp": (sccp, sccp.port_names() if sccp else [])})
         base = smdi_integration(settings.integration.profile, settings.integration.voice_ports)
         link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice), base),
                         node=opts.node)
         connect_call_info(settings.integration, voice, link)
-    drivers = [d for d in (trunk, link, sip, analog) if d is not None]
+    drivers = [d for d in (trunk, link, sip, analog, sccp) if d is not None]
     try:
         control = await trio.open_unix_socket(opts.control)
     except OSError as exc:
@@ -727,8 +712,9 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                                  log_keep=s.replication.log_keep, log_max=s.replication.log_max))
             # each subscriber's lamps go to the driver its mwi_method names on this node's
             # MWI method (the same table the node manager checks subscribers against): SIP
-            # NOTIFY, the SMDI link, or the loopback trunk's monitor
-            by_kind = {"sip": sip, "smdi": link, "loopback": trunk, "analog": analog}
+            # NOTIFY, the SMDI link, the loopback trunk's monitor, feature codes dialled on the
+            # analog lines or calls to CallManager's MWI numbers on the SCCP ports
+            by_kind = {"sip": sip, "smdi": link, "loopback": trunk, "analog": analog, "sccp": sccp}
             sinks = {method: by_kind[kind] for method, kind in node_mwi_drivers(s).items()
                      if by_kind.get(kind) is not None}
             messaging = build_messaging(s, db, sinks=sinks)
@@ -740,8 +726,9 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
             trunk.media_only = True  # offers with "media": true get the call flow
         if sip is not None:
             sip.flow = messaging.handle_call
-        if analog is not None:
-            analog.flow = messaging.handle_call
+        for d in (analog, sccp):
+            if d is not None:
+                d.flow = messaging.handle_call
     service = MessagingService(node=opts.node, control=control, drivers=drivers,
                                health_interval=opts.health_interval,
                                offer_hold=opts.offer_hold, hello_extra=extra,
@@ -754,11 +741,12 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     if sip is not None:
         sip.gate = service.answering_term  # NOTIFY only while active, in that term
         sip.report = service.report
-    if analog is not None:
-        analog.gate = service.answering_term  # lamps are dialled only while active, in that term
-        analog.report = service.report
-        if messaging is not None:
-            analog.on_up = messaging.request_resync
+    for d in (analog, sccp):  # lamps are dialled only while active, in that term
+        if d is not None:
+            d.gate = service.answering_term
+            d.report = service.report
+            if messaging is not None:
+                d.on_up = messaging.request_resync
     if link is not None:
         link.gate = service.answering_term  # transmit only while active, in that term
         link.announce = service.announce

@@ -3,7 +3,8 @@ docs/integrations.md).
 
 * :data:`SECTIONS`: the sections the service owns, in file order: the port drivers' (each
   from its settings module: ``telephony/loopback/settings.py``, ``telephony/smdi/settings.py``,
-  ``telephony/sip/settings.py``, ``telephony/analog/settings.py``), ``[database]``,
+  ``telephony/sip/settings.py``, ``telephony/analog/settings.py``,
+  ``telephony/sccp/settings.py``), ``[database]``,
   ``[store]``, ``[notify]``, ``[messaging]``;
   :data:`INTEGRATION`: the ``[integration]`` section, which wires them (voice ports, call
   information, MWI method);
@@ -54,6 +55,7 @@ from telephony.core.settings import (
 )
 from telephony.core.terms import Role
 from telephony.loopback import settings as loopback
+from telephony.sccp import settings as sccp
 from telephony.sip import settings as sip
 from telephony.smdi import settings as smdi
 
@@ -99,6 +101,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     smdi.SECTION: smdi.KEYS,
     sip.SECTION: sip.KEYS,
     analog.SECTION: analog.KEYS,
+    sccp.SECTION: sccp.KEYS,
     "database": {
         "path": Key(path, None),  # <data_dir>/config.db
     },
@@ -147,6 +150,7 @@ class PortsSection:
     smdi: smdi.SmdiSection
     sip: sip.SipSection
     analog: analog.AnalogSettings = analog.AnalogSettings()
+    sccp: sccp.SccpSettings = sccp.SccpSettings()
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,8 @@ def build(v: dict[str, dict[str, Any]], data_dir: Path) -> dict[str, Any]:
     ``{"ports", "database", "store", "notify", "messaging", "integration"}``."""
     ports = PortsSection(loopback.LoopbackSettings(**v[loopback.SECTION]),
                          smdi.SmdiSection(**v[smdi.SECTION]), sip.section(v[sip.SECTION]),
-                         analog.AnalogSettings(**v[analog.SECTION]))
+                         analog.AnalogSettings(**v[analog.SECTION]),
+                         sccp.SccpSettings(**v[sccp.SECTION]))
     return {
         "ports": ports,
         "database": DatabaseSection(v["database"]["path"] or data_dir / "config.db"),
@@ -239,7 +244,8 @@ def resolve_integration(given: dict[str, Any], ports: PortsSection) -> Integrati
     prof = PROFILES[given["profile"]] if given.get("profile") is not None else None
     voice, call_info, mwi = default_integration(sip=ports.sip.enabled, smdi=ports.smdi.enabled,
                                                 loopback=ports.loopback.enabled,
-                                                analog=_enabled(ports, "analog"))
+                                                analog=_enabled(ports, "analog"),
+                                                sccp=_enabled(ports, "sccp"))
     if prof is not None:
         voice, call_info, mwi = prof.voice_ports, prof.call_info, prof.mwi_method
     parts = {"voice_ports": tuple(voice), "call_info": str(call_info), "mwi": str(mwi)}
@@ -256,7 +262,7 @@ def problems(s: dict[str, Any]) -> list[Problem]:
     problem names the key the operator should change."""
     ports: PortsSection = s["ports"]
     out = loopback.problems(ports.loopback) + smdi.problems(ports.smdi) + sip.problems(ports.sip)
-    out += analog.problems(ports.analog)
+    out += analog.problems(ports.analog) + sccp.problems(ports.sccp)
     out += integration_problems(s["integration"], ports)
     st = s["store"]
     if st.kind == "imap":
@@ -272,17 +278,19 @@ def problems(s: dict[str, Any]) -> list[Problem]:
 
 #: the port driver each MWI method needs
 _MWI_DRIVER = {MwiMethod.SIP_NOTIFY: sip.SECTION, MwiMethod.SMDI: smdi.SECTION,
-               MwiMethod.LOOPBACK: loopback.SECTION, MwiMethod.DTMF: analog.SECTION}
+               MwiMethod.LOOPBACK: loopback.SECTION, MwiMethod.DTMF: analog.SECTION,
+               MwiMethod.SCCP: sccp.SECTION}
 
 
 def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
     """Whether the three parts fit each other and the enabled ``[ports.*]``."""
     out: list[Problem] = []
     voice_on = {VoicePort.LOOPBACK.value: ports.loopback.enabled, VoicePort.SIP.value: ports.sip.enabled,
-                VoicePort.ANALOG.value: ports.analog.enabled}
+                VoicePort.ANALOG.value: ports.analog.enabled, VoicePort.SCCP.value: ports.sccp.enabled}
     counts = {VoicePort.LOOPBACK.value: ("ports.loopback.count", ports.loopback.count),
               VoicePort.SIP.value: ("ports.sip.count", ports.sip.count),
-              VoicePort.ANALOG.value: ("ports.analog.count", ports.analog.lines)}
+              VoicePort.ANALOG.value: ("ports.analog.count", ports.analog.lines),
+              VoicePort.SCCP.value: ("ports.sccp.count", ports.sccp.count)}
     sm = ports.smdi
     # a file without the section: the rules of the wiring it always had
     smdi_reported = False
@@ -292,7 +300,7 @@ def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
                            "they work together (integration.mwi, docs/integrations.md)"))
         smdi_reported = True
     if {"voice_ports", "call_info"} <= i.derived and sm.enabled and not ports.loopback.enabled \
-            and not ports.analog.enabled:
+            and not ports.analog.enabled and not ports.sccp.enabled:
         out.append(Problem("ports.smdi.enabled", "the SMDI integration answers calls on the "
                            "loopback lines (the voice-board simulator): enable ports.loopback, "
                            "or name the voice ports in integration.voice_ports"))
@@ -336,13 +344,11 @@ def integration_problems(i: Integration, ports: PortsSection) -> list[Problem]:
         out.append(Problem(i.source("call_info"), "analog lines carry no call information of "
                            f'their own: choose "dtmf" (digits after answer) or "smdi"{hint}'))
     mwi = MwiMethod(i.mwi)
-    if mwi is MwiMethod.SCCP:
-        out.append(Problem(i.source("mwi"), f'no driver in vmha sends "{mwi}" lamps yet: choose '
-                           'one of "sip_notify", "smdi", "dtmf", "loopback", "none"'))
-    elif mwi in _MWI_DRIVER and not smdi_reported:
+    if mwi in _MWI_DRIVER and not smdi_reported:
         section = _MWI_DRIVER[mwi]
         on = {sip.SECTION: ports.sip.enabled, smdi.SECTION: sm.enabled,
-              loopback.SECTION: ports.loopback.enabled, analog.SECTION: ports.analog.enabled}[section]
+              loopback.SECTION: ports.loopback.enabled, analog.SECTION: ports.analog.enabled,
+              sccp.SECTION: ports.sccp.enabled}[section]
         if not on:
             out.append(Problem(i.source("mwi"), f'"{mwi}" lamps need {section}.enabled = true'))
     if sm.enabled and not smdi_reported and i.call_info != CallInfo.SMDI and mwi != MwiMethod.SMDI:

@@ -202,7 +202,11 @@ def _opt_until(name: str, v: Any) -> None:
 _opt_until.may_be_absent = True  # type: ignore[attr-defined]
 _COUNT = _int(0, 2**31 - 1)
 _NAME = _text(64, nonempty=True)
-_PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME})
+_DETAIL = _text(200)
+_DETAIL.may_be_absent = True  # type: ignore[attr-defined]
+#: a port in a health report; ``detail`` (optional): what the driver says of it (an SCCP
+#: port's registration: ``registered with 10.0.0.1:2000``, ``rejected: ...``)
+_PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME, "detail": _DETAIL})
 MAX_COUNTER_GROUPS: Final = 16
 MAX_COUNTERS: Final = 64
 

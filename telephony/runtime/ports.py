@@ -41,9 +41,15 @@ class Port:
     name: str
     kind: str
     state: PortState = PortState.DOWN
+    #: what the driver says of the port beyond its state (at most 200 characters; e.g. an
+    #: SCCP port's registration outcome), shown by ``vmha status``; "" for none
+    detail: str = ""
 
     def status(self) -> dict[str, str]:
-        return {"name": self.name, "kind": self.kind, "state": str(self.state)}
+        out = {"name": self.name, "kind": self.kind, "state": str(self.state)}
+        if self.detail:
+            out["detail"] = "".join(c if c.isprintable() else "?" for c in self.detail[:200])
+        return out
 
 
 class PortRegistry:

@@ -130,6 +130,13 @@ FULL = {
                          "digit_gap": 0.4, "mwi_on": "*81{ext}", "mwi_off": "*82{ext}",
                          "dial_tone_timeout": 2, "confirm_timeout": 4, "mwi_retries": 1,
                          "mwi_retry_delay": 1, "mwi_lines": 2},
+              "sccp": {"enabled": False, "count": 8, "device_prefix": "UM2-VI",
+                       "servers": ["10.0.0.5:2000", "10.0.0.6:2000"], "station_ip": "10.0.0.2",
+                       "rtp_host": "10.0.0.2", "rtp_ports": "24000-24099", "codecs": ["pcma"],
+                       "packet_ms": 30, "jitter_ms": 80, "dtmf": "rfc2833", "device_type": 30027,
+                       "protocol_version": 15, "keepalive_max": 20, "rehome_probe": 60,
+                       "mwi_style": "cme", "mwi_on": "*81", "mwi_off": "*82", "mwi_timeout": 5,
+                       "mwi_retries": 1, "redirect_reasons": {"1": "busy", "2": "no_answer"}},
               "smdi": {"enabled": True, "device": "/dev/ttyS1", "baudrate": 4800, "bytesize": 8,
                        "parity": "none", "stopbits": "2", "terminals": [5, 6, 7, 8], "desk": 1,
                        "record_wait": 20, "ring_wait": 1.5, "strip": 1, "keep_last": 4,
@@ -337,7 +344,7 @@ def test_guide_profile_matches_the_guide_settings():
 
 @pytest.mark.parametrize("dotted", [
     "colour", "node.colour", "link.colour", "failover.ping_interval_ms", "failback.start",
-    "licence.limit", "service.cmd", "ports.sccp", "ports.loopback.port", "admin.path", "log.file",
+    "licence.limit", "service.cmd", "ports.skinny", "ports.loopback.port", "admin.path", "log.file",
 ])
 def test_unknown_keys_are_errors(tmp_path, dotted):
     e = error_for(tmp_path, set_key(minimal(), dotted, 1))

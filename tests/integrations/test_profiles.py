@@ -22,9 +22,10 @@ from integrations.base import (
     mwi_drivers,
     node_mwi_drivers,
 )
+from integrations.cucm_sccp import CUCM_SCCP
 from integrations.cucm_sip import CUCM_SIP
 from integrations.loopback import LOOPBACK
-from integrations.profiles import PROFILES, analog_integration, smdi_integration
+from integrations.profiles import PROFILES, analog_integration, sccp_integration, smdi_integration
 from integrations.smdi import GATEWAY_SMDI, SERIAL_SMDI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,18 +43,19 @@ def test_integrations_import_nothing_of_the_project():
 
 
 def test_the_profiles_name_their_three_parts():
-    assert list(PROFILES) == ["cucm-sip", "serial-smdi", "gateway-smdi", "analog-dtmf",
-                              "analog-smdi", "loopback"]
+    assert list(PROFILES) == ["cucm-sip", "cucm-sccp", "serial-smdi", "gateway-smdi",
+                              "analog-dtmf", "analog-smdi", "loopback"]
     parts = {name: (p.voice_ports, p.call_info, p.mwi_method) for name, p in PROFILES.items()}
     assert parts == {
         "cucm-sip": (("sip",), CallInfo.SIGNALLING, MwiMethod.SIP_NOTIFY),
+        "cucm-sccp": (("sccp",), CallInfo.SIGNALLING, MwiMethod.SCCP),
         "serial-smdi": (("loopback",), CallInfo.SMDI, MwiMethod.SMDI),
         "gateway-smdi": (("sip",), CallInfo.SMDI, MwiMethod.SMDI),
         "analog-dtmf": (("analog",), CallInfo.DTMF, MwiMethod.DTMF),
         "analog-smdi": (("analog",), CallInfo.SMDI, MwiMethod.SMDI),
         "loopback": (("loopback",), CallInfo.SIGNALLING, MwiMethod.NONE),
     }
-    assert (CUCM_SIP, SERIAL_SMDI, GATEWAY_SMDI, ANALOG_DTMF, ANALOG_SMDI, LOOPBACK) == \
+    assert (CUCM_SIP, CUCM_SCCP, SERIAL_SMDI, GATEWAY_SMDI, ANALOG_DTMF, ANALOG_SMDI, LOOPBACK) == \
         tuple(PROFILES.values())
     for p in PROFILES.values():
         assert p.name and set(p.voice_ports) <= set(VoicePort)
@@ -67,7 +69,8 @@ def test_a_profile_checks_its_parts():
     base = dict(name="x", port_kind="loopback", ports=4, mwi_method=MwiMethod.NONE)
     assert IntegrationProfile(**base).voice_ports == ("loopback",)  # from the port kind
     with pytest.raises(ValueError, match="unknown voice ports"):
-        IntegrationProfile(**base, voice_ports=("sccp",))
+        IntegrationProfile(**base, voice_ports=("skinny",))
+    assert IntegrationProfile(**base, voice_ports=("sccp",)).voice_ports == ("sccp",)
     with pytest.raises(ValueError, match="DTMF call information needs voice ports"):
         IntegrationProfile(**base, call_info=CallInfo.DTMF)
     assert IntegrationProfile(**{**base, "port_kind": "analog"},
@@ -81,11 +84,13 @@ def test_the_lamp_table():
         MwiMethod.SIP_NOTIFY: {"sip": "sip"},
         MwiMethod.SMDI: {"smdi": "smdi"},
         MwiMethod.DTMF: {"dtmf": "analog"},
+        MwiMethod.SCCP: {"sccp": "sccp"},
         MwiMethod.LOOPBACK: {"sip": "loopback"},
         MwiMethod.NONE: {},
     }
-    # SCCP has no driver in vmha: no row
-    assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi="sccp"))) == {}
+    # the SCCP ports call CallManager's MWI numbers for the sccp subscribers
+    assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi="sccp"))) == \
+        {"sccp": "sccp"}
     assert node_mwi_drivers(SimpleNamespace(integration=SimpleNamespace(mwi="dtmf"))) == \
         {"dtmf": "analog"}
     cfg = SimpleNamespace(integration=SimpleNamespace(mwi="smdi"))
@@ -129,6 +134,30 @@ def test_analog_lines_in_the_default_integration(sip, smdi, loopback):
     assert mwi is (MwiMethod.SIP_NOTIFY if sip else MwiMethod.SMDI if smdi else MwiMethod.DTMF)
     assert mwi_drivers(sip=sip, smdi=smdi, loopback=loopback, analog=True) == \
         dict(MWI_DRIVERS[mwi])
+
+
+@pytest.mark.parametrize("sip, smdi, loopback, analog",
+                         list(itertools.product((False, True), repeat=4)))
+def test_sccp_ports_in_the_default_integration(sip, smdi, loopback, analog):
+    voice, call_info, mwi = default_integration(sip=sip, smdi=smdi, loopback=loopback,
+                                                analog=analog, sccp=True)
+    assert voice == tuple(k for k, on in (("loopback", loopback), ("sip", sip),
+                                          ("analog", analog), ("sccp", True)) if on)
+    assert call_info is (CallInfo.SMDI if smdi else CallInfo.SIGNALLING)  # CallInfo is theirs
+    assert mwi is (MwiMethod.SIP_NOTIFY if sip else MwiMethod.SMDI if smdi
+                   else MwiMethod.DTMF if analog else MwiMethod.SCCP)
+    assert mwi_drivers(sip=sip, smdi=smdi, loopback=loopback, analog=analog, sccp=True) == \
+        dict(MWI_DRIVERS[mwi])
+    # without SCCP ports nothing changes
+    assert default_integration(sip=sip, smdi=smdi, loopback=loopback, analog=analog) == \
+        default_integration(sip=sip, smdi=smdi, loopback=loopback, analog=analog, sccp=False)
+
+
+def test_sccp_calls_are_labelled_with_their_profile():
+    assert sccp_integration(None) is CUCM_SCCP and CUCM_SCCP.name == "cucm-sccp"
+    assert sccp_integration("cucm-sip").name == "cucm-sip"  # the profile named wins
+    assert VoicePort.SCCP in NUMBERED_PORTS and VoicePort.SCCP not in IN_BAND_PORTS
+    assert CUCM_SCCP.normalise("calling", "+1 (555) 010-0199") == "15550100199"
 
 
 def test_smdi_calls_are_labelled_with_the_integration_that_serves_them():

@@ -28,6 +28,7 @@ from telephony.core.settings import (
     path,
 )
 from telephony.loopback import settings as loopback
+from telephony.sccp import settings as sccp
 from telephony.settings import SECTIONS, SERVICE_KEYS, load_service_settings, read_keys
 from telephony.sip import settings as sip
 from telephony.smdi import settings as smdi
@@ -99,7 +100,7 @@ def test_the_drivers_settings_take_their_defaults_from_their_keys():
         default_of(smdi.KEYS, k) for k in ("mwi_on", "mwi_off", "mwi_suffix", "mwi_pad"))
     # the section objects hold every key of their tables
     for cls, keys in ((loopback.LoopbackSettings, loopback.KEYS), (smdi.SmdiSection, smdi.KEYS),
-                      (sip.SipSection, sip.KEYS)):
+                      (sip.SipSection, sip.KEYS), (sccp.SccpSettings, sccp.KEYS)):
         assert set(keys) <= {f.name for f in dataclasses.fields(cls)}, cls
 
 
@@ -132,6 +133,9 @@ def test_the_drivers_binds():
                             ("ports.sip.rtp_port", "udp", "127.0.0.1", 20000, 20015),
                             ("ports.sip.rtp_port", "udp", "127.0.0.1", 21000, 21007)]
     assert s.port_names() == [f"sip-{i}" for i in range(1, 7)]
+    c = sccp.SccpSettings(enabled=True, servers=(Address("10.0.0.5", 2000),), count=6)
+    assert sccp.binds(c) == [("ports.sccp.rtp_ports", "udp", "0.0.0.0", 20000, 20999)]
+    assert c.port_names() == [f"sccp-{i}" for i in range(1, 7)]
     assert loopback.toml_table(None) == {"enabled": False}
     assert loopback.toml_table(3671) == {"enabled": True, "listen": "127.0.0.1:3671"}
 
@@ -162,6 +166,10 @@ def node_file(tmp_path: Path, **sections) -> Path:
     {"ports": {"loopback": {"enabled": False}, "sip": {"enabled": True, "count": 2},
                "smdi": {"enabled": True, "device": "socket://127.0.0.1:7001", "terminals": [1]}},
      "integration": {"profile": "gateway-smdi"}, "notify": {"smtp": "127.0.0.1:25"}},
+    {"ports": {"loopback": {"enabled": False},
+               "sccp": {"enabled": True, "servers": ["127.0.0.1:2000", "127.0.0.2:2000"],
+                        "count": 3, "mwi_style": "cme", "redirect_reasons": {"7": "busy"}}},
+     "integration": {"profile": "cucm-sccp"}},
 ])
 def test_the_service_reads_what_the_node_manager_checked(tmp_path, sections):
     p = node_file(tmp_path, **sections)
@@ -183,6 +191,14 @@ def test_the_service_refuses_a_file_that_breaks_its_rules(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_service_settings(p)
     assert str(e.value) == f'{p}: integration.mwi: "smdi" lamps need ports.smdi.enabled = true'
+    p = node_file(tmp_path, integration={"mwi": "sccp"})
+    with pytest.raises(ConfigError) as e:
+        load_service_settings(p)
+    assert str(e.value) == f'{p}: integration.mwi: "sccp" lamps need ports.sccp.enabled = true'
+    p = node_file(tmp_path, ports={"loopback": {"enabled": False}, "sccp": {"enabled": True}})
+    with pytest.raises(ConfigError) as e:
+        load_service_settings(p)
+    assert e.value.key == "ports.sccp.servers"
 
 
 def test_read_keys_reads_a_partial_file(tmp_path):

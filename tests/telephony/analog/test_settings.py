@@ -128,7 +128,7 @@ def test_bad_values_name_their_key(section, key, fragment):
     ({**NO_LOOPBACK, "analog": SIM}, {"call_info": "signalling"}, "integration.call_info",
      "analog lines carry no call information"),
     ({"analog": SIM}, None, "integration.call_info", "analog lines carry no call information"),
-    ({}, {"mwi": "sccp"}, "integration.mwi", "no driver in vmha"),
+    ({}, {"mwi": "sccp"}, "integration.mwi", '"sccp" lamps need ports.sccp.enabled = true'),
 ])
 def test_combinations_that_cannot_work_name_the_key(ports, integration, key, fragment):
     found = errors(doc(ports, integration))

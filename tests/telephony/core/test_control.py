@@ -40,6 +40,10 @@ GOLDEN = [
       "ports": [{"name": "loopback-1", "kind": "loopback", "state": "idle"}]},
      b'{"op":"health","seq":1,"state":"inactive","term":null,"calls":0,"ports":'
      b'[{"name":"loopback-1","kind":"loopback","state":"idle"}]}\n'),
+    ({"op": "health", "seq": 2, "state": "active", "term": 3, "calls": 0,
+      "ports": [{"name": "sccp-1", "kind": "sccp", "state": "idle", "detail": "CiscoUM1-VI1 registered"}]},
+     b'{"op":"health","seq":2,"state":"active","term":3,"calls":0,"ports":'
+     b'[{"name":"sccp-1","kind":"sccp","state":"idle","detail":"CiscoUM1-VI1 registered"}]}\n'),
     ({"op": "activated", "term": 8}, b'{"op":"activated","term":8}\n'),
     ({"op": "deactivated", "term": 8, "calls": 2}, b'{"op":"deactivated","term":8,"calls":2}\n'),
     ({"op": "fenced", "term": 8, "reason": "lease ran out"},
@@ -229,6 +233,9 @@ def test_validation_names_the_bad_field(msg, fragment):
      "state must be one of"),
     ({"op": "health", "seq": 1, "state": "active", "term": 2, "calls": 0,
       "ports": [{"name": "p", "kind": "k"}]}, r"ports\[0\]\.state is missing"),
+    ({"op": "health", "seq": 1, "state": "active", "term": 2, "calls": 0,
+      "ports": [{"name": "p", "kind": "k", "state": "down", "detail": "x" * 201}]},
+     r"ports\[0\]\.detail is 201 characters long"),
     ({"op": "call_offered", "call": {**CALL, "reason": "bored"}}, "reason must be one of"),
     ({"op": "call", "event": "answered", "call": CALL, "term": "2"}, "term must be an integer"),
     ({"op": "hello", "pid": 0, "node": "a", "ports": []}, "pid must be between"),
