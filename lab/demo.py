@@ -29,6 +29,14 @@ lines need a pair of their own.)  The analog pair starts after the script above,
 start-up does not compete for the CPU with the takeovers being measured, and it is stopped
 once its call is shown (about 15 s later).
 
+**SCCP ports** beside SIP: each node also registers ``SCCP_PORTS`` SCCP stations (a's
+``CiscoUM1-VI1`` ..., b's ``CiscoUM2-VI1`` ...) with a CallManager simulator
+(:mod:`lab.callmanager`, its own process: nobody has a CallManager here), which hunts its
+pilot over a's ports, then b's.  At ~20 s (:class:`SccpSite`) it places one call forwarded
+on no answer from 1002: after the operator's move a holds, so a's ports decline it and the
+simulator hunts on to b's; the demo shows the port that answered, the call's information and
+the message it left.
+
 The SIP calls are made by the built-in caller :mod:`lab.sip_caller` (one pjsua2
 process per call).  Each message left in the shared Maildir store is shown with the node that
 recorded it (its ``X-VMHA-Node`` header), so the messages are seen to go on across the takeover.
@@ -60,8 +68,17 @@ import trio
 
 from failover.config import load_config
 from failover.eventlog import format_record
+from lab.callmanager import start_callmanager, stop_callmanager
 from lab.loopback_client import LoopbackClientError, place_call
-from lab.pair import Pair, free_udp_block
+from lab.pair import (
+    SCCP_PREFIXES,
+    Pair,
+    free_port,
+    free_udp_block,
+    merge_sections,
+    sccp_devices,
+    sccp_table,
+)
 from lab.voiceboard import VoiceBoardSim
 from telephony.core import media
 from telephony.runtime.tasks import describe
@@ -83,6 +100,13 @@ SIP_REASONS = ("user-busy", "no-answer", "unconditional")
 # caller speaks after 3 s of silence (over the wait for more digits, the greeting, the beep)
 ANALOG_LINES, ANALOG_DIGITS, ANALOG_EXT = 2, "#1001", "1001"  # "#1001": 1001 was busy
 ANALOG_VOICE = (3.0, 1250.0, 1.2)  # silence s, tone Hz, tone s
+# the SCCP ports: stations per node, when the simulated CallManager places its call (after
+# the operator's failover: a holds, so its ports decline and the call hunts on to b's), the
+# call's CallInfo (forwarded on no answer from SCCP_EXT: redirect reason 2, call type 3
+# "forward") and the caller's voice (silence over the greeting and the beep, then a tone)
+SCCP_PORTS, SCCP_AT, SCCP_PILOT = 2, 20.0, "5000"
+SCCP_EXT, SCCP_REASON, SCCP_CALL_TYPE = "1002", 2, 3
+SCCP_VOICE = (2.5, 1400.0, 1.2)  # silence s, tone Hz, tone s
 EVENT_LINES = 8
 ACTIVATIONS = ("startup", "failover", "failback")
 
@@ -275,11 +299,126 @@ class AnalogSite:
                 self.status = f"stopped before the call ended ({self.status})"
 
 
+class SccpSite:
+    """The demo's SCCP ports: a CallManager simulator process (``lab.callmanager``) both
+    nodes' SCCP ports register with, and one call it hunts over them at ``SCCP_AT``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "cm"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.devices = {n: sccp_devices(SCCP_PREFIXES[n], SCCP_PORTS) for n in "ab"}
+        self.pcap = self.dir / "callmanager.pcap"
+        self.wav = self.dir / "caller.wav"
+        self.proc = None
+        self.client = None
+        self.status = f"due at {SCCP_AT:.0f} s"  # one line for the view and the summary
+        self.stopped = False
+
+    def sections(self, name: str) -> dict:
+        """Node ``name``'s ``[ports.sccp]`` table (beside its SIP ports and loopback trunk)."""
+        return {"ports": {"sccp": sccp_table([self.port], prefix=SCCP_PREFIXES[name],
+                                             count=SCCP_PORTS)}}
+
+    def start(self) -> None:
+        silence_s, hz, tone_s = SCCP_VOICE
+        self.wav.write_bytes(media.wav_bytes(media.silence(silence_s) + media.tone(hz, tone_s)
+                                             + media.silence(2.0)))
+        self.proc, self.client = start_callmanager(self.dir, self.devices["a"] + self.devices["b"],
+                                                   pilot=SCCP_PILOT, pcap=self.pcap, port=self.port)
+
+    def describe(self) -> str:
+        a, b = self.devices["a"], self.devices["b"]
+        return (f"SCCP ports ({SCCP_PORTS} per node): a {a[0]}..{a[-1]}, b {b[0]}..{b[-1]} on the "
+                f"CallManager simulator 127.0.0.1:{self.port} (pid {self.proc.pid if self.proc else '?'}, "
+                f"pilot {SCCP_PILOT}, pcap {self.pcap})")
+
+    def node_of(self, device: str) -> tuple[str, str]:
+        """(node, port name) of a device: ``CiscoUM2-VI1`` is b's ``sccp-1``."""
+        for n, names in self.devices.items():
+            if device in names:
+                return n, f"sccp-{names.index(device) + 1}"
+        return "?", "?"
+
+    def registered(self) -> set[str]:
+        regs = self.client.registrations() if self.client else {}
+        return {d for d, r in regs.items() if r.get("state") == "registered"}
+
+    def message(self, store: Path, caller: str) -> dict | None:
+        box = store / f"mb{SCCP_EXT}"
+        for sub in ("new", "cur"):
+            for f in sorted((box / sub).iterdir()) if (box / sub).is_dir() else []:
+                try:
+                    h = parse_mime(f.read_bytes())[0]
+                except Exception:  # noqa: BLE001, S112 - half-written: seen on a later poll
+                    continue
+                if h.get("x-vmha-caller") == caller:
+                    return h
+        return None
+
+    async def _call(self, demo: "Demo") -> None:
+        everyone = set(self.devices["a"] + self.devices["b"])
+        await AnalogSite._thread_poll(lambda: self.registered() >= everyone, 20,
+                                      "every SCCP port registered")
+        demo.say(f"SCCP: the {len(everyone)} ports of both nodes are registered with the "
+                 "CallManager simulator")
+        await demo.at(SCCP_AT)
+        caller = f"0408{random.randint(1000000, 9999999)}"
+        self.status = (f"calling: pilot {SCCP_PILOT}, from {caller}, forwarded by {SCCP_EXT} "
+                       "(no answer)")
+        demo.say(f"SCCP call: the CallManager simulator hunts pilot {SCCP_PILOT} over a's ports, "
+                 f"then b's; CallInfo: from {caller}, forwarded by {SCCP_EXT} on no answer")
+        client = self.client
+        # abandoned on Ctrl-C: the thread ends when the simulator is stopped with the nodes
+        res = await trio.to_thread.run_sync(lambda: client.call(
+            caller, called=SCCP_PILOT, call_type=SCCP_CALL_TYPE, original_called=SCCP_EXT,
+            last_redirecting=SCCP_EXT, reason=SCCP_REASON, wav=str(self.wav), hang_up_after=20),
+            abandon_on_cancel=True)
+        device = res.get("device") or "?"
+        node, port = self.node_of(device)
+        hunt = ", ".join(f"{d} {outcome}" for d, outcome in res.get("tried") or [])
+        demo.say(f"SCCP call: the simulator's hunt: {hunt or 'no port tried'}")
+        if not res.get("answered"):
+            raise RuntimeError(f"the SCCP call was not answered ({res})")
+        h = await AnalogSite._thread_poll(lambda: self.message(demo.store, caller), 15,
+                                          f"the message for mb{SCCP_EXT}")
+        message = (f"message in mb{SCCP_EXT} (forwarded by {h.get('x-vmha-forwarding', '?')}, "
+                   f"{h.get('x-vmha-reason', '?')}, {float(h.get('x-vmha-duration', 0) or 0):.1f} s, "
+                   f"recorded by {h.get('x-vmha-node', '?')})")
+        self.status = f"answered by {device} (node {node}'s {port}): {message}"
+        demo.banner(f"SCCP CALL answered by {device} (node {node}'s {port}) after the CallManager "
+                    f"simulator hunted pilot {SCCP_PILOT}: from {caller} -> {message}")
+
+    async def run(self, demo: "Demo") -> None:
+        """The SCCP call's whole life; a failure is shown, it never ends the demo."""
+        failed: str | None = None
+        try:
+            await self._call(demo)
+        except* Exception as group:  # noqa: BLE001 - the SCCP call never ends the demo
+            failed = describe(group)
+        if failed is not None:
+            self.status = f"failed: {failed}"
+            demo.banner(f"SCCP CALL failed: {failed}")
+
+    def stop(self) -> None:
+        """Stop the simulator by PID (SIGTERM, then SIGKILL; idempotent)."""
+        if self.proc is not None:
+            stop_callmanager(self.proc)
+        if not self.stopped:
+            self.stopped = True
+            if self.status.startswith("due at"):
+                self.status = f"not placed: the demo stopped before {SCCP_AT:.0f} s"
+            elif self.status.startswith("calling"):
+                self.status = f"stopped before the call ended ({self.status})"
+
+
 class Demo:
     def __init__(self, pair: Pair, tty: bool, sip: bool = False,
-                 phones: MwiPhones | None = None, analog: AnalogSite | None = None) -> None:
+                 phones: MwiPhones | None = None, analog: AnalogSite | None = None,
+                 sccp: SccpSite | None = None) -> None:
         self.pair, self.tty, self.sip = pair, tty, sip
         self.analog = analog
+        self.sccp = sccp
         self.t0 = time.monotonic()
         self.status: dict[str, dict | None] = {"a": None, "b": None}
         self.logs = {n: load_config(pair.node(n).config).node.data_dir / "events.jsonl" for n in "ab"}
@@ -347,6 +486,7 @@ class Demo:
                  "Ctrl-C to stop", "", "FAILOVER MONITOR"]
         lines += [self.node_line(n) for n in "ab"]
         lines += ["", self.calls_line()] + ([self.sip_line()] if self.sip else [])
+        lines += [f"SCCP call: {self.sccp.status}"] if self.sccp else []
         lines += [f"analog call: {self.analog.status}"] if self.analog else []
         lines += [f"next: {self.next_step}", ""]
         lines += [f">>> {b}" for b in self.banners[-3:]]
@@ -499,8 +639,9 @@ class Demo:
         if target is None:
             return
         ops = [{"op": "put", "table": "subscribers", "row": {
-            "extension": ext, "name": name, "mailbox": f"mb{ext}", "mwi_method": "sip",
-            "notify": []}} for ext, name in SUBSCRIBERS]
+            "extension": ext, "name": name, "mailbox": f"mb{ext}",
+            # lamps by SIP NOTIFY; without SIP ports, by the SCCP ports' MWI calls
+            "mwi_method": "sip" if self.sip else "sccp", "notify": []}} for ext, name in SUBSCRIBERS]
         reply = await trio.to_thread.run_sync(
             lambda: self.pair.node(target).admin({"op": "db_write", "ops": ops}, timeout=10))
         if reply and reply.get("ok"):
@@ -687,12 +828,16 @@ class Demo:
                 nursery.start_soon(self.monitor)
                 if self.analog is not None:
                     nursery.start_soon(self.analog.run, self)
+                if self.sccp is not None:
+                    nursery.start_soon(self.sccp.run, self)
                 await self.wait_for(self.active, 20)
                 nursery.start_soon(self.caller, nursery)
                 nursery.start_soon(self.script, nursery)
                 if self.sip:
                     nursery.start_soon(self.phones.run)
+                if self.sip or self.sccp is not None:
                     await self.add_subscribers()
+                if self.sip:
                     nursery.start_soon(self.sip_caller, nursery)
                 if duration > 0:
                     await trio.sleep(max(0.0, duration - self.elapsed()))
@@ -726,6 +871,8 @@ class Demo:
                          + (", ".join(f"{b} {k}" for b, k in sorted(boxes.items())) or "none") + ")")
             lamps = ", ".join(f"{e} {v}" for e, v in sorted(self.phones.lamps.items())) or "none"
             lines.append(f"MWI NOTIFYs received by the phones: {self.phones.notifies}; lamps: {lamps}")
+        if self.sccp is not None:
+            lines.append(f"SCCP call (CallManager simulator): {self.sccp.status}")
         if self.analog is not None:
             lines.append(f"analog call (voice-board simulator, DTMF integration): {self.analog.status}")
         lines += ["measured by the demo:"] + [f"  {m}" for m in self.measured or ["nothing"]]
@@ -841,20 +988,28 @@ def main_demo(args) -> int:
     phones = MwiPhones()
     if sip:
         phones.bind()  # a plain socket: bound now, served inside the demo's trio.run
-    extra = {"extra_a": sip_section(phones.port), "extra_b": sip_section(phones.port)} if sip else {}
+    sccp = SccpSite(workdir)
+    extra = {f"extra_{n}": merge_sections(sip_section(phones.port) if sip else None, sccp.sections(n))
+             for n in "ab"}
     pair = Pair(workdir, relay=True, **extra)
     try:
         analog: AnalogSite | None = AnalogSite(workdir)
     except ValueError as exc:  # a --dir too deep for the boards' Unix sockets
         print(f"analog site: off ({exc})", flush=True)
         analog = None
-    demo = Demo(pair, tty, sip, phones, analog)
+    demo = Demo(pair, tty, sip, phones, analog, sccp)
     if sip:
         write_caller_wav(demo.wav)
     print(f"vmha demo: starting a pair on loopback in {workdir} (primary a first)", flush=True)
     # Ctrl-C (or SIGTERM) before the Trio signal receiver is in place: stop cleanly all the same
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        try:
+            sccp.start()  # the CallManager first: the nodes' SCCP ports register as they start
+        except (OSError, RuntimeError, ValueError, TimeoutError) as exc:
+            sccp.status = f"off: the CallManager simulator did not start ({exc})"
+            print(f"SCCP ports: {sccp.status}", flush=True)
+            demo.sccp = None
         pair.start("a", gap=0.3)
         sm = {n: pair.node(n).pid for n in "ab"}
         print(f"node managers: a pid {sm['a']}, b pid {sm['b']}; loopback trunks: a 127.0.0.1:"
@@ -866,6 +1021,8 @@ def main_demo(args) -> int:
         else:
             print("SIP ports: off (pjsua2 is not usable here: pip install pjsua2-python)",
                   flush=True)
+        if demo.sccp is not None:
+            print(sccp.describe(), flush=True)
         trio.run(demo.run, float(args.duration or 0))
     except KeyboardInterrupt:
         demo.interrupted = demo.interrupted or "SIGINT"
@@ -875,6 +1032,7 @@ def main_demo(args) -> int:
         ran = demo.elapsed()
         print("\nstopping both nodes ...", flush=True)
         pair.stop()
+        sccp.stop()
         if analog is not None:
             analog.stop()
         killed = stop_sip_workers(workdir)

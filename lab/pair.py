@@ -304,6 +304,62 @@ def analog_sections(socket: str | Path, *, profile: str = "analog-dtmf", **keys)
             "integration": {"profile": profile}}
 
 
+#: each node's SCCP device-name prefix: a's ports register as ``CiscoUM1-VI1`` ...,
+#: b's as ``CiscoUM2-VI1`` ... (one CallManager hunts over both lists)
+SCCP_PREFIXES = {"a": "CiscoUM1-VI", "b": "CiscoUM2-VI"}
+SCCP_PROFILE = "cucm-sccp"
+
+
+def sccp_devices(prefix: str, count: int) -> list[str]:
+    """The device names of ``count`` SCCP ports: ``prefix + i`` for i = 1 .. count (the
+    driver's port ``sccp-i``)."""
+    return [f"{prefix}{i}" for i in range(1, count + 1)]
+
+
+def server_address(server: str | int | tuple[str, int]) -> str:
+    """A CallManager's ``"host:port"`` from ``"host:port"``, ``(host, port)`` or a port on
+    127.0.0.1."""
+    if isinstance(server, bool):
+        raise TypeError(f"not a CallManager address: {server!r}")
+    if isinstance(server, int):
+        return f"127.0.0.1:{server}"
+    if isinstance(server, tuple):
+        host, port = server
+        return f"{host}:{int(port)}"
+    if isinstance(server, str) and server.rpartition(":")[2].isdigit() and ":" in server:
+        return server
+    raise TypeError(f"not a CallManager address: {server!r}")
+
+
+def sccp_table(servers, *, prefix: str, count: int = 4, **keys) -> dict:
+    """One node's ``[ports.sccp]`` table: ``count`` ports named ``prefix + i`` registering
+    with ``servers`` (tried in order: a list of ``"host:port"``, ``(host, port)`` or ports on
+    127.0.0.1), station and RTP on 127.0.0.1, RTP on a block of UDP ports of its own (two
+    nodes on one host must not share one: ``rtp_ports`` in ``keys`` overrides it); ``keys``
+    add or override the other keys (``rehome_probe``, ``keepalive_max``, ``mwi_style`` ...)."""
+    servers = [server_address(s) for s in servers]
+    if not servers:
+        raise ValueError("sccp ports need at least one CallManager")
+    if "rtp_ports" not in keys:
+        n = 8 * count  # RTP + RTCP per call, room for endpoints still closing
+        base = free_udp_block(n)
+        keys["rtp_ports"] = f"{base}-{base + n - 1}"
+    return {"enabled": True, "count": count, "device_prefix": prefix, "servers": servers,
+            "station_ip": "127.0.0.1", "rtp_host": "127.0.0.1", **keys}
+
+
+def sccp_sections(servers, *, prefix: str, count: int = 4, profile: str = SCCP_PROFILE,
+                  **keys) -> dict:
+    """The TOML sections that make one node's voice ports SCCP stations of a CallManager (a
+    simulator here: ``lab.callmanager``): ``[ports.sccp]`` (:func:`sccp_table`: ``servers``,
+    ``prefix``, ``count`` and ``keys``), the loopback trunk off (the node's voice ports are
+    its SCCP ports alone) and ``[integration] profile`` (``cucm-sccp``: the call's numbers
+    and reason from CallManager's CallInfo, lamps by the ports' MWI calls)."""
+    return {"ports": {"loopback": {"enabled": False},
+                      "sccp": sccp_table(servers, prefix=prefix, count=count, **keys)},
+            "integration": {"profile": profile}}
+
+
 def merge_sections(*parts: dict | None) -> dict:
     """TOML sections merged one level down, later parts winning: ``{"ports": {"analog": ..}}``
     and ``{"ports": {"smdi": ..}}`` give both tables (``Pair``'s extras replace whole
@@ -322,17 +378,26 @@ class Pair:
 
     def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default",
                  extra: dict | None = None, extra_a: dict | None = None, extra_b: dict | None = None,
-                 analog=None, analog_keys: dict | None = None):
+                 analog=None, analog_keys: dict | None = None,
+                 sccp=None, sccp_keys: dict | None = None):
         """``extra``: TOML sections merged into both nodes' files (a nested table such as
         ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
         same for one node, after ``extra``.  ``analog``: a voice-board simulator
         (``lab.voiceboard.VoiceBoardSim``, anything with ``socket_path(name)``): each node's
         analog lines on its board's socket (:func:`analog_sections`; ``analog_keys`` are its
         keyword arguments, ``profile`` among them), merged before ``extra_a``/``extra_b``,
-        which may add more ``[ports.*]`` tables."""
+        which may add more ``[ports.*]`` tables.  ``sccp``: the CallManagers (a list of
+        addresses, :func:`sccp_sections`) both nodes' SCCP ports register with, each node
+        under its own device prefix (:data:`SCCP_PREFIXES`); ``sccp_keys`` are the sections'
+        keyword arguments (``count``, ``profile``, ``[ports.sccp]`` keys), merged like
+        ``analog``."""
         if analog is not None:
             extra_a, extra_b = (merge_sections(analog_sections(analog.socket_path(n), **(analog_keys or {})),
                                                more) for n, more in (("a", extra_a), ("b", extra_b)))
+        if sccp is not None:
+            extra_a, extra_b = (merge_sections(sccp_sections(sccp, **{"prefix": SCCP_PREFIXES[n],
+                                                                       **(sccp_keys or {})}), more)
+                                for n, more in (("a", extra_a), ("b", extra_b)))
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         la, lb = free_port(), free_port()
@@ -388,14 +453,14 @@ class Pair:
     def states(self) -> dict[str, str | None]:
         return {"a": self.a.state(), "b": self.b.state()}
 
-    def wait_for(self, predicate, timeout: float = 15.0, poll: float = 0.01):
+    def wait_for(self, predicate, timeout: float = 15.0, poll: float = 0.01, what: str = ""):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             v = predicate()
             if v:
                 return v
             time.sleep(poll)
-        raise TimeoutError(f"condition not met in {timeout}s; states {self.states()}")
+        raise TimeoutError(f"{what or 'condition'} not met in {timeout}s; states {self.states()}")
 
     def wait_state(self, name: str, state: str, timeout: float = 15.0) -> float:
         """Poll until node ``name`` reports ``state``; returns time.monotonic() when seen."""

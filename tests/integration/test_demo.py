@@ -81,6 +81,34 @@ def check_analog(out: str) -> None:
                      r"#1001: message in mb1001 \(forwarded by 1001, busy", out), out
 
 
+def sccp_cm_pid(out: str) -> int:
+    """The CallManager simulator's PID from the demo's start-up line about its SCCP ports."""
+    m = re.search(r"SCCP ports \(2 per node\): a CiscoUM1-VI1\.\.CiscoUM1-VI2, b CiscoUM2-VI1\.\."
+                  r"CiscoUM2-VI2 on the CallManager simulator 127\.0\.0\.1:\d+ \(pid (\d+), pilot 5000", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def check_sccp(out: str) -> None:
+    """The SCCP ports: both nodes' stations registered with the CallManager simulator, its
+    one call hunted over them, answered by a port of the node that then recorded the message
+    (b: after the operator's failover a holds and its ports decline), the message's mailbox
+    and reason from the store; and the simulator gone at the end."""
+    assert gone(sccp_cm_pid(out))
+    assert "SCCP: the 4 ports of both nodes are registered with the CallManager simulator" in out, out
+    # a holds after the operator's failover: its ports decline, the hunt goes on to b's
+    assert ("SCCP call: the simulator's hunt: CiscoUM1-VI1 declined, CiscoUM1-VI2 declined, "
+            "CiscoUM2-VI1 answered") in out, out
+    banner = re.search(r"SCCP CALL answered by CiscoUM([12])-VI(\d) \(node ([ab])'s sccp-\2\) after the "
+                       r"CallManager simulator hunted pilot 5000: from 0408\d+ -> message in mb1002 "
+                       r"\(forwarded by 1002, no_answer, ([\d.]+) s, recorded by \3\)", out)
+    assert banner, out
+    assert {"1": "a", "2": "b"}[banner.group(1)] == banner.group(3) == "b", banner.group(0)
+    assert float(banner.group(4)) > 0, banner.group(0)
+    assert re.search(r"SCCP call \(CallManager simulator\): answered by CiscoUM2-VI\d \(node b's "
+                     r"sccp-\d\): message in mb1002", out), out
+
+
 def workdir_of(out: str) -> str:
     m = re.search(r"starting a pair on loopback in (\S+) \(primary a first\)", out)
     assert m, out
@@ -103,7 +131,8 @@ def gone(pid: int) -> bool:
 
 def test_demo_runs_its_script_and_cleans_up(tmp_path):
     work = tmp_path / "demo"
-    # 45 s: the script (up to ~20 s), then the analog site's pair and its call
+    # 45 s: the script (up to ~20 s), the SCCP call (from 20 s), then the analog site's pair
+    # and its call
     r = subprocess.run(DEMO + ["--duration", "45", "--dir", str(work)], cwd=ROOT,
                        capture_output=True, text=True, timeout=150)
     out = r.stdout + r.stderr
@@ -140,6 +169,7 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     # the lamps: the nodes' MWI NOTIFYs reached the demo's phones
     assert re.search(r"MWI NOTIFYs received by the phones: [1-9]", out), out
     check_analog(out)
+    check_sccp(out)
 
 
 def test_demo_stops_cleanly_on_ctrl_c():
@@ -182,4 +212,8 @@ def test_demo_stops_cleanly_on_ctrl_c():
     # stopped before the analog site's call (or during it): said so, and nothing left running
     assert re.search(r"analog call \(voice-board simulator, DTMF integration\): (not placed: the demo "
                      r"stopped before \d+ s|stopped before the call ended|line )", out), out
+    # the CallManager simulator is stopped with the nodes, whether its call was placed or not
+    assert gone(sccp_cm_pid(out))
+    assert re.search(r"SCCP call \(CallManager simulator\): (not placed: the demo stopped before \d+ s|"
+                     r"stopped before the call ended|answered by )", out), out
     shutil.rmtree(work, ignore_errors=True)  # the demo keeps its temporary dir for the logs
