@@ -487,6 +487,7 @@ async def test_media_both_ways_port_hangs_up(tmp_path, law):
         assert rtp["audio_packets"] == 80 and rtp["lost"] == 0 and rtp["bad"] == 0
         assert rtp["deviation_ms"]["n"] == 79
         assert 0 <= rtp["deviation_ms"]["p50"] <= rtp["deviation_ms"]["p99"] <= rtp["deviation_ms"]["max"]
+        assert len(rtp["deviations_ms"]) == 79 and max(rtp["deviations_ms"]) == rtp["deviation_ms"]["max"]
         assert rtp["jitter_ms"] >= 0 and rtp["payload_types"] == [0 if law == "ulaw" else 8]
         assert rtp["sent"] > 0 and rtp["sent_events"] == 0 and rtp["rtcp_received"] == 1
 
