@@ -350,7 +350,9 @@ class Station:
         if call is None or (info.call_reference and info.call_reference != call.ref):
             if call is not None:
                 self.stray_messages += 1
-            if self.state is not StationState.UNREGISTERING:  # CallInfo before its RingIn: keep it
+            # CallInfo before its RingIn: keep it, but only with its call reference (one
+            # without, or cut short, names no call; the ringing call would take it otherwise)
+            if self.state is not StationState.UNREGISTERING and info.call_reference:
                 self._pending_info[info.call_reference] = (info, now)
                 self._pending_info.move_to_end(info.call_reference)
                 while len(self._pending_info) > _PENDING_INFO:
@@ -402,10 +404,9 @@ class Station:
             return []
         call = self._call = _Call(outbound=False, ref=ref)
         self.state = StationState.RINGING
-        # a CallInfo that came before its ring counts only if it came just before it (within
-        # ring_info_wait): an old one (a truncated CallInfo while idle decodes with reference 0)
-        # must not name a later call
-        kept = self._pending_info.pop(ref, None) or self._pending_info.pop(0, None)
+        # a CallInfo that came before its ring counts only with the ring's call reference and
+        # only if it came just before it (within ring_info_wait): an old one names no new call
+        kept = self._pending_info.pop(ref, None) if ref else None
         self._pending_info.clear()
         info = kept[0] if kept is not None and now - kept[1] <= self.config.ring_info_wait else None
         if info is not None:

@@ -381,6 +381,14 @@ def test_an_old_call_info_while_idle_does_not_name_a_later_call():
     assert st.received(RING_MSGS["info"], 5.1) == [offer()]
 
 
+def test_a_call_info_without_a_reference_before_the_ring_names_no_call():
+    """Even just before a ring: a CallInfo with no reference (garbage cut short) is not kept."""
+    st = registered(ring_info_wait=0.5)
+    st.received(cm(MsgId.CALL_INFO, calling_party="7777"), 4.9)
+    assert st.received(RING_MSGS["ringin"], 5.0) == []
+    assert st.received(RING_MSGS["info"], 5.1) == [offer()]
+
+
 def test_a_call_info_just_before_its_ring_is_kept():
     st = registered(ring_info_wait=0.5)
     assert st.received(RING_MSGS["info"], 4.8) == []
