@@ -45,6 +45,7 @@ from telephony.analog.settings import KIND, AnalogSettings, dial_string
 from telephony.core import dtmf, media, tones
 from telephony.core.callerid import CallerIdDecoder
 from telephony.core.events import CallArrival, Reason
+from telephony.runtime.conversation import converse
 from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, TaskFailures, contained, describe, python_logger, report_event
 
@@ -587,39 +588,8 @@ class AnalogPorts:
     async def _converse(self, line: _Line, ap: AnalogPort, active: ActiveCall,
                         arrival: CallArrival) -> str:
         """Run the flow (or hold the call) until it is over; the call's end event."""
-        flow_done = trio.Event()
-        async with trio.open_nursery() as nursery:
-
-            async def watch_drop() -> None:
-                await active.dropped.wait()
-                ap.end("dropped")
-                await self._hang_up(line)
-
-            async def grace() -> None:
-                while not ap.hung_up:  # the caller's side is up
-                    await line.changed.wait()
-                with trio.move_on_after(self.flow_grace):
-                    await flow_done.wait()
-                if not flow_done.is_set():
-                    log.warning("call flow of %s still running %gs after the call ended: "
-                                "cancelled", arrival.summary(), self.flow_grace)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_drop)
-            nursery.start_soon(grace)
-            if self.flow is not None:
-                try:
-                    await self.flow(arrival, ap, active.term)
-                except Exception:  # noqa: BLE001 - one call's flow failing is logged
-                    log.exception("call flow of %s failed", arrival.summary())
-            else:
-                while not ap.hung_up:
-                    await line.changed.wait()
-            flow_done.set()
-            if not ap.hung_up:
-                await ap.hangup()
-            nursery.cancel_scope.cancel()
-        return "dropped" if ap.ended_by == "dropped" else "ended"
+        return await converse(ap, active, arrival, self.flow, hang_up=lambda: self._hang_up(line),
+                              flow_grace=self.flow_grace)
 
     # ------------------------------------------------------------------ lamps
 

@@ -134,6 +134,9 @@ class RtpPacket:
         return b"".join(out)
 
 
+_HEADER: Final = struct.Struct("!BBHII")
+
+
 def parse_rtp(data: bytes) -> RtpPacket:
     """Decode one RTP datagram.  Raises :class:`RtpError` for anything that is not one."""
     data = as_bytes(data, RtpError)
@@ -169,9 +172,13 @@ def parse_rtp(data: bytes) -> RtpPacket:
         pos += 4 * words
     if pos > end:
         raise RtpError("padding count larger than the payload")
-    return RtpPacket(payload_type=second & 0x7F, seq=seq, timestamp=timestamp, ssrc=ssrc,
-                     marker=bool(second & 0x80), payload=data[pos:end], csrc=tuple(csrc),
-                     extension=extension, padding=padding)
+    # every field is in range by construction (read from its bits): the packet is built
+    # without __post_init__'s checks, which cost more than the parse (one per 20 ms a call)
+    pkt = object.__new__(RtpPacket)
+    pkt.__dict__.update(payload_type=second & 0x7F, seq=seq, timestamp=timestamp, ssrc=ssrc,
+                        marker=bool(second & 0x80), payload=data[pos:end], csrc=tuple(csrc),
+                        extension=extension, padding=padding)
+    return pkt
 
 
 # --------------------------------------------------------------------- RFC 4733 DTMF events
@@ -662,10 +669,16 @@ class RtpSender:
     def packet(self, payload: bytes, samples: int, *, payload_type: int | None = None) -> bytes:
         if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples < 1 << 16:
             raise ValueError(f"bad sample count {samples!r}")
-        pkt = RtpPacket(payload_type=self.payload_type if payload_type is None else payload_type,
-                        seq=self.seq, timestamp=self.timestamp, ssrc=self.ssrc,
-                        marker=self._marker, payload=bytes(payload))
-        data = pkt.encode()
+        pt = self.payload_type if payload_type is None else payload_type
+        if isinstance(pt, bool) or not isinstance(pt, int) or not 0 <= pt < 128:
+            raise RtpError(f"payload_type out of range: {pt!r}")
+        payload = bytes(payload)
+        if 12 + len(payload) > MAX_PACKET:
+            raise RtpError(f"packet would be {12 + len(payload)} bytes, over {MAX_PACKET}")
+        # the header packed directly (RtpPacket.encode's layout, no CSRC/extension/padding):
+        # seq, timestamp and ssrc are kept in range by this class
+        data = _HEADER.pack(VERSION << 6, (0x80 if self._marker else 0) | pt, self.seq,
+                            self.timestamp, self.ssrc) + payload
         self._marker = False
         self.seq = (self.seq + 1) & 0xFFFF
         self.last_timestamp = self.timestamp

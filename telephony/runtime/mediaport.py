@@ -56,6 +56,10 @@ class MediaCallPort:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def wait_changed(self) -> None:
+        """Until something happens on the port: a digit, the recorder's news, the end."""
+        await self._changed.wait()
+
     def end(self, by: str) -> None:
         """The call is over (``caller``: the far end hung up; ``dropped``: the service or
         the driver ended it)."""

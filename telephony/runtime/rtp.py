@@ -4,9 +4,13 @@ even port, RTCP on the next) carrying one G.711 call leg.
 * :class:`RtpPortPool` hands out even ports of a range; a port some other program holds is
   skipped, and a closed endpoint gives its port back.
 * :class:`RtpEndpoint` sends what the port plays (:meth:`RtpEndpoint.send_pcm`: 8 kHz PCM cut
-  into ``packet_ms`` packets and sent at once; the caller paces) and plays out what it
-  receives: :meth:`RtpEndpoint.run` reads RTP into a :class:`telephony.core.rtp.JitterBuffer`
-  and a Trio timer hands the audio to ``on_audio`` in 20 ms PCM frames at real-time pace.
+  into ``packet_ms`` packets and sent at once; the caller paces), and G.711 silence while it
+  plays nothing (no silence suppression: the stream never stops while the call is up).
+* :class:`MediaClock` ticks every 20 ms for all endpoints of a process: each tick an endpoint
+  reads the RTP queued on its socket into a :class:`telephony.core.rtp.JitterBuffer` (with
+  the kernel's arrival stamps), sends the silence due, and hands the audio due to
+  ``on_audio`` in 20 ms PCM frames.  One timer wake-up per tick for every call, not one per
+  packet and call.
   Digits reach ``on_digit`` from RFC 4733 telephone events and from a
   :class:`telephony.core.dtmf.DtmfDetector` run on the played-out audio (``dtmf`` mode
   ``both``, ``inband`` or ``rfc2833``; with ``both`` the in-band detector is switched off for
@@ -23,7 +27,7 @@ Before :meth:`RtpEndpoint.start` packets from any address are taken (SCCP asks t
 listen before it says where the far end is); once started, only packets from the remote's
 IP address are.  Nothing a datagram contains and no socket error ends :meth:`run`: bad
 packets, strangers and send errors are counted (:meth:`RtpEndpoint.stats`), and any other
-error inside a loop is logged, counted and the loop goes on.
+error inside a loop or a tick is logged, counted and the endpoint goes on.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import ipaddress
 import logging
 import random
 import socket
+import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -62,8 +68,8 @@ from telephony.core.rtp import (
 )
 from telephony.runtime.tasks import TaskFailures, python_logger
 
-__all__ = ["RtpPortPool", "RtpEndpoint", "CODECS", "DTMF_MODES", "FRAME_BYTES", "DEDUPE_S",
-           "PACKET_MS"]
+__all__ = ["RtpPortPool", "RtpEndpoint", "MediaClock", "CODECS", "DTMF_MODES", "FRAME_BYTES",
+           "DEDUPE_S", "PACKET_MS", "TICK_S"]
 
 log = logging.getLogger("telephony.runtime.rtp")
 
@@ -78,6 +84,13 @@ DEDUPE_S: Final = 1.0  # the same digit from the other path this soon: the same 
 MAX_PCM_PENDING: Final = 16000  # bytes of PCM held for an unfinished packet (0.5 s)
 QUIET_FRAME: Final = bytes(FRAME_BYTES)
 RECV_BYTES: Final = 2048  # a datagram larger than MAX_PACKET is read whole, then refused
+RECV_BATCH: Final = 64  # datagrams read per endpoint and tick at most
+# SO_TIMESTAMP (Linux: 29, the stamp a struct timeval); the socket module does not name it
+_SO_TIMESTAMP: Final = getattr(socket, "SO_TIMESTAMP", 29 if sys.platform == "linux" else None)
+_TIMEVAL: Final = struct.Struct("@ll")
+_ANC_BYTES: Final = socket.CMSG_SPACE(_TIMEVAL.size)
+TICK_S: Final = FRAME_BYTES / 16000  # the media clock's period: one 20 ms frame
+MAX_FILL: Final = 10  # silence packets sent in one tick at most; a longer stall re-anchors
 
 
 def _noop(_: Any) -> None:
@@ -137,6 +150,48 @@ class RtpPortPool:
         self._in_use.discard(port)
 
 
+class MediaClock:
+    """One 20 ms ticker for many endpoints (docs/sccp.md, "The endpoint"): every
+    :data:`TICK_S` it calls :meth:`RtpEndpoint.tick` of each attached endpoint, which plays
+    out what is due, reports telephone-event digits whose audio is playing, and sends silence
+    where the flow sends nothing.  A process with many calls runs one clock (one timer wake-up
+    per tick for all of them) instead of a sleeping task per call; an endpoint given none
+    runs its own in :meth:`RtpEndpoint.run`.  With nothing attached the clock sleeps."""
+
+    def __init__(self) -> None:
+        self._members: dict[RtpEndpoint, None] = {}
+        self._wake = trio.Event()
+        self.ticks = 0
+
+    def attach(self, endpoint: RtpEndpoint) -> None:
+        self._members[endpoint] = None
+        self._wake.set()
+
+    def detach(self, endpoint: RtpEndpoint) -> None:
+        self._members.pop(endpoint, None)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tick until cancelled.  Each endpoint contains its own errors (:meth:`RtpEndpoint.tick`)."""
+        task_status.started()
+        at = trio.current_time()
+        while True:
+            if not self._members:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                at = trio.current_time()
+            now = trio.current_time()
+            self.ticks += 1
+            for ep in list(self._members):
+                ep.tick(now)
+            at += TICK_S
+            if at <= now:  # the process stalled: the next tick is one period away, no burst
+                at = now + TICK_S
+            await trio.sleep_until(at)
+
+
 class RtpEndpoint:
     """One RTP/RTCP socket pair and the media of one call leg at a time (see the module doc).
 
@@ -148,12 +203,26 @@ class RtpEndpoint:
     def __init__(self, host: str, pool: RtpPortPool, port: int, rtp: trio.socket.SocketType,
                  rtcp: trio.socket.SocketType, *, jitter_ms: int = 60, dtmf_mode: str = "both",
                  rtcp_interval: float = 5.0, max_jitter_packets: int = 50,
-                 failures: TaskFailures | None = None) -> None:
+                 failures: TaskFailures | None = None, clock: MediaClock | None = None,
+                 fill_silence: bool = True) -> None:
         self.host = host
         self.local_port = port
         self._pool = pool
         self._rtp = rtp
         self._rtcp = rtcp
+        # plain-socket views of the same sockets: the clock sends and the receive loop drains
+        # without a Trio round trip per datagram (they never block: non-blocking UDP)
+        self._rtp_sock = socket.fromfd(rtp.fileno(), rtp.family, socket.SOCK_DGRAM)
+        self._rtp_sock.setblocking(False)
+        self._stamped = False
+        if _SO_TIMESTAMP is not None:
+            try:
+                self._rtp_sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMP, 1)
+                self._stamped = True
+            except OSError:
+                pass  # no kernel stamps: a datagram arrived when the tick read it
+        self._clock = clock
+        self.fill_silence = fill_silence
         self.jitter_ms = jitter_ms
         self.dtmf_mode = dtmf_mode
         self.rtcp_interval = rtcp_interval
@@ -173,15 +242,14 @@ class RtpEndpoint:
         self._closed = False
         self._sending = False
         self._scope: trio.CancelScope | None = None
-        self._arrived = trio.Event()
         self._quiet_at: float | None = None
-        self._digit_wake = trio.Event()
         self._c: dict[str, int] = dict.fromkeys((
             "sent", "sent_bytes", "send_errors", "unsent_frames", "received", "bad", "strangers",
             "other_pt", "comfort_noise", "ssrc_changes", "frames_out", "digits_rfc2833",
             "digits_inband", "dtmf_duplicates", "rtcp_sent", "rtcp_received", "rtcp_bad",
             "rtcp_strangers", "rtcp_send_errors", "sr_received", "rr_received", "bye_received",
-            "errors", "callback_errors", "recv_errors", "quiet_frames", "digits_dropped"), 0)
+            "errors", "callback_errors", "recv_errors", "quiet_frames", "digits_dropped",
+            "silence_sent"), 0)
         self._reset_receive()
         self._reset_send()
         self._remote_report: dict[str, Any] = {}
@@ -189,8 +257,8 @@ class RtpEndpoint:
     @classmethod
     async def open(cls, host: str, pool: RtpPortPool, *, jitter_ms: int = 60,
                    dtmf_mode: str = "both", rtcp_interval: float = 5.0,
-                   max_jitter_packets: int = 50, failures: TaskFailures | None = None
-                   ) -> RtpEndpoint:
+                   max_jitter_packets: int = 50, failures: TaskFailures | None = None,
+                   clock: MediaClock | None = None, fill_silence: bool = True) -> RtpEndpoint:
         """Bind the RTP and RTCP sockets on ``host`` at the pool's next free pair.  Bad
         arguments are ValueError; no free port is OSError."""
         ipaddress.ip_address(host)  # a literal address: ValueError otherwise
@@ -203,7 +271,7 @@ class RtpEndpoint:
         port, rtp, rtcp = await pool.bind(host)
         return cls(host, pool, port, rtp, rtcp, jitter_ms=jitter_ms, dtmf_mode=dtmf_mode,
                    rtcp_interval=rtcp_interval, max_jitter_packets=max_jitter_packets,
-                   failures=failures)
+                   failures=failures, clock=clock, fill_silence=fill_silence)
 
     # ------------------------------------------------------------------ state
 
@@ -230,6 +298,7 @@ class RtpEndpoint:
         self._send_jitter = 0.0  # RFC 3550 A.8 smoothing of our own send times, seconds
         self._send_dev_max = 0.0
         self._we_sent = False
+        self._send_next: float | None = None  # when the next packet is due (silence fill)
 
     def start(self, remote_ip: str, remote_port: int, *, codec: str, packet_ms: int = 20,
               rfc2833_pt: int | None = 101) -> None:
@@ -266,6 +335,9 @@ class RtpEndpoint:
         self.remote = (ip, remote_port)
         self.codec, self.packet_ms, self.rfc2833_pt = codec, packet_ms, rfc2833_pt
         self._sending = True
+        self._silence = bytes((CODECS[codec][2],)) * (8 * packet_ms)
+        if self._send_next is None:
+            self._send_next = trio.current_time()
 
     def stop(self) -> None:
         """Stop sending (StopMediaTransmission): :meth:`send_pcm` drops what it is given
@@ -273,6 +345,7 @@ class RtpEndpoint:
         self._sending = False
         self._pcm_in = b""
         self._sent_at = None
+        self._send_next = None
 
     @property
     def sending(self) -> bool:
@@ -314,21 +387,57 @@ class RtpEndpoint:
                 self._c["unsent_frames"] += 1
                 return
             payload = g711.encode(law, data[i:i + per_packet])
-            packet = self._sender.packet(payload, len(payload))
-            self._timing(trio.current_time(), self._sender.last_timestamp)
-            try:
-                await self._rtp.sendto(packet, self.remote)
-            except trio.ClosedResourceError:  # closed while this call was sending
-                self._c["unsent_frames"] += 1
+            self._send_packet(payload, now)
+            self._send_next = now + self.packet_ms / 1000
+            await trio.lowlevel.checkpoint()  # a burst lets the others run between packets
+
+    def _send_packet(self, payload: bytes, now: float) -> None:
+        """Number and send one packet now (a non-blocking UDP send: it never waits)."""
+        assert self._sender is not None and self.remote is not None
+        packet = self._sender.packet(payload, len(payload))
+        self._timing(now, self._sender.last_timestamp)
+        try:
+            self._rtp_sock.sendto(packet, self.remote)
+        except OSError as e:  # BlockingIOError too: the socket's buffer is full
+            self._c["send_errors"] += 1
+            self.failures.limited("warning", "rtp_send_failed",
+                                  f"RTP to {self.remote[0]}:{self.remote[1]}: {e}")
+            return
+        self._c["sent"] += 1
+        self._c["sent_bytes"] += len(packet)
+        self._we_sent = True
+
+    def _fill(self, now: float) -> None:
+        """Silence for the time the flow sent nothing (StartMediaTransmission asks for no
+        silence suppression): once the flow is more than a packet late, one silence packet per
+        packet time, on the stream's timeline.  A stall longer than :data:`MAX_FILL` packets
+        is not made up: the timestamp moves on and the next packet starts a talk spurt."""
+        due = self._send_next
+        if due is None or not self.sending:
+            return
+        step = self.packet_ms / 1000
+        if now < due + step:
+            return
+        if self._pcm_in:  # the end of a prompt shorter than a packet: sent, padded
+            assert self.codec is not None
+            pcm, self._pcm_in = self._pcm_in.ljust(16 * self.packet_ms, b"\0"), b""
+            self._send_packet(g711.encode(CODECS[self.codec][0], pcm), now)
+            due += step
+            if now < due + step:
+                self._send_next = due
                 return
-            except OSError as e:
-                self._c["send_errors"] += 1
-                self.failures.limited("warning", "rtp_send_failed",
-                                      f"RTP to {self.remote[0]}:{self.remote[1]}: {e}")
-                continue
-            self._c["sent"] += 1
-            self._c["sent_bytes"] += len(packet)
-            self._we_sent = True
+        n = int((now - due) / step)
+        if n > MAX_FILL:
+            assert self._sender is not None
+            self._sender.skip((n - 1) * self.packet_ms * 8)
+            self._sender.talkspurt()
+            due += (n - 1) * step
+            n = 1
+        for _ in range(n):
+            self._send_packet(self._silence, now)
+            self._c["silence_sent"] += 1
+            due += step
+        self._send_next = due
 
     def _timing(self, now: float, ts: int) -> None:
         """Our own send timing, as the far end's jitter (A.8) would see it if the network
@@ -343,19 +452,27 @@ class RtpEndpoint:
     # ------------------------------------------------------------------ the tasks
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Receive RTP and RTCP, play the audio out, send RTCP; until :meth:`aclose` or
-        cancellation.  Every loop contains its own errors."""
+        """Receive RTP and RTCP, play the audio out, send RTP silence and RTCP; until
+        :meth:`aclose` or cancellation.  The RTP work is done by the media clock's ticks
+        (the one given to :meth:`open`, else one of this endpoint's own); the RTCP loops are
+        tasks here.  Every loop and tick contains its own errors."""
         if self._closed:
             raise ValueError("the RTP endpoint is closed")
         with trio.CancelScope() as scope:
             self._scope = scope
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._loop, "rtp-receive", self._receive_rtp)
                 nursery.start_soon(self._loop, "rtcp-receive", self._receive_rtcp)
-                nursery.start_soon(self._loop, "rtp-playout", self._playout)
                 nursery.start_soon(self._loop, "rtcp-send", self._rtcp_sender)
-                nursery.start_soon(self._loop, "rtp-digits", self._digit_timer)
-                task_status.started()
+                clock = self._clock
+                if clock is None:  # an endpoint on its own: its own ticker
+                    clock = MediaClock()
+                    nursery.start_soon(clock.run)
+                clock.attach(self)
+                try:
+                    task_status.started()
+                    await trio.sleep_forever()
+                finally:
+                    clock.detach(self)
 
     async def _loop(self, name: str, body: Callable[[], Any]) -> None:
         """Run ``body`` until the sockets close; whatever else escapes it is counted, logged,
@@ -388,13 +505,28 @@ class RtpEndpoint:
     def _from_remote(self, addr: Any) -> bool:
         return self.remote is None or addr[0] == self.remote[0]
 
-    async def _receive_rtp(self) -> None:
-        while True:
-            got = await self._recv(self._rtp)
-            if got is None:
+    def _drain(self, now: float) -> None:
+        """Read the RTP datagrams queued since the last tick (at most :data:`RECV_BATCH`; a
+        flood beyond that waits, or the kernel drops it).  Each one's arrival time is the
+        kernel's receive stamp where the system gives one (so the jitter buffer and the A.8
+        jitter see when it came, not when the tick read it), else the tick's time."""
+        sock = self._rtp_sock
+        offset = time.time() - now if self._stamped else 0.0
+        for _ in range(RECV_BATCH):
+            try:
+                data, anc, _, addr = sock.recvmsg(RECV_BYTES, _ANC_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                if self._closed:
+                    return
+                self._c["recv_errors"] += 1  # an ICMP error queued by an earlier send
                 continue
-            data, addr = got
-            now = trio.current_time()
+            at = now
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMP and len(raw) >= _TIMEVAL.size:
+                    sec, usec = _TIMEVAL.unpack_from(raw)
+                    at = min(now, max(now - 1.0, sec + usec / 1e6 - offset))
             if not self._from_remote(addr):
                 self._c["strangers"] += 1
                 continue
@@ -403,7 +535,7 @@ class RtpEndpoint:
             except RtpError:
                 self._c["bad"] += 1
                 continue
-            self._received(pkt, now)
+            self._received(pkt, at)
 
     def _received(self, pkt: RtpPacket, now: float) -> None:
         pt = pkt.payload_type
@@ -424,7 +556,6 @@ class RtpEndpoint:
         self._rx_stats.update(pkt.seq, now, pkt.timestamp if audio else None)
         if audio:
             self._jb.push(pkt, now)
-            self._arrived.set()
             return
         self._jb.mark(pkt, now)
         if pt == PT_CN:
@@ -443,7 +574,6 @@ class RtpEndpoint:
             if len(self._event_digits) == self._event_digits.maxlen:
                 self._c["digits_dropped"] += 1
             self._event_digits.append((now + self._jb.depth, digit))
-            self._digit_wake.set()
 
     def _report(self, digit: str, source: str, now: float) -> None:
         """One digit from ``source``, unless the other source reported the same digit within
@@ -464,44 +594,49 @@ class RtpEndpoint:
             self._c["callback_errors"] += 1
             self.failures.failed("rtp:on_digit", e)
 
-    async def _digit_timer(self) -> None:
-        while True:
-            if not self._event_digits:
-                self._digit_wake = trio.Event()
-                await self._digit_wake.wait()
-                continue
-            at, _ = self._event_digits[0]
-            await trio.sleep_until(at)
-            _, digit = self._event_digits.popleft()
-            self._report(digit, "rfc2833", at)
+    def tick(self, now: float) -> None:
+        """One turn of the media clock: silence where the flow sent nothing, telephone-event
+        digits whose audio plays now, the audio due (or quiet frames while the stream is
+        paused).  Contains its own errors."""
+        if self._closed:
+            return
+        try:
+            self._drain(now)
+            if self.fill_silence:
+                self._fill(now)
+            while self._event_digits and self._event_digits[0][0] <= now:
+                at, digit = self._event_digits.popleft()
+                self._report(digit, "rfc2833", at)
+            self._play_due(now)
+        except Exception as e:  # noqa: BLE001 - one bad turn never ends the endpoint
+            self._c["errors"] += 1
+            self.failures.failed("rtp:tick", e)
 
-    async def _playout(self) -> None:
-        while True:
-            due = self._jb.next_due()
-            if due is not None:
-                self._quiet_at = None
-                await trio.sleep_until(due)
-                now = trio.current_time()
-                while (payload := self._jb.pop(now)) is not None:
-                    assert self._rx_codec is not None
-                    self._play(g711.decode(CODECS[self._rx_codec][0], payload), now)
-                continue
-            self._arrived = trio.Event()
-            position = self._jb.position
-            if position is None:  # nothing received yet
-                await self._arrived.wait()
-                continue
-            # the stream paused (the jitter buffer stopped holding its clock): the line is
-            # quiet, and says so every 20 ms until a packet comes, so that a recording can end
-            # on silence even when the far end suppresses it
-            if self._quiet_at is None:
-                self._quiet_at = position
-            with trio.move_on_at(self._quiet_at):
-                await self._arrived.wait()
-            if self._jb.next_due() is None:
-                self._c["quiet_frames"] += 1
-                self._play(QUIET_FRAME, trio.current_time())
-                self._quiet_at += FRAME_BYTES / 16000
+    def _play_due(self, now: float) -> None:
+        jb = self._jb
+        while (payload := jb.pop(now)) is not None:
+            assert self._rx_codec is not None
+            self._quiet_at = None
+            self._play(g711.decode(CODECS[self._rx_codec][0], payload), now)
+        if jb.next_due() is not None:
+            self._quiet_at = None
+            return
+        position = jb.position
+        if position is None:  # nothing received yet: nothing is played
+            return
+        # the stream paused (the jitter buffer stopped holding its clock): the line is quiet,
+        # and says so every 20 ms until a packet comes, so that a recording can end on silence
+        # even when the far end suppresses it
+        if self._quiet_at is None:
+            self._quiet_at = position
+        for _ in range(MAX_FILL):
+            if now < self._quiet_at:
+                break
+            self._c["quiet_frames"] += 1
+            self._play(QUIET_FRAME, now)
+            self._quiet_at += TICK_S
+        else:
+            self._quiet_at = max(self._quiet_at, now)  # a stall is not made up
 
     def _play(self, pcm: bytes, now: float) -> None:
         data = self._pcm_out + pcm
@@ -644,6 +779,9 @@ class RtpEndpoint:
                     await self._send_rtcp(bye=True)
                 except Exception as e:  # noqa: BLE001 - closing goes on whatever happened
                     self.failures.failed("rtp:bye", e, level="warning")
+        if self._clock is not None:
+            self._clock.detach(self)
+        self._rtp_sock.close()
         self._rtp.close()
         self._rtcp.close()
         self._pool.release(self.local_port)

@@ -337,6 +337,8 @@ class StationLink:
 
     async def _prober(self) -> None:
         """Registered on a backup: look at the first server every ``rehome_probe`` s."""
+        if len(self.servers) < 2:  # no backup, nothing to come back from: no polling
+            await trio.sleep_forever()
         while True:
             at = self.homing.next_probe()
             if at is None:

@@ -35,9 +35,10 @@ from integrations.base import IntegrationProfile
 from integrations.cucm_sccp import CUCM_SCCP
 from telephony.core.events import CallArrival
 from telephony.core.mwi import TransmitRefused, require_term
+from telephony.runtime.conversation import converse
 from telephony.runtime.mediaport import MediaCallPort
 from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortState
-from telephony.runtime.rtp import RtpEndpoint, RtpPortPool
+from telephony.runtime.rtp import MediaClock, RtpEndpoint, RtpPortPool
 from telephony.runtime.tasks import TaskFailures, contained, describe, python_logger, report_event
 from telephony.sccp.connection import StationLink
 from telephony.sccp.core import station as st
@@ -156,6 +157,8 @@ class SccpPorts:
         self._service: CallService | None = None
         self._nursery: trio.Nursery | None = None
         self._pool: RtpPortPool | None = None
+        #: one play-out/send ticker for the RTP endpoints of every call (docs/sccp.md)
+        self.media_clock = MediaClock()
         self._idle_changed = trio.Event()
         self._reported: dict[str, set[str]] = {}
         self._any_registered = False
@@ -183,6 +186,7 @@ class SccpPorts:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._keep_clock)
                 for port in self.ports.values():
                     nursery.start_soon(self._keep_link, port.link)
                 task_status.started()
@@ -192,6 +196,16 @@ class SccpPorts:
                 self._registry.get(port.link.name).state = PortState.DOWN
                 if port.call is not None and port.call.port is not None:
                     port.call.port.end("dropped")
+
+    async def _keep_clock(self) -> None:
+        """The media clock runs for ever (each endpoint contains its own errors in its tick);
+        a failure escaping it is recorded and it starts again."""
+        while True:
+            try:
+                await self.media_clock.run()
+            except Exception as e:  # noqa: BLE001 - contained: the calls' media go on
+                self.task_failures.failed("sccp-media-clock", e, retry_in=0.05)
+            await trio.sleep(0.05)
 
     async def _keep_link(self, link: StationLink) -> None:
         """A link runs for ever; a failure escaping it is recorded and it starts again."""
@@ -465,7 +479,8 @@ class SccpPorts:
                     assert self._pool is not None
                     call.endpoint = await RtpEndpoint.open(
                         host, self._pool, jitter_ms=self.settings.jitter_ms,
-                        dtmf_mode=self.settings.dtmf, failures=self.task_failures)
+                        dtmf_mode=self.settings.dtmf, failures=self.task_failures,
+                        clock=self.media_clock)
                     ok, why = True, ""
                 except Exception as e:  # noqa: BLE001 - no port free, cannot bind
                     ok, why = False, describe(e)
@@ -522,41 +537,8 @@ class SccpPorts:
                                        on_hook=lambda: self._hang_up(call), realtime=self.realtime)
         if call.ended is not None:
             mp.end("caller")
-        flow_done = trio.Event()
-        async with trio.open_nursery() as nursery:
-
-            async def watch_drop() -> None:
-                await active.dropped.wait()
-                mp.end("dropped")
-                await self._hang_up(call)
-
-            async def grace() -> None:
-                while not mp.hung_up:
-                    with trio.move_on_after(0.5):
-                        await call.changed.wait()
-                with trio.move_on_after(self.flow_grace):
-                    await flow_done.wait()
-                if not flow_done.is_set():
-                    log.warning("call flow of %s still running %gs after the call ended: "
-                                "cancelled", arrival.summary(), self.flow_grace)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_drop)
-            nursery.start_soon(grace)
-            if self.flow is not None:
-                try:
-                    await self.flow(arrival, mp, active.term)
-                except Exception:  # noqa: BLE001 - one call's flow failing is logged
-                    log.exception("call flow of %s failed", arrival.summary())
-            else:
-                while not mp.hung_up:
-                    with trio.move_on_after(0.5):
-                        await call.changed.wait()
-            flow_done.set()
-            if not mp.hung_up:
-                await mp.hangup()
-            nursery.cancel_scope.cancel()
-        return "dropped" if mp.ended_by == "dropped" else "ended"
+        return await converse(mp, active, arrival, self.flow, hang_up=lambda: self._hang_up(call),
+                              flow_grace=self.flow_grace)
 
     # ------------------------------------------------------------------ lamps
 

@@ -30,7 +30,7 @@ from telephony.core.rtp import (
     parse_rtcp,
     parse_rtp,
 )
-from telephony.runtime.rtp import RtpEndpoint, RtpPortPool
+from telephony.runtime.rtp import MediaClock, RtpEndpoint, RtpPortPool
 
 HOST = "127.0.0.1"
 FRAME = 320
@@ -80,8 +80,8 @@ async def _udp(host: str = HOST, port: int = 0) -> trio.socket.SocketType:
 @pytest.mark.parametrize("codec", ["pcmu", "pcma"])
 async def test_two_endpoints_exchange_tones(codec):
     pool = _pool()
-    a = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER)
-    b = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER)
+    a = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER, fill_silence=False)
+    b = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER, fill_silence=False)
     assert a.local_port % 2 == 0 and b.local_port != a.local_port
     heard_a: list[bytes] = []
     heard_b: list[bytes] = []
@@ -310,7 +310,8 @@ async def test_modes_choose_the_path():
 async def test_rtcp_sender_and_receiver_reports_are_exchanged():
     pool = _pool()
     a = await RtpEndpoint.open(HOST, pool, rtcp_interval=0.2, jitter_ms=JITTER)
-    b = await RtpEndpoint.open(HOST, pool, rtcp_interval=0.2, jitter_ms=JITTER)
+    # b only listens: no silence fill (the fill is an RTP sender, whose reports are SRs)
+    b = await RtpEndpoint.open(HOST, pool, rtcp_interval=0.2, jitter_ms=JITTER, fill_silence=False)
     a.start(HOST, b.local_port, codec="pcma")
     b.start(HOST, a.local_port, codec="pcma")
     async with trio.open_nursery() as n:
@@ -525,7 +526,7 @@ async def test_tshark_decodes_our_rtp_rtcp_and_events(tmp_path):
     tshark = shutil.which("tshark")
     assert tshark, "tshark is needed for this check (Debian package tshark)"
     pool = _pool()
-    ep = await RtpEndpoint.open(HOST, pool, rtcp_interval=0.1)
+    ep = await RtpEndpoint.open(HOST, pool, rtcp_interval=0.1, fill_silence=False)
     peer_port, peer_rtp, peer_rtcp = await _pool().bind(HOST)  # the far end's socket pair
     ep.start(HOST, peer_port, codec="pcmu")
     got: list[tuple[tuple[str, int], tuple[str, int], bytes]] = []
@@ -607,3 +608,100 @@ async def test_closing_while_sending_is_not_an_error():
     await ep.send_pcm(bytes(FRAME))  # after the close: dropped, counted
     assert ep.stats()["unsent_frames"] == 2 and pool.in_use == 0
     far.close()
+
+
+async def _collect(sock: trio.socket.SocketType, out: list[tuple[float, RtpPacket]]) -> None:
+    while True:
+        data, _ = await sock.recvfrom(2048)
+        out.append((trio.current_time(), parse_rtp(data)))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_listening_port_sends_silence_for_the_whole_call(shared):
+    """StartMediaTransmission says no silence suppression: while the flow plays nothing (it
+    records the caller) the port sends G.711 silence every packet time, on one timeline with
+    what the flow plays; StopMediaTransmission ends it.  ``shared``: one MediaClock ticks
+    every endpoint of the process (the driver's way); otherwise the endpoint runs its own."""
+    pool = _pool()
+    clock = MediaClock()
+    ep = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER, clock=clock if shared else None)
+    far = await _udp()
+    got: list[tuple[float, RtpPacket]] = []
+    async with trio.open_nursery() as n:
+        if shared:
+            await n.start(clock.run)
+        n.start_soon(_collect, far, got)
+        await n.start(ep.run)
+        ep.start(HOST, far.getsockname()[1], codec="pcma")
+        t0 = trio.current_time()
+        await trio.sleep(1.0)  # "recording": the flow sends nothing
+        quiet = [p for _, p in got]
+        elapsed = trio.current_time() - t0
+        await _play(ep, dsp.tone(1000, 200, -10))  # a prompt: 10 packets of sound
+        await trio.sleep(0.3)
+        ep.stop()
+        await trio.sleep(0.1)
+        stopped_at = len(got)
+        await trio.sleep(0.3)
+        assert len(got) == stopped_at  # nothing after StopMediaTransmission
+        n.cancel_scope.cancel()
+    await ep.aclose()
+    far.close()
+    # about one packet per 20 ms from the start (a loaded machine may delay a tick; what is
+    # late is caught up, so the count is short by the fill's one-packet grace at most)
+    assert len(quiet) >= elapsed / 0.02 * 0.8 - 2
+    assert all(p.payload == b"\xd5" * 160 and p.payload_type == 8 for p in quiet)  # A-law silence
+    pkts = [p for _, p in got]
+    assert all((b.seq - a.seq) & 0xFFFF == 1 for a, b in zip(pkts, pkts[1:], strict=False))
+    steps = {(b.timestamp - a.timestamp) & 0xFFFF_FFFF for a, b in zip(pkts, pkts[1:], strict=False)}
+    assert steps == {160}  # one timeline: silence and sound without a gap
+    sound = [i for i, p in enumerate(pkts) if p.payload != b"\xd5" * 160]
+    assert len(sound) == 10 and sound == list(range(sound[0], sound[0] + 10))
+    assert pkts[sound[-1] + 1:] and all(p.payload == b"\xd5" * 160 for p in pkts[sound[-1] + 1:])
+    s = ep.stats()
+    assert s["silence_sent"] == len(pkts) - 10 and s["sent"] == len(pkts)
+    assert len(clock) == 0  # the endpoint left the shared clock
+    assert pool.in_use == 0
+
+
+async def test_fill_off_sends_only_what_is_played():
+    pool = _pool()
+    ep = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER, fill_silence=False)
+    far = await _udp()
+    got: list[tuple[float, RtpPacket]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_collect, far, got)
+        await n.start(ep.run)
+        ep.start(HOST, far.getsockname()[1], codec="pcmu")
+        await trio.sleep(0.3)
+        assert got == []
+        await _play(ep, dsp.tone(1000, 100, -10))
+        await trio.sleep(0.3)
+        n.cancel_scope.cancel()
+    await ep.aclose()
+    far.close()
+    assert len(got) == 5 and ep.stats()["silence_sent"] == 0
+
+
+async def test_the_end_of_a_prompt_shorter_than_a_packet_goes_out_before_the_silence():
+    """30 ms packets, a prompt of one 20 ms frame: the flow's remainder waits for more audio;
+    when none comes it is sent padded with silence, and the fill goes on after it."""
+    pool = _pool()
+    ep = await RtpEndpoint.open(HOST, pool, jitter_ms=JITTER)
+    far = await _udp()
+    got: list[tuple[float, RtpPacket]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_collect, far, got)
+        await n.start(ep.run)
+        ep.start(HOST, far.getsockname()[1], codec="pcmu", packet_ms=30)
+        await ep.send_pcm(dsp.tone(1000, 20, -10))
+        await trio.sleep(0.5)
+        n.cancel_scope.cancel()
+    await ep.aclose()
+    far.close()
+    pkts = [p for _, p in got]
+    assert pkts and all(len(p.payload) == 240 for p in pkts)
+    sound = [p for p in pkts if p.payload != b"\xff" * 240]
+    assert len(sound) == 1 and sound[0].payload[160:] == b"\xff" * 80  # the frame, then padding
+    assert ep.stats()["silence_sent"] == len(pkts) - 1 >= 5
+    assert {(b.timestamp - a.timestamp) & 0xFFFF_FFFF for a, b in zip(pkts, pkts[1:], strict=False)} == {240}
