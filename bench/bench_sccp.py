@@ -145,7 +145,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from failover.config import load_config  # noqa: E402
-from lab.pair import SCCP_PREFIXES, Pair, free_port, free_udp_block, sccp_devices, sccp_sections  # noqa: E402
+from lab.pair import (  # noqa: E402
+    SCCP_PREFIXES,
+    Pair,
+    free_port,
+    free_udp_block,
+    kill_quietly,
+    pid_alive,
+    sccp_devices,
+    sccp_sections,
+)
 
 DEFINITIONS_VERSION = 1
 TICK = os.sysconf("SC_CLK_TCK")
@@ -164,36 +173,16 @@ _PROCS: dict[int, subprocess.Popen] = {}   # simulators: pid -> process
 _PAIRS: list[Pair] = []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def cleanup() -> None:
     for pair in list(_PAIRS):
         stop_pair(pair)
     for pid in list(_PROCS):
-        _kill(pid, signal.SIGTERM)
+        kill_quietly(pid, signal.SIGTERM)
     end = time.monotonic() + 3
-    while time.monotonic() < end and any(_alive(p) for p in _PROCS):
+    while time.monotonic() < end and any(pid_alive(p) for p in _PROCS):
         time.sleep(0.05)
     for pid, proc in list(_PROCS.items()):
-        _kill(pid)
+        kill_quietly(pid)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -369,7 +358,7 @@ class Sim:
     def kill(self) -> None:
         """SIGKILL by PID (the fault injected); the process is reaped."""
         assert self.proc is not None
-        _kill(self.proc.pid)
+        kill_quietly(self.proc.pid)
         self.proc.wait(timeout=10)
         _PROCS.pop(self.proc.pid, None)
 
@@ -377,11 +366,11 @@ class Sim:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            _kill(self.proc.pid, signal.SIGTERM)
+            kill_quietly(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                _kill(self.proc.pid)
+                kill_quietly(self.proc.pid)
                 self.proc.wait(timeout=5)
         _PROCS.pop(self.proc.pid, None)
 

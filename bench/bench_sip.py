@@ -68,7 +68,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from failover.config import load_config  # noqa: E402
-from lab.pair import Pair, free_udp_block, udp_block_free  # noqa: E402
+from lab.pair import Pair, free_udp_block, kill_quietly, pid_alive, udp_block_free  # noqa: E402
 from lab.sip import write_tone_ulaw  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
@@ -85,34 +85,14 @@ _PAIRS: list[Pair] = []
 _EXTRA_PIDS: set[int] = set()  # worker processes seen, stopped by PID at the end
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def cleanup() -> None:
     for pid in list(_PROCS):
-        _kill(pid, signal.SIGTERM)
+        kill_quietly(pid, signal.SIGTERM)
     t = time.monotonic() + 3
-    while time.monotonic() < t and any(_alive(p) for p in _PROCS):
+    while time.monotonic() < t and any(pid_alive(p) for p in _PROCS):
         time.sleep(0.05)
     for pid in list(_PROCS):
-        _kill(pid)
+        kill_quietly(pid)
     _PROCS.clear()
     for pair in _PAIRS:
         try:
@@ -121,8 +101,8 @@ def cleanup() -> None:
             print(f"stopping a pair: {e}", file=sys.stderr)
     _PAIRS.clear()
     for pid in list(_EXTRA_PIDS):  # workers of a killed service that did not exit by themselves
-        if _alive(pid):
-            _kill(pid)
+        if pid_alive(pid):
+            kill_quietly(pid)
     _EXTRA_PIDS.clear()
 
 
@@ -212,7 +192,7 @@ class SippRun:
         try:
             rc = self.proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            _kill(self.proc.pid)
+            kill_quietly(self.proc.pid)
             rc = self.proc.wait()
             print(f"  SIPp killed after {self.timeout:.0f} s (guard)", file=sys.stderr)
         _PROCS.pop(self.proc.pid, None)
@@ -220,7 +200,7 @@ class SippRun:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            _kill(self.proc.pid)
+            kill_quietly(self.proc.pid)
             self.proc.wait()
         if self.proc is not None:
             _PROCS.pop(self.proc.pid, None)
@@ -596,9 +576,9 @@ def failover_part(tmp: Path, args) -> dict:
                              timeout=args.failover_run + per_call + 180).start()
             run.stop()  # the load at a stops; its calls in progress are lost with a
         t_gone = time.monotonic() + 10
-        while time.monotonic() < t_gone and any(_alive(p) for p in workers_a):
+        while time.monotonic() < t_gone and any(pid_alive(p) for p in workers_a):
             time.sleep(0.05)
-        out["failover_a_workers_alive_after_10s"] = sum(1 for p in workers_a if _alive(p))
+        out["failover_a_workers_alive_after_10s"] = sum(1 for p in workers_a if pid_alive(p))
         rc = run.wait()
         st = run.stats()
         if direct is not None:

@@ -48,6 +48,28 @@ def _remember(given: dict, keys) -> None:
             del given[k]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``pid``; a process already gone (or not ours) is no error."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free now, outside the kernel's ephemeral range, and not handed out
     before by this process.  Outside the ephemeral range: a port the kernel hands out for
