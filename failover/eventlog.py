@@ -1,4 +1,8 @@
-"""The node's event log: JSON lines under the data directory plus readable console lines."""
+"""The node's event log: JSON lines under the data directory plus readable console lines.
+
+Files at rest: the log is created ``0600`` (an older, looser file is tightened) and its
+directory, the node's ``data_dir``, ``0700``: :func:`private_dir` creates it so, or tightens
+a looser one, and the log's first record then says what it changed (``data_dir_mode``)."""
 from __future__ import annotations
 
 import json
@@ -9,20 +13,52 @@ from pathlib import Path
 from typing import IO, Iterator
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+DIR_MODE = 0o700  # data_dir: only the node's own user
+FILE_MODE = 0o600  # the event log
+
+
+def private_dir(path: Path) -> str | None:
+    """Create ``path`` (and missing parents) with mode 0700, or tighten an existing
+    directory that group or others may use to 0700.  Returns what was changed (for a warning)
+    or None when nothing was."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(path, DIR_MODE)  # whatever the umask said
+        return None
+    mode = path.stat().st_mode & 0o777
+    if not mode & 0o077:
+        return None
+    os.chmod(path, mode & DIR_MODE)
+    return (f"{path} was mode {mode:04o}: tightened to {mode & DIR_MODE:04o} (group and others "
+            "must not read the configuration database, the event log, the spool or messages)")
 
 
 class EventLog:
     def __init__(self, path: Path, node: str, *, console: IO[str] | None = sys.stderr,
                  level: str = "info") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        tightened = private_dir(path.parent)
         self.path = path
         self.node = node
-        self._f = open(path, "a", encoding="utf-8", buffering=1)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, FILE_MODE)
+            self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        except BaseException:
+            os.close(fd)
+            raise
         self._console = console
         self._min = LEVELS[level]
         #: records that could not be written (a full or failing disk): writing the event log
         #: never raises, since every task's failure report goes through it
         self.write_errors = 0
+        if tightened:
+            self.write("warning", "data_dir_mode", tightened)
 
     def write(self, level: str, event: str, message: str, fields: dict | None = None) -> dict:
         rec = {"ts": round(time.time(), 6), "node": self.node, "level": level, "event": event,

@@ -126,6 +126,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "mwi_coalesce": Key(Num(0, 60), 1.0, shared=True),
         "realtime_audio": Key(boolean, True),
         "operator": Key(dtmf_digits, None, shared=True),  # absent: 0 does not transfer
+        "pin_max_failures": Key(Num(1, 100, integer=True), 5, shared=True),
+        "pin_lockout": Key(Num(1, 86400), 60.0, shared=True),
+        "pin_lockout_max": Key(Num(1, 7 * 86400), 3600.0, shared=True),
     },
 }
 
@@ -184,6 +187,9 @@ class MessagingSection:
     mwi_coalesce: float
     realtime_audio: bool
     operator: str | None
+    pin_max_failures: int = 5
+    pin_lockout: float = 60.0
+    pin_lockout_max: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,9 @@ def problems(s: dict[str, Any]) -> list[Problem]:
     if m.min_message >= m.max_message:
         out.append(Problem("messaging.min_message", f"{m.min_message:g} s must be shorter than "
                            f"messaging.max_message ({m.max_message:g} s)"))
+    if m.pin_lockout_max < m.pin_lockout:
+        out.append(Problem("messaging.pin_lockout_max", f"{m.pin_lockout_max:g} s must be at "
+                           f"least messaging.pin_lockout ({m.pin_lockout:g} s)"))
     return out
 
 

@@ -197,7 +197,7 @@ class Spool:
                         return self.directory / name
                 counter = max(self._counter, top) + 1
                 tmp = self.directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.tmp"
-                write_new_file(tmp, data, 0o644)
+                write_new_file(tmp, data, 0o600)  # files at rest: the owner only
                 while True:
                     target = self.directory / f"{counter:012d}-{safe}{SUFFIX}"
                     try:

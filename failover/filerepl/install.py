@@ -108,7 +108,7 @@ class Installer:
         os.makedirs(self.tmp_dir, exist_ok=True)
         if not inc.wait_offer:
             tmp = self.tmp_dir / f"t-{secrets.token_hex(8)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             return TempFile(tmp, fd, hashlib.sha256())
         try:
             st = os.lstat(self.root / inc.path)
@@ -125,7 +125,7 @@ class Installer:
             except FileNotFoundError:
                 pass
         tmp = self.tmp_dir / name
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             have = os.fstat(fd).st_size
             if have > inc.size:
@@ -186,7 +186,7 @@ class Installer:
             if hashlib.sha256(inc.buf).digest() != inc.digest:
                 return DIGEST_MISMATCH, None, conflicts, displaced
             tmp = self.tmp_dir / f"t-{secrets.token_hex(8)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             inc.handle = tf = TempFile(tmp)  # removed by a discard if the install fails
             try:
                 self.write_all(fd, inc.buf)

@@ -5,6 +5,7 @@ in, and the ``_vmha_meta`` row that holds the log positions.  The layers build o
 :mod:`~telephony.configdb.remote`, :mod:`~telephony.configdb.snapshots`."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,16 @@ from telephony.configdb.core.validators import MWI_METHODS, is_int
 from telephony.core.terms import Role
 
 BUSY_TIMEOUT_MS = 5000
+
+
+def _owner_only(path: Path) -> None:
+    """Make the database file (created on open) and any -wal/-shm beside it mode 0600."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class Database:
@@ -62,6 +73,8 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db: apsw.Connection | None = apsw.Connection(str(self.path))
         try:
+            _owner_only(self.path)  # files at rest: PIN hashes, subscribers (its -wal and
+            # -shm files are created by SQLite with the database file's mode)
             self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
             self._check_foreign()  # before switching a foreign file to WAL
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]

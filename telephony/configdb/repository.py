@@ -18,6 +18,10 @@ from telephony.configdb.core.schema import TABLES, Column, Table
 from telephony.configdb.core.validators import MAX_JSON, BadValue, dump_json, is_int
 from telephony.core.terms import term_parity
 
+#: rows that go with a deleted row of the same key: a subscriber's PIN and lockout (a new
+#: subscriber given the same extension later must not inherit the old one's PIN)
+DELETED_WITH: dict[str, tuple[str, ...]] = {"subscribers": ("pins", "pin_lockouts")}
+
 
 class Repository(ChangeLog):
     """Reads and writes of the replicated tables, each write logged."""
@@ -199,6 +203,8 @@ class Repository(ChangeLog):
                         if db.changes() == 0:
                             raise ConfigDBError(f"{where}{t.name} {key!r} does not exist",
                                                 table=t.name, column=t.pk, value=key)
+                        for dep in DELETED_WITH.get(t.name, ()):  # in the same changeset
+                            db.execute(f"DELETE FROM {dep} WHERE {TABLES[dep].pk} = ?", (key,))
                 cs = session.changeset()
             finally:
                 session.close()

@@ -16,11 +16,21 @@ What the flow does (:meth:`CallFlow.handle`):
   ``message_id_for(call_id, node, term)``): ``await deliver(msg)``, then
   ``await lamp(mailbox, extension)``, then the goodbye prompt and the flow hangs up.
 * **Direct call from a subscriber's extension** (reason direct, ``calling`` is an extension):
-  mailbox access.  "You have N new messages" (:func:`telephony.core.media.messages_prompt`; ports
-  that can, also get the structured ``messages`` announcement with ``new`` and ``saved``),
+  mailbox access, behind the PIN (below).  "You have N new messages"
+  (:func:`telephony.core.media.messages_prompt`; ports that can, also get the structured
+  ``messages`` announcement with ``new`` and ``saved``),
   then every new message, oldest first.  A message played to the end is marked heard; a
   digit skips the rest of a message (it stays new), ``*`` stops the playback.  After a change,
   ``await lamp(mailbox, extension)``.  Then the end-of-messages prompt and the flow hangs up.
+* **PIN** (:class:`PinGate`, the flow's ``pins``): before a mailbox opens the gate says
+  ``ask`` (the caller keys the PIN, ended by ``#`` or after ``pin_timeout`` seconds without a
+  digit; at most :data:`PIN_TRIES` tries per call), ``skip`` (the subscriber opted into
+  ``skip_pin_from_own_phone`` and calls from their own extension), ``no_pin`` (none set and no
+  opt-in: access refused) or ``locked`` (too many wrong PINs: refused for the lockout).  A
+  wrong PIN that locks the mailbox ends the call.  After a PIN was accepted, :data:`PIN_CHANGE_KEY`
+  during (or typed ahead of) the end-of-messages prompt changes the PIN: the new one twice.
+  Without a gate (``pins=None``) every mailbox access is refused.  The gate writes the event
+  log; the flow never logs a PIN.
 * **Anyone else** (unknown calling number, forwarding number that is no subscriber): the
   opening greeting.  Digits typed during it are an extension (finished by ``#`` or
   ``digit_timeout`` seconds without a digit): a subscriber's extension leads to their greeting
@@ -52,12 +62,39 @@ from typing import Any, Protocol, runtime_checkable
 from telephony.core import media
 from telephony.core.events import CallArrival, Reason
 from telephony.core.message import VoiceMessage, message_id_for
+from telephony.core.pin import MAX_DIGITS as MAX_PIN_DIGITS
+from telephony.core.pin import PIN_RE
 
 log = logging.getLogger("telephony.core.callflow")
 
 DTMF_DIGITS = "0123456789*#"
 #: The most new messages one mailbox-access call plays.
 MAX_PLAYED = 100
+#: PIN tries one call gets (the lockout counts every wrong one, across calls and nodes)
+PIN_TRIES = 3
+#: the key that changes the PIN at the end of the messages (after a PIN was accepted)
+PIN_CHANGE_KEY = "9"
+
+
+def pin_prompts() -> dict[str, bytes]:
+    """The PIN prompts (generated tones, like :func:`telephony.core.media.default_prompts`)."""
+    def seq(*parts: tuple[float, float]) -> bytes:
+        return media.wav_bytes(b"".join(media.silence(s) if f == 0 else media.tone(f, s)
+                                        for f, s in parts))
+    return {
+        "enter_pin": seq((600, 0.15), (0, 0.05), (900, 0.15)),
+        "pin_wrong": seq((300, 0.25), (0, 0.05), (300, 0.25)),
+        "mailbox_locked": seq((250, 0.6)),
+        "no_pin": seq((250, 0.3), (0, 0.1), (250, 0.3)),
+        "new_pin": seq((900, 0.15), (0, 0.05), (600, 0.15)),
+        "repeat_pin": seq((900, 0.15), (0, 0.05), (900, 0.15)),
+        "pin_changed": seq((600, 0.15), (750, 0.15), (900, 0.15)),
+        "pin_not_changed": seq((900, 0.15), (600, 0.15), (300, 0.15)),
+    }
+
+
+#: every prompt name the flow plays (``prompts=`` may replace any of them)
+PIN_PROMPT_NAMES = tuple(pin_prompts())
 
 
 @runtime_checkable
@@ -145,6 +182,42 @@ class Mailboxes(Protocol):
 
 
 @dataclass(frozen=True)
+class PinCheck:
+    """The gate's answer before a mailbox opens: ``mode`` ``ask`` | ``skip`` | ``no_pin`` |
+    ``locked`` (``locked_for``: seconds left)."""
+
+    mode: str
+    locked_for: float = 0.0
+
+
+@dataclass(frozen=True)
+class PinVerdict:
+    """The gate's answer to one PIN: ``ok``; ``locked_for`` > 0 when the mailbox is locked
+    now (this failure locked it, or it already was)."""
+
+    ok: bool
+    locked_for: float = 0.0
+
+
+class PinGate(Protocol):
+    """Mailbox PINs, as the flow needs them.  Every method writes the event log itself
+    (access, failure, lockout, change; never the PIN).  ``calling``: the caller's number."""
+
+    async def check(self, subscriber: dict, calling: str) -> PinCheck: ...
+
+    async def verify(self, subscriber: dict, pin: str, calling: str) -> PinVerdict: ...
+
+    async def opened(self, subscriber: dict, calling: str, how: str) -> None:
+        """The mailbox opened (``how``: ``pin`` or ``own_phone``)."""
+        ...
+
+    async def change(self, subscriber: dict, pin: str, calling: str) -> bool:
+        """Store a new PIN (4 to 12 digits, checked by the flow); False: it could not be
+        stored (the caller hears so)."""
+        ...
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a call went.  ``kind``:
 
@@ -154,7 +227,10 @@ class Outcome:
     * ``no_message``: a recording was made but too short, or there was nowhere to leave one;
     * ``hung_up_early``: the caller hung up before the recording began;
     * ``transferred``: the caller asked for the operator and the PBX took the call
-      (``transferred_to``: the operator's extension).
+      (``transferred_to``: the operator's extension);
+    * ``access_refused``: the mailbox did not open (``refused``: ``locked``, ``no_pin``,
+      ``wrong_pin`` after :data:`PIN_TRIES` tries, ``no_gate``, or ``hangup`` during the
+      PIN).
     """
 
     kind: str
@@ -164,6 +240,8 @@ class Outcome:
     new_messages: int | None = None
     end_reason: str | None = None  # how the recording ended, when there was one
     transferred_to: str | None = None
+    refused: str | None = None
+    pin_changed: bool = False
 
 
 def check_destination(destination: Any) -> str:
@@ -213,7 +291,8 @@ class CallFlow:
                  prompts: dict[str, bytes] | None = None, max_message_s: float = 120.0,
                  silence_s: float = 3.0, min_message_s: float = 0.5,
                  clock: Callable[[], str] = _utc_now, digit_timeout: float = 3.0,
-                 operator: str | None = None) -> None:
+                 operator: str | None = None, pins: PinGate | None = None,
+                 pin_timeout: float = 5.0) -> None:
         if not isinstance(node, str) or not node:
             raise ValueError("node must be a non-empty string")
         self.operator = None if operator is None else check_destination(operator)
@@ -227,12 +306,14 @@ class CallFlow:
         self.min_message_s = _positive("min_message_s", min_message_s, zero=True,
                                        limit=self.max_message_s)
         self.digit_timeout = _positive("digit_timeout", digit_timeout, limit=60)
+        self.pin_timeout = _positive("pin_timeout", pin_timeout, limit=60)
+        self.pins = pins
         self.clock = clock
-        self.prompts = media.default_prompts()
+        self.prompts = {**media.default_prompts(), **pin_prompts()}
         for name, wav in (prompts or {}).items():
             if name not in self.prompts:
                 raise ValueError(f"unknown prompt {name!r:.40}; known: "
-                                 f"{', '.join(media.PROMPT_NAMES)}")
+                                 f"{', '.join(media.PROMPT_NAMES + PIN_PROMPT_NAMES)}")
             try:
                 media.pcm_of(wav)
             except ValueError as exc:
@@ -257,7 +338,7 @@ class CallFlow:
         elif call.reason is Reason.DIRECT and call.calling:
             sub = self._subscriber(call.calling)
             if sub is not None:
-                return await self._mailbox_access(port, sub)
+                return await self._mailbox_access(call, port, sub)
         return await self._unknown_caller(call, port, term)
 
     # ------------------------------------------------------------------ leaving a message
@@ -317,8 +398,73 @@ class CallFlow:
 
     # ------------------------------------------------------------------ mailbox access
 
-    async def _mailbox_access(self, port: CallPort, sub: dict) -> Outcome:
+    async def _pin(self, call: CallArrival, port: CallPort, sub: dict) -> str:
+        """The PIN step: ``pin`` or ``own_phone`` when the mailbox may open, else the reason
+        it is refused (the caller has heard why; the gate has logged it)."""
+        mailbox = sub["mailbox"]
+        if self.pins is None:
+            log.warning("mailbox %s: no PIN gate: access refused", mailbox)
+            return "no_gate"
+        check = await self.pins.check(sub, call.calling)
+        if check.mode == "skip":
+            return "own_phone"
+        if check.mode != "ask":
+            if not port.hung_up:
+                await port.play(self.prompts["mailbox_locked" if check.mode == "locked"
+                                             else "no_pin"], interruptible=False)
+            return "locked" if check.mode == "locked" else "no_pin"
+        for _ in range(PIN_TRIES):
+            pin = await self._keyed(port, "enter_pin")
+            if port.hung_up:
+                return "hangup"
+            if not pin:  # nothing keyed in time: a try of this call, not a wrong PIN
+                await port.play(self.prompts["pin_wrong"], interruptible=False)
+                continue
+            verdict = await self.pins.verify(sub, pin, call.calling)
+            if verdict.ok:
+                return "pin"
+            if verdict.locked_for > 0:
+                await port.play(self.prompts["mailbox_locked"], interruptible=False)
+                return "locked"
+            await port.play(self.prompts["pin_wrong"], interruptible=False)
+            if port.hung_up:
+                return "hangup"
+        return "wrong_pin"
+
+    async def _keyed(self, port: CallPort, prompt: str) -> str:
+        """Play ``prompt`` and collect digits up to ``#`` (a digit typed during the prompt
+        is the first one)."""
+        first = await port.play(self.prompts[prompt], interruptible=True)
+        if port.hung_up or first == "#":
+            return ""
+        # one more than a PIN has: the '#' after a 12-digit PIN ends the entry, not the next one
+        rest = await port.collect_digits(max_digits=MAX_PIN_DIGITS + 1, timeout=self.pin_timeout)
+        return (first or "") + rest
+
+    async def _change_pin(self, call: CallArrival, port: CallPort, sub: dict) -> bool:
+        """The new PIN, twice; True when it was stored."""
+        first = await self._keyed(port, "new_pin")
+        if port.hung_up:
+            return False
+        second = await self._keyed(port, "repeat_pin")
+        if port.hung_up:
+            return False
+        ok = first == second and PIN_RE.fullmatch(first) is not None
+        if ok:
+            assert self.pins is not None
+            ok = await self.pins.change(sub, first, call.calling)
+        await port.play(self.prompts["pin_changed" if ok else "pin_not_changed"],
+                        interruptible=False)
+        return ok
+
+    async def _mailbox_access(self, call: CallArrival, port: CallPort, sub: dict) -> Outcome:
         mailbox, extension = sub["mailbox"], sub.get("extension") or ""
+        how = await self._pin(call, port, sub)
+        if how not in ("pin", "own_phone"):
+            await self._goodbye(port)
+            return Outcome("access_refused", mailbox=mailbox, refused=how)
+        assert self.pins is not None
+        await self.pins.opened(sub, call.calling, how)
         new, saved = await self.mailboxes.counts(mailbox)
         heard: list[str] = []
         if port.hung_up:
@@ -346,11 +492,15 @@ class CallFlow:
                     break
         if heard:
             await self.lamp(mailbox, extension)
+        changed = False
         if not port.hung_up:
             if not stopped:
-                await port.play(self.prompts["end_of_messages"], interruptible=True)
+                digit = await port.play(self.prompts["end_of_messages"], interruptible=True)
+                if digit == PIN_CHANGE_KEY and how == "pin" and not port.hung_up:
+                    changed = await self._change_pin(call, port, sub)
             await self._goodbye(port)
-        return Outcome("mailbox_access", heard=heard, mailbox=mailbox, new_messages=new)
+        return Outcome("mailbox_access", heard=heard, mailbox=mailbox, new_messages=new,
+                       pin_changed=changed)
 
     # ------------------------------------------------------------------ helpers
 

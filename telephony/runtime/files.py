@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -46,3 +47,41 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+MAX_SECRET_FILE = 64 * 1024
+
+
+class SecretFileError(ValueError):
+    """A secret file (a password file) that cannot be used; the message names the file and
+    what to do."""
+
+
+def read_secret(path: str | os.PathLike) -> str:
+    """The text of a secret file (a password file): refused when it is not a regular file,
+    when group or others have any access (``chmod 600``), or when it is over 64 KiB.  The file
+    opened is the one checked (no follow of a symlink, ``fstat`` of the descriptor)."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        raise SecretFileError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretFileError(f"{p}: not a regular file")
+        if st.st_mode & 0o077:
+            raise SecretFileError(f"{p}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
+                                  f"read a secret: chmod 600 {p}")
+        data = os.read(fd, MAX_SECRET_FILE + 1)
+    except OSError as e:
+        raise SecretFileError(f"{p}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_FILE:
+        raise SecretFileError(f"{p}: over {MAX_SECRET_FILE} bytes: not a password file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{p}: not UTF-8 text") from None
+

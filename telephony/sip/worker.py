@@ -53,6 +53,7 @@ import trio
 
 from telephony.core.control import ControlError
 from telephony.core.framing import LineFramer
+from telephony.runtime.files import SecretFileError, read_secret
 from telephony.sip.core.worker_protocol import (
     MAX_LINE,
     MAX_WHEEL_CALLS,
@@ -258,11 +259,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
         if len(set(users)) != len(users):
             p.error("user names must differ")
         if a.password_file:
-            try:
-                with open(a.password_file, encoding="utf-8") as fh:
-                    password = fh.readline().rstrip("\r\n")
-            except OSError as exc:
-                p.error(f"cannot read --password-file: {exc}")
+            try:  # a secret: refused when group or others may read it
+                password = read_secret(a.password_file).partition("\n")[0].rstrip("\r")
+            except SecretFileError as exc:
+                p.error(f"--password-file: {exc}")
     if not 0.1 <= a.answer_timeout <= 3600:
         p.error("--answer-timeout must be 0.1..3600 s")
     if a.reg_expires < 30 or a.reg_expires > 86400:

@@ -159,6 +159,10 @@ async def test_dtmf_calls_lamps_by_dialling_and_a_ring_on_the_inactive_nodes_lin
     b's line while a is active: b takes over at once and answers."""
     subs = [subscriber(e) for e in ("1001", "1002", "1003", "1004")]
     subs.append(subscriber("1900", mwi="none", mailbox=DEFAULT_MAILBOX))
+    # 1001 opens its mailbox from its own line without a PIN (the opt-in; the PIN itself:
+    # tests/integration/test_mailbox_pin.py)
+    subs.append({"op": "put", "table": "pins", "row": {"extension": "1001", "pin": None,
+                                                       "skip_pin_from_own_phone": True}})
     async with running(pair_dir, subs) as (pair, sim):
         # four callers at once, all hunted to a's lines: forwarded on busy from 1001 ("#1001"),
         # on no answer from 1002 ("*1002"); one with no digits (a direct call with no numbers:

@@ -120,9 +120,16 @@ async def test_a_forwarded_call_leaves_one_message_and_one_lamp_job_and_the_new_
             # the ledger replicated: the secondary knows the lamp is on and confirmed
             await until(lambda: (pair.b.admin({"op": "db_get", "table": "mwi_ledger", "key": "mb1001"})
                                  or {}).get("row"), "ledger replicated")
-            # a direct call from the subscriber: mailbox access marks it heard, lamp off
+            # a direct call from the subscriber: the PIN (set by the operator's `vmha db pin
+            # set`), then mailbox access marks it heard, lamp off
+            pin = await trio.to_thread.run_sync(lambda: subprocess.run(
+                [sys.executable, "-m", "failover.cli", "db", "pin", "set", "1001", "--stdin",
+                 "-c", str(pair.a.config)], input="2468\n", capture_output=True, text=True,
+                timeout=60))
+            assert pin.returncode == 0 and "2468" not in pin.stdout + pin.stderr, pin
             async with open_call("127.0.0.1", pair.loop_port("a"), "call-2", calling="1001",
                                  reason="direct", media=True) as call:
+                await call.dtmf("2468#")
                 ev = await call.wait_event("messages", timeout=20)
                 assert ev["new"] == 1
                 with trio.move_on_after(20):
@@ -325,6 +332,7 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
         server.start()
         passwords = pair_dir / "imap-passwords"
         passwords.write_text("".join(f"{u}:{p}\n" for u, p in server.users.items()))
+        passwords.chmod(0o600)  # a secret file: refused when others may read it
         extra = {**FAST, "store": {"kind": "imap", "imap": f"127.0.0.1:{server.port}",
                                    "imap_passwords": str(passwords), "timeout": 3}}
         imap = ImapStore(server.host, server.port, credentials=server.credentials, timeout=5)
@@ -345,7 +353,10 @@ async def test_an_imap_store_serves_the_pair_across_a_takeover_with_the_spool_in
             await until(lambda: "(takeover)" in (pair_dir / "a.log").read_text(), "a's takeover resync")
             r = await admin(pair.a, {"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": {
                 "extension": ext, "name": name, "mailbox": f"mb{ext}", "mwi_method": "sip", "notify": []}}
-                for ext, name in (("1007", "Fay"), ("1008", "Gus"))]})
+                for ext, name in (("1007", "Fay"), ("1008", "Gus"))] + [
+                # 1007 opts into mailbox access from its own phone without a PIN
+                {"op": "put", "table": "pins", "row": {"extension": "1007", "pin": None,
+                                                       "skip_pin_from_own_phone": True}}]})
             assert r["ok"], r
             async with trio.open_nursery() as nursery:
                 mon_a, mon_b = Monitor(), Monitor()

@@ -96,6 +96,10 @@ def subscriber(ext: str, mwi: str = "sccp", mailbox: str | None = None) -> dict:
 
 SUBSCRIBERS = [subscriber(e) for e in ("1001", "1002", "1003", "1004", "1005", "1006", "1007")]
 SUBSCRIBERS.append(subscriber("1900", mwi="none", mailbox=DEFAULT_MAILBOX))
+# 1005 opens its mailbox from its own phone without a PIN (the opt-in; the PIN itself:
+# tests/integration/test_mailbox_pin.py)
+SUBSCRIBERS.append({"op": "put", "table": "pins", "row": {"extension": "1005", "pin": None,
+                                                          "skip_pin_from_own_phone": True}})
 
 
 # ============================================================================ the site

@@ -294,6 +294,7 @@ async def test_register_mode_ports_are_up_only_while_their_lines_are_registered(
     port is ``down`` in the node's status until its line is registered, and a refused
     registration (403) keeps it down and is in the event log."""
     (pair_dir / "pw").write_text("s3cret\n")
+    (pair_dir / "pw").chmod(0o600)  # a secret file: refused when others may read it
     reg_cwd, bad_cwd = pair_dir / "reg", pair_dir / "bad"
     reg_cwd.mkdir()
     bad_cwd.mkdir()

@@ -14,19 +14,22 @@ from telephony.configdb.core.validators import (
     v_any_json,
     v_date,
     v_extension,
+    v_flag,
     v_label,
     v_lamp_state,
     v_ledger_key,
+    v_lock_state,
     v_mailbox,
     v_mwi,
     v_notify,
     v_notify_state,
+    v_pin_record,
     v_rule_key,
     v_rules,
     v_stream_path,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,25 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("key", "text", True, v_ledger_key, "message id + device"),
         _c("state", "json", True, v_notify_state, '{"term": t, "sent": true|false}'),
     ), ("json_valid(state)",), "notification ledger: each message notification sent once"),
+    Table("pins", "extension", (
+        _c("extension", "text", True, v_extension, "the subscriber's extension"),
+        _c("pin", "json", False, v_pin_record,
+           'null (no PIN set) or {"alg": "scrypt", "n", "r", "p", "salt": hex, "hash": hex}'),
+        _c("skip_pin_from_own_phone", "json", True, v_flag,
+           "true: a call from the subscriber's own extension opens the mailbox without a PIN"),
+    ), ("length(extension) BETWEEN 1 AND 32 AND extension NOT GLOB '*[^0-9]*'",
+        "skip_pin_from_own_phone IN ('true', 'false')"),
+        "mailbox PINs (hash records only) and the skip-PIN opt-in, per subscriber"),
+    Table("pin_lockouts", "extension", (
+        _c("extension", "text", True, v_extension, "the subscriber's extension"),
+        _c("state", "json", True, v_lock_state,
+           '{"failures": n, "lockouts": n, "locked_until": epoch seconds (0: not locked), '
+           '"term": t}'),
+    ), ("json_valid(state)",), "wrong-PIN counts and lockouts (written by the active "
+        "messaging service, so the peer enforces them after a failover)"),
 )}
 # tables added by each schema version (created when an older database is opened)
-ADDED_IN = {2: ("mwi_ledger", "notifications")}
+ADDED_IN = {2: ("mwi_ledger", "notifications"), 3: ("pins", "pin_lockouts")}
 
 
 def table_ddl(t: Table) -> str:

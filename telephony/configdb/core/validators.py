@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from telephony.core.ids import EXTENSION_RE, MAILBOX_RE
+from telephony.core.pin import PinError, check_record
 
 
 class BadValue(ValueError):
@@ -196,6 +197,25 @@ def v_lamp_state(v: Any) -> None:
 
 def v_notify_state(v: Any) -> None:
     _fields(v, {"term": int, "sent": bool})
+
+
+def v_pin_record(v: Any) -> None:
+    """A PIN's hash record (:func:`telephony.core.pin.check_record`) or null (no PIN set)."""
+    if v is None:
+        return
+    try:
+        check_record(v)
+    except PinError as exc:
+        raise BadValue(str(exc)) from None
+
+
+def v_flag(v: Any) -> None:
+    if not isinstance(v, bool):
+        raise BadValue("must be true or false")
+
+
+def v_lock_state(v: Any) -> None:
+    _fields(v, {"failures": int, "lockouts": int, "locked_until": int, "term": int})
 
 
 _LEDGER_KEY = re.compile(r"[\x21-\x7e]{1,400}")

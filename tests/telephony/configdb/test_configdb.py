@@ -1046,7 +1046,7 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
     db.write(P_TERM, [put("subscribers", sub("1001", mailbox="mb-1001"))])
     db.close()
     raw = apsw.Connection(str(path))  # make it look like a version-1 file
-    for t in ("mwi_ledger", "notifications"):
+    for t in ("mwi_ledger", "notifications", "pins", "pin_lockouts"):  # every table since 1
         raw.execute(f"DROP TABLE {t}")
     raw.execute("UPDATE _vmha_meta SET value = 1 WHERE key = 'schema_version'")
     raw.close()

@@ -15,6 +15,8 @@ from telephony.core.callflow import (
     CallFlow,
     CallPort,
     Outcome,
+    PinCheck,
+    PinVerdict,
     check_destination,
     check_digit_request,
 )
@@ -202,8 +204,31 @@ def arrival(*, call_id: str = "c1", calling: str = "5551234", forwarding: str = 
                        integration="loopback")
 
 
+class SkipPins:
+    """A PIN gate whose subscribers all opted into ``skip_pin_from_own_phone``: the tests of
+    the playback itself (the PIN step: tests/telephony/core/test_callflow_pin.py)."""
+
+    def __init__(self) -> None:
+        self.opens: list[tuple[str, str, str]] = []
+
+    async def check(self, subscriber: dict, calling: str) -> PinCheck:
+        await trio.lowlevel.checkpoint()
+        return PinCheck("skip" if calling == subscriber["extension"] else "ask")
+
+    async def verify(self, subscriber: dict, pin: str, calling: str) -> PinVerdict:
+        raise AssertionError("no PIN is asked with the opt-in")
+
+    async def opened(self, subscriber: dict, calling: str, how: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.opens.append((subscriber["mailbox"], calling, how))
+
+    async def change(self, subscriber: dict, pin: str, calling: str) -> bool:
+        raise AssertionError("no PIN change without a PIN")
+
+
 def make_flow(directory=None, mailboxes=None, sink=None, **kw) -> tuple[CallFlow, Sink]:
     sink = sink or Sink()
+    kw.setdefault("pins", SkipPins())
     flow = CallFlow(node="a", directory=directory or FakeDirectory(),
                     mailboxes=mailboxes or FakeMailboxes(), deliver=sink.deliver,
                     lamp=sink.lamp, clock=lambda: "2026-01-02T03:04:05Z", **kw)

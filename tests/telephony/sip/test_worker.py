@@ -607,6 +607,7 @@ async def test_register_mode_registered_then_unregistered():
     tmp = Path(tempfile.mkdtemp(prefix="vmha-reg-"))
     pw = tmp / "pw"
     pw.write_text("s3cret\n")
+    pw.chmod(0o600)  # a secret file: the worker refuses one others may read
     try:
         async with sipp(tmp, "uas_register_auth.xml", "-m", "1") as registrar:
             await trio.sleep(0.2)
@@ -642,6 +643,7 @@ async def test_register_mode_refused_403():
     tmp = Path(tempfile.mkdtemp(prefix="vmha-reg-"))
     pw = tmp / "pw"
     pw.write_text("whatever\n")
+    pw.chmod(0o600)  # a secret file: the worker refuses one others may read
     try:
         async with sipp(tmp, "uas_register_403.xml", "-m", "1") as registrar:
             await trio.sleep(0.2)
