@@ -1,16 +1,17 @@
 """The pairing wizard: write both nodes' TOML files and the link's pre-shared key.
 
 ``make_pair(...)`` is pure (text in, text out); ``write_pair(out_dir, ...)`` writes the three
-files atomically and never overwrites unless ``force=True``; ``load_key(path)`` reads the key
-back and refuses one that others can read; ``configure_main(argv)`` is ``vmha configure``.
+files atomically and never overwrites unless ``force=True``; ``load_key(path)`` (from
+:mod:`failover.keys`) reads the current key back and refuses a file that others can read;
+``configure_main(argv)`` is ``vmha configure`` (also ``--rotate-key``, see ``rotate_key``).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import secrets
-import stat
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -34,11 +35,12 @@ from failover.config import (
     same_host,
     settings_that_must_match,
 )
+from failover.keys import describe, load_key, load_keys, parse_duration, rotate, save_keys
 from telephony.loopback import settings as loopback
 from telephony.runtime.files import fsync_dir, write_new_file
 
 __all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pair", "write_pair",
-           "load_key", "configure_main"]
+           "load_key", "rotate_key", "configure_main"]
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "link.key"
@@ -240,37 +242,6 @@ def write_pair(out_dir: str | os.PathLike, primary_name: str, secondary_name: st
     return files
 
 
-def load_key(path: str | os.PathLike) -> bytes:
-    """Read the link's pre-shared key (64 hex digits).  Raises :class:`ConfigError` if the file
-    is missing, not a regular file, readable or writable by group/other, or not 32 bytes."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", "node.key_file") from None
-    try:
-        st = os.fstat(fd)  # check the file we opened, not the name
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(p, "the key file is not a regular file", "node.key_file")
-        if st.st_mode & 0o077:
-            raise ConfigError(p, f"the key file has mode {stat.S_IMODE(st.st_mode):04o}: "
-                              f"group and others must have no access (chmod 600 {p})", "node.key_file")
-        raw = os.read(fd, 4 * KEY_BYTES + 16)
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", "node.key_file") from None
-    finally:
-        os.close(fd)
-    text = raw.strip()
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) != KEY_BYTES or len(text) != 2 * KEY_BYTES:
-        raise ConfigError(p, f"the key file must hold {KEY_BYTES} bytes as {2 * KEY_BYTES} hex "
-                          "digits", "node.key_file")
-    return key
-
-
 # ============================================================================ CLI
 
 
@@ -317,8 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--secondary", metavar="NAME@HOST:PORT", type=_node_arg)
     ap.add_argument("--profile", choices=list(PROFILES), default="default")
     ap.add_argument("--failback", choices=["manual", "scheduled"], default="manual")
-    ap.add_argument("--window", metavar="HH:MM-HH:MM", type=_window_arg,
-                    help="scheduled failback window (local time; may cross midnight)")
+    ap.add_argument("--window", metavar="HH:MM-HH:MM | DURATION",
+                    help="scheduled failback window (local time; may cross midnight); with "
+                         "--rotate-key: how long the old key is still accepted (e.g. 24h, 90m, "
+                         "7d; default 24h)")
     ap.add_argument("--data-root", metavar="DIR", default="data",
                     help="each node's data_dir is DIR/NAME; relative = next to the TOML file "
                          "(default: data)")
@@ -327,6 +300,11 @@ def _parser() -> argparse.ArgumentParser:
                          "'none' to disable, or 'auto' (default: 3671,3672, moved up to a free "
                          "port if either would collide with another port of the pair)")
     ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    ap.add_argument("--rotate-key", action="store_true",
+                    help="write a new current key into the key file of --config's node; the old "
+                         "one stays accepted for --window (then copy the file to the peer)")
+    ap.add_argument("--config", metavar="NODE.toml", help="the node whose key file --rotate-key "
+                    "rotates")
     ap.add_argument("--check", nargs=2, metavar=("A.toml", "B.toml"),
                     help="print the settings that must match on both nodes but differ, and "
                          "ports that collide; exit 1 if any")
@@ -342,6 +320,23 @@ def configure_main(argv: Sequence[str]) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
     try:
+        if args.rotate_key or args.config:
+            if not (args.rotate_key and args.config) or args.out or args.primary or args.check:
+                print("vmha configure: error: --rotate-key needs --config NODE.toml (and takes "
+                      "only --window and --force)", file=sys.stderr)
+                return 2
+            try:
+                window = parse_duration(args.window) if args.window is not None else 86400.0
+            except ValueError as e:
+                print(f"vmha configure: error: --window {e}", file=sys.stderr)
+                return 2
+            return rotate_key(args.config, window, force=args.force)
+        if args.window is not None:
+            try:
+                args.window = _window_arg(args.window)
+            except argparse.ArgumentTypeError as e:
+                print(f"vmha configure: error: --window {e}", file=sys.stderr)
+                return 2
         if args.check:
             if args.out or args.primary or args.secondary:
                 print("vmha configure: error: --check cannot be combined with --out/--primary/"
@@ -376,6 +371,37 @@ def configure_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def rotate_key(config_path: str, window: float, *, force: bool = False) -> int:
+    """``vmha configure --rotate-key``: a new random current key in the node's key file, the
+    old current key accepted as the previous one for ``window`` seconds.  Refuses (exit 2,
+    nothing written) while an earlier rotation's previous key is still accepted, unless
+    ``force``: rotating again then would drop the key the peer may still be using."""
+    cfg = load_config(config_path)
+    path = cfg.node.key_file
+    ring = load_keys(path)
+    now = time.time()
+    if ring.previous is not None and not ring.expired(now) and not force:
+        ids = describe(ring)
+        print(f"vmha configure: error: {path}: the previous key (id {ids['previous_id']}) is still "
+              f"accepted until {ids['previous_until']}: an earlier rotation may not be finished "
+              "(the peer may still use that key). Copy this file to the peer first; rotate again "
+              "with --force to drop it anyway", file=sys.stderr)
+        return 2
+    new = rotate(ring, now, window)
+    try:
+        save_keys(path, new)
+    except OSError as e:
+        raise ConfigError(path, f"cannot write the key file: {e.strerror or e}", "node.key_file") from None
+    ids = describe(new)
+    print(f"wrote {path} (mode 0600): new current key id {ids['current_id']}; the old key "
+          f"(id {ids['previous_id']}) is still accepted until {ids['previous_until']}")
+    print(f"{cfg.node.name} picks the new file up by itself within a second (or at once on "
+          f"SIGHUP). Next: copy {path} to {cfg.link.peer_name}'s node.key_file (keep mode 0600) "
+          f"before {ids['previous_until']}; {cfg.link.peer_name} picks it up by itself too. "
+          "Connections already up are not interrupted; new ones use the new key.")
+    return 0
+
+
 def _check(a_path: str, b_path: str) -> int:
     a, b = load_config(a_path), load_config(b_path)
     problems = settings_that_must_match(a, b) + port_collisions(a, b)
@@ -383,8 +409,14 @@ def _check(a_path: str, b_path: str) -> int:
     ka, kb = a.node.key_file, b.node.key_file
     if ka.exists() and kb.exists():
         try:
-            if load_key(ka) != load_key(kb):
+            ra, rb = load_keys(ka), load_keys(kb)
+            now = time.time()
+            if not set(ra.accepted(now)) & set(rb.accepted(now)):
                 problems.append(f"node.key_file: {ka} and {kb} hold different keys")
+            elif ra.current != rb.current:
+                newer, older = (ka, kb) if rb.current in ra.accepted(now) else (kb, ka)
+                print(f"note: a key rotation is in progress: copy {newer} to {older}",
+                      file=sys.stderr)
         except ConfigError as e:
             problems.append(f"node.key_file: {e}")
     else:

@@ -4,11 +4,19 @@ Each node manager dials its peer and sends its frames on that connection; it acc
 peer's connection and receives frames on it (docs/design.md, "Node link").  Frames that the
 codec drops are counted and logged, never acted on; a connection whose stream is unusable is
 closed and the dialer reconnects with exponential backoff.
+
+Keys: ``keys`` is one key (bytes) or a function returning the keys accepted now, current
+first (the node manager's key ring, re-read when the key file changes).  Each connection
+takes them when it starts; a connection that is up is never touched by a change.  The dialer
+signs with the current key; when a handshake fails it tries the next accepted key on the next
+attempt (a node that rotated first still reaches a peer that has not got the new file yet),
+and after a connection that was up it starts with the current key again.
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 
 import trio
 
@@ -37,13 +45,16 @@ COMMAND_NAMES = {CommandKind.STEP_DOWN: "step_down", CommandKind.TAKE_OVER: "tak
 
 
 class PeerLink:
-    def __init__(self, cfg: NodeConfig, psk: bytes, inbox: trio.MemorySendChannel, events: EventLog,
-                 failures: TaskFailures | None = None):
+    def __init__(self, cfg: NodeConfig, keys: bytes | Callable[[], tuple[bytes, ...]],
+                 inbox: trio.MemorySendChannel, events: EventLog, failures: TaskFailures | None = None):
         self.cfg = cfg
         #: failures of the link's own tasks (dial loop, listener, one inbound connection):
         #: counted and logged, never raised out of ``run``
         self.failures = failures or TaskFailures(events.write)
-        self.psk = psk
+        self.keys = (lambda: (keys,)) if isinstance(keys, bytes) else keys
+        self._attempt = 0  # failed handshakes in a row: picks the key the dialer tries
+        self.out_key_id: str | None = None  # ids of the keys the connections up now use
+        self.in_key_id: str | None = None
         self.inbox = inbox
         self.events = events
         self._out_send, self._out_recv = trio.open_memory_channel(256)
@@ -76,6 +87,8 @@ class PeerLink:
 
     def stats(self) -> dict:
         return {"out_connected": self.out_connected, "in_connections": len(self.inbound),
+                "out_key_id": self.out_key_id if self.out_connected else None,
+                "in_key_id": self.in_key_id if self.inbound else None,
                 "settings_match": None if self.peer_settings is None
                 else self.peer_settings == self.settings,
                 **{k: v for k, v in sorted(self.counters.items())}}
@@ -124,11 +137,22 @@ class PeerLink:
             try:
                 with trio.fail_after(link.connect_timeout):
                     stream = await trio.open_tcp_stream(link.peer.host, link.peer.port)
-                conn = LinkConnection(psk=self.psk, node=self.cfg.node.name, role=self.cfg.node.role,
-                                      dialer=True, nonce=os.urandom(16), expected_peer=link.peer_name)
+                keys = self.keys()
+                i = self._attempt % len(keys)
+                conn = LinkConnection(keys=keys[i:] + keys[:i], node=self.cfg.node.name,
+                                      role=self.cfg.node.role, dialer=True, nonce=os.urandom(16),
+                                      expected_peer=link.peer_name)
+                self._attempt += 1  # reset below once the handshake is done
                 await stream.send_all(conn.hello())
                 with trio.fail_after(link.connect_timeout):
                     await self._await_hello(stream, conn)
+                self._attempt = 0
+                self.out_key_id = conn.key_id.hex()
+                if i:
+                    self._log_limited("warning", "link_old_key", f"connected to {link.peer_name} "
+                                      f"with an older key (id {self.out_key_id}) after a handshake "
+                                      "with the current one failed: if it has not got the new key "
+                                      "file yet, copy it there", every=300.0)
                 backoff = link.reconnect_min
                 self._drain_queue()
                 self.out_connected = True
@@ -216,7 +240,7 @@ class PeerLink:
 
     async def _accepted(self, stream: trio.SocketStream) -> None:
         link = self.cfg.link
-        conn = LinkConnection(psk=self.psk, node=self.cfg.node.name, role=self.cfg.node.role,
+        conn = LinkConnection(keys=self.keys(), node=self.cfg.node.name, role=self.cfg.node.role,
                               dialer=False, nonce=os.urandom(16), expected_peer=link.peer_name)
         self._inbound_gen += 1
         gen = self._inbound_gen
@@ -236,6 +260,7 @@ class PeerLink:
                         # cannot) replaces the older ones from the peer.
                         authentic = True
                         self.inbound = {gen}
+                        self.in_key_id = conn.key_id.hex()
                         if not self.out_connected:
                             self._redial.set()
                     await self._deliver(e)

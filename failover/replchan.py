@@ -22,6 +22,11 @@ A second inbound connection for a channel replaces the one whose session is runn
 peer reconnected) as soon as it has carried an authentic message, or at once if the running
 one ends; a HELLO alone can be replayed, so it never displaces anything.  The dialer's
 session should therefore speak first (e.g. a ``DbState``, a ``FileManifestRequest``).
+
+Keys: ``keys`` is one key (bytes) or a function returning the keys accepted now, current
+first; each connection takes them when it starts and is never touched by a later change.  A
+dialer whose handshake fails tries the next accepted key on its next attempt, and starts with
+the current key again after a connection that was up (as the node link does).
 """
 from __future__ import annotations
 
@@ -163,6 +168,7 @@ class ReplChannel:
         assert conn.established and hello is not None
         self.peer, self.peer_role, self.channel = hello.node, hello.role, conn.channel
         self.dialer, self.max_frame = conn.dialer, conn.max_frame
+        self.key_id = conn.key_id.hex()  # id of the key the connection's HELLOs used
         self._stream, self._conn, self._endpoint = stream, conn, endpoint
         self._lock = trio.Lock()
         self._inbox = _Inbox(INBOX_ITEMS, 2 * conn.max_frame)
@@ -295,6 +301,7 @@ class _ChannelState:
     out_connected: bool = False
     connects_out: int = 0
     connects_in: int = 0
+    attempt: int = 0  # failed dialer handshakes in a row: picks the key tried next
     last_error: str | None = None
     totals: Counter = field(default_factory=Counter)  # of the connections that ended
     live: set = field(default_factory=set)
@@ -325,14 +332,16 @@ class ReplEndpoint:
     listener (``open()``, also done by ``run``) raises one ``ListenError`` naming the setting.
     """
 
-    def __init__(self, *, node: str, role: Role, peer_name: str, psk: bytes, listen: Address,
+    def __init__(self, *, node: str, role: Role, peer_name: str,
+                 keys: bytes | Callable[[], tuple[bytes, ...]], listen: Address,
                  peer: Address, events, sessions_out: dict[Channel, Session],
                  sessions_in: dict[Channel, Session], max_frame: int = DEFAULT_MAX_FRAME,
                  connect_timeout: float = 1.0, reconnect_min: float = 0.05,
                  reconnect_max: float = 2.0, handshake_timeout: float = 5.0,
                  failures: ReplTasks | None = None):
-        try:  # validates node, role, psk, peer_name, max_frame like the connections will
-            ReplConnection(psk=psk, node=node, role=role, channel=Channel.DB, dialer=True,
+        self.keys = (lambda: (keys,)) if isinstance(keys, bytes) else keys
+        try:  # validates node, role, keys, peer_name, max_frame like the connections will
+            ReplConnection(keys=self.keys(), node=node, role=role, channel=Channel.DB, dialer=True,
                            nonce=bytes(16), expected_peer=peer_name, max_frame=max_frame)
         except LocalReplError as e:
             raise ValueError(str(e)) from None
@@ -346,7 +355,7 @@ class ReplEndpoint:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
         if not (connect_timeout > 0 and handshake_timeout > 0):
             raise ValueError("timeouts must be positive")
-        self.node, self.role, self.peer_name, self.psk = node, role, peer_name, psk
+        self.node, self.role, self.peer_name = node, role, peer_name
         self.listen, self.peer, self.events = listen, peer, events
         self.sessions_out, self.sessions_in = dict(sessions_out), dict(sessions_in)
         self.max_frame, self.connect_timeout = max_frame, connect_timeout
@@ -382,6 +391,8 @@ class ReplEndpoint:
                 "out_connected": st.out_connected, "in_connected": st.current_in is not None,
                 "counters": dict(sorted(counters.items())),
                 "reconnects": max(st.connects_out - 1, 0), "connects_in": st.connects_in,
+                "out_key_id": next((c.key_id for c in st.live if c.dialer), None),
+                "in_key_id": st.current_in.key_id if st.current_in is not None else None,
                 "last_error": st.last_error}
         return out
 
@@ -449,8 +460,10 @@ class ReplEndpoint:
 
     # ---- connections ---------------------------------------------------------------------
 
-    def _connection(self, dialer: bool, channel: Channel | None) -> ReplConnection:
-        return ReplConnection(psk=self.psk, node=self.node, role=self.role, channel=channel,
+    def _connection(self, dialer: bool, channel: Channel | None, attempt: int = 0) -> ReplConnection:
+        keys = self.keys()
+        i = attempt % len(keys)
+        return ReplConnection(keys=keys[i:] + keys[:i], node=self.node, role=self.role, channel=channel,
                               dialer=dialer, nonce=os.urandom(16), expected_peer=self.peer_name,
                               max_frame=self.max_frame)
 
@@ -547,10 +560,12 @@ class ReplEndpoint:
                 with trio.fail_after(self.connect_timeout):
                     stream = await trio.open_tcp_stream(peer.host, peer.port)
                 self._tune(stream)
-                conn = self._connection(True, ch)
+                conn = self._connection(True, ch, st.attempt)
+                st.attempt += 1  # reset below once the handshake is done
                 with trio.fail_after(self.handshake_timeout):
                     await stream.send_all(conn.hello())
                     await self._await_hello(stream, conn)
+                st.attempt = 0
                 chan = ReplChannel(stream, conn, self)
                 up_since = trio.current_time()
                 st.out_connected = True

@@ -37,6 +37,7 @@ import hashlib
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -87,7 +88,7 @@ class _Peer:
 
 
 class Replication:
-    def __init__(self, cfg: NodeConfig, psk: bytes, events: EventLog,
+    def __init__(self, cfg: NodeConfig, keys: bytes | Callable[[], tuple[bytes, ...]], events: EventLog,
                  inbox: trio.MemorySendChannel | None = None):
         self.cfg = cfg
         self.events = events
@@ -127,7 +128,7 @@ class Replication:
             events=events, max_frame=r.max_frame, batch_delay=r.batch_delay,
             sweep_interval=r.sweep_interval, failures=self.failures)
         self.endpoint = ReplEndpoint(
-            node=cfg.node.name, role=self.role, peer_name=cfg.link.peer_name, psk=psk,
+            node=cfg.node.name, role=self.role, peer_name=cfg.link.peer_name, keys=keys,
             listen=r.listen, peer=r.peer, events=events,
             sessions_out={Channel.DB: self._contained("db.sender", self._db_sender),
                           Channel.FILES: self.files.sender_session},

@@ -47,3 +47,29 @@ def hmac_sha256(key: bytes, *parts: bytes) -> bytes:
     for part in parts:
         h.update(part)
     return h.digest()
+
+
+KEY_ID_SIZE = 8
+_KEY_ID_LABEL = b"vmha-key-id-1"
+MAX_KEYS = 4  # keys one connection accepts (a ring holds 2: current and previous)
+
+
+def key_id(key: bytes) -> bytes:
+    """The 8 bytes a HELLO names its key by: the start of HMAC-SHA256(key, b"vmha-key-id-1").
+    It says which key signed the HELLO without saying anything about the key."""
+    return hmac_sha256(key, _KEY_ID_LABEL)[:KEY_ID_SIZE]
+
+
+def check_keys(keys, error: type[Exception]) -> tuple[bytes, ...]:
+    """``keys`` as a tuple of 1..MAX_KEYS distinct non-empty ``bytes`` with distinct ids, or
+    ``error`` naming what is wrong."""
+    if isinstance(keys, (bytes, str)) or not isinstance(keys, (tuple, list)):
+        raise error("keys must be a tuple of bytes (the first is the one a dialer signs with)")
+    keys = tuple(keys)
+    if not 1 <= len(keys) <= MAX_KEYS:
+        raise error(f"keys must hold 1..{MAX_KEYS} keys, not {len(keys)}")
+    if not all(isinstance(k, bytes) and k for k in keys):
+        raise error("every key must be non-empty bytes")
+    if len({key_id(k) for k in keys}) != len(keys):
+        raise error("the keys must differ")
+    return keys

@@ -27,7 +27,7 @@ from construct import (
 )
 from construct.core import stream_read, stream_write
 
-from failover.core.fields import NODE_FIELD, EnumField
+from failover.core.fields import KEY_ID_SIZE, NODE_FIELD, EnumField
 from failover.core.state import Role
 
 MAGIC = b"VR"
@@ -210,8 +210,12 @@ SEQ_FIELD = Int64ul
 FRAME_OVERHEAD = HEADER_SIZE + SEQ_FIELD.sizeof() + MAC_SIZE  # 48: a sealed frame minus its body
 
 HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role, strict=True),
-                    "channel" / EnumField(Channel, strict=True),
-                    "nonce" / Bytes(NONCE_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
+                    "channel" / EnumField(Channel, strict=True), "nonce" / Bytes(NONCE_SIZE),
+                    "key_id" / Bytes(KEY_ID_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
+#: the HELLO of the version before key ids (an acceptor still reads it, see replwire)
+LEGACY_HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role, strict=True),
+                           "channel" / EnumField(Channel, strict=True),
+                           "nonce" / Bytes(NONCE_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
 _CHUNK_FIXED = _U32.sizeof() + _U64.sizeof() + _U32.sizeof()  # id, offset, data length
 DB_ENTRY_OVERHEAD = 8 + 8 + DIGEST_SIZE + 4  # 52: one DbEntry in a DbChanges minus its changeset
 FILE_ENTRY_OVERHEAD = 2 + 8 + DIGEST_SIZE + 8 + 8  # 58: one FileEntry minus its path's UTF-8

@@ -7,12 +7,19 @@ answers with its own HELLO for the same channel, then both sides send sealed fra
 direction with its own session key and its own ``seq`` counting from 1::
 
     header  b"VR" | version u8 (=1) | type u8 | length u32      (length = bytes after the header)
-    HELLO   node (u8-prefixed ascii, 1..32) | role u8 | channel u8 | nonce 16 | mac 32
-            mac = HMAC-SHA256(psk, b"vmha-repl-hello-1" + header + node + role + channel + nonce)
+    HELLO   node (u8-prefixed ascii, 1..32) | role u8 | channel u8 | nonce 16 | key_id 8 | mac 32
+            key_id = HMAC-SHA256(psk, b"vmha-key-id-1")[:8]
+            mac = HMAC-SHA256(psk, b"vmha-repl-hello-1" + header + node + role + channel + nonce
+                              + key_id)
     sealed  seq u64 | body | mac 32,   mac = HMAC-SHA256(key_dir, header + seq + body)
 
     key_d2a = HMAC-SHA256(psk, b"vmha-repl-session-1" + b"d2a" + nonce_d + nonce_a
                                + dialer_node + acceptor_node + channel);  key_a2d with b"a2d"
+
+``psk`` is the key the HELLOs use: the connection is given the keys it accepts (``keys``,
+1..4); the dialer signs with ``keys[0]``, the acceptor finds the dialer's key by its id among
+its keys and answers with the same key.  An acceptor also reads a HELLO of the version before
+key ids (no ``key_id``) if one of its keys verifies it, and answers in that form.
 
 Encoding notes where the page is terse (same choices as ``_wire.py``): ``node`` in the HELLO
 MAC and in the session keys is the field as encoded on the wire (u8 length prefix + ASCII), so
@@ -41,7 +48,7 @@ from collections import deque
 
 from construct import ConstructError
 
-from failover.core.fields import MAX_NODE, hmac_sha256
+from failover.core.fields import KEY_ID_SIZE, MAX_NODE, check_keys, hmac_sha256, key_id
 from failover.core.replmsg import (
     BODIES,
     CHANNEL_OF,
@@ -60,6 +67,7 @@ from failover.core.replmsg import (
     HEADER_SIZE,
     HELLO_BODY,
     HELLO_LABEL,
+    LEGACY_HELLO_BODY,
     MAC_SIZE,
     MAGIC,
     MAX_ERROR,
@@ -117,11 +125,12 @@ __all__ = [  # the messages (failover.core.replmsg) are part of this codec's int
     "Dropped", "FILE_ENTRIES_LAYOUT", "FILE_ENTRY_OVERHEAD", "FRAME_OVERHEAD", "FROM_ACCEPTOR",
     "FROM_DIALER", "FileAck", "FileBegin", "FileChunk", "FileDelete", "FileEnd", "FileEntry",
     "FileManifest", "FileManifestRequest", "FileOffer", "HEADER", "HEADER_SIZE", "HELLO_BODY",
-    "HELLO_LABEL", "Hello", "LocalReplError", "MAC_SIZE", "MAGIC", "MAX_ERROR", "MAX_MAX_FRAME",
+    "HELLO_LABEL", "Hello", "KEY_ID_SIZE", "LEGACY_HELLO_BODY", "LocalReplError", "MAC_SIZE",
+    "MAGIC", "MAX_ERROR", "MAX_MAX_FRAME",
     "MAX_NODE", "MAX_PATH", "MAX_REASON", "MESSAGE_TYPES", "MIN_MAX_FRAME", "Message", "MsgType",
     "NEED_DATA", "NODE_FIELD", "NONCE_SIZE", "NeedData", "RemoteReplError", "ReplConnection",
     "ReplError", "SEQ_FIELD", "SESSION_LABEL", "VERSION", "check_max_frame", "check_path",
-    "max_changes_bytes", "max_data", "max_manifest_bytes", "session_key",
+    "key_id", "max_changes_bytes", "max_data", "max_manifest_bytes", "session_key",
 ]
 
 
@@ -146,13 +155,15 @@ class ReplConnection:
     None: it adopts the dialer's, see ``channel``; if given, a HELLO for another channel is
     refused): ``next_event()`` yields the dialer's ``Hello``; only then is ``hello()`` valid,
     and its bytes must be sent back.  Once established both sides ``send()`` messages.
+
+    ``keys``: the 1..4 distinct keys this side accepts (a tuple of bytes); a dialer signs with
+    ``keys[0]`` and accepts only an answer signed with it; ``key_id`` is the id in use.
     """
 
-    def __init__(self, *, psk: bytes, node: str, role: Role, channel: Channel | None = None,
-                 dialer: bool, nonce: bytes, expected_peer: str | None = None,
-                 max_frame: int = DEFAULT_MAX_FRAME):
-        if not isinstance(psk, bytes) or not psk:
-            raise LocalReplError("psk must be non-empty bytes")
+    def __init__(self, *, keys: tuple[bytes, ...], node: str, role: Role,
+                 channel: Channel | None = None, dialer: bool, nonce: bytes,
+                 expected_peer: str | None = None, max_frame: int = DEFAULT_MAX_FRAME):
+        keys = check_keys(keys, LocalReplError)
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
             raise LocalReplError(f"nonce must be {NONCE_SIZE} bytes")
         check_max_frame(max_frame)
@@ -167,7 +178,10 @@ class ReplConnection:
         if expected_peer is not None and not isinstance(expected_peer, str):
             raise LocalReplError(f"expected_peer must be a str or None, not {expected_peer!r}")
         self._node_bytes = self._encode(NODE_FIELD, node, "node")
-        self._psk, self._node, self._role, self._channel = psk, node, role, channel
+        self._keys = {key_id(k): k for k in keys}
+        self._psk: bytes | None = keys[0] if dialer else None  # the HELLO key, once known
+        self._legacy = False  # the peer's HELLO had no key id: answer in the same form
+        self._node, self._role, self._channel = node, role, channel
         self._dialer, self._nonce = dialer, nonce
         self._expected_peer, self._max_frame = expected_peer, max_frame
         self._peer: Hello | None = None
@@ -210,6 +224,12 @@ class ReplConnection:
         return self._key_in is not None and self._hello_sent
 
     @property
+    def key_id(self) -> bytes | None:
+        """Id of the key this connection's HELLOs use (the dialer's: from the start; the
+        acceptor's: once the dialer's HELLO is verified)."""
+        return key_id(self._psk) if self._psk is not None else None
+
+    @property
     def buffered(self) -> int:
         """Bytes of the incomplete frame held (at most ``max_frame``)."""
         return len(self._buf)
@@ -223,9 +243,10 @@ class ReplConnection:
         if not self._dialer and self._peer is None:
             raise LocalReplError("acceptor may only answer after the dialer's HELLO")
         self._hello_sent = True
-        length = len(self._node_bytes) + 2 + NONCE_SIZE + MAC_SIZE
+        kid = b"" if self._legacy else key_id(self._psk)
+        length = len(self._node_bytes) + 2 + NONCE_SIZE + len(kid) + MAC_SIZE
         signed = (_header(MsgType.HELLO, length) + self._node_bytes
-                  + bytes([self._role, self._channel]) + self._nonce)
+                  + bytes([self._role, self._channel]) + self._nonce + kid)
         return signed + hmac_sha256(self._psk, HELLO_LABEL, signed)
 
     def send(self, msg: Message) -> bytes:
@@ -358,12 +379,7 @@ class ReplConnection:
             raise self._fatal("second HELLO on the connection")
         if self._dialer and not self._hello_sent:
             raise self._fatal("HELLO from the acceptor before ours")
-        try:
-            f = HELLO_BODY.parse(frame[HEADER_SIZE:])
-        except (ConstructError, ValueError):
-            raise self._fatal("malformed HELLO") from None
-        if not hmac.compare_digest(f.mac, hmac_sha256(self._psk, HELLO_LABEL, frame[:-MAC_SIZE])):
-            raise self._fatal("HELLO MAC mismatch (wrong PSK?)")
+        key, f = self._hello_key(frame)
         if self._expected_peer is not None and f.node != self._expected_peer:
             raise self._fatal(f"HELLO from {f.node!r}, expected {self._expected_peer!r}")
         if f.role == self._role or f.nonce == self._nonce or f.node == self._node:
@@ -371,6 +387,7 @@ class ReplConnection:
         if self._channel is not None and f.channel is not self._channel:
             raise self._fatal(f"HELLO for channel {f.channel.name}, this connection is "
                               f"{self._channel.name}")
+        self._psk = key
         self._channel = f.channel
         self._peer = Hello(node=f.node, role=f.role, channel=f.channel, nonce=f.nonce)
         if self._dialer:
@@ -383,6 +400,33 @@ class ReplConnection:
             self._key_in = session_key(self._psk, b"d2a", *args)
         self.counters["frames_ok"] += 1
         return self._peer
+
+    def _hello_key(self, frame: bytes):
+        """Parse and verify a HELLO: ``(key, fields)``; the key is the one that signed it."""
+        body, signed = frame[HEADER_SIZE:], frame[:-MAC_SIZE]
+        layouts = (HELLO_BODY,) if self._dialer else (HELLO_BODY, LEGACY_HELLO_BODY)
+        for layout in layouts:
+            try:
+                f = layout.parse(body)
+                break
+            except (ConstructError, ValueError):
+                continue
+        else:
+            raise self._fatal("malformed HELLO")
+        if "key_id" not in f:  # the version before key ids: any of our keys may verify it
+            for key in self._keys.values():
+                if hmac.compare_digest(f.mac, hmac_sha256(key, HELLO_LABEL, signed)):
+                    self._legacy = True
+                    return key, f
+            raise self._fatal("HELLO (without key id) MAC mismatch: signed with a key we do not "
+                              "accept")
+        key = self._keys.get(f.key_id)
+        if key is None or (self._dialer and key != self._psk):
+            raise self._fatal(f"HELLO signed with key id {f.key_id.hex()}, which we do not "
+                              f"accept (ours: {', '.join(k.hex() for k in self._keys)})")
+        if not hmac.compare_digest(f.mac, hmac_sha256(key, HELLO_LABEL, signed)):
+            raise self._fatal(f"HELLO MAC mismatch for key id {f.key_id.hex()}")
+        return key, f
 
     def _drop(self, reason: str, frame: bytes) -> Dropped:
         self.counters[f"dropped_{reason}"] += 1

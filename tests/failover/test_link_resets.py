@@ -62,7 +62,7 @@ def status_frame(term: int = 1) -> Status:
 async def accept_and_greet(listener: trio.SocketListener, greet: bool = True):
     """Accept the link's dial; read its HELLO; answer with ours when ``greet``."""
     stream = await listener.accept()
-    conn = LinkConnection(psk=PSK, node="b", role=Role.SECONDARY, dialer=False, nonce=os.urandom(16),
+    conn = LinkConnection(keys=(PSK,), node="b", role=Role.SECONDARY, dialer=False, nonce=os.urandom(16),
                           expected_peer="a")
     while True:
         e = conn.next_event()
@@ -121,7 +121,7 @@ async def test_dialer_survives_a_peer_that_resets_and_reconnects(tmp_path, momen
 
 async def dial_and_greet(port: int):
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    conn = LinkConnection(psk=PSK, node="b", role=Role.SECONDARY, dialer=True, nonce=os.urandom(16),
+    conn = LinkConnection(keys=(PSK,), node="b", role=Role.SECONDARY, dialer=True, nonce=os.urandom(16),
                           expected_peer="a")
     await stream.send_all(conn.hello())
     while True:
@@ -143,7 +143,7 @@ async def test_listener_survives_peers_that_reset_and_hears_the_next_good_one(tm
                 if moment in ("before_hello", "mid_hello"):
                     stream = await trio.open_tcp_stream("127.0.0.1", port)
                     if moment == "mid_hello":
-                        hello = LinkConnection(psk=PSK, node="b", role=Role.SECONDARY, dialer=True,
+                        hello = LinkConnection(keys=(PSK,), node="b", role=Role.SECONDARY, dialer=True,
                                                nonce=os.urandom(16), expected_peer="a").hello()
                         await stream.send_all(hello[: len(hello) // 2])
                 else:

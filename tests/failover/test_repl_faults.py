@@ -100,7 +100,7 @@ def reset(sock: socket.socket) -> None:
 
 
 def hello_bytes(channel: Channel) -> tuple[ReplConnection, bytes]:
-    conn = ReplConnection(psk=PSK, node="a", role=Role.PRIMARY, channel=channel, dialer=True,
+    conn = ReplConnection(keys=(PSK,), node="a", role=Role.PRIMARY, channel=channel, dialer=True,
                           nonce=os.urandom(16), expected_peer="b")
     return conn, conn.hello()
 

@@ -44,7 +44,7 @@ def endpoint(node: str, events, *, peer_port: int = 0, listen_port: int = 0, psk
     kw.setdefault("handshake_timeout", 2.0)
     peer_name = "beta" if node == "alpha" else "alpha"
     role = Role.PRIMARY if node == "alpha" else Role.SECONDARY
-    return ReplEndpoint(node=node, role=role, peer_name=peer_name, psk=psk,
+    return ReplEndpoint(node=node, role=role, peer_name=peer_name, keys=psk,
                         listen=Address(HOST, listen_port), peer=Address(HOST, peer_port),
                         events=events, sessions_out=sessions_out or {},
                         sessions_in=sessions_in or {}, **kw)
@@ -73,7 +73,7 @@ async def fake_dial(port: int, *, psk=PSK, channel=Channel.DB, node="alpha", ref
     """A hand-driven dialer: TCP + codec, handshake done (or, with ``refused``, checked to
     be refused: the acceptor closes without answering)."""
     stream = await trio.open_tcp_stream(HOST, port)
-    conn = ReplConnection(psk=psk, node=node, role=Role.PRIMARY, channel=channel, dialer=True,
+    conn = ReplConnection(keys=(psk,), node=node, role=Role.PRIMARY, channel=channel, dialer=True,
                           nonce=os.urandom(16), expected_peer="beta")
     await stream.send_all(conn.hello())
     if refused:
@@ -216,7 +216,7 @@ async def test_wrong_psk_peer_never_reaches_a_session():
             await rb.wait_for("repl_retry_db")
             await until(lambda: b.counters["in_rejected"] >= 3)
             assert calls == []
-            assert "MAC" in rb.named("repl_reject")[0]["message"]
+            assert "do not accept" in rb.named("repl_reject")[0]["message"]
             assert not b.stats()["db"]["in_connected"] and not b.stats()["db"]["out_connected"]
             assert b.stats()["db"]["last_error"]
             assert len(rb.named("repl_reject")) == 1  # rate-limited
@@ -536,12 +536,12 @@ async def test_a_session_that_stops_reading_stalls_the_sender_with_bounded_memor
 # ---- construction ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw", [
-    dict(psk=b""), dict(node="beta"), dict(max_frame=1000), dict(reconnect_min=0),
+    dict(keys=b""), dict(node="beta"), dict(max_frame=1000), dict(reconnect_min=0),
     dict(reconnect_min=3.0), dict(handshake_timeout=0), dict(sessions_out={1: print}),
     dict(sessions_in={Channel.DB: None}), dict(node="x" * 40),
 ])
 def test_endpoint_validates_arguments(kw):
-    base = dict(node="alpha", role=Role.PRIMARY, peer_name="beta", psk=PSK,
+    base = dict(node="alpha", role=Role.PRIMARY, peer_name="beta", keys=PSK,
                 listen=Address(HOST, 0), peer=Address(HOST, 1), events=None,
                 sessions_out={}, sessions_in={})
     base.update(kw)

@@ -464,9 +464,9 @@ def _recorded_session(psk: bytes, sender: str, sender_role: Role, receiver: str,
                       receiver_role: Role, frames: list) -> list[bytes]:
     """A node-link session made with the pair's real key by the real codec (what ``sender``
     would put on the wire), checked against a receiver of that session: [hello, frame...]."""
-    dialer = LinkConnection(psk=psk, node=sender, role=sender_role, dialer=True,
+    dialer = LinkConnection(keys=(psk,), node=sender, role=sender_role, dialer=True,
                             nonce=os.urandom(16), expected_peer=receiver)
-    acceptor = LinkConnection(psk=psk, node=receiver, role=receiver_role, dialer=False,
+    acceptor = LinkConnection(keys=(psk,), node=receiver, role=receiver_role, dialer=False,
                               nonce=os.urandom(16), expected_peer=sender)
     hello = dialer.hello()
     acceptor.receive_data(hello)
@@ -493,7 +493,7 @@ async def test_forged_and_garbage_link_frames(pair_dir):
         st = await wait_active(pair, "a")
         term_a = st["a"]["node"]["term"]
         psk = load_key(pair.dir / "link.key")
-        wrong = LinkConnection(psk=os.urandom(32), node="b", role=Role.SECONDARY, dialer=True,
+        wrong = LinkConnection(keys=(os.urandom(32),), node="b", role=Role.SECONDARY, dialer=True,
                                nonce=os.urandom(16)).hello()
         header = struct.pack("<2sBBH", b"VM", 1, 2, 60)  # a STATUS header, 60 bytes to follow
         bad_inputs = {

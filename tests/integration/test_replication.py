@@ -229,7 +229,7 @@ async def _forge_session(node: Node, psk: bytes, entries: list[DbEntry], *, tamp
     would) and our state, then send ``entries``."""
     cfg = load_config(node.config)
     stream = await trio.open_tcp_stream("127.0.0.1", cfg.replication.listen.port)
-    conn = ReplConnection(psk=psk, node="a", role=Role.PRIMARY, channel=Channel.DB, dialer=True,
+    conn = ReplConnection(keys=(psk,), node="a", role=Role.PRIMARY, channel=Channel.DB, dialer=True,
                           nonce=secrets.token_bytes(16))
     await stream.send_all(conn.hello())
     while not conn.established:

@@ -62,7 +62,8 @@ def make(dialer: bool, *, psk=PSK, node=None, role=None, nonce=None, channel="de
     if channel == "default":
         channel = Channel.DB if dialer else None
     return ReplConnection(
-        psk=psk, node=node if node is not None else ("alpha" if dialer else "beta"),
+        keys=psk if isinstance(psk, tuple) else (psk,),
+        node=node if node is not None else ("alpha" if dialer else "beta"),
         role=role if role is not None else (Role.PRIMARY if dialer else Role.SECONDARY),
         channel=channel, dialer=dialer, nonce=nonce or (N_D if dialer else N_A),
         expected_peer=expected_peer, **kw)
@@ -104,8 +105,13 @@ def spec_key(direction: bytes, psk=PSK, n_d=N_D, n_a=N_A, d_node="alpha", a_node
     return hmac.new(psk, seed + bytes([channel]), hashlib.sha256).digest()
 
 
-def spec_hello(node="beta", role=1, channel=1, nonce=N_A, psk=PSK) -> bytes:
+def spec_key_id(psk=PSK) -> bytes:
+    return hmac.new(psk, b"vmha-key-id-1", hashlib.sha256).digest()[:8]
+
+
+def spec_hello(node="beta", role=1, channel=1, nonce=N_A, psk=PSK, key_id=None) -> bytes:
     body = enc_node(node) + bytes([role, channel]) + nonce
+    body += spec_key_id(psk) if key_id is None else key_id
     signed = b"VR\x01\x01" + struct.pack("<I", len(body) + 32) + body
     return signed + hmac.new(psk, b"vmha-repl-hello-1" + signed, hashlib.sha256).digest()
 
@@ -176,11 +182,12 @@ def test_samples_cover_every_message_type():
 
 def test_golden_hello_frame():
     frame = make(True).hello()
-    assert frame[:8].hex() == "5652" "01" "01" "38000000"  # magic, version, HELLO, length 56
+    assert frame[:8].hex() == "5652" "01" "01" "40000000"  # magic, version, HELLO, length 64
     assert frame[8:14] == b"\x05alpha"  # node, u8-prefixed
     assert frame[14] == Role.PRIMARY and frame[15] == Channel.DB
     assert frame[16:32] == N_D
-    assert len(frame) == 8 + 56
+    assert frame[32:40] == spec_key_id(PSK)
+    assert len(frame) == 8 + 64
     signed = frame[:-32]
     assert frame[-32:] == hmac.new(PSK, b"vmha-repl-hello-1" + signed, hashlib.sha256).digest()
     assert frame == spec_hello("alpha", 0, 1, N_D)
@@ -543,7 +550,7 @@ def test_short_frame_is_dropped_parse():
 def test_wrong_psk_hello_is_fatal_both_ways():
     a = make(False)
     a.receive_data(make(True, psk=b"other key").hello())
-    with pytest.raises(RemoteReplError, match="MAC"):
+    with pytest.raises(RemoteReplError, match="do not accept"):
         a.next_event()
     with pytest.raises(RemoteReplError):  # sticky
         a.next_event()
@@ -551,7 +558,7 @@ def test_wrong_psk_hello_is_fatal_both_ways():
     d = make(True)
     d.hello()
     d.receive_data(spec_hello(psk=b"other key"))
-    with pytest.raises(RemoteReplError, match="MAC"):
+    with pytest.raises(RemoteReplError, match="do not accept"):
         d.next_event()
 
 
@@ -764,7 +771,7 @@ def test_constructor_validation(kw):
 
 def test_dialer_flag_must_be_bool():
     with pytest.raises(LocalReplError):
-        ReplConnection(psk=PSK, node="a", role=Role.PRIMARY, channel=Channel.DB, dialer=1,
+        ReplConnection(keys=(PSK,), node="a", role=Role.PRIMARY, channel=Channel.DB, dialer=1,
                        nonce=N_D)
 
 

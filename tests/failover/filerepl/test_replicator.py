@@ -1061,7 +1061,7 @@ async def test_over_a_real_replication_endpoint_pair(nursery, tmp_path):
     for node, role, peer, lp, pp in ((a, Role.PRIMARY, "b", pa, pb),
                                      (b, Role.SECONDARY, "a", pb, pa)):
         eps.append(ReplEndpoint(
-            node=node.name, role=role, peer_name=peer, psk=psk,
+            node=node.name, role=role, peer_name=peer, keys=psk,
             listen=Address("127.0.0.1", lp), peer=Address("127.0.0.1", pp), events=node.events,
             sessions_out={Channel.FILES: node.rep.sender_session},
             sessions_in={Channel.FILES: node.rep.receiver_session}, max_frame=256 * 1024))
