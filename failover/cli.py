@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import entry_points
 
 from failover.config import EXIT_CONFIG, ConfigError, load_config
+from failover.pincli import add_parser as add_pin_parser
 
 EXIT_NOT_RUNNING = 3
 
@@ -76,12 +77,17 @@ def format_status(st: dict) -> str:
         retry = n.get("service_retry_in_s")
         lines.append(f"service failures in the restart window: {n['service_failures']}"
                      + ("" if retry is None else f"; backing off, next start in {retry:.1f} s"))
-    lines += [f"ports: {ports}",
+    lines += [f"ports: {ports}", _format_health(n, p),
               f"peer link: {'connected' if p['link'].get('out_connected') else 'down'} out, "
               f"{p['link'].get('in_connections', 0)} in; dropped frames: "
               f"{sum(v for k, v in p['link'].items() if k.startswith('dropped_'))}",
               f"failover after {s['takeover_after_s']} s of silence ({s['missed_pings']} x "
               f"{s['ping_interval_s'] * 1000:.0f} ms), lease {s['lease_s']} s, failback {s['failback']}"]
+    keys = st.get("keys")
+    if keys:  # ids only: the keys themselves never leave the key file
+        lines.append(f"link key: {keys['current_id']}" + (
+            f"; previous {keys['previous_id']} accepted until {keys['previous_until']}"
+            if keys.get("previous_id") else ""))
     if p["link"].get("settings_match") is False:
         lines.append("SHARED SETTINGS DIFFER from the peer's: vmha configure --check on both "
                      "files names them")
@@ -90,6 +96,14 @@ def format_status(st: dict) -> str:
               for group, counters in (st.get("counters") or {}).items()]
     lines += _format_tasks(st)
     return "\n".join(lines)
+
+
+def _format_health(n: dict, p: dict) -> str:
+    """This node's health, each driver's score and detail, and the peer's health."""
+    drivers = "; ".join(f"{d['name']} {d['score']}" + (f" ({d['detail']})" if d.get("detail") else "")
+                        for d in n.get("drivers") or [])
+    peer = "?" if p.get("health") is None else p["health"]
+    return f"health: {n.get('health', '?')}" + (f" ({drivers})" if drivers else "") + f"; peer {peer}"
 
 
 def _format_tasks(st: dict) -> list[str]:
@@ -180,6 +194,8 @@ def _db_request(args) -> dict:
 
 def cmd_db(args) -> int:
     cfg = _config(args)
+    if args.db_cmd == "pin":
+        return cmd_db_pin(args, cfg)
     reply = _admin(cfg, _db_request(args))
     if reply is None:
         print(f"vmha db: node manager of {cfg.node.name} is not running", file=sys.stderr)
@@ -189,6 +205,18 @@ def cmd_db(args) -> int:
         return 1
     out = {k: v for k, v in reply.items() if k != "ok"}
     print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_db_pin(args, cfg) -> int:
+    """``vmha db pin``: mailbox PINs (failover/pincli.py)."""
+    from failover.pincli import PinCommandError, run
+
+    try:
+        print(run(args, lambda request: _admin(cfg, request)))
+    except PinCommandError as e:
+        print(f"vmha db pin: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING if "not running" in str(e) else 1
     return 0
 
 
@@ -314,6 +342,7 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     q.add_argument("table")
     q = dbs.add_parser("conflicts", parents=[conf], help="changes that lost a conflict (primary wins)")
     q.add_argument("--limit", type=int, default=100)
+    add_pin_parser(dbs, conf)
     p = sub.add_parser("report", parents=[conf], help="reports (only on the primary while it "
                        "is active): messages per subscriber, failover history")
     p.add_argument("kind", choices=("messages", "failovers"))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from failover.core.health import HEALTH_KEYS, HealthSettings
 from failover.core.state import FailbackType, Mode, Role, Timing
 from telephony import settings as telephony
 from telephony.core.settings import (
@@ -219,6 +220,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "offer_hold": _T["service"]["offer_hold"],
         "command": Key(_Command(), None),
     },
+    "health": HEALTH_KEYS,  # driver health as a failover trigger (failover/core/health.py)
     **{s: telephony.SECTIONS[s] for s in telephony.SECTIONS if s.startswith("ports.")},
     "admin": {
         "socket": Key(path, None),  # <data_dir>/run/admin.sock
@@ -382,6 +384,7 @@ class NodeConfig:
     notify: NotifySection
     messaging: MessagingSection
     integration: Integration
+    health: HealthSettings = HealthSettings()
 
     @property
     def peer_timeout(self) -> float:
@@ -423,6 +426,7 @@ class NodeConfig:
             restart_backoff_max=self.service.restart_backoff_max,
             restart_backoff_alone=self.service.restart_backoff_alone,
             handover_wait=self.replication.handover_wait if self.replication.enabled else 0.0,
+            health=self.health,
         )
 
 
@@ -474,6 +478,7 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         failback=FailbackSection(**v["failback"]),
         licence=LicenceSection(**v["licence"]),
         service=ServiceSection(**v["service"]),
+        health=HealthSettings(**v["health"]),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
         log=LogSection(**v["log"]),
         replication=_replication(v["replication"], v["link"], data_dir),

@@ -13,24 +13,26 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
 
 from failover.admin import serve_admin
-from failover.config import NodeConfig
-from failover.configure import load_key
+from failover.config import ConfigError, NodeConfig
 from failover.core import events as ev
-from failover.core.state import ACTIVE_STATES, State
+from failover.core.state import ACTIVE_STATES, Role, State
 from failover.core.supervisor import Persisted, Supervisor
 from failover.core.wire import Command, Status
 from failover.eventlog import EventLog
+from failover.keys import describe as describe_keys
+from failover.keys import load_keys
 from failover.link import COMMAND_NAMES, PeerLink
 from failover.replication import Replication
 from failover.service_proc import ServiceRunner
 from failover.statefile import load_state, save_state
 from telephony.configdb import ConfigDBError
-from telephony.runtime.tasks import TaskFailures, contained
+from telephony.runtime.tasks import TaskFailures, contained, keep_running
 
 COMMAND_KINDS = {name: kind for kind, name in COMMAND_NAMES.items()}  # supervisor name -> wire
 
@@ -62,16 +64,71 @@ class NodeManager:
         #: service supervision): counted, logged and shown in status; none ends the process
         self.failures = TaskFailures(self.events.write)
         need_key = self.link is None or (self.repl is None and self.cfg.replication.enabled)
-        psk = load_key(self.cfg.node.key_file) if need_key else b""
+        #: the link's keys (failover/keys.py), re-read when the key file changes or on SIGHUP
+        self.key_ring = load_keys(self.cfg.node.key_file) if need_key else None
+        self._key_stamp = self._key_file_stamp()
+        self._key_expiry_logged = False
         if self.link is None:
-            self.link = PeerLink(self.cfg, psk, self.inbox_send, self.events, self.failures)
+            self.link = PeerLink(self.cfg, self.accepted_keys, self.inbox_send, self.events, self.failures)
         if self.repl is None:
-            self.repl = Replication(self.cfg, psk, self.events, self.inbox_send)
+            self.repl = Replication(self.cfg, self.accepted_keys, self.events, self.inbox_send)
         if self.service is None:
             self.service = ServiceRunner(self.cfg, self.inbox_send, self.events, self.failures)
         self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
         self._next_request = 0
         self.started_wall = time.time()
+
+    # ------------------------------------------------------------------ keys
+
+    def accepted_keys(self) -> tuple[bytes, ...]:
+        """The keys new link and replication connections accept now, the current one first."""
+        return self.key_ring.accepted(time.time())
+
+    def _key_file_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.cfg.node.key_file)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+    def reload_keys(self, why: str) -> bool:
+        """Read the key file again.  A file that does not load is logged as an error and
+        changes nothing (the running keys stay); connections that are up are never touched.
+        True if the keys changed."""
+        if self.key_ring is None:
+            return False
+        try:
+            ring = load_keys(self.cfg.node.key_file)
+        except ConfigError as e:  # names the file and what is wrong, never the key bytes
+            self.events.write("error", "key_file_error", f"key file not reloaded ({why}): {e}; "
+                              "the running keys stay")
+            return False
+        if ring == self.key_ring:
+            return False
+        self.key_ring, self._key_expiry_logged = ring, False
+        ids = describe_keys(ring)
+        self.events.write("info", "keys_loaded", f"key file reloaded ({why}): current key id "
+                          f"{ids['current_id']}" + (f", previous key id {ids['previous_id']} accepted "
+                                                    f"until {ids['previous_until']}"
+                                                    if ring.previous is not None else ""), ids)
+        return True
+
+    async def _watch_keys(self) -> None:
+        """About once a second: reload the key file if it changed; say once when the previous
+        key's window has ended."""
+        while True:
+            stamp = self._key_file_stamp()
+            if stamp != self._key_stamp:
+                self._key_stamp = stamp
+                self.reload_keys("the file changed")
+            ring = self.key_ring
+            if ring is not None and ring.expired(time.time()) and not self._key_expiry_logged:
+                self._key_expiry_logged = True
+                ids = describe_keys(ring)
+                self.events.write("info", "key_previous_expired", f"the previous key (id "
+                                  f"{ids['previous_id']}) is no longer accepted since "
+                                  f"{ids['previous_until']}; only key id {ids['current_id']} is", ids)
+            await trio.sleep(1.0)
 
     # ------------------------------------------------------------------ public API (admin)
 
@@ -111,6 +168,9 @@ class NodeManager:
             res = await self.repl.write(self.sup.term, ops)
         except ConfigDBError as e:
             return {"ok": False, "error": str(e)}
+        self.events.write("info", "config_write", f"operator wrote the configuration database: "
+                          f"{_write_summary(ops)} (term {res.term}, seq {res.seq})",
+                          {"term": res.term, "seq": res.seq, "changes": res.changes})
         return {"ok": True, "seq": res.seq, "term": res.term, "changes": res.changes}
 
     def status_dict(self) -> dict:
@@ -124,7 +184,9 @@ class NodeManager:
                      "cause": s.cause, "uptime_s": round(s.uptime, 3), "pid": os.getpid(),
                      "service_failures": s.service_failures,
                      "service_retry_in_s": None if s.service_retry_in is None
-                     else round(s.service_retry_in, 3)},
+                     else round(s.service_retry_in, 3),
+                     "health": s.health, "drivers": getattr(self.service, "drivers", []),
+                     "last_contact_wall": self.sup.last_contact_wall},
             "peer": {"name": self.cfg.link.peer_name, "address": str(self.cfg.link.peer),
                      "reachable": s.peer_reachable,
                      "state": s.peer_state.label if s.peer_state is not None else None,
@@ -132,10 +194,12 @@ class NodeManager:
                      "service": peer.service.label if peer else None,
                      "mode": peer.mode.label if peer else None,
                      "calls": peer.calls if peer else None,
+                     "health": peer.health if peer else None,
                      "last_heartbeat_age_s": None if s.peer_heartbeat_age is None
                      else round(s.peer_heartbeat_age, 3),
                      "link": self.link.stats()},
             "replication": self.repl.stats(),
+            "keys": describe_keys(self.key_ring) if self.key_ring is not None else None,
             "ports": self.service.ports,
             "counters": self.service.counters,
             "calls_in_progress": s.calls,
@@ -157,6 +221,7 @@ class NodeManager:
             await nursery.start(self.link.run)
             await nursery.start(self.service.serve_control)
             await nursery.start(serve_admin, self)
+            nursery.start_soon(keep_running, "keys.watch", self._watch_keys, self.failures)
             await self._run_actions(self.sup.start(trio.current_time()))
             task_status.started(self)
             await self._loop()
@@ -185,6 +250,26 @@ class NodeManager:
         actions = self.sup.handle(event, now)
         await self._run_actions(actions)
         self.repl.update(self.sup.state, self.sup.term, self.sup.mode)
+        await self._tell_peer_link(now)
+
+    async def _tell_peer_link(self, now: float) -> None:
+        """The service's ``link`` op, after the actions (a step-down goes first): the peer is
+        reachable while it is heard within the takeover timeout.  A secondary (it holds its
+        lamps on a shared line while the peer is not reachable: docs/smdi.md, "A shared line
+        in a partition") gives up two ping intervals earlier, before its primary can take
+        over, and calls it unreachable while both are active (a heal or handover not done)."""
+        sup = self.sup
+        if self.cfg.node.role is Role.SECONDARY:
+            reachable = (sup.peer_fresh(now + 2 * self.cfg.failover.ping_interval)
+                         and not (sup.state in ACTIVE_STATES and sup.peer_serving(now)))
+        else:
+            reachable = sup.peer_fresh(now)
+        tell = getattr(self.service, "peer_link", None)
+        if tell is not None:
+            try:
+                await tell(reachable)
+            except Exception as e:  # noqa: BLE001 - told again after the next hello
+                self.failures.failed("service.link", e)
 
     async def _run_actions(self, actions: list[ev.Action]) -> None:
         for i, a in enumerate(actions):
@@ -340,7 +425,13 @@ async def run_node(cfg: NodeConfig) -> int:
                         code = await nm.run(task_status=task_status)
                         nursery.cancel_scope.cancel()
 
+                    async def hangups() -> None:  # SIGHUP: read the key file again now
+                        with trio.open_signal_receiver(signal.SIGHUP) as sigs:
+                            async for _ in sigs:
+                                nm.reload_keys("SIGHUP")
+
                     nursery.start_soon(signals)
+                    nursery.start_soon(hangups)
                     await nursery.start(manager)
                     started = True
             except* ListenError as group:
@@ -368,7 +459,16 @@ async def run_node(cfg: NodeConfig) -> int:
 def main_node(cfg: NodeConfig) -> int:
     """``vmha node``: :func:`run_node` in a Trio run.  Returns the exit code (0 after a
     shutdown, ``config.EXIT_CONFIG`` when the configuration stops the node from starting)."""
+    os.umask(0o077)  # files at rest: the node's files are its user's only (docs/configuration.md)
     return trio.run(run_node, cfg)
 
 
 __all__ = ["NodeManager", "run_node", "main_node"]
+
+
+def _write_summary(ops: list) -> str:
+    """What a configuration write touched, for the event log: operations counted per table,
+    never a row's values (a PIN hash or a caller number stays out of the log)."""
+    seen = Counter((str(op.get("op")), str(op.get("table"))) for op in ops if isinstance(op, dict))
+    return ", ".join(f"{kind} {table} x{n}" for (kind, table), n in sorted(seen.items()))
+

@@ -13,6 +13,7 @@ import trio
 
 from failover.config import NodeConfig
 from failover.core import events as ev
+from failover.core.health import node_health
 from failover.eventlog import EventLog
 from failover.unixsock import serve_unix
 from telephony.core.control import (
@@ -43,10 +44,15 @@ class ServiceRunner:
         self._codec = ControlConnection()
         self._send_lock = trio.Lock()
         self.ports: list[dict] = []
+        #: the drivers' and the store's health from the last report (``[{name, score, detail}]``)
+        self.drivers: list[dict] = []
         #: the running service's counters by group (driver kind, "messaging"); reset when a
         #: new service starts
         self.counters: dict[str, dict[str, int]] = {}
         self.pid: int | None = None
+        #: the node manager's view of the peer, told to the service in the ``link`` op after
+        #: its hello and on every change (None: not known yet; a shared SMDI line's rule)
+        self.peer_reachable: bool | None = None
 
     # ------------------------------------------------------------------ process
 
@@ -66,7 +72,7 @@ class ServiceRunner:
     async def start(self, reason: str) -> None:
         self.generation += 1
         gen = self.generation
-        self.ports = []
+        self.ports, self.drivers = [], []
         self.counters = {}
         cmd = self.command()
         self.events.write("info", "service_start", f"starting messaging service ({reason})")
@@ -105,7 +111,7 @@ class ServiceRunner:
         if gen in self._reported or gen != self.generation:
             return
         self._reported.add(gen)
-        self.ports = []
+        self.ports, self.drivers = [], []
         await self.inbox.send(ev.ServiceExited(reason))
 
     def kill(self, reason: str) -> None:
@@ -140,6 +146,17 @@ class ServiceRunner:
         async with self._send_lock:
             await stream.send_all(data)
 
+    async def peer_link(self, reachable: bool) -> None:
+        """Tell the service the node manager's view of the peer when it changed (and, through
+        the hello, every new service).  A service not connected hears it after its hello."""
+        if reachable is self.peer_reachable:
+            return
+        self.peer_reachable = reachable
+        try:
+            await self.send({"op": "link", "peer_reachable": reachable})
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # no service now: the next one is told after its hello
+
     async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await serve_unix(self.cfg.control_socket, "control", self._connection, self.failures,
                          backlog=8, task_status=task_status)
@@ -171,6 +188,8 @@ class ServiceRunner:
                             return
                         gen = self.generation
                         self._stream, self._stream_gen = stream, gen
+                        if self.peer_reachable is not None:  # before it can be activated
+                            await self.send({"op": "link", "peer_reachable": self.peer_reachable})
                         self.ports = [{"name": p, "kind": "?", "state": "starting"} for p in msg["ports"]]
                         await self.inbox.send(ev.ServiceStarted(msg["pid"]))
                         continue
@@ -188,8 +207,9 @@ class ServiceRunner:
     async def _handle(self, msg: dict) -> None:
         op = msg["op"]
         if op == "health":
-            self.ports = msg["ports"]
-            await self.inbox.send(ev.ServiceHealthReport(msg["state"], msg["term"], msg["calls"]))
+            self.ports, self.drivers = msg["ports"], msg.get("drivers") or []
+            await self.inbox.send(ev.ServiceHealthReport(msg["state"], msg["term"], msg["calls"],
+                                                         node_health(self.drivers)))
         elif op == "activated":
             await self.inbox.send(ev.ServiceActivated(msg["term"]))
         elif op == "deactivated":

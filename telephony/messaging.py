@@ -14,19 +14,23 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from telephony.configdb import ConfigDB
-from telephony.core.callflow import CallFlow, CallPort
+from telephony.configdb import ConfigDB, ConfigDBError
+from telephony.configdb.pins import PinBook, new_record
+from telephony.core.callflow import CallFlow, CallPort, PinCheck, PinVerdict
 from telephony.core.events import CallArrival
 from telephony.core.message import VoiceMessage
 from telephony.core.mwi import LampCoalescer, MwiJob, MwiPlanner, next_daily_resync
+from telephony.core.pin import PinPolicy, remaining, verify_pin
 from telephony.ledgers import DbMwiLedger, DbNotificationLedger
 from telephony.notify import NotificationFailed, SmtpNotifier
+from telephony.runtime.files import read_secret
 from telephony.settings import ServiceSettings
 from telephony.spool import Spool, SpoolWorker
 from telephony.store import MessageStore, StoreUnavailable
@@ -105,6 +109,110 @@ class StoreMailboxes:
         await self.store.mark_heard(mailbox, uid)
 
 
+class DbPinGate:
+    """The call flow's PIN gate (:class:`telephony.core.callflow.PinGate`) on the replicated
+    PIN tables (:class:`telephony.configdb.pins.PinBook`).  Failures and lockouts are written
+    with the term the service is active in, so they replicate and the peer enforces them;
+    every access, failure, lockout and change goes to the event log (``report``), never a
+    PIN.  scrypt runs in worker threads, at most two at once (16 MiB each)."""
+
+    def __init__(self, messaging: "Messaging", policy: PinPolicy) -> None:
+        self.m = messaging
+        self.book = PinBook(messaging.db, policy)
+        self.hashing = trio.CapacityLimiter(2)
+
+    @staticmethod
+    def _who(sub: dict) -> str:
+        return f"mailbox {sub['mailbox']} (extension {sub['extension']})"
+
+    async def _report(self, level: str, event: str, message: str) -> None:
+        log.log(getattr(logging, level.upper()), "%s: %s", event, message)
+        if self.m.report is not None:
+            try:
+                await self.m.report(level, event, message)
+            except Exception:  # noqa: BLE001 - the event log must never stop a call
+                log.exception("cannot report %s", event)
+
+    async def _write(self, fn, *args):
+        """A PIN-table write in the active term; None (logged) when the service is not
+        active any more (a drained call): nothing is written."""
+        term = self.m.term
+        if term is None:
+            log.warning("PIN tables not written: the service is not active")
+            return None
+        try:
+            return await self.m._db(fn, *args, term)
+        except ConfigDBError as e:  # a stale term (a newer active node), a full disk
+            log.warning("PIN tables not written: %s", e)
+            return None
+
+    async def check(self, sub: dict, calling: str) -> PinCheck:
+        ext = sub["extension"]
+        entry = await self.m._db(self.book.entry, ext)
+        lock = await self.m._db(self.book.lock_state, ext)
+        left = remaining(lock, time.time())
+        if left > 0:
+            await self._report("warning", "access_refused", f"{self._who(sub)}: access from "
+                               f"{calling or 'an unknown number'} refused: locked for another "
+                               f"{left:.0f} s after wrong PINs")
+            return PinCheck("locked", left)
+        if entry.skip_pin_from_own_phone and calling == ext:
+            return PinCheck("skip")
+        if entry.record is None:
+            await self._report("warning", "access_refused", f"{self._who(sub)}: access from "
+                               f"{calling or 'an unknown number'} refused: no PIN is set "
+                               f"(vmha db pin set {ext})")
+            return PinCheck("no_pin")
+        return PinCheck("ask")
+
+    async def verify(self, sub: dict, pin: str, calling: str) -> PinVerdict:
+        ext = sub["extension"]
+        entry = await self.m._db(self.book.entry, ext)
+        lock = await self.m._db(self.book.lock_state, ext)
+        if remaining(lock, time.time()) > 0:  # locked meanwhile (on the peer, say)
+            return PinVerdict(False, remaining(lock, time.time()))
+        ok = False
+        if entry.record is not None:
+            try:
+                ok = await trio.to_thread.run_sync(verify_pin, pin, entry.record,
+                                                   limiter=self.hashing)
+            except ValueError as e:
+                log.warning("%s: the stored PIN record is unusable: %s", self._who(sub), e)
+        if ok:
+            await self._write(self.book.record_success, ext)
+            return PinVerdict(True)
+        policy = self.book.policy
+        state = await self._write(partial(self.book.record_failure, ext, time.time()))
+        if state is None:
+            return PinVerdict(False)
+        left = remaining(state, time.time())
+        if left > 0:
+            until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.locked_until))
+            await self._report("warning", "mailbox_locked", f"{self._who(sub)} locked for "
+                               f"{policy.duration(state.lockouts):g} s (until {until}) after "
+                               f"{policy.max_failures} wrong PINs in a row (lockout "
+                               f"{state.lockouts} since the last right PIN); last try from "
+                               f"{calling or 'an unknown number'}")
+            return PinVerdict(False, left)
+        await self._report("warning", "pin_failed", f"{self._who(sub)}: wrong PIN from "
+                           f"{calling or 'an unknown number'} ({state.failures} of "
+                           f"{policy.max_failures} before a lockout)")
+        return PinVerdict(False)
+
+    async def opened(self, sub: dict, calling: str, how: str) -> None:
+        said = "PIN accepted" if how == "pin" else "without a PIN: own phone (skip_pin_from_own_phone)"
+        await self._report("info", "mailbox_access", f"{self._who(sub)} opened from "
+                           f"{calling or 'an unknown number'}: {said}")
+
+    async def change(self, sub: dict, pin: str, calling: str) -> bool:
+        record = await trio.to_thread.run_sync(new_record, pin, limiter=self.hashing)
+        if not await self._write(partial(self.book.set_record, sub["extension"], record)):
+            return False
+        await self._report("info", "pin_changed", f"{self._who(sub)}: PIN changed from the "
+                           f"phone (call from {calling or 'an unknown number'})")
+        return True
+
+
 LAMP_TASKS = 16  # lamps sent at once (a slow MWI target holds only its own lamp)
 NO_SINK_REPORT_EVERY = 60.0  # seconds between mwi_no_sink reports of one method
 
@@ -116,7 +224,8 @@ class Messaging:
                  notifier_factory: Callable[..., SmtpNotifier] | None = None,
                  default_mailbox: str | None = None, max_message_s: float = 120.0,
                  silence_s: float = 3.0, min_message_s: float = 0.5,
-                 resync_at_s: float = 3 * 3600.0, operator: str | None = None) -> None:
+                 resync_at_s: float = 3 * 3600.0, operator: str | None = None,
+                 pin_policy: PinPolicy | None = None) -> None:
         self.node = node
         self.db = db
         self.store = store
@@ -147,11 +256,12 @@ class Messaging:
         self.flow = CallFlow(node=node, directory=self.directory, mailboxes=StoreMailboxes(store),
                              deliver=self.deliver, lamp=self.lamp, max_message_s=max_message_s,
                              silence_s=silence_s, min_message_s=min_message_s,
-                             operator=operator)
+                             operator=operator, pins=DbPinGate(self, pin_policy or PinPolicy()))
         self.resync_at_s = resync_at_s
         self.term: int | None = None
         self._planner_term: int | None = None
         self._resync_now = trio.Event()
+        self._resync_full = False  # the next resync sets every lamp (request_resync(full))
         self._lamps: dict[str, str] = {}  # mailbox -> extension: lamps to bring up to date
         self._lamp_wake = trio.Event()
         self.counters: dict[str, int] = {"messages": 0, "lamp_jobs_sent": 0, "lamp_jobs_failed": 0,
@@ -189,9 +299,12 @@ class Messaging:
         self.worker.set_enabled(True)
         self._resync_now.set()  # after every takeover: lamps must match the store
 
-    def request_resync(self) -> None:
-        """Resync lamps now (a lamp link came back): sends what is unconfirmed or differs."""
+    def request_resync(self, full: bool = False) -> None:
+        """Resync lamps now (a lamp link came back): sends what is unconfirmed or differs.
+        ``full`` (the primary after a partition, on a lamp line shared with the peer): every
+        lamp is set again, whatever the ledger says (docs/smdi.md)."""
         if self.term is not None:
+            self._resync_full = self._resync_full or full
             self._resync_now.set()
 
     def deactivated(self) -> None:
@@ -222,6 +335,12 @@ class Messaging:
         outcome = await self.worker.deliver(msg)
         self.counters["messages"] += 1
         log.info("message %s for %s: %s", msg.message_id, msg.mailbox, outcome)
+        if self.report is not None:  # the event log's record that the message is safe
+            try:
+                await self.report("info", "message_saved",
+                                  f"message {msg.message_id} for {msg.mailbox}: {outcome}")
+            except Exception:  # noqa: BLE001 - the message is stored: the event log must not fail it
+                log.exception("cannot report message %s", msg.message_id)
         if outcome == "duplicate" or self.notifier is None or self.term is None:
             return
         sub = await self._db(self.directory.by_mailbox, msg.mailbox)
@@ -316,12 +435,13 @@ class Messaging:
         log.warning("lamp %s for %s (extension %s) refused by the switch: %s",
                     "on" if job.on else "off", job.mailbox, job.extension, why)
 
-    async def resync(self, why: str = "takeover") -> dict:
+    async def resync(self, why: str = "takeover", full: bool = False) -> dict:
         """The guide's MWI resync: compare every subscriber's lamp with the store and send
         only the differences.  ``why``: "takeover" or "daily" (for the log and status).
         Returns (and keeps as ``last_resync``) what it did: ``sent`` counts the lamp jobs its
         sinks transmitted and acknowledged, ``no_sink`` those left unconfirmed because no
-        enabled driver serves their subscriber's method."""
+        enabled driver serves their subscriber's method.  ``full``: the ledger's confirmations
+        are forgotten first, so every subscriber's lamp is sent."""
         t0 = time.perf_counter()
         counts = await self.store.all_counts()
         t1 = time.perf_counter()
@@ -330,6 +450,8 @@ class Messaging:
         want = {s["mailbox"]: (s["extension"], *counts.get(s["mailbox"], (0, 0))) for s in live}
         methods = {s["mailbox"]: s["mwi_method"] for s in live}
         with_counts = {m for m, method in methods.items() if self._shows_counts(method)}
+        if full:
+            await self._db(self._forget_confirmations, list(want))
         jobs = await self._db(partial(self.planner.resync, want, with_counts=with_counts))
         t2 = time.perf_counter()
         before = dict(self.counters)
@@ -343,11 +465,24 @@ class Messaging:
             "no_sink": self.counters["lamp_jobs_no_sink"] - before["lamp_jobs_no_sink"],
             "seconds": round(t3 - t0, 4), "count_seconds": round(t1 - t0, 4),
             "plan_seconds": round(t2 - t1, 4), "send_seconds": round(t3 - t2, 4),
-            "term": self.term, "why": why}
+            "term": self.term, "why": why, "full": full}
         log.info("MWI resync in term %s (%s): %d subscribers, %d lamps differed, %d sent, "
                  "%d failed, %d without a sink", self.term, why, len(want), len(jobs), sent,
                  self.last_resync["failed"], self.last_resync["no_sink"])
         return self.last_resync
+
+    def _forget_confirmations(self, mailboxes: list[str]) -> None:
+        """Mark every ledger row of ``mailboxes`` unconfirmed (database thread, in the
+        planner's term), so the next resync sends each of their lamps."""
+        ledger, term = self.planner.ledger, self.planner.term
+        if term is None:
+            return
+        get_many = getattr(ledger, "get_many", None)
+        rows = (get_many(mailboxes) if callable(get_many)
+                else {m: r for m in mailboxes if (r := ledger.get(m)) is not None})
+        stale = [replace(r, confirmed=False) for r in rows.values() if r.confirmed]
+        if stale:
+            ledger.put(stale, term)
 
     async def _send(self, jobs: list[MwiJob], methods: Mapping[str, str]) -> int:
         """Send ``jobs`` (``methods``: mailbox -> its subscriber's mwi_method) each through
@@ -442,18 +577,21 @@ class Messaging:
             why = "daily" if timer.cancelled_caught else (retry or "takeover")
             retry = None
             self._resync_now = trio.Event()
+            full, self._resync_full = self._resync_full, False
             if self.term is None:
                 continue
             try:
-                await self.resync(why)
+                await self.resync("partition healed" if full else why, full=full)
             except StoreUnavailable as e:
                 log.warning("MWI resync postponed: store unavailable (%s); retrying in 5 s", e)
                 retry = why
+                self._resync_full = self._resync_full or full
                 await trio.sleep(5)
                 self._resync_now.set()
             except Exception:  # a bug here must not take the service (and its calls) down
                 log.exception("MWI resync failed; retrying in 30 s")
                 retry = why
+                self._resync_full = self._resync_full or full
                 await trio.sleep(30)
                 self._resync_now.set()
 
@@ -467,7 +605,7 @@ def _local_seconds() -> float:
 def _read_passwords(path: Path) -> dict[str, str]:
     """``mailbox:password`` lines (the IMAP accounts); raises ValueError naming the line."""
     out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_secret(path).splitlines(), 1):  # 0600 or refused
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -529,4 +667,5 @@ def build_messaging(cfg: ServiceSettings, db: ConfigDB, sinks: Mapping[str, MwiS
                      notifier_factory=factory, default_mailbox=m.default_mailbox,
                      max_message_s=m.max_message, silence_s=m.silence, min_message_s=m.min_message,
                      resync_at_s=at.hour * 3600 + at.minute * 60 + at.second,
-                     operator=m.operator)
+                     operator=m.operator,
+                     pin_policy=PinPolicy(m.pin_max_failures, m.pin_lockout, m.pin_lockout_max))

@@ -58,6 +58,7 @@ from telephony.core.control import (
 )
 from telephony.core.events import CallArrival
 from telephony.core.settings import ConfigError
+from telephony.health import DriverHealth
 from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
 from telephony.settings import ServiceSettings, load_service_settings, read_keys
@@ -106,6 +107,7 @@ class MessagingService:
         self._hello_extra = dict(hello_extra or {})
         self._pid = os.getpid() if pid is None else pid
         self._seq = 0
+        self.health = DriverHealth(node)  # the drivers' and the store's scores (health reports)
         self.stop_reason: str | None = None
         self.exit_code = EXIT_OK
         #: failures of the service's long-lived tasks (drivers and the messaging core that
@@ -168,6 +170,7 @@ class MessagingService:
                 else:
                     nursery.start_soon(keep_running, "health", self._health_loop,
                                        self.task_failures)
+                    nursery.start_soon(keep_running, "store-probe", self.health.run, self.task_failures)
                     nursery.start_soon(keep_running, "counters", self._counters_loop,
                                        self.task_failures)
                     log.info("running with %d ports: %s", len(self.registry),
@@ -304,6 +307,10 @@ class MessagingService:
                          "drain" if msg["drain"] else "no drain", self.desk.calls_in_progress)
                 await self._notify(make("deactivated", term=msg["term"],
                                         calls=self.desk.calls_in_progress))
+            elif op == "link":  # the node manager's view of the peer: a shared line's rule
+                for d in self.drivers:
+                    if callable(getattr(d, "peer_link", None)):
+                        await d.peer_link(msg["peer_reachable"])
             elif op == "refuse_call":
                 if not self.desk.refuse(msg["call_id"], msg["reason"]):
                     log.info("refuse_call for %s: no such call is waiting", msg["call_id"])
@@ -325,10 +332,10 @@ class MessagingService:
     async def _health_loop(self) -> None:
         while True:
             self._seq += 1
-            a = self.activation
+            a, ports = self.activation, self.registry.status()
             await self._notify(make("health", seq=self._seq, state=str(a.state), term=a.term,
-                                    calls=self.desk.calls_in_progress,
-                                    ports=self.registry.status()))
+                                    calls=self.desk.calls_in_progress, ports=ports,
+                                    drivers=self.health.drivers(ports)))
             await trio.sleep(self.health_interval)
 
     def counters(self) -> dict[str, dict[str, int]]:
@@ -662,10 +669,9 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     sip = None
     sp = settings.ports.sip if settings is not None else None
     if sp is not None and sp.enabled:
-        from telephony.sip.driver import SipPorts
-        sip = SipPorts(profile=sp.profile(), node=opts.node,
-                       runtime_dir=settings.node.data_dir / "run",
-                       media_dir=settings.node.data_dir / "sip-media")
+        from telephony.sip.driver import SipPorts, media_dir_for
+        sip = SipPorts(profile=sp.profile(), node=opts.node, runtime_dir=settings.node.data_dir / "run",
+                       media_dir=media_dir_for(settings.node.data_dir, opts.node))
     analog = None
     ap = settings.ports.analog if settings is not None else None
     if ap is not None and ap.enabled:
@@ -690,7 +696,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
                              "sccp": (sccp, sccp.port_names() if sccp else [])})
         base = smdi_integration(settings.integration.profile, settings.integration.voice_ports)
         link = SmdiLink(serial=sm.serial_settings(), profile=sm.profile(line_names(voice), base),
-                        node=opts.node)
+                        node=opts.node, role=settings.node.role, shared_line=sm.shared_line)
         connect_call_info(settings.integration, voice, link)
     drivers = [d for d in (trunk, link, sip, analog, sccp) if d is not None]
     try:
@@ -736,6 +742,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
     box["service"] = service
     if messaging is not None:
         messaging.report = service.report  # lamps without a sink go to the event log
+        service.health.watch(messaging.store, opts.config, settings.node.data_dir)  # every store_probe
     if trunk is not None:
         trunk.gate = service.answering_term  # lamp jobs only while active, in that term
     if sip is not None:
@@ -754,6 +761,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
         if messaging is not None:
             link.on_mwi_failure = messaging.lamp_failed
             link.on_up = messaging.request_resync
+            link.on_heal = messaging.request_resync  # after a partition (full on the primary)
     try:
         return await service.run()
     finally:
@@ -762,6 +770,7 @@ async def _start_and_run(opts: ServiceOptions, box: dict[str, Any]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # files at rest: what the service creates is the node user's only
     opts = parse_args(argv)
     setup_logging(opts.node, opts.log_level)
     try:

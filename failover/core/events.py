@@ -30,6 +30,7 @@ class PeerHeartbeat:
     hold: bool = False
     shutting_down: bool = False
     calls: int = 0
+    health: int = 100  # the node's driver health, 0..100 (failover.core.health)
 
 
 #: what a node says of itself in every heartbeat; the node link's STATUS frame
@@ -61,6 +62,7 @@ class ServiceHealthReport:
     state: str  # the service's own view: inactive | active | draining | fenced
     term: int | None
     calls: int
+    health: int = 100  # the lowest of the drivers' and the store's scores (failover.core.health)
 
 
 @dataclass(frozen=True)

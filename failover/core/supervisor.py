@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from failover.core import events as ev
 from failover.core.commands import Commands
+from failover.core.health import HealthRule, HealthSettings
 from failover.core.state import (
     ACTIVE_STATES,
     FailbackType,
@@ -61,6 +62,7 @@ class SupervisorConfig(Timing):
     restart_backoff: float = 0.5  # the first delay once the quick restarts are used up; doubles
     restart_backoff_max: float = 30.0  # the longest delay while the peer is serving
     restart_backoff_alone: float = 2.0  # the longest delay while the peer is not serving
+    health: HealthSettings = HealthSettings()  # driver health as a failover trigger
 
     def __post_init__(self) -> None:
         if not 0 < self.lease_s < self.peer_timeout:
@@ -122,7 +124,9 @@ class Supervisor(Commands):
         self._retry_at: float | None = None  # backing off: the next start attempt
         self._backoff_since: float | None = None  # the failure the current backoff follows
         self.calls = 0
+        self.health_rule = HealthRule(cfg.health, cfg.node, cfg.peer_name)
         # activity
+        self._active_since: float | None = None  # when the service confirmed this activity
         self._lease_expiry: float | None = None
         self._next_renew: float | None = None
         self._activation: tuple[str, float, str] | None = None  # (cause, started at, kind)
@@ -186,12 +190,23 @@ class Supervisor(Commands):
             node=self.cfg.node, role=self.cfg.role, state=self.state, term=self.term,
             service=self.service, mode=self.mode, eligible=self.eligible(now),
             licensed=self.licensed(now), hold=self.hold, shutting_down=self.shutting_down,
-            calls=self.calls, uptime=now - self._start, peer_reachable=self.peer_fresh(now),
+            calls=self.calls, health=self.health_rule.health, uptime=now - self._start,
+            peer_reachable=self.peer_fresh(now),
             peer_state=p.state if p else None, peer_term=p.term if p else None,
             peer_heartbeat_age=None if self._peer_heard is None else now - self._peer_heard,
             cause=self.cause, service_failures=self.service_failures(now),
             service_retry_in=None if self._retry_at is None else max(0.0, self._retry_at - now),
         )
+
+    @property
+    def active_since(self) -> float | None:
+        """When the service confirmed the current activity (None while not active)."""
+        return self._active_since
+
+    @property
+    def last_contact_wall(self) -> float | None:
+        """Secondary: when its primary was last heard (epoch seconds; durable, see Persisted)."""
+        return self._last_contact_wall
 
     def service_failures(self, now: float) -> int:
         """Service failures that still count: those within the last ``restart_window``."""
@@ -307,6 +322,7 @@ class Supervisor(Commands):
             return
         self._service_deadline = now + self.cfg.health_timeout
         self.calls = e.calls
+        acts += self.health_rule.update(now, e.health)
         if e.state != "active":
             self._drain_confirmed = True
         if e.state == "active" and self.state is State.INACTIVE and e.term is not None:
@@ -319,6 +335,7 @@ class Supervisor(Commands):
         self.state = State.ACTIVE
         self.hold = False
         self._activation_deadline = None
+        self._active_since = now
         cause, started, what = self._activation or ("?", now, "activation")
         took = now - started
         self._activation = None
@@ -379,7 +396,7 @@ class Supervisor(Commands):
             return "call takeover is disabled"
         if self.hold:
             return "node was handed over by the operator or schedule (hold)"
-        return ""
+        return self.health_rule.call_blocked(self.peer if self.peer_serving(now) else None)
 
     def _on_ReplicationProgress(self, e: ev.ReplicationProgress, now: float, acts: list) -> None:
         self.repl_pending = e.pending
@@ -414,7 +431,8 @@ class Supervisor(Commands):
         acts.append(ev.ActivateService(new, self.cfg.lease_s))
         if was_active:
             acts.append(ev.Log("warning", "reterm",
-                               f"{self.cfg.node} stays active in new term {new}: {cause}"))
+                               f"{self.cfg.node} stays active in new term {new}: {cause}",
+                               {"cause": cause, "term": new}))
         else:
             kind = kind or ("failback" if self.cfg.role is Role.PRIMARY else "failover")
             self._activation = (cause, now, kind)
@@ -432,7 +450,7 @@ class Supervisor(Commands):
         self._drain_confirmed = False
         self.cause = cause
         self._lease_expiry = self._next_renew = self._activation_deadline = None
-        self._activation = None
+        self._activation = self._active_since = None
         if self.state is State.DRAINING:
             self._drain_deadline = now + self.cfg.drain_timeout
         acts.append(ev.Log(level, "deactivated", f"{self.cfg.node} inactive: {cause}",
@@ -445,7 +463,7 @@ class Supervisor(Commands):
         acknowledged every change made before the barrier, or the wait ends; then stop new
         work here and ask the peer to take over."""
         if self.cfg.handover_wait <= 0:
-            self._finish_handover(now, acts, cause)
+            self._finish_handover(now, acts, cause, hold=kind != "health")
             return
         self._barrier += 1
         self._handover = Handover(cause, now, now + self.cfg.handover_wait, self._barrier, kind)
@@ -478,11 +496,11 @@ class Supervisor(Commands):
         if self.cfg.role is Role.SECONDARY and self._failback_due():
             self._failback_skip = True
 
-    def _finish_handover(self, now: float, acts: list, cause: str) -> None:
+    def _finish_handover(self, now: float, acts: list, cause: str, hold: bool = True) -> None:
         self._handover = None
         self._go_inactive(now, acts, f"handing over to {self.cfg.peer_name}: {cause}", drain=True)
         acts.append(ev.SendCommand("take_over", self.term, cause))
-        self.hold = True
+        self.hold = hold  # not after a health handover: back by the normal rules once healthy
         self._quiet_until = now + self.cfg.handover_timeout
 
     def _check_handover(self, now: float, acts: list) -> None:
@@ -496,10 +514,14 @@ class Supervisor(Commands):
         if self.state is not State.ACTIVE:  # fenced, stepped down or reactivating meanwhile
             self._handover = None
             return
-        if h.kind == "scheduled" and (self.mode is Mode.MANUAL
-                                      or (self.peer is not None and self.peer.mode is Mode.MANUAL)):
+        if h.kind in ("scheduled", "health") and (
+                self.mode is Mode.MANUAL or (self.peer is not None and self.peer.mode is Mode.MANUAL)):
             who = self.cfg.node if self.mode is Mode.MANUAL else self.cfg.peer_name
-            self._cancel_handover(now, acts, f"{who} is in manual mode: no scheduled failback")
+            self._cancel_handover(now, acts, f"{who} is in manual mode: no "
+                                  + ("scheduled failback" if h.kind == "scheduled" else "health handover"))
+            return
+        if h.kind == "health" and self.health_rule.low_since is None:
+            self._cancel_handover(now, acts, f"health {self.health_rule.health} is back")
             return
         if not (self.peer_fresh(now) and self.peer is not None and self.peer.eligible):
             self._handover = None
@@ -511,13 +533,13 @@ class Supervisor(Commands):
         if self._barrier_done >= barrier and self.repl_pending == 0:
             acts.append(ev.Log("info", "handover_replicated", f"replication complete after "
                                f"{waited * 1000:.0f} ms: handing over", {"wait_s": round(waited, 3)}))
-            self._finish_handover(now, acts, cause)
+            self._finish_handover(now, acts, cause, hold=h.kind != "health")
         elif now >= deadline:
             pending = "unknown" if self._barrier_done < barrier else self.repl_pending
             acts.append(ev.Log("warning", "handover_unreplicated", f"replication not complete after "
                                f"{waited:.3f}s ({pending} changes not acknowledged by the peer): "
                                "handing over anyway", {"wait_s": round(waited, 3), "pending": pending}))
-            self._finish_handover(now, acts, cause)
+            self._finish_handover(now, acts, cause, hold=h.kind != "health")
 
     def _stop(self, acts: list, cause: str) -> None:
         if self.service is not ServiceHealth.STOPPED:
@@ -620,8 +642,14 @@ class Supervisor(Commands):
             if (st is State.ACTIVE and self.cfg.role is Role.SECONDARY and peer
                     and self._handover is None and self._failback_due() and self.mode is Mode.AUTOMATIC
                     and not self._failback_skip and peer.mode is Mode.AUTOMATIC
-                    and peer.eligible and peer.state is State.INACTIVE):
+                    and peer.eligible and peer.state is State.INACTIVE
+                    and self.health_rule.healthy(peer.health)):
                 self._hand_over(now, acts, "scheduled failback window", kind="scheduled")
+            elif st is State.ACTIVE and self._handover is None and not self.shutting_down:
+                cause = self.health_rule.handover(now, active_since=self._active_since,
+                                                  mode=self.mode, peer=peer, acts=acts)
+                if cause is not None:
+                    self._hand_over(now, acts, cause, kind="health")
             return
 
         if st is State.DRAINING:
@@ -647,6 +675,10 @@ class Supervisor(Commands):
                 return
             if peer is None and now < self._peer_deadline():
                 return  # wait to hear the peer (or for startup_wait) before deciding
+            if self.cfg.role is Role.PRIMARY and not self._peer_ever_heard:
+                acts.append(ev.Log("error", "no_secondary", f"primary {self.cfg.node} ends its "
+                                   f"start-up wait without hearing its secondary "
+                                   f"{self.cfg.peer_name}: it runs alone"))
             self.state = st = State.INACTIVE
             self.cause = "started"
             acts.append(ev.SendStatus())

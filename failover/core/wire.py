@@ -8,6 +8,13 @@ Encoding notes where the design is terse: ``node`` in the HELLO MAC and in the s
 is the field as encoded on the wire (u8 length prefix + ASCII), so names cannot run together;
 node names are 1..32 ASCII characters; the 4 unused flag bits must be zero.
 
+Keys: a connection is given the keys it accepts (``keys``, 1..4; docs/configuration.md, "The
+key file").  The dialer signs its HELLO with ``keys[0]`` and names it by its id (``key_id``);
+the acceptor looks the id up among its keys, verifies the HELLO with that key, derives the
+session key from it and answers with the same key.  A HELLO of the version before key ids
+(no id: 32 bytes after the nonce instead of 40) is accepted by an acceptor if one of its keys
+verifies it, and answered in the same form, so a node of that version can still dial in.
+
 Driver loop: ``receive_data(chunk)`` (``b""`` at EOF), then call ``next_event()`` until it
 returns ``NEED_DATA`` or ``Closed``.  ``RemoteLinkError`` means close the connection.
 """
@@ -37,7 +44,7 @@ from construct import (
 )
 
 from failover.core.events import PeerHeartbeat
-from failover.core.fields import NODE_FIELD, EnumField, hmac_sha256
+from failover.core.fields import KEY_ID_SIZE, NODE_FIELD, EnumField, check_keys, hmac_sha256, key_id
 from failover.core.state import Mode, Role, ServiceHealth, State
 from telephony.core.framing import NEED_DATA, Closed, NeedData  # Closed: clean EOF at a frame boundary
 
@@ -75,7 +82,10 @@ _SEQ = Int64ul
 _SEALED_OVERHEAD = _SEQ.sizeof() + MAC_SIZE  # seq before the body, mac after it
 
 HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role), "nonce" / Bytes(NONCE_SIZE),
-                    "mac" / Bytes(MAC_SIZE), Terminated)
+                    "key_id" / Bytes(KEY_ID_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
+#: the HELLO of the version before key ids (read by an acceptor, see the module docstring)
+LEGACY_HELLO_BODY = Struct("node" / NODE_FIELD, "role" / EnumField(Role),
+                           "nonce" / Bytes(NONCE_SIZE), "mac" / Bytes(MAC_SIZE), Terminated)
 _FLAGS = BitStruct(Const(0, BitsInteger(4)), "shutting_down" / Flag, "hold" / Flag,
                    "licensed" / Flag, "eligible" / Flag)  # first field = most significant bit
 _STATUS_FIELDS = (
@@ -83,10 +93,13 @@ _STATUS_FIELDS = (
     "service" / EnumField(ServiceHealth), "mode" / EnumField(Mode), "flags" / _FLAGS,
     "calls" / Int16ul, "ports" / Int16ul, "repl_pos" / Int64ul,
     "ping_interval_ms" / Int32ul, "uptime_ms" / Int64ul)
-STATUS_BODY = Struct(*_STATUS_FIELDS, "settings" / Int64ul, Terminated)
+STATUS_BODY = Struct(*_STATUS_FIELDS, "settings" / Int64ul,
+                     "health" / ExprValidator(Int8ul, lambda obj, ctx: obj <= 100), Terminated)
 # Reading is lenient at the end only: a body that stops after uptime_ms (the version before
-# ``settings``) reads as settings 0, and bytes after ``settings`` (fields a later version
-# appends) are ignored; 1 to 7 bytes there are a parse error.  The frame is authenticated.
+# ``settings``) reads as settings 0, one that stops after ``settings`` (the version before
+# ``health``) as health 100, and bytes after ``health`` (fields a later version appends) are
+# ignored; 1 to 7 bytes after uptime_ms, or a health over 100, are a parse error.  The frame
+# is authenticated.
 _STATUS_READ = Struct(*_STATUS_FIELDS, "rest" / GreedyBytes)
 COMMAND_BODY = Struct("kind" / EnumField(CommandKind), "term" / Int64ul,
                       "reason" / _REASON, Terminated)
@@ -153,12 +166,14 @@ class LinkConnection:
     after which ``established`` is true and ``send()`` works.  Acceptor: ``next_event()``
     yields the dialer's ``Hello``; only then is ``hello()`` valid, and its bytes must be sent
     back.  The acceptor only receives STATUS/COMMAND; the dialer only sends them.
+
+    ``keys``: the 1..4 distinct keys this side accepts (a tuple of bytes); a dialer signs with
+    ``keys[0]`` and accepts only an answer signed with it; ``key_id`` is the id in use.
     """
 
-    def __init__(self, *, psk: bytes, node: str, role: Role, dialer: bool, nonce: bytes,
+    def __init__(self, *, keys: tuple[bytes, ...], node: str, role: Role, dialer: bool, nonce: bytes,
                  expected_peer: str | None = None, max_frame: int = MAX_FRAME):
-        if not isinstance(psk, bytes) or not psk:
-            raise LocalLinkError("psk must be non-empty bytes")
+        keys = check_keys(keys, LocalLinkError)
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
             raise LocalLinkError(f"nonce must be {NONCE_SIZE} bytes")
         if not _LARGEST_FRAME <= max_frame <= HEADER_SIZE + 0xFFFF:
@@ -166,7 +181,10 @@ class LinkConnection:
         if not isinstance(role, Role):
             raise LocalLinkError(f"role must be a Role, not {role!r}")
         self._node_bytes = self._encode(NODE_FIELD, node, "node")
-        self._psk, self._node, self._role = psk, node, role
+        self._keys = {key_id(k): k for k in keys}
+        self._psk: bytes | None = keys[0] if dialer else None  # the HELLO key, once known
+        self._legacy = False  # the peer's HELLO had no key id: answer in the same form
+        self._node, self._role = node, role
         self._dialer, self._nonce = dialer, nonce
         self._expected_peer, self._max_frame = expected_peer, max_frame
         self._peer: Hello | None = None
@@ -188,6 +206,12 @@ class LinkConnection:
     def established(self) -> bool:
         return self._key is not None and self._hello_sent
 
+    @property
+    def key_id(self) -> bytes | None:
+        """Id of the key this connection's HELLOs use (the dialer's: from the start; the
+        acceptor's: once the dialer's HELLO is verified)."""
+        return key_id(self._psk) if self._psk is not None else None
+
     # ---- sending -------------------------------------------------------------------------
 
     def hello(self) -> bytes:
@@ -197,9 +221,10 @@ class LinkConnection:
         if not self._dialer and self._peer is None:
             raise LocalLinkError("acceptor may only answer after the dialer's HELLO")
         self._hello_sent = True
-        length = len(self._node_bytes) + 1 + NONCE_SIZE + MAC_SIZE
+        kid = b"" if self._legacy else key_id(self._psk)
+        length = len(self._node_bytes) + 1 + NONCE_SIZE + len(kid) + MAC_SIZE
         signed = _header(FrameType.HELLO, length) + self._node_bytes + bytes([self._role])
-        signed += self._nonce
+        signed += self._nonce + kid
         return signed + hmac_sha256(self._psk, _HELLO_LABEL, signed)
 
     def send(self, msg: Status | Command) -> bytes:
@@ -301,9 +326,10 @@ class LinkConnection:
         try:
             if ftype == FrameType.STATUS:
                 f = _STATUS_READ.parse(body)
-                if 0 < len(f.rest) < 8:
+                if 0 < len(f.rest) < 8 or (len(f.rest) > 8 and f.rest[8] > 100):
                     return self._drop("parse", frame)
                 f.settings = int.from_bytes(f.rest[:8], "little")
+                f.health = f.rest[8] if len(f.rest) > 8 else 100
                 event = Status(**{k: f[k] for k in Status.__dataclass_fields__
                                   if k not in _FLAG_NAMES},
                                **{k: f.flags[k] for k in _FLAG_NAMES})
@@ -329,16 +355,37 @@ class LinkConnection:
             raise fail("second HELLO on the connection")
         if self._dialer and not self._hello_sent:
             raise fail("HELLO from the acceptor before ours")
+        body = frame[HEADER_SIZE:]
         try:
-            f = HELLO_BODY.parse(frame[HEADER_SIZE:])
+            f = HELLO_BODY.parse(body)
         except (ConstructError, ValueError):
-            raise fail("malformed HELLO") from None
-        if not hmac.compare_digest(f.mac, hmac_sha256(self._psk, _HELLO_LABEL, frame[:-MAC_SIZE])):
-            raise fail("HELLO MAC mismatch (wrong PSK?)")
+            f = None
+        if f is None and not self._dialer:
+            try:
+                f = LEGACY_HELLO_BODY.parse(body)
+            except (ConstructError, ValueError):
+                pass
+        if f is None:
+            raise fail("malformed HELLO")
+        signed = frame[:-MAC_SIZE]
+        if "key_id" not in f:  # the version before key ids: any of our keys may verify it
+            key = next((k for k in self._keys.values()
+                        if hmac.compare_digest(f.mac, hmac_sha256(k, _HELLO_LABEL, signed))), None)
+            if key is None:
+                raise fail("HELLO (without key id) MAC mismatch: signed with a key we do not accept")
+            self._legacy = True
+        else:
+            key = self._keys.get(f.key_id)
+            if key is None or (self._dialer and key != self._psk):
+                raise fail(f"HELLO signed with key id {f.key_id.hex()}, which we do not accept "
+                           f"(ours: {', '.join(k.hex() for k in self._keys)})")
+            if not hmac.compare_digest(f.mac, hmac_sha256(key, _HELLO_LABEL, signed)):
+                raise fail(f"HELLO MAC mismatch for key id {f.key_id.hex()}")
         if self._expected_peer is not None and f.node != self._expected_peer:
             raise fail(f"HELLO from {f.node!r}, expected {self._expected_peer!r}")
         if f.role == self._role or f.nonce == self._nonce or f.node == self._node:
             raise fail("HELLO claims our own role, name or nonce (reflected?)")
+        self._psk = key
         self._peer = Hello(node=f.node, role=f.role, nonce=f.nonce)
         peer_node = NODE_FIELD.build(f.node)
         if self._dialer:

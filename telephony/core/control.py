@@ -207,6 +207,11 @@ _DETAIL.may_be_absent = True  # type: ignore[attr-defined]
 #: a port in a health report; ``detail`` (optional): what the driver says of it (an SCCP
 #: port's registration: ``registered with 10.0.0.1:2000``, ``rejected: ...``)
 _PORT_STATUS = _object({"name": _NAME, "kind": _NAME, "state": _NAME, "detail": _DETAIL})
+#: a driver's (or the message store's) health in a health report: ``score`` 0..100 (usable
+#: ports in percent; the store: 100 when its last probe answered, else 0)
+_DRIVER_HEALTH = _object({"name": _NAME, "score": _int(0, 100), "detail": _text(200)})
+_DRIVERS = _opt(_list(_DRIVER_HEALTH, 32))
+_DRIVERS.may_be_absent = True  # type: ignore[attr-defined]
 MAX_COUNTER_GROUPS: Final = 16
 MAX_COUNTERS: Final = 64
 
@@ -234,13 +239,16 @@ TO_SERVICE: Final[dict[str, dict[str, Check]]] = {
     "deactivate": {"term": _TERM, "drain": _bool},
     "refuse_call": {"call_id": _text(64, nonempty=True), "reason": _text(200)},
     "shutdown": {},
+    # the node manager's view of its peer, after hello and on every change (docs/smdi.md,
+    # "A shared line in a partition")
+    "link": {"peer_reachable": _bool},
 }
 
 #: service -> node manager: op -> {field: check}
 FROM_SERVICE: Final[dict[str, dict[str, Check]]] = {
     "hello": {"pid": _int(1, 2**31 - 1), "node": _NAME, "ports": _list(_NAME)},
     "health": {"seq": _int(0, 2**63 - 1), "state": _choice(SERVICE_STATES), "term": _opt(_TERM),
-               "calls": _COUNT, "ports": _list(_PORT_STATUS)},
+               "calls": _COUNT, "ports": _list(_PORT_STATUS), "drivers": _DRIVERS},
     "activated": {"term": _TERM},
     "deactivated": {"term": _TERM, "calls": _COUNT},
     "fenced": {"term": _TERM, "reason": _text(200)},

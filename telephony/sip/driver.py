@@ -25,11 +25,13 @@ the messaging service, and the calls and lamps driven over them.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
 import re
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -80,6 +82,35 @@ def user_of(uri: str) -> str:
 
 
 _MEDIA_FILE = re.compile(r".+-(?:play|rec)-\d+\.wav")
+
+
+RAM_DIR = Path("/dev/shm")
+
+
+def media_dir_for(data_dir: Path, node: str, ram: Path = RAM_DIR) -> Path:
+    """Where the SIP workers' play and recording files live: a private directory on the RAM
+    file system (``/dev/shm/vmha-<node>-<hash of data_dir>``, mode 0700, owned by us), so a
+    full or failing ``data_dir`` disk never cuts a greeting or a caller's recording short
+    (the files are short-lived: each is removed when its prompt or recording ends).  Falls
+    back to ``<data_dir>/sip-media`` when there is no usable RAM file system, or when the
+    name is taken by anything but our own private directory (another user's, a symlink)."""
+    fallback = Path(data_dir) / "sip-media"
+    if not ram.is_dir():
+        return fallback
+    tag = hashlib.sha256(str(Path(data_dir).absolute()).encode()).hexdigest()[:12]
+    path = ram / f"vmha-{node}-{tag}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        log.warning("SIP media files in %s: cannot use %s (%s)", fallback, path, e.strerror or e)
+        return fallback
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        log.warning("SIP media files in %s: %s is not our private directory", fallback, path)
+        return fallback
+    return path
 
 
 def sweep_media(media_dir: Path) -> int:

@@ -17,6 +17,9 @@ One :class:`SmdiLink` per node, on the node's side of the data splitter.  It
   priority lane, :class:`~telephony.smdi.core.link.LampQueue`), **only while the service is active
   in the job's term**: the check runs right before the bytes are written, after any wait for
   the line, so an inactive node never puts a byte on the shared line;
+* on a line shared through a data splitter, **holds** the secondary's lamp commands while its
+  node manager reports the peer unreachable (a partition: both nodes may be active), and on
+  the heal asks for the resync the rule calls for (:mod:`telephony.smdi.core.shared`);
 * matches MWI failure records to the job and reports them.
 
 Nothing here decides anything the core does not; every protocol oddity becomes a counted
@@ -35,10 +38,12 @@ import trio
 
 from telephony.core.events import CallArrival
 from telephony.core.mwi import TransmitRefused, require_term
+from telephony.core.terms import Role
 from telephony.runtime.ports import CallService, PortRegistry, PortState
 from telephony.runtime.tasks import TaskFailures, describe, python_logger, report_event
 from telephony.smdi.core.codec import CallRecord, MwiFailure, ProtocolError, SmdiReader
 from telephony.smdi.core.link import FailureMatcher, LampQueue, LinePacer, RecordMatcher
+from telephony.smdi.core.shared import SharedLine
 from telephony.smdi.settings import PARITIES, SerialSettings, SmdiProfile
 
 log = logging.getLogger("telephony.smdi")
@@ -51,6 +56,11 @@ Report = Callable[[str, str, str], Awaitable[None]]  # (level, event, message)
 
 class LinkDown(ConnectionError):
     """The serial port is not open: nothing was written."""
+
+
+class LampHeld(TransmitRefused):
+    """The secondary on a shared line while its peer is unreachable: the lamp command was held,
+    not written (docs/smdi.md, "A shared line in a partition")."""
 
 
 def open_serial(settings: SerialSettings):
@@ -155,7 +165,8 @@ class SmdiLink:
 
     def __init__(self, *, serial: SerialSettings, profile: SmdiProfile, node: str,
                  reopen_min: float = 0.1, reopen_max: float = 5.0,
-                 opener: Callable[[SerialSettings], Any] = open_serial) -> None:
+                 opener: Callable[[SerialSettings], Any] = open_serial,
+                 role: Role | None = None, shared_line: bool = True) -> None:
         self.serial = serial
         self.profile = profile
         self.node = node
@@ -167,6 +178,11 @@ class SmdiLink:
                                      profile.record_wait)
         self.pacer = LinePacer(serial.baudrate, serial.bits_per_char, profile.mwi_gap)
         self.failures: FailureMatcher[Any] = FailureMatcher(profile.failure_window)
+        #: who may transmit on a line shared with the peer while the pair is split (``role``
+        #: None: the rule is off, as for a link that runs alone)
+        self.shared: SharedLine[_Lamp] = SharedLine(role=role, shared=shared_line)
+        #: ``on_heal(full)``: the peer is reachable again; resync the lamps (``full``: all)
+        self.on_heal: Callable[[bool], None] | None = None
         #: the term the service may transmit in right now, or None (set by the service)
         self.gate: Callable[[], int | None] = lambda: None
         #: ``announce(call)``: tell the node manager a call is coming to an inactive node
@@ -187,7 +203,9 @@ class SmdiLink:
         self.counters: dict[str, int] = {
             "opens": 0, "records": 0, "peer_records": 0, "announced": 0, "matched": 0,
             "unmatched_rings": 0, "protocol_errors": 0, "mwi_sent": 0, "mwi_refused": 0,
-            "mwi_superseded": 0, "mwi_failures": 0, "mwi_failures_unmatched": 0}
+            "mwi_superseded": 0, "mwi_failures": 0, "mwi_failures_unmatched": 0,
+            "lamps_held": 0, "lamps_held_waiting": 0, "lamps_held_overflow": 0,
+            "lamps_held_discarded": 0}
         self.last_error: str | None = None
         #: failures of the link's reader (the service puts its own here: ``tasks`` counters)
         self.task_failures = TaskFailures(python_logger(log))
@@ -366,7 +384,9 @@ class SmdiLink:
         """Put the lamp command of ``job`` (``telephony.core.mwi.MwiJob``) on the line.
 
         Raises :class:`TransmitRefused` unless the service is active in ``job.term`` at the
-        moment of writing, :class:`LinkDown` when the port is closed; nothing is written then.
+        moment of writing (:class:`LampHeld`, a TransmitRefused, when the shared-line rule
+        holds it: the lamp is kept in :attr:`shared`), :class:`LinkDown` when the port is
+        closed; nothing is written then.
         Returns once the command is written; the next command waits for the line.
 
         **Priority lane**: a job of a resync (``job.reason == "resync"``) is *bulk*, any other
@@ -408,10 +428,17 @@ class SmdiLink:
         lamp: _Lamp = entry.item
         try:
             require_term(self.gate(), lamp.job, f"lamp command for {lamp.station}")
+            if not self.shared.may_transmit():
+                raise LampHeld(f"lamp command for {lamp.station} held: the peer is unreachable "
+                               "and only the primary transmits on the shared line")
             port = self._port
             if port is None:
                 raise LinkDown(f"SMDI link {self.serial.device} is down")
             await port.write(lamp.data)
+        except LampHeld as e:
+            _finish(entry.items, e)
+            await self._hold(lamp)
+            return
         except TransmitRefused as e:
             self.counters["mwi_refused"] += 1
             _finish(entry.items, e)
@@ -427,6 +454,43 @@ class SmdiLink:
         self.counters["mwi_sent"] += 1
         self.counters["mwi_superseded"] += len(entry.items) - 1
         _finish(entry.items, None)
+
+    async def _hold(self, lamp: "_Lamp") -> None:
+        first = self.shared.hold(lamp.job.mailbox, lamp, trio.current_time())
+        self._count_held()
+        if first:
+            await self._report("warning", "smdi_lamps_held",
+                               f"peer unreachable: this secondary holds its lamp commands on the "
+                               f"shared line {self.serial.device} (only the primary transmits "
+                               "until the pair is joined again)")
+
+    def _count_held(self) -> None:
+        c, s = self.counters, self.shared.counters
+        c["lamps_held"], c["lamps_held_overflow"] = s["held"], s["overflow"]
+        c["lamps_held_discarded"], c["lamps_held_waiting"] = s["discarded"], len(self.shared)
+
+    # ------------------------------------------------------------------ the peer (shared line)
+
+    async def peer_link(self, reachable: bool) -> None:
+        """The node manager's view of the peer (the control op ``link``).  On the way back
+        from unreachable the held lamps are dropped and the resync the rule calls for is
+        asked for (:meth:`SharedLine.peer`)."""
+        heal = self.shared.peer(reachable, active=self.gate() is not None,
+                                now=trio.current_time())
+        log.info("peer %s", "reachable" if reachable else "unreachable")
+        self._count_held()
+        if heal is None:
+            return
+        if heal.held_for is not None:
+            await self._report("info", "smdi_lamps_released",
+                               f"peer reachable again: {heal.dropped} held lamp command(s) "
+                               f"dropped after {heal.held_for:.1f}s on hold"
+                               + ("; resyncing the lamps" if heal.resync else ""))
+        if heal.resync and self.on_heal is not None:
+            try:
+                self.on_heal(heal.full)
+            except Exception as e:  # noqa: BLE001 - the line is usable all the same
+                self.task_failures.failed("smdi-link", e)
 
 
 class _Lamp:

@@ -114,6 +114,10 @@ KEYS: dict[str, Key] = {
     "mwi_prefix": Key(digits, ""),
     "mwi_gap": Key(Num(0, 10), 0.0),
     "failure_window": Key(Num(0.1, 3600), 10.0),
+    # the line goes through a data splitter the peer also drives: in a partition only the
+    # primary transmits (docs/smdi.md, "A shared line in a partition"); false for a line
+    # only this node drives
+    "shared_line": Key(boolean, True),
 }
 
 
@@ -225,6 +229,7 @@ class SmdiSection:
     mwi_prefix: str
     mwi_gap: float
     failure_window: float
+    shared_line: bool = _d("shared_line")
 
     def serial_settings(self) -> SerialSettings:
         """How the driver opens the port (ValueError on a bad combination)."""

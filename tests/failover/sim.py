@@ -22,6 +22,7 @@ class FakeService:
     calls: int = 0
     generation: int = 0
     lease_expiry: float = 0.0
+    health: int = 100  # what its drivers score (failover.core.health)
 
     def answering(self, now: float) -> bool:
         return self.alive and self.active_term is not None and now < self.lease_expiry
@@ -137,7 +138,8 @@ class Sim:
         elif kind == "health":
             if payload == n.service.generation and n.service.alive:
                 st = "active" if n.service.active_term is not None else "inactive"
-                self._feed(node, ev.ServiceHealthReport(st, n.service.active_term, n.service.calls))
+                self._feed(node, ev.ServiceHealthReport(st, n.service.active_term, n.service.calls,
+                                                        n.service.health))
                 self.at(self.now + self.HEALTH, node, "health", payload)
         elif kind == "crash_service":
             if n.service.alive:
@@ -255,6 +257,11 @@ class Sim:
 
     def set_calls(self, node: str, calls: int) -> None:
         self.nodes[node].service.calls = calls
+
+    def set_health(self, node: str, health: int) -> None:
+        """What the node's service reports as its drivers' health from its next report on
+        (a restarted service reports 100 again)."""
+        self.nodes[node].service.health = health
 
     def logs(self, node: str, event: str) -> list[ev.Log]:
         return [lg for lg in self.nodes[node].logs if lg.event == event]

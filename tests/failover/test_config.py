@@ -122,6 +122,8 @@ FULL = {
                 "max_restarts": 3, "restart_window": 120.0, "offer_hold": 1.5,
                 "restart_backoff": 1.0, "restart_backoff_max": 60.0, "restart_backoff_alone": 3.0,
                 "command": ["/usr/bin/python3", "-m", "telephony.service"]},
+    "health": {"enabled": False, "failover_below": 40, "grace": 10, "min_active": 60, "margin": 30,
+               "store_probe": 5},
     "ports": {"loopback": {"enabled": True, "listen": "127.0.0.1:3672", "count": 8},
               "analog": {"enabled": False, "backend": "dahdi", "socket": "board.sock",
                          "channels": "1-4", "count": 4, "law": "alaw", "tone_profile": "etsi",
@@ -141,7 +143,8 @@ FULL = {
                        "parity": "none", "stopbits": "2", "terminals": [5, 6, 7, 8], "desk": 1,
                        "record_wait": 20, "ring_wait": 1.5, "strip": 1, "keep_last": 4,
                        "mwi_on": "OP:MWI ", "mwi_off": "RMV:MWI ", "mwi_suffix": "!\\x04",
-                       "mwi_pad": 7, "mwi_prefix": "555", "mwi_gap": 0.01, "failure_window": 5},
+                       "mwi_pad": 7, "mwi_prefix": "555", "mwi_gap": 0.01, "failure_window": 5,
+                       "shared_line": False},
               "sip": {"enabled": False, "bind": "127.0.0.2", "sip_port": 5080, "rtp_port": 30000,
                       "count": 10, "per_worker": 3, "mode": "register", "registrar": "sip:cm.example:5060",
                       "user": "vmport", "password_file": "/etc/vmha/sip.pw", "select": "first",
@@ -159,7 +162,8 @@ FULL = {
               "imap_passwords": "/etc/vmha/imap.pw", "timeout": 3},
     "notify": {"smtp": "mail.example:25", "sender": "vm@example.com", "attach_audio": True},
     "messaging": {"default_mailbox": "operator", "max_message": 300, "silence": 2.5, "min_message": 1,
-                  "mwi_resync_at": "02:30", "mwi_coalesce": 2.5, "realtime_audio": False, "operator": "0"},
+                  "mwi_resync_at": "02:30", "mwi_coalesce": 2.5, "realtime_audio": False, "operator": "0",
+                  "pin_max_failures": 3, "pin_lockout": 30, "pin_lockout_max": 900},
 }
 
 
@@ -184,6 +188,10 @@ def test_full_config(tmp_path):
     assert (c.failback.window_start, c.failback.window_end) == (dt.time(22), dt.time(2, 30))
     assert c.failback.window_seconds == (22 * 3600.0, 2.5 * 3600.0)
     assert c.service.command == ("/usr/bin/python3", "-m", "telephony.service")
+    h = c.health
+    assert (h.enabled, h.failover_below, h.grace, h.min_active, h.margin, h.store_probe) == \
+        (False, 40, 10.0, 60.0, 30, 5.0)
+    assert c.supervisor_config().health == h
     assert c.ports.loopback.count == 8 and c.admin.socket == Path("/run/vmha/admin.sock")
     assert (c.log.level, c.log.console) == ("debug", False)
     r = c.replication
@@ -199,7 +207,10 @@ def test_full_config(tmp_path):
     assert (ser.device, ser.baudrate, ser.bytesize, ser.parity, ser.stopbits) == \
         ("/dev/ttyS1", 4800, 8, "none", 2)
     assert ser.bits_per_char == 11
+    assert sm.shared_line is False
     assert c.messaging.operator == "0"
+    assert (c.messaging.pin_max_failures, c.messaging.pin_lockout, c.messaging.pin_lockout_max) == \
+        (3, 30.0, 900.0)
     assert (prof.terminals, prof.desk, prof.record_wait, prof.ring_wait) == ((5, 6, 7, 8), 1, 20.0, 1.5)
     assert prof.port_of(6) == "loopback-2" and prof.port_of(1) is None
     assert prof.inbound("15551002") == "1002" and prof.station("1002") == "5551002"
@@ -250,6 +261,7 @@ def test_smdi_link_settings_are_checked_together(tmp_path):
     on = {"enabled": True, "device": "ttyS0", "terminals": [1, 2]}
     c = load_config(write(tmp_path, set_key(minimal(), "ports.smdi", dict(on))))
     assert c.ports.smdi.device == str(tmp_path / "ttyS0")  # relative to the file
+    assert c.ports.smdi.shared_line is True  # a line through a data splitter, by default
     url = load_config(write(tmp_path, set_key(minimal(), "ports.smdi", {**on, "device": "rfc2217://127.0.0.1:7001"})))
     assert url.ports.smdi.device == "rfc2217://127.0.0.1:7001"
     for bad, key in [({"enabled": True, "terminals": [1]}, "ports.smdi.device"),
@@ -260,7 +272,8 @@ def test_smdi_link_settings_are_checked_together(tmp_path):
                      ({**on, "parity": "sometimes"}, "ports.smdi.parity"),
                      ({**on, "mwi_suffix": "é"}, "ports.smdi.mwi_suffix"),
                      ({**on, "mwi_prefix": "55a"}, "ports.smdi.mwi_prefix"),
-                     ({**on, "stopbits": 1}, "ports.smdi.stopbits")]:
+                     ({**on, "stopbits": 1}, "ports.smdi.stopbits"),
+                     ({**on, "shared_line": "yes"}, "ports.smdi.shared_line")]:
         err = error_for(tmp_path, set_key(minimal(), "ports.smdi", bad))
         assert key in str(err), (bad, str(err))
     err = error_for(tmp_path, set_key(set_key(minimal(), "ports.loopback.enabled", False),

@@ -80,3 +80,42 @@ async def test_a_lamp_never_holds_the_call_and_none_means_no_lamp(tmp_path):
         assert m.stats()["lamp_jobs_sent"] == 4  # 2 offs at the takeover, 2 ons
         nursery.cancel_scope.cancel()
     db.close()
+
+
+async def test_a_full_resync_sets_every_lamp_again_an_ordinary_one_only_the_differences(tmp_path):
+    """``request_resync(full=True)`` (the primary after a partition of a shared SMDI line,
+    docs/smdi.md): the ledger's confirmations are not trusted, every lamp is sent."""
+    db = ConfigDB(tmp_path / "config.db", role=Role.PRIMARY)
+    db.write(2, [sub("1001", "smdi"), sub("1002", "smdi"), sub("1003", "none")])
+    (tmp_path / "store").mkdir()
+    store = MaildirStore(tmp_path / "store")
+    sink = HoldingSink(hold=set())
+    m = Messaging(node="a", db=db, store=store, spool_dir=tmp_path / "spool",
+                  streams=tmp_path / "streams", sink=sink, mwi_coalesce=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(m.run)
+        m.activated(2)
+        await until(lambda: m.last_resync is not None, "the takeover resync")
+        await store.deliver(make_message(1, mailbox="mb1001", extension="1001"))
+        await m.lamp("mb1001", "1001")
+        await until(lambda: len(sink.done) == 3, "1001's lamp on")
+        m.request_resync()  # everything confirmed and equal to the store: nothing to send
+        await until(lambda: m.stats()["resyncs"] == 2, "the ordinary resync")
+        assert len(sink.done) == 3 and m.last_resync["full"] is False
+        sink.done.clear()
+        m.request_resync(full=True)
+        await until(lambda: m.stats()["resyncs"] == 3, "the full resync")
+        assert sorted((j.extension, j.on, j.reason) for j in sink.done) == [
+            ("1001", True, "resync"), ("1002", False, "resync")]
+        assert (m.last_resync["full"], m.last_resync["why"], m.last_resync["sent"]) == \
+            (True, "partition healed", 2)
+        rows = {r["mailbox"]: r["state"] for r in db.list("mwi_ledger")}
+        assert all(s["confirmed"] for s in rows.values()) and set(rows) == {"mb1001", "mb1002"}
+        m.request_resync()  # and the ledger is settled again
+        await until(lambda: m.stats()["resyncs"] == 4, "the next resync")
+        assert len(sink.done) == 2
+        m.deactivated()
+        m.request_resync(full=True)  # not active: nothing is asked for
+        await trio.sleep(0.1)
+        assert m.stats()["resyncs"] == 4
+        nursery.cancel_scope.cancel()

@@ -34,7 +34,7 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 def make(dialer: bool, *, psk=PSK, node=None, role=None, nonce=None, expected_peer=None, **kw):
     return LinkConnection(
-        psk=psk,
+        keys=psk if isinstance(psk, tuple) else (psk,),
         node=node if node is not None else ("alpha" if dialer else "beta"),
         role=role if role is not None else (Role.PRIMARY if dialer else Role.SECONDARY),
         dialer=dialer, nonce=nonce or (N_D if dialer else N_A),
@@ -127,13 +127,14 @@ def test_not_established_before_handshake():
 
 NODE32 = "primary-node-0123456789abcdefghi"
 GOLDEN_STATUS = (
-    "564d01027600"                                    # magic, version 1, type 2, length 118
+    "564d01027700"                                    # magic, version 1, type 2, length 119
     "0100000000000000"                                # seq 1
     "20" + NODE32.encode().hex() +                    # node
     "00" "03" "2a00000000000000" "02" "00" "0b"       # role, state, term 42, service, mode, flags
     "0300" "1800" "15cd5b0700000000"                  # calls 3, ports 24, repl_pos 123456789
     "e8030000" "005c260500000000"                     # ping 1000 ms, uptime 86400000 ms
     "0807060504030201"                                # settings digest
+    "64"                                              # health 100
 )
 
 
@@ -146,13 +147,18 @@ def test_golden_status_frame():
     assert frame[:-32].hex() == GOLDEN_STATUS
     key = spec_key(PSK, N_D, N_A, NODE32, "beta")
     assert frame[-32:] == hmac.new(key, b"d2a" + frame[:-32], hashlib.sha256).digest()
-    assert len(frame) == 124 <= 200  # the guide's packet was 785 bytes
+    assert len(frame) == 125 <= 200  # the guide's packet was 785 bytes
     assert d.send(status(node=NODE32))[6:14] == (2).to_bytes(8, "little")
+
+
+def spec_key_id(psk):
+    return hmac.new(psk, b"vmha-key-id-1", hashlib.sha256).digest()[:8]
 
 
 def test_golden_hello_frame():
     frame = make(True).hello()
-    signed = b"VM\x01\x01" + struct.pack("<H", 1 + 5 + 1 + 16 + 32) + b"\x05alpha\x00" + N_D
+    signed = (b"VM\x01\x01" + struct.pack("<H", 1 + 5 + 1 + 16 + 8 + 32) + b"\x05alpha\x00" + N_D
+              + spec_key_id(PSK))
     assert frame[:-32] == signed
     assert frame[-32:] == hmac.new(PSK, b"vmha-hello-1" + signed, hashlib.sha256).digest()
 
@@ -316,15 +322,17 @@ def test_authentic_but_unusable_frames_are_dropped_and_consume_seq(ftype, body, 
     assert a.next_event() == status()
 
 
-def test_status_bodies_of_the_version_before_and_of_later_versions_are_read():
-    """Without ``settings`` (the previous version): settings 0.  With bytes after it (fields a
-    later version appends): they are ignored."""
+def test_status_bodies_of_the_versions_before_and_of_later_versions_are_read():
+    """Without ``settings`` (two versions before): settings 0, health 100.  Without ``health``
+    (the previous version): health 100.  With bytes after it (fields a later version
+    appends): they are ignored."""
     d, a = pair()
-    good = d.send(status(settings=77))[14:-32]
-    for seq, (body, digest) in enumerate([(good[:-8], 0), (good + b"new-field", 77),
-                                          (good, 77)], start=1):
+    good = d.send(status(settings=77, health=30))[14:-32]
+    for seq, (body, digest, health) in enumerate(
+            [(good[:-9], 0, 100), (good[:-1], 77, 100), (good + b"new-field", 77, 30),
+             (good, 77, 30)], start=1):
         a.receive_data(seal(KEY, FrameType.STATUS, seq, body))
-        assert a.next_event() == status(settings=digest)
+        assert a.next_event() == status(settings=digest, health=health)
 
 
 def test_status_body_checks():
@@ -333,8 +341,9 @@ def test_status_body_checks():
     variants = {
         "parse": [good[:6] + b"\x09" + good[7:],                 # unknown state
                   good[:16] + bytes([good[16] | 0x10]) + good[17:],  # reserved flag bit
-                  good[:-1],                                     # settings cut short
-                  good[:-8] + b"\x00"],                          # 1 byte where 8 go
+                  good[:-2],                                     # settings cut short
+                  good[:-9] + b"\x00",                           # 1 byte where 8 go
+                  good[:-1] + b"\x65"],                          # health 101
         "node": [b"\x04beta" + good[6:]],                        # not the authenticated peer
     }
     seq = 1
@@ -359,7 +368,7 @@ def test_frame_too_short_for_seq_and_mac_is_dropped():
 def test_wrong_psk_hello_is_fatal_both_ways():
     a = make(False)
     a.receive_data(make(True, psk=b"other key").hello())
-    with pytest.raises(RemoteLinkError, match="MAC"):
+    with pytest.raises(RemoteLinkError, match="do not accept"):
         a.next_event()
     with pytest.raises(RemoteLinkError):  # sticky
         a.next_event()
@@ -523,7 +532,7 @@ def test_constructor_validation(kw):
     status(node="other"),
     status(term=-1), status(term=2**64), status(calls=70000), status(ports=-1),
     status(ping_interval_ms=2**32), status(uptime_ms=1.5), status(eligible=1),
-    status(settings=2**64), status(settings=-1),
+    status(settings=2**64), status(settings=-1), status(health=101), status(health=-1),
     status(state=17), status(role="primary"),
     Command(CommandKind.STEP_DOWN, 1, "é" * 61),  # 122 bytes of utf-8
     Command(CommandKind.STEP_DOWN, 2**64, "x"), Command(5, 1, "x"), Command(1, 1, b"x"),
@@ -587,7 +596,7 @@ def fuzz_status(node="alpha"):
         term=u(64), service=st.sampled_from(ServiceHealth), mode=st.sampled_from(Mode),
         eligible=st.booleans(), licensed=st.booleans(), hold=st.booleans(),
         shutting_down=st.booleans(), calls=u(16), ports=u(16), repl_pos=u(64),
-        ping_interval_ms=u(32), uptime_ms=u(64), settings=u(64))
+        ping_interval_ms=u(32), uptime_ms=u(64), settings=u(64), health=st.integers(0, 100))
 
 
 def fuzz_command():

@@ -8,6 +8,7 @@ hook, the SMDI link's ``line_arrival``), the call at an inactive node with that 
 and the sweep of media files a killed service left."""
 from __future__ import annotations
 
+import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import trio.testing
 
 from telephony.core.events import CallArrival
 from telephony.runtime.ports import CallDesk, PortRegistry, PortState
-from telephony.sip.driver import KIND, SipPorts, WorkerChannel, sweep_media
+from telephony.sip.driver import KIND, SipPorts, WorkerChannel, media_dir_for, sweep_media
 from telephony.sip.settings import SipProfile
 from telephony.smdi.core.codec import SmdiReader, encode_call_record
 from telephony.smdi.driver import SmdiLink
@@ -255,3 +256,24 @@ def test_media_files_left_by_a_killed_service_are_swept(tmp_path):
     assert sweep_media(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["x-rec-1.wav.d"])
     assert sweep_media(tmp_path) == 0
+
+
+def test_media_files_go_to_a_private_directory_on_the_ram_file_system(tmp_path):
+    """Greetings and recordings are written where a full data_dir disk cannot cut them short;
+    a name taken by something that is not our private directory is never used."""
+    ram = tmp_path / "shm"
+    ram.mkdir()
+    data = tmp_path / "data"
+    d = media_dir_for(data, "a", ram=ram)
+    assert d.parent == ram and d.name.startswith("vmha-a-") and d.is_dir()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert media_dir_for(data, "a", ram=ram) == d  # the same node finds it again
+    assert media_dir_for(tmp_path / "other", "a", ram=ram) != d  # another node's data_dir
+    # a directory others may enter, or a symlink planted under the name: the fallback
+    d.chmod(0o755)
+    assert media_dir_for(data, "a", ram=ram) == data / "sip-media"
+    d.rmdir()
+    d.symlink_to(tmp_path)
+    assert media_dir_for(data, "a", ram=ram) == data / "sip-media"
+    # no RAM file system at all
+    assert media_dir_for(data, "a", ram=tmp_path / "none") == data / "sip-media"

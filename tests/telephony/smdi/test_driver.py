@@ -407,3 +407,78 @@ async def test_a_caller_cancelled_while_queued_sends_nothing(line):
     await link.send_mwi(resync_job("1004"))  # in the same lane: all before it have gone
     got = [c.number for c in await pbx.wait_commands(4)]
     assert got == ["1000", "1001", "1003", "1004"]
+
+
+# ---------------------------------------------------------------------- a shared line, split pair
+
+
+async def test_the_secondary_holds_its_lamps_while_the_peer_is_unreachable(ptys):
+    """docs/smdi.md, "A shared line in a partition": not a byte while the peer is away; the
+    held lamps are counted and reported once, dropped at the heal, and a secondary still
+    active then asks for an ordinary resync."""
+    from telephony.core.terms import Role
+    from telephony.smdi.driver import LampHeld
+
+    _, dev, far = ptys
+    link, _, reports = make_link(dev)
+    link.shared.role = Role.SECONDARY
+    heals: list[bool] = []
+    link.on_heal = heals.append
+    link.gate = lambda: 3
+    async with trio.open_nursery() as n:
+        await n.start(link.run, LinkService())
+        await until(lambda: link.is_open, "open")
+        await link.peer_link(False)
+        for ext, on in (("1002", True), ("1003", True), ("1002", False)):
+            with pytest.raises(LampHeld):
+                await link.send_mwi(job(ext, on, term=3))
+        await trio.sleep(0.2)
+        assert far.drain() == b""  # not one byte on the shared line
+        c = link.counters
+        assert (c["lamps_held"], c["lamps_held_waiting"], c["mwi_sent"], c["mwi_refused"]) == \
+            (3, 2, 0, 0), c
+        assert [lamp.job.on for lamp in link.shared.held().values()] == [True, False]
+        assert [e for _, e, _ in reports].count("smdi_lamps_held") == 1
+        await link.peer_link(True)  # still active: an ordinary resync, not a full one
+        assert heals == [False]
+        assert (link.counters["lamps_held_waiting"], link.counters["lamps_held_discarded"]) == (0, 2)
+        assert any(e == "smdi_lamps_released" and "2 held" in m for _, e, m in reports)
+        await link.send_mwi(job("1002", True, term=3))
+        want = b"OP:MWI 1002!\x04"
+        assert await far.read_until(len(want)) == want
+        n.cancel_scope.cancel()
+
+
+async def test_the_primary_transmits_in_a_partition_and_resyncs_every_lamp_after_it(ptys):
+    from telephony.core.terms import Role
+
+    _, dev, far = ptys
+    link, _, _ = make_link(dev)
+    link.shared.role = Role.PRIMARY
+    heals: list[bool] = []
+    link.on_heal = heals.append
+    link.gate = lambda: 4
+    async with trio.open_nursery() as n:
+        await n.start(link.run, LinkService())
+        await until(lambda: link.is_open, "open")
+        await link.peer_link(True)
+        await link.peer_link(False)
+        await link.send_mwi(job("1002", True, term=4))
+        want = b"OP:MWI 1002!\x04"
+        assert await far.read_until(len(want)) == want
+        assert heals == []
+        await link.peer_link(True)
+        assert heals == [True]  # full
+        assert link.counters["lamps_held"] == 0
+        n.cancel_scope.cancel()
+
+
+def test_the_link_takes_its_role_and_shared_line_from_the_service():
+    from telephony.core.terms import Role
+
+    prof = SmdiProfile(terminals=(1,))
+    link = SmdiLink(serial=SerialSettings("/dev/null"), profile=prof, node="b",
+                    role=Role.SECONDARY, shared_line=False)
+    assert not link.shared.applies and link.shared.may_transmit()
+    link = SmdiLink(serial=SerialSettings("/dev/null"), profile=prof, node="b", role=Role.SECONDARY)
+    assert link.shared.applies and not link.shared.may_transmit()
