@@ -63,7 +63,7 @@ class RemoteApply(Database):
                     if key in rows[t.name]:
                         raise Refused("corrupt", seq, f"snapshot holds {t.name} {key!r} twice")
                     rows[t.name][key] = new
-        except apsw.Error as exc:
+        except (apsw.Error, UnicodeDecodeError) as exc:  # a table name that is not UTF-8 too
             raise Refused("corrupt", seq, f"changeset does not parse: {exc}") from None
         return rows
 

@@ -25,6 +25,7 @@ Pure: no trio, socket, time, threading or os.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -123,8 +124,10 @@ class LineFramer:
                     self._scanned = 0
                 if not self._eof:
                     return NEED_DATA
-                if self._skipping:
-                    size, self._skipping = self._skipping, 0
+                if self._skipping:  # what is held is the end of the over-long line
+                    size, self._skipping = self._skipping + len(self._buf), 0
+                    self._buf.clear()
+                    self._scanned = 0
                     return Overlong(size)
                 if self._buf:
                     raw = bytes(self._buf)
@@ -159,21 +162,37 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: no JSON number can stand for it again
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 def decode_json_object(raw: bytes) -> dict | str:
     """One line as a JSON object, or the reason it is not one (a ``str``).  Strict JSON: no
-    ``NaN``/``Infinity``, UTF-8 only, nesting bounded by the parser."""
+    ``NaN``/``Infinity`` (nor a number too large for a float, such as ``1e400``), UTF-8
+    only, nesting bounded by the parser, and no lone surrogate escape (``"\\ud800"``: not a
+    character).  So whatever it returns, :func:`encode_json_line` can write again."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc.reason} at byte {exc.start}"
     try:
-        obj = json.loads(text, parse_constant=_no_constants)
+        obj = json.loads(text, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         return "JSON nested too deeply"
     except ValueError as exc:  # JSONDecodeError, over-long integers, NaN/Infinity
         return f"not JSON: {exc}"
     if not isinstance(obj, dict):
         return f"not a JSON object but {type(obj).__name__}"
+    if "\\u" in text:  # only an escape can make a lone surrogate
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return "not JSON text: a \\u escape of a lone surrogate (no character)"
+        except RecursionError:
+            return "JSON nested too deeply"
     return obj
 
 
@@ -182,9 +201,9 @@ def encode_json_line(obj: dict, max_line: int = MAX_LINE) -> bytes:
     :class:`LocalFramingError` if it cannot be encoded or is longer than ``max_line``."""
     try:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        line = text.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, a ValueError
+    except (TypeError, ValueError, RecursionError) as exc:
         raise LocalFramingError(f"cannot encode the message: {exc}") from None
-    line = text.encode("utf-8")
     if len(line) > max_line:
         raise LocalFramingError(f"a {len(line)}-byte line is over the {max_line}-byte limit")
     return line + b"\n"

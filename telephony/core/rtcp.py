@@ -205,7 +205,14 @@ class UnknownRtcp:
     body: bytes = field(repr=False)
 
     def encode(self) -> bytes:
-        return _header(self.packet_type, self.count, len(self.body)) + self.body
+        pad = -len(self.body) % 4
+        if not pad:
+            return _header(self.packet_type, self.count, len(self.body)) + self.body
+        # a body that is not whole 32-bit words (read from a packet whose padding was cut
+        # off): padded again with the P bit (RFC 3550 6.4.1), so it must end a compound
+        body = self.body + bytes(pad - 1) + bytes([pad])
+        return struct.pack("!BBH", (VERSION << 6) | 0x20 | self.count, self.packet_type,
+                           len(body) // 4) + body
 
 
 RtcpPacket = SenderReport | ReceiverReport | Sdes | Bye | UnknownRtcp
