@@ -428,7 +428,10 @@ async def run_node(cfg: NodeConfig) -> int:
                     async def hangups() -> None:  # SIGHUP: read the key file again now
                         with trio.open_signal_receiver(signal.SIGHUP) as sigs:
                             async for _ in sigs:
-                                nm.reload_keys("SIGHUP")
+                                try:
+                                    nm.reload_keys("SIGHUP")
+                                except Exception as e:  # noqa: BLE001 - a bug here must not end the node
+                                    nm.failures.failed("keys.sighup", e)
 
                     nursery.start_soon(signals)
                     nursery.start_soon(hangups)

@@ -25,6 +25,7 @@ the messaging service, and the calls and lamps driven over them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -269,6 +270,14 @@ class SipPorts:
                                   f"{e.strerror or e}") from e
             finally:
                 probe.unlink(missing_ok=True)
+        try:
+            await self._run_workers(service, task_status)
+        finally:  # an empty media directory on /dev/shm is not left behind (RAM)
+            if self.media_dir.parent == RAM_DIR:
+                with contextlib.suppress(OSError):
+                    self.media_dir.rmdir()
+
+    async def _run_workers(self, service: CallService, task_status: trio.TaskStatus) -> None:
         async with trio.open_nursery() as nursery:
             # Started at once: the service starts its health loop after its drivers, and must
             # report health while the workers start (the ports are down until their worker is
