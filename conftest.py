@@ -63,3 +63,21 @@ def pytest_make_collect_report(collector):
     if _in_ci() and _not_hardware(report):
         _fail_the_skip(report)
     return report
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ram_media_dirs_left_by_test_nodes():
+    """The SIP ports keep their prompt and recording files in ``/dev/shm/vmha-<node>-<hash>``
+    (telephony.sip.driver.media_dir_for), one directory per node's data_dir, removed when the
+    driver stops cleanly.  Test pairs are often stopped harder than that; the empty
+    directories they leave are removed at the end of the run (only those made during it)."""
+    from pathlib import Path
+
+    shm = Path("/dev/shm")
+    before = set(shm.glob("vmha-*")) if shm.is_dir() else set()
+    yield
+    for d in (set(shm.glob("vmha-*")) if shm.is_dir() else set()) - before:
+        try:
+            d.rmdir()  # only an empty one: a node still running elsewhere keeps its files
+        except OSError:
+            pass

@@ -43,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lab.faultcheck import DEFINITIONS_VERSION, INVARIANTS  # noqa: E402
 from lab.faultload import Workload, subscriber_ops  # noqa: E402
 from lab.faultnet import ADDR, Cluster  # noqa: E402
 from lab.nemesis import KINDS, NETWORK_KINDS, Nemesis, NemesisError  # noqa: E402
@@ -50,7 +51,6 @@ from lab.nemesis import KINDS, NETWORK_KINDS, Nemesis, NemesisError  # noqa: E40
 MAILBOXES = ["1001", "1002", "1003"]
 #: faults of the network between the nodes: the history's ``node`` is None
 LINK_WIDE = ("partition_link", "link_loss", "link_delay", "link_duplicate", "link_reorder")
-INVARIANTS = ("lost", "duplicated", "lamp_mismatches", "same_term_actives", "outside_term")
 
 
 def utc_now() -> str:
@@ -98,7 +98,8 @@ class Campaign:
         self.out = Path(args.out or ROOT / "bench" / "results" / name)
         self.workdir = Path(args.workdir or f"/var/tmp/vmha-faults/{stamp}-{args.seed}")
         self.result: dict = {
-            "definitions": "docs/reliability.md", "cycles": args.cycles, "cycles_done": 0, "seed": args.seed,
+            "definitions": "docs/reliability.md", "definitions_version": DEFINITIONS_VERSION,
+            "cycles": args.cycles, "cycles_done": 0, "seed": args.seed,
             "hold_max": args.hold_max, "quiet": args.quiet, "streams": args.streams,
             "started": utc_now(), "ended": None, "complete": False, "error": None,
             "calls": 0, **{k: None for k in INVARIANTS}, "unavailable_s": {}, "faults": {},

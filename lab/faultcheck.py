@@ -18,12 +18,15 @@ maps it to the store's mailbox (default: the same name), and its lamp is the num
 
 **Definitions** (the numbers of the result):
 
-* ``acknowledged`` - calls whose message the service acknowledged: the caller saw the voice
-  mail's goodbye BYE (result ``acked``: the call flow hangs up only after delivering the
-  message), or a node's log says the message of this call was stored or spooled (an
+* ``acknowledged`` - calls whose message the service acknowledged: a node's log says the
+  message of this call was stored or spooled (an
   ``events.jsonl`` record of an event in :data:`ACK_EVENTS` naming its message id, or a line
   ``message <id> for <mailbox>: stored|spooled|duplicate`` of the node's console log
   ``node_logs``), the message id being ``<Call-ID made safe>.<node>.<term>@vmha``.
+  (Definitions version 1 also took a caller's ``acked`` as an acknowledgement: the voice
+  mail hung up at least ``lead_s + tone_s`` after the answer.  A service killed a moment
+  after that point ends the call the same way, with nothing stored: version 1 counted such
+  calls as lost.  Version 2 lists them as ``acked_unsaved`` in ``details``.)
 * ``lost`` - acknowledged calls with no stored message of their caller that carries their
   tone (the dominant frequency of the stored audio within ``tone_tolerance_hz`` of the call's
   ``tone_hz``; see :func:`dominant_hz`).
@@ -82,6 +85,9 @@ __all__ = ["check", "CheckError", "dominant_hz", "stored_messages", "db_checksum
 
 #: event-log events that acknowledge a message (their message or fields name the message id)
 ACK_EVENTS = ("message_saved", "message_stored", "message_spooled", "spool_delivered")
+#: 1: a call was acknowledged by the caller's BYE timing (``acked``) or by a node's log;
+#: 2: by a node's log only (the service said the message is stored), the issue's definition
+DEFINITIONS_VERSION = 2
 #: the numbers that must be 0 (or True) after a clean run
 INVARIANTS = ("lost", "duplicated", "lamp_mismatches", "same_term_actives", "outside_term")
 _CONSOLE_ACK = re.compile(r"message (\S+) for (\S+): (stored|spooled|duplicate)\b")
@@ -255,8 +261,12 @@ def check(history: History, *, store_dir: str | Path, node_dbs: Mapping[str, str
           node_logs: Mapping[str, str | Path] | None = None,
           mailbox_of: Mapping[str, str] | None = None, lamp_prefix: str = "",
           lamp_errors: Iterable[str] = (), tone_tolerance_hz: float = 4.0,
-          slack_s: float = 1.0, until: float | None = None) -> dict:
-    """Judge the run (module docstring: the definitions).  Returns the result dict."""
+          slack_s: float = 1.0, until: float | None = None,
+          definitions_version: int = DEFINITIONS_VERSION) -> dict:
+    """Judge the run (module docstring: the definitions, of ``definitions_version``).
+    Returns the result dict."""
+    if definitions_version not in (1, 2):
+        raise CheckError(f"definitions_version {definitions_version!r}: 1 or 2")
     try:
         calls = history.calls()
         faults = sorted(history.faults(), key=lambda f: f["start"])
@@ -301,8 +311,11 @@ def check(history: History, *, store_dir: str | Path, node_dbs: Mapping[str, str
     acknowledged = set()
     for c in calls:
         prefix = safe_call_id(c.get("sip_call_id") or "") + "."
-        if c["result"] == "acked" or (len(prefix) > 1 and any(i.startswith(prefix) for i in acks)):
+        saved = len(prefix) > 1 and any(i.startswith(prefix) for i in acks)
+        if saved or (definitions_version == 1 and c["result"] == "acked"):
             acknowledged.add(c["id"])
+        elif c["result"] == "acked":  # a BYE after the tone, no message: a drop, not a goodbye
+            details["acked_unsaved"].append(c["id"])
     lost = [c["id"] for c in calls if c["id"] in acknowledged
             and not any(m["tone_ok"] for m in per_call.get(c["id"], []))]
     duplicated = [cid for cid, ms in per_call.items() if len(ms) > 1]

@@ -8,6 +8,7 @@ Hang guards only (``GUARD``); no timing is judged here.
 from __future__ import annotations
 
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from failover.config import load_config
 from lab.pair import Pair, free_udp_block
 from lab.sip import free_udp_port, sipp, write_tone_ulaw
 from telephony.core import media
+from telephony.sip.driver import RAM_DIR, media_dir_for
 from telephony.store import parse_mime
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin
@@ -170,6 +172,12 @@ async def test_each_redirection_leaves_a_message_with_its_reason_and_the_callers
             for ext in exts:
                 assert f"From=sip:{ext}@vm.example" in log and f"Message-Account: sip:{ext}@" in log, log
             assert log.count("waiting=yes") == 8 and log.count("new=1 old=0") == 8, log
+        # the prompts and recordings went through a private directory on the RAM file system
+        # (the service made it: its name is found, not created, here)
+        made = [d for d in RAM_DIR.glob("vmha-a-*")
+                if d == media_dir_for(load_config(pair.a.config).node.data_dir, "a")]
+        assert len(made) == 1 and stat.S_IMODE(made[0].stat().st_mode) == 0o700
+        assert not any(made[0].iterdir())  # each prompt and recording removed when done
 
 
 async def test_a_call_at_the_inactive_node_fails_over_and_is_answered_there(pair_dir):

@@ -76,7 +76,7 @@ class Run:
                                **more)
 
     def message(self, i: int, *, node: str, term: int, hz: float | None = -1.0, mid: str | None = None,
-                mailbox: str | None = None) -> None:
+                mailbox: str | None = None, saved: bool = True) -> None:
         call_id = f"fl1-{i}-1@faultload"
         msg = VoiceMessage(message_id=mid or message_id_for(call_id, node, term),
                            mailbox=mailbox or f"100{min(i, 3)}", extension=f"100{min(i, 3)}",
@@ -85,6 +85,15 @@ class Run:
                            recorded_at="2027-01-15T08:00:00Z",
                            audio=tone_wav(500.0 + 10 * i if hz == -1.0 else hz))
         assert trio.run(MaildirStore(self.store).deliver, msg)
+        if saved:
+            self.saved(msg.message_id, msg.mailbox, node, T0 + 10 * i + 4)
+
+    def saved(self, mid: str, mailbox: str, node: str = "a", at: float | None = None) -> None:
+        """The service's acknowledgement in the node's event log, as the product writes it
+        (``at``: the record's time; default the last record's)."""
+        if at is None:
+            at = max(json.loads(line)["ts"] for line in self.events[node].read_text().splitlines())
+        self.ev(node, at, "message_saved", f"message {mid} for {mailbox}: stored")
 
     def check(self, **more) -> dict:
         args = {"store_dir": self.store, "node_dbs": self.dbs, "node_events": self.events,
@@ -114,9 +123,21 @@ def test_a_clean_run_has_every_invariant_at_zero(run):
 
 
 def test_an_acknowledged_call_without_its_message_is_lost(run):
-    run.call(4, at=T0 + 50, by="a")  # the caller saw the goodbye; nothing stored
+    run.call(4, at=T0 + 50, by="a")
+    run.saved(message_id_for("fl1-4-1@faultload", "a", 2), "1003")  # said stored; not in the store
     r = run.check()
     assert numbers(r) == {**ZERO, "lost": 1} and r["details"]["lost"] == [4]
+
+
+def test_a_bye_after_the_tone_without_a_saved_message_is_no_acknowledgement(run):
+    """A service killed just after the tone ends the call as its goodbye would: definitions
+    version 2 goes by what the service said (nothing), version 1 went by the BYE's time."""
+    run.call(4, at=T0 + 50, by="a")  # result acked; nothing saved, nothing stored
+    r = run.check()
+    assert numbers(r) == ZERO and r["details"]["acked_unsaved"] == [4]
+    assert run.check(definitions_version=1)["lost"] == 1
+    with pytest.raises(CheckError):
+        run.check(definitions_version=3)
 
 
 def test_a_call_acknowledged_only_in_the_nodes_log_counts_too(run, tmp_path):
@@ -136,7 +157,7 @@ def test_a_message_with_another_calls_tone_is_a_wrong_tone_and_the_call_lost(run
     r = run.check()
     assert numbers(r) == {**ZERO, "lost": 1, "wrong_tone": 1}, r["details"]
     run.call(5, at=T0 + 60, by="a", result="caller_hangup")
-    run.message(5, node="a", term=2, hz=None)  # silence only
+    run.message(5, node="a", term=2, hz=None, saved=False)  # silence only, never acknowledged
     r = run.check()
     assert r["wrong_tone"] == 2 and r["lost"] == 1  # call 5 was not acknowledged
 
