@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from failover.config import load_config
+from lab.nemesis import worker_pids
 from lab.pair import Pair, free_udp_block
 from lab.sip import free_udp_port, sipp, write_tone_ulaw
 from telephony.core import media
@@ -232,21 +233,6 @@ async def test_a_refused_notify_is_retried_reported_and_left_unconfirmed(pair_di
 
         await until(unconfirmed, "the ledger keeps the refused lamp unconfirmed")
         assert len(messages(pair, "mb1001")) == 1  # the message itself is stored
-
-
-def worker_pids(service_pid: int) -> list[int]:
-    """The SIP worker processes of a messaging service (its children)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == service_pid and b"telephony.sip.worker" in cmd:
-                out.append(int(d.name))
-    return out
 
 
 async def test_a_worker_killed_in_a_call_is_restarted_and_its_ports_come_back(pair_dir):
