@@ -251,7 +251,7 @@ async def test_a_worker_killed_in_a_call_is_restarted_and_its_ports_come_back(pa
                            "two workers (4 + 2 ports)")
         first = next(p for p in pids if f"{sip_port(pair, 'a')}" in
                      Path(f"/proc/{p}/cmdline").read_bytes().decode().replace("\0", " ").split())
-        media_dir = load_config(pair.a.config).node.data_dir / "sip-media"
+        media_dir = media_dir_for(load_config(pair.a.config).node.data_dir, "a")  # on /dev/shm
 
         def tone_recorded():  # lead 2 s + tone 1.5 s from the call's start; greeting ~1.2 s
             return any(p.stat().st_size > 44 + 2 * 8000 * 2.6 for p in media_dir.glob("*-rec-*.wav"))
