@@ -658,7 +658,11 @@ class PairSut:
     def add_subscriber(self) -> None:
         row = {"extension": self.extension, "name": "Qualification", "mailbox": self.mailbox,
                "mwi_method": "dtmf", "notify": []}
-        r = self.node.admin({"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": row}]},
+        # the lamp-off step opens the mailbox from the subscriber's own line: the per-subscriber
+        # opt-in to skip the PIN from the own phone (the PIN itself is not what is qualified)
+        pin = {"extension": self.extension, "pin": None, "skip_pin_from_own_phone": True}
+        r = self.node.admin({"op": "db_write", "ops": [{"op": "put", "table": "subscribers", "row": row},
+                                                       {"op": "put", "table": "pins", "row": pin}]},
                             timeout=10)
         if not r or not r.get("ok"):
             raise RuntimeError(f"cannot add the subscriber {self.extension}: {r}")

@@ -32,9 +32,9 @@ def _ephemeral_range() -> tuple[int, int]:
 # Ports this process has handed out.  A port is only checked free when it is picked, and
 # nothing holds it until the process it was meant for binds it, so without this two picks for
 # the same pair could return the same number (seen in CI: a node's loopback trunk and its
-# replication listener both given 61235).  Not handing a number out again rules that out; only
-# after 4,000 (about a sixth of the ports) are the oldest half forgotten (those were for tests
-# long finished).
+# replication listener both given 61235).  Not handing a number out again rules that out: the
+# last 4,000 numbers handed out (about a sixth of the ports) are never handed out again; once
+# 8,000 are remembered the older ones are forgotten (those were for tests long finished).
 _given_tcp: dict[tuple[str, int], None] = {}
 _given_udp: dict[int, None] = {}
 _given_lock = threading.Lock()
@@ -43,8 +43,8 @@ _given_lock = threading.Lock()
 def _remember(given: dict, keys) -> None:
     for k in keys:
         given[k] = None
-    if len(given) > 4000:
-        for k in list(given)[:len(given) // 2]:
+    if len(given) > 8000:
+        for k in list(given)[:len(given) - 4000]:
             del given[k]
 
 
