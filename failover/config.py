@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from failover.core.health import HEALTH_KEYS, HealthSettings
 from failover.core.state import FailbackType, Mode, Role, Timing
+from failover.web import settings as web
 from telephony import settings as telephony
 from telephony.core.settings import (
     Addr,
@@ -225,6 +226,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "admin": {
         "socket": Key(path, None),  # <data_dir>/run/admin.sock
     },
+    "http": web.HTTP_KEYS,  # the admin HTTP API and the Failover Monitor page (failover/web)
     **{s: telephony.SECTIONS[s] for s in telephony.SECTIONS if not s.startswith("ports.")},
     "replication": {
         "enabled": Key(boolean, True, shared=True),
@@ -385,6 +387,7 @@ class NodeConfig:
     messaging: MessagingSection
     integration: Integration
     health: HealthSettings = HealthSettings()
+    http: web.HttpSettings = web.HttpSettings()
 
     @property
     def peer_timeout(self) -> float:
@@ -480,6 +483,7 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         service=ServiceSection(**v["service"]),
         health=HealthSettings(**v["health"]),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
+        http=web.build(v["http"], data_dir),
         log=LogSection(**v["log"]),
         replication=_replication(v["replication"], v["link"], data_dir),
         **telephony.build(v, data_dir),
@@ -541,6 +545,7 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
                 out.append(Problem(f"failback.{k}", 'only allowed with failback.type = "scheduled" '
                                    '(with "manual" it would never be used)'))
     out += telephony.problems(_telephony(c))  # the messaging service's rules
+    out += web.problems(c.http)
     r = c.replication
     if r.enabled:
         for key, a, b in (("replication.listen", r.listen, c.link.listen),
@@ -661,6 +666,8 @@ def listen_binds(c: NodeConfig) -> list[Bind]:
     for setting, proto, host, lo, hi in (loopback.binds(c.ports.loopback) + sip.binds(c.ports.sip)
                                          + sccp.binds(c.ports.sccp)):
         out.append(Bind(src, setting, proto, host, lo, hi))
+    if c.http.listen is not None:
+        out.append(Bind(src, "http.listen", "tcp", c.http.listen.host, c.http.listen.port, c.http.listen.port))
     out.append(Bind(src, "admin.socket", "unix", str(c.admin.socket), 0, 0))
     out.append(Bind(src, "node.data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))
     return out

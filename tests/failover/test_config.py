@@ -152,6 +152,10 @@ FULL = {
                       "mwi_account": "sip:{extension}@vm.example", "notify_retries": 2,
                       "notify_backoff": 0.5, "notify_timeout": 8, "transfer_timeout": 25}},
     "admin": {"socket": "/run/vmha/admin.sock"},
+    "http": {"listen": "[fd00::2]:8443", "tls_cert": "/etc/vmha/tls/cert.pem",
+             "tls_key": "/etc/vmha/tls/key.pem", "operators_file": "/etc/vmha/operators.toml",
+             "peer_url": "https://ums-a.cluster.example:8443", "public_url": "https://ums-b.cluster.example:8443",
+             "session_timeout": 3600},
     "log": {"level": "debug", "console": False},
     "database": {"path": "/srv/vmha/db/config.db"},
     "replication": {"enabled": True, "listen": "[fd00::2]:3701", "peer": "ums-a.cluster.example:3701",
@@ -193,6 +197,12 @@ def test_full_config(tmp_path):
         (False, 40, 10.0, 60.0, 30, 5.0)
     assert c.supervisor_config().health == h
     assert c.ports.loopback.count == 8 and c.admin.socket == Path("/run/vmha/admin.sock")
+    w = c.http
+    assert (w.listen, w.tls_cert, w.tls_key, w.operators_file, w.session_timeout) == \
+        (Address("fd00::2", 8443), Path("/etc/vmha/tls/cert.pem"), Path("/etc/vmha/tls/key.pem"),
+         Path("/etc/vmha/operators.toml"), 3600.0)
+    assert (w.url, w.peer, w.scheme) == ("https://ums-b.cluster.example:8443",
+                                         "https://ums-a.cluster.example:8443", "https")
     assert (c.log.level, c.log.console) == ("debug", False)
     r = c.replication
     assert c.database.path == Path("/srv/vmha/db/config.db")
@@ -224,6 +234,36 @@ def test_full_config(tmp_path):
     assert sp.target("1001") == "sip:1001@cm.example:5060" and sp.account("1001") == "sip:1001@vm.example"
     assert (sp.notify_retries, sp.notify_backoff, sp.notify_timeout) == (2, 0.5, 8)
     assert sp.transfer_timeout == 25.0 and isinstance(sp.transfer_timeout, float)
+
+
+def test_http_section_rules(tmp_path):
+    c = load_config(write(tmp_path, minimal()))
+    assert c.http.enabled is False and c.http.url is None
+    assert c.http.operators_file == Path("/var/lib/vmha/operators.toml")
+    c = load_config(write(tmp_path, minimal(http={"listen": "127.0.0.1:8080"})))
+    assert (c.http.enabled, c.http.tls, c.http.url) == (True, False, "http://127.0.0.1:8080")
+    c = load_config(write(tmp_path, minimal(http={"listen": "[::1]:8080"})))
+    assert c.http.url == "http://[::1]:8080"
+    for bad, key, says in [({"listen": "0.0.0.0:8080"}, "http.listen", "plain HTTP is allowed only"),
+                           ({"listen": "10.0.0.1:8443", "tls_cert": "/c.pem"}, "http.tls_key", "required"),
+                           ({"tls_key": "/k.pem"}, "http.tls_cert", "required"),
+                           ({"listen": "127.0.0.1:0"}, "http.listen", "1..65535"),
+                           ({"peer_url": "ftp://x"}, "http.peer_url", "URL"),
+                           ({"session_timeout": 5}, "http.session_timeout", "60")]:
+        err = error_for(tmp_path, minimal(http=bad))
+        assert key in str(err) and says in str(err), (bad, str(err))
+    c = load_config(write(tmp_path, minimal(http={"listen": "0.0.0.0:8443", "tls_cert": "c.pem",
+                                                  "tls_key": "k.pem"})))
+    assert c.http.tls and c.http.url == "https://127.0.0.1:8443"
+    assert c.http.tls_cert == tmp_path / "c.pem"
+
+
+def test_http_listen_collides_like_any_port(tmp_path):
+    doc = minimal(http={"listen": "127.0.0.1:3671"})  # the loopback trunk's port
+    from failover.config import port_collisions
+
+    lines = port_collisions(load_config(write(tmp_path, doc)))
+    assert any("http.listen" in line and "ports.loopback.listen" in line for line in lines), lines
 
 
 def test_sip_port_settings_are_checked_together(tmp_path):
