@@ -3,12 +3,15 @@ one JSON reply line.  ``vmha status/failover/failback/mode`` speak it."""
 from __future__ import annotations
 
 import json
+import pwd
 import socket
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
+from failover.operations import perform
 from failover.unixsock import serve_unix
 from telephony.core.control import NEED_DATA, Closed, ControlConnection, ControlError, FramingError
 from telephony.core.framing import LineFramer, Unfinished, decode_json_object
@@ -26,6 +29,7 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
         # one JSON request line, one reply line; a client may send further requests on the
         # same connection (each answered in order) and closes it when done
         codec = ControlConnection(max_line=MAX_REQUEST)
+        operator = peer_operator(stream.socket)
         try:
             while True:
                 with trio.move_on_after(IDLE_TIMEOUT) as idle:
@@ -36,7 +40,7 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
                 if idle.cancelled_caught or isinstance(msg, Closed):
                     return
                 try:
-                    reply = await answer(nm, msg)
+                    reply = await answer(nm, msg, operator)
                 except Exception as e:  # noqa: BLE001 - a bug in one request: say so, go on
                     nm.failures.failed("admin.request", e)
                     reply = {"ok": False, "error": f"internal error, nothing changed: {describe(e)}"}
@@ -50,52 +54,27 @@ async def serve_admin(nm: "NodeManager", *, task_status=trio.TASK_STATUS_IGNORED
     await serve_unix(nm.cfg.admin.socket, "admin", handle, nm.failures, task_status=task_status)
 
 
-async def answer(nm: "NodeManager", msg) -> dict:
+async def answer(nm: "NodeManager", msg, operator: str = "unix") -> dict:
+    """The reply to one admin request (``operations.perform`` carries it out)."""
     if isinstance(msg, ControlError):
         return {"ok": False, "error": f"bad request: {msg.reason}"}
-    op = msg.get("op")
-    if op == "status":
-        return {"ok": True, "status": nm.status_dict()}
-    if op in ("failover", "failback"):
-        r = await nm.request(op, force=bool(msg.get("force", False)))
-        return {"ok": r.ok, "message": r.message}
-    if op == "mode":
-        r = await nm.request("mode", arg=str(msg.get("mode", "")))
-        return {"ok": r.ok, "message": r.message}
-    if op in DB_OPS:
-        return await _db(nm, op, msg)
-    return {"ok": False, "error": f"unknown request {op!r}: status, failover, failback, mode, "
-            + ", ".join(DB_OPS)}
+    return await perform(nm, msg.get("op"), msg, operator, "unix")
 
 
-DB_OPS = ("db_write", "db_get", "db_list", "db_conflicts")
-
-
-async def _db(nm: "NodeManager", op: str, msg: dict) -> dict:
-    """Configuration database requests: writes only on the active node, reads anywhere."""
-    from telephony.configdb import ConfigDB, ConfigDBError
-
+def peer_operator(sock) -> str:
+    """``unix:<user>`` for the user of the process at the other end of an admin connection
+    (``SO_PEERCRED``; the uid when it has no name), ``unix`` where the kernel does not say."""
     try:
-        if op == "db_write":
-            ops = msg.get("ops")
-            if not isinstance(ops, list) or not ops:
-                return {"ok": False, "error": "db_write needs \"ops\": a non-empty list"}
-            return await nm.db_write(ops)
-        if op == "db_conflicts":
-            limit = msg.get("limit", 100)
-            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10000:
-                return {"ok": False, "error": "limit must be an integer from 1 to 10000"}
-            return {"ok": True, "conflicts": await nm.repl.call(ConfigDB.conflicts, limit),
-                    "count": await nm.repl.call(ConfigDB.conflict_count)}
-        table = msg.get("table")
-        if not isinstance(table, str):
-            return {"ok": False, "error": f"{op} needs \"table\""}
-        if op == "db_get":
-            row = await nm.repl.call(ConfigDB.get, table, msg.get("key"))
-            return {"ok": True, "row": row}
-        return {"ok": True, "rows": await nm.repl.call(ConfigDB.list, table)}
-    except ConfigDBError as e:
-        return {"ok": False, "error": str(e)}
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+    except (OSError, AttributeError, struct.error):
+        return "unix"
+    if uid < 0:  # not a Unix socket, or no process behind it
+        return "unix"
+    try:
+        return f"unix:{pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"unix:{uid}"
 
 
 #: bytes of one reply a client reads at most (a reply may list a whole table: ``db_list``)
