@@ -666,8 +666,8 @@ def listen_binds(c: NodeConfig) -> list[Bind]:
     for setting, proto, host, lo, hi in (loopback.binds(c.ports.loopback) + sip.binds(c.ports.sip)
                                          + sccp.binds(c.ports.sccp)):
         out.append(Bind(src, setting, proto, host, lo, hi))
-    if c.http.listen is not None:
-        out.append(Bind(src, "http.listen", "tcp", c.http.listen.host, c.http.listen.port, c.http.listen.port))
+    if (h := c.http.listen) is not None:
+        out.append(Bind(src, "http.listen", "tcp", h.host, h.port, h.port))
     out.append(Bind(src, "admin.socket", "unix", str(c.admin.socket), 0, 0))
     out.append(Bind(src, "node.data_dir (run/control.sock)", "unix", str(c.control_socket), 0, 0))
     return out

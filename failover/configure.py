@@ -36,16 +36,21 @@ from failover.config import (
     settings_that_must_match,
 )
 from failover.keys import describe, load_key, load_keys, parse_duration, rotate, save_keys
+from failover.web.operators import NAME_RULE, ROLES, add_operator, remove_operator
+from failover.web.settings import is_loopback
 from telephony.loopback import settings as loopback
 from telephony.runtime.files import fsync_dir, write_new_file
 
-__all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "AUTO", "PairFiles", "make_pair", "write_pair",
-           "load_key", "rotate_key", "configure_main"]
+__all__ = ["KEY_BYTES", "DEFAULT_LOOPBACK_PORTS", "DEFAULT_HTTP_PORTS", "AUTO", "PairFiles", "make_pair",
+           "write_pair", "load_key", "rotate_key", "add_operator_main", "remove_operator_main",
+           "configure_main"]
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "link.key"
 DEFAULT_LOOPBACK_PORTS = loopback.DEFAULT_PORTS  # (primary, secondary) ports.loopback.listen ports
-AUTO = "auto"  # loopback_ports: the defaults, moved up when they would collide
+AUTO = "auto"  # loopback_ports, http_ports: the defaults, moved up when they would collide
+#: (primary, secondary) http.listen ports on 127.0.0.1 the wizard starts from
+DEFAULT_HTTP_PORTS = (3680, 3681)
 
 
 # ============================================================================ make_pair (pure)
@@ -67,16 +72,31 @@ def _node_doc(name: str, role: str, addr: str, peer_name: str, peer_addr: str, d
     return doc
 
 
-def _header(role: str, name: str, peer: str) -> str:
+def _header(role: str, name: str, peer: str, http: str = "") -> str:
     return (f"# vmha node configuration: {name} ({role}); its peer is {peer}.\n"
             "# Written by `vmha configure`.  Keys not listed take their defaults:\n"
             "# see docs/configuration.md.  link.key (the pre-shared key) must be copied to\n"
-            "# the peer with mode 0600; it is never sent over the network.\n\n")
+            "# the peer with mode 0600; it is never sent over the network.\n" + http + "\n")
+
+
+_HTTP_LOCAL = ("# [http]: the admin API and the Failover Monitor page listen on 127.0.0.1 only (plain\n"
+               "# HTTP is allowed only on loopback).  To reach them from other hosts set http.listen\n"
+               "# to this node's address with http.tls_cert and http.tls_key, and http.peer_url to\n"
+               "# the peer's API.  Operators: vmha configure --add-operator NAME --role admin\n"
+               "# --config THIS_FILE (the same token on both nodes: see docs/admin-api.md).\n")
+_HTTP_LAB = ("# [http]: the admin API and the Failover Monitor page (plain HTTP on loopback).\n"
+             "# Operators: vmha configure --add-operator NAME --role admin --config THIS_FILE.\n")
+
+
+def _is_loopback_addr(addr: str) -> bool:
+    host = addr.rpartition(":")[0].strip("[]")
+    return is_loopback(host)
 
 
 def make_pair(primary_name: str, secondary_name: str, primary_addr: str, secondary_addr: str,
               data_root: str | os.PathLike = "data", *,
               loopback_ports: tuple[int, int] | None | str = AUTO,
+              http_ports: tuple[int, int] | None | str = AUTO,
               profile: str = "default", failback: str = "manual",
               window: tuple[str, str] | None = None,
               key: bytes | None = None,
@@ -88,7 +108,11 @@ def make_pair(primary_name: str, secondary_name: str, primary_addr: str, seconda
     ``<data_root>/<name>`` (a relative ``data_root`` is taken from the TOML file's directory);
     ``node.key_file`` is ``link.key`` next to the TOML files.  ``loopback_ports`` is
     ``(primary, secondary)``, ``None`` (disabled) or ``"auto"`` (3671/3672, each moved up to
-    the next free port if it would collide).  ``failback="scheduled"`` needs
+    the next free port if it would collide).  ``http_ports`` likewise for ``http.listen`` on
+    127.0.0.1 (``"auto"``: 3680/3681, moved up on a collision); when both nodes' addresses are
+    loopback (a pair on one host) each file also gets ``http.peer_url``, the other's API; for
+    other addresses the API stays on loopback and the file's header says what to set to reach
+    it from elsewhere (TLS).  ``failback="scheduled"`` needs
     ``window=("HH:MM", "HH:MM")``.  ``key`` defaults to 32 fresh random bytes.  ``base_dir``
     is where the files will live (only used to check the resulting paths, e.g. the Unix
     socket length limit).
@@ -111,12 +135,20 @@ def make_pair(primary_name: str, secondary_name: str, primary_addr: str, seconda
     if auto_loopback and loopback_ports != AUTO:
         raise ConfigError("make_pair", f'loopback_ports must be (P, S), None or "{AUTO}"')
     lb = (DEFAULT_LOOPBACK_PORTS if auto_loopback else loopback_ports) or (None, None)
+    auto_http = isinstance(http_ports, str)
+    if auto_http and http_ports != AUTO:
+        raise ConfigError("make_pair", f'http_ports must be (P, S), None or "{AUTO}"')
+    hp = (DEFAULT_HTTP_PORTS if auto_http else http_ports) or (None, None)
     docs = {
         "primary": _node_doc(primary_name, "primary", primary_addr, secondary_name, secondary_addr,
                              str(data_root), lb[0], profile, failback, window),
         "secondary": _node_doc(secondary_name, "secondary", secondary_addr, primary_name,
                                primary_addr, str(data_root), lb[1], profile, failback, window),
     }
+
+    for role, port in zip(("primary", "secondary"), hp, strict=True):
+        if port is not None:
+            docs[role]["http"] = {"listen": f"127.0.0.1:{port}"}
 
     def parse_all() -> dict[str, NodeConfig]:  # exactly as the node manager will read them
         return {role: parse_config(doc, f"{role}.toml", base_dir=base_dir) for role, doc in docs.items()}
@@ -125,13 +157,19 @@ def make_pair(primary_name: str, secondary_name: str, primary_addr: str, seconda
     problems = settings_that_must_match(cfgs["primary"], cfgs["secondary"])
     if problems:
         raise ConfigError("make_pair", "; ".join(problems))
-    if _derive_ports(docs, cfgs, auto_loopback):
+    if _derive_ports(docs, cfgs, auto_loopback, auto_http):
+        cfgs = parse_all()
+    lab = _is_loopback_addr(primary_addr) and _is_loopback_addr(secondary_addr)
+    if lab and None not in hp:
+        for role, other in (("primary", "secondary"), ("secondary", "primary")):
+            docs[role]["http"]["peer_url"] = cfgs[other].http.url
         cfgs = parse_all()
     problems = port_collisions(cfgs["primary"], cfgs["secondary"])
     if problems:
         raise ConfigError("make_pair", [Problem("", p + " (change one of the ports given)")
                                          for p in problems])
-    texts = [_header(role, doc["node"]["name"], doc["link"]["peer_name"]) + tomli_w.dumps(doc)
+    texts = [_header(role, doc["node"]["name"], doc["link"]["peer_name"],
+                     "" if "http" not in doc else _HTTP_LAB if lab else _HTTP_LOCAL) + tomli_w.dumps(doc)
              for role, doc in docs.items()]
     return texts[0], texts[1], key
 
@@ -148,16 +186,18 @@ def _free_port(want: Bind, taken: list[Bind]) -> int:
     return want.lo
 
 
-def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopback: bool) -> bool:
-    """Move the ports the operator did not give (the replication listeners, and the loopback
-    trunks when ``auto_loopback``) off any port they would collide with; edit ``docs``.
-    Returns whether anything changed."""
+def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopback: bool,
+                  auto_http: bool = False) -> bool:
+    """Move the ports the operator did not give (the replication listeners, the loopback
+    trunks when ``auto_loopback``, the HTTP API when ``auto_http``) off any port they would
+    collide with; edit ``docs``.  Returns whether anything changed."""
     roles = ("primary", "secondary")
     shared = same_host(cfgs["primary"], cfgs["secondary"])
-    derivable = {"replication.listen"} | ({"ports.loopback.listen"} if auto_loopback else set())
+    derivable = ({"replication.listen"} | ({"ports.loopback.listen"} if auto_loopback else set())
+                 | ({"http.listen"} if auto_http else set()))
     placed = {r: [b for b in listen_binds(cfgs[r]) if b.setting not in derivable] for r in roles}
     chosen: dict[tuple[str, str], int] = {}
-    for setting in ("replication.listen", "ports.loopback.listen"):
+    for setting in ("replication.listen", "ports.loopback.listen", "http.listen"):
         for role in roles:
             want = [b for b in listen_binds(cfgs[role]) if b.setting == setting and setting in derivable]
             if not want:
@@ -172,6 +212,10 @@ def _derive_ports(docs: dict[str, dict], cfgs: dict[str, NodeConfig], auto_loopb
         lb = chosen.get(("ports.loopback.listen", role))
         if lb is not None and lb != cfgs[role].ports.loopback.listen.port:
             docs[role]["ports"]["loopback"]["listen"] = f"{cfgs[role].ports.loopback.listen.host}:{lb}"
+            changed = True
+        hp = chosen.get(("http.listen", role))
+        if hp is not None and hp != cfgs[role].http.listen.port:
+            docs[role]["http"]["listen"] = str(Address(cfgs[role].http.listen.host, hp))
             changed = True
     rp = {r: chosen.get(("replication.listen", r)) for r in roles}
     if None not in rp.values() and any(rp[r] != cfgs[r].replication.listen.port for r in roles):
@@ -299,12 +343,27 @@ def _parser() -> argparse.ArgumentParser:
                     help="ports.loopback.listen ports on 127.0.0.1 for primary,secondary, "
                          "'none' to disable, or 'auto' (default: 3671,3672, moved up to a free "
                          "port if either would collide with another port of the pair)")
-    ap.add_argument("--force", action="store_true", help="overwrite existing files")
+    ap.add_argument("--http-ports", metavar="P,S", type=_ports_arg, default=AUTO,
+                    help="http.listen ports on 127.0.0.1 for primary,secondary (the admin API and "
+                         "the Failover Monitor page), 'none' for no API, or 'auto' (default: "
+                         "3680,3681, moved up to a free port on a collision)")
+    ap.add_argument("--force", action="store_true", help="overwrite existing files (with "
+                    "--add-operator: replace the operator's token and role)")
     ap.add_argument("--rotate-key", action="store_true",
                     help="write a new current key into the key file of --config's node; the old "
                          "one stays accepted for --window (then copy the file to the peer)")
     ap.add_argument("--config", metavar="NODE.toml", help="the node whose key file --rotate-key "
-                    "rotates")
+                    "rotates, whose operators file --add-operator/--remove-operator edit, or "
+                    "whose systemd unit --systemd writes")
+    ap.add_argument("--add-operator", metavar="NAME", help="add an operator of the HTTP API to "
+                    "--config's operators file and print its new bearer token once (" + NAME_RULE + ")")
+    ap.add_argument("--role", choices=list(ROLES), help="the operator's role (with --add-operator)")
+    ap.add_argument("--token-stdin", action="store_true", help="with --add-operator: read the token "
+                    "from standard input instead of making one (to add the same operator on the peer)")
+    ap.add_argument("--remove-operator", metavar="NAME", help="remove an operator from --config's "
+                    "operators file (its sessions end at once)")
+    ap.add_argument("--systemd", metavar="DIR", help="write a systemd unit for --config's node "
+                    "into DIR (vmha-<node>.service)")
     ap.add_argument("--check", nargs=2, metavar=("A.toml", "B.toml"),
                     help="print the settings that must match on both nodes but differ, and "
                          "ports that collide; exit 1 if any")
@@ -320,11 +379,40 @@ def configure_main(argv: Sequence[str]) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
     try:
-        if args.rotate_key or args.config:
-            if not (args.rotate_key and args.config) or args.out or args.primary or args.check:
-                print("vmha configure: error: --rotate-key needs --config NODE.toml (and takes "
-                      "only --window and --force)", file=sys.stderr)
+        actions = [flag for flag, on in (("--rotate-key", args.rotate_key),
+                                         ("--add-operator", args.add_operator is not None),
+                                         ("--remove-operator", args.remove_operator is not None),
+                                         ("--systemd", args.systemd is not None)) if on]
+        if len(actions) > 1:
+            print("vmha configure: error: give only one of " + ", ".join(actions) + " (--config "
+                  "NODE.toml goes with exactly one of them)", file=sys.stderr)
+            return 2
+        if (args.role or args.token_stdin) and actions != ["--add-operator"]:
+            print("vmha configure: error: --role and --token-stdin go with --add-operator", file=sys.stderr)
+            return 2
+        if actions or args.config:
+            if len(actions) != 1 or not args.config or args.out or args.primary or args.secondary \
+                    or args.check:
+                print("vmha configure: error: --config NODE.toml goes with exactly one of "
+                      "--rotate-key, --add-operator NAME, --remove-operator NAME, --systemd DIR",
+                      file=sys.stderr)
                 return 2
+            if actions[0] != "--rotate-key" and args.window is not None:
+                print(f"vmha configure: error: --window goes with --rotate-key, not {actions[0]}",
+                      file=sys.stderr)
+                return 2
+            if args.add_operator is not None:
+                if args.role is None:
+                    print("vmha configure: error: --add-operator needs --role read|admin", file=sys.stderr)
+                    return 2
+                return add_operator_main(args.config, args.add_operator, args.role,
+                                         token_stdin=args.token_stdin, force=args.force)
+            if args.remove_operator is not None:
+                return remove_operator_main(args.config, args.remove_operator)
+            if args.systemd is not None:
+                from failover.systemd import configure_systemd
+
+                return configure_systemd(args.config, args.systemd, force=args.force)
             try:
                 window = parse_duration(args.window) if args.window is not None else 86400.0
             except ValueError as e:
@@ -357,7 +445,8 @@ def configure_main(argv: Sequence[str]) -> int:
             return 2
         (pn, pa), (sn, sa) = args.primary, args.secondary
         files = write_pair(args.out, pn, sn, pa, sa, args.data_root, force=args.force,
-                           loopback_ports=args.loopback_ports, profile=args.profile,
+                           loopback_ports=args.loopback_ports, http_ports=args.http_ports,
+                           profile=args.profile,
                            failback=args.failback, window=args.window)
     except ConfigError as e:
         print(e, file=sys.stderr)
@@ -368,6 +457,61 @@ def configure_main(argv: Sequence[str]) -> int:
         print(f"{path.name} listens on: " + ", ".join(f"{b.setting} {b.address}" for b in binds))
     print(f"Copy {files.secondary.name} and {files.key.name} to the secondary (keep mode 0600), "
           f"then start each node with: vmha node --config FILE")
+    if args.http_ports is not None:
+        print("The admin API and Failover Monitor page have no operators yet. Add one on both "
+              "nodes with the same token (printed once, here kept in a file of mode 0600 that\n"
+              "`vmha status --remote URL --token-file NAME.token` can use):\n"
+              f"  (umask 077; vmha configure --add-operator NAME --role admin --config {files.primary} "
+              "> NAME.token)\n"
+              f"  vmha configure --add-operator NAME --role admin --config {files.secondary} "
+              "--token-stdin < NAME.token")
+    return 0
+
+
+#: the longest token --token-stdin reads
+MAX_STDIN_TOKEN = 4096
+
+
+def add_operator_main(config_path: str, name: str, role: str, *, token_stdin: bool = False,
+                      force: bool = False) -> int:
+    """``vmha configure --add-operator NAME --role ROLE --config NODE.toml``: add the
+    operator to the node's operators file (mode 0600) and print the new token, alone, on
+    standard output (what it says about it goes to standard error), so it can be piped into
+    the same command for the peer with ``--token-stdin``.  The running node picks the change
+    up at its next request."""
+    cfg = load_config(config_path)
+    path = cfg.http.operators_file
+    token = None
+    if token_stdin:
+        token = sys.stdin.read(MAX_STDIN_TOKEN + 1).strip()
+        if not token:
+            print("vmha configure: error: --token-stdin: no token on standard input", file=sys.stderr)
+            return 2
+    try:
+        token = add_operator(path, name, role, token, replace=force)
+    except ValueError as e:
+        print(f"vmha configure: error: {e}", file=sys.stderr)
+        return 2
+    print(f"added operator {name} (role {role}) to {path} (mode 0600)"
+          + ("" if cfg.http.enabled else f"; note: http.listen is not set in {config_path}, so "
+             "this node serves no HTTP API"), file=sys.stderr)
+    if token_stdin:
+        print(f"{cfg.node.name}: operator {name} ({role}) added with the token from standard input")
+        return 0
+    print(token, flush=True)
+    print(f"That is {name}'s bearer token, shown only this once. Add the same operator on "
+          f"{cfg.link.peer_name} with --token-stdin (give it the token on standard input); use it as "
+          "'Authorization: Bearer <token>' or on the login page.", file=sys.stderr)
+    return 0
+
+
+def remove_operator_main(config_path: str, name: str) -> int:
+    """``vmha configure --remove-operator NAME --config NODE.toml``."""
+    cfg = load_config(config_path)
+    path = cfg.http.operators_file
+    remove_operator(path, name)
+    print(f"removed operator {name} from {path}; the node refuses its token and ends its sessions "
+          f"at its next request. Remove it on {cfg.link.peer_name} too.")
     return 0
 
 

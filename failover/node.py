@@ -8,6 +8,7 @@ inbox channel or carries out actions.  Only this module and those drivers read t
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -24,13 +25,15 @@ from failover.core import events as ev
 from failover.core.state import ACTIVE_STATES, Role, State
 from failover.core.supervisor import Persisted, Supervisor
 from failover.core.wire import Command, Status
-from failover.eventlog import EventLog
+from failover.eventlog import EventLog, is_journal
 from failover.keys import describe as describe_keys
 from failover.keys import load_keys
 from failover.link import COMMAND_NAMES, PeerLink
 from failover.replication import Replication
+from failover.sdnotify import Notifier, WatchdogGate, keep_pinging, status_text
 from failover.service_proc import ServiceRunner
 from failover.statefile import load_state, save_state
+from failover.web.server import serve_http
 from telephony.configdb import ConfigDBError
 from telephony.runtime.tasks import TaskFailures, contained, keep_running
 
@@ -54,6 +57,8 @@ class NodeManager:
     link: object = None  # PeerLink; tests may pass a stand-in with send()/stats()/run()
     service: object = None  # ServiceRunner; likewise
     repl: object = None  # Replication (the configuration database and replication); likewise
+    #: systemd's notification socket (failover/sdnotify.py): None when not run by systemd
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         self.state_path = self.cfg.node.data_dir / "state.json"
@@ -77,6 +82,10 @@ class NodeManager:
         self._admin_waiters: dict[int, trio.MemorySendChannel] = {}
         self._next_request = 0
         self.started_wall = time.time()
+        #: the supervisor loop's turns, for systemd's watchdog (None: no watchdog)
+        self.watchdog_gate = WatchdogGate() if self.notifier and self.notifier.watchdog_interval else None
+        self._told_status: str | None = None
+        self._told_stopping = False
 
     # ------------------------------------------------------------------ keys
 
@@ -221,10 +230,20 @@ class NodeManager:
             await nursery.start(self.link.run)
             await nursery.start(self.service.serve_control)
             await nursery.start(serve_admin, self)
+            if self.cfg.http.enabled:  # the admin HTTP API and the Failover Monitor page
+                await nursery.start(serve_http, self)
             nursery.start_soon(keep_running, "keys.watch", self._watch_keys, self.failures)
             await self._run_actions(self.sup.start(trio.current_time()))
             task_status.started(self)
+            if self.notifier is not None:  # systemd: started; the watchdog pings from now on
+                self._told_status = self._status_text()
+                self.notifier.ready(self._told_status)
+                if self.watchdog_gate is not None:
+                    nursery.start_soon(keep_running, "systemd.watchdog", functools.partial(
+                        keep_pinging, self.notifier, self.watchdog_gate, self.events.write), self.failures)
             await self._loop()
+            if self.notifier is not None and not self._told_stopping:
+                self._told_stopping = self.notifier.stopping(f"stopped: exit code {self.exit_code or 0}")
             nursery.cancel_scope.cancel()
         return self.exit_code or 0
 
@@ -251,6 +270,26 @@ class NodeManager:
         await self._run_actions(actions)
         self.repl.update(self.sup.state, self.sup.term, self.sup.mode)
         await self._tell_peer_link(now)
+        if self.notifier is not None:
+            self._tell_systemd(now)
+
+    def _status_text(self) -> str:
+        sup = self.sup
+        return status_text(self.cfg.node.role.label, sup.state.label, sup.term, self.cfg.link.peer_name,
+                           sup.peer_fresh(trio.current_time()))
+
+    def _tell_systemd(self, now: float) -> None:
+        """The loop turned (the watchdog's proof of life); STATUS= when the state changed;
+        STOPPING=1 once a shutdown has begun (it may drain calls for a while)."""
+        if self.watchdog_gate is not None:
+            self.watchdog_gate.turned(now)
+        text = self._status_text()
+        if self.sup.shutting_down and not self._told_stopping:
+            self._told_stopping = self.notifier.stopping(f"stopping: {text}")
+            self._told_status = text
+        elif text != self._told_status:
+            self._told_status = text
+            self.notifier.status(text)
 
     async def _tell_peer_link(self, now: float) -> None:
         """The service's ``link`` op, after the actions (a step-down goes first): the peer is
@@ -411,7 +450,7 @@ async def run_node(cfg: NodeConfig) -> int:
         refused += [("port_collision", line) for line in port_collisions(cfg)]
         code = EXIT_CONFIG
         if not refused:
-            nm = NodeManager(cfg, events)
+            nm = NodeManager(cfg, events, notifier=Notifier.from_env(log=events.write))
             started = False
             try:
                 async with trio.open_nursery() as nursery:
@@ -447,9 +486,10 @@ async def run_node(cfg: NodeConfig) -> int:
         if refused:
             # the console gets the one line below; the event log's record goes to the file only
             record = EventLog(events.path, cfg.node.name, console=None)
+            err = "<3>" if is_journal(sys.stderr) else ""  # the journal: priority "error"
             try:
                 for event, line in dict.fromkeys(refused):
-                    print(f"vmha node: {line}", file=sys.stderr, flush=True)
+                    print(f"{err}vmha node: {line}", file=sys.stderr, flush=True)
                     record.write("error", event, f"cannot start: {line}")
             finally:
                 record.close()

@@ -15,6 +15,7 @@ from failover.config import NodeConfig
 from failover.core import events as ev
 from failover.core.health import node_health
 from failover.eventlog import EventLog
+from failover.sdnotify import child_environment
 from failover.unixsock import serve_unix
 from telephony.core.control import (
     FROM_SERVICE,
@@ -77,7 +78,9 @@ class ServiceRunner:
         cmd = self.command()
         self.events.write("info", "service_start", f"starting messaging service ({reason})")
         try:
-            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL,
+            # child_environment: without systemd's NOTIFY_SOCKET/WATCHDOG_*, which are the
+            # node manager's alone (docs/systemd.md)
+            proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL, env=child_environment(),
                                                     preexec_fn=self._child_scheduling())
         except (OSError, subprocess.SubprocessError) as e:
             # SubprocessError: the child failed between fork and exec (its preexec_fn)

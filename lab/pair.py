@@ -401,7 +401,7 @@ class Pair:
     def __init__(self, workdir: Path, *, relay: bool = True, profile: str = "default",
                  extra: dict | None = None, extra_a: dict | None = None, extra_b: dict | None = None,
                  analog=None, analog_keys: dict | None = None,
-                 sccp=None, sccp_keys: dict | None = None):
+                 sccp=None, sccp_keys: dict | None = None, http: bool = False):
         """``extra``: TOML sections merged into both nodes' files (a nested table such as
         ``{"ports": {"smdi": {...}}}`` replaces that sub-table); ``extra_a``/``extra_b``: the
         same for one node, after ``extra``.  ``analog``: a voice-board simulator
@@ -412,7 +412,10 @@ class Pair:
         addresses, :func:`sccp_sections`) both nodes' SCCP ports register with, each node
         under its own device prefix (:data:`SCCP_PREFIXES`); ``sccp_keys`` are the sections'
         keyword arguments (``count``, ``profile``, ``[ports.sccp]`` keys), merged like
-        ``analog``."""
+        ``analog``.  ``http``: both nodes serve the admin HTTP API on a free loopback port
+        (plain HTTP), each with ``peer_url`` the other's, and both operators files hold
+        operators ``admin`` (role admin) and ``viewer`` (role read) with the same tokens
+        (:attr:`tokens`, :meth:`http_url`); without it the nodes have no ``[http]`` at all."""
         if analog is not None:
             extra_a, extra_b = (merge_sections(analog_sections(analog.socket_path(n), **(analog_keys or {})),
                                                more) for n, more in (("a", extra_a), ("b", extra_b)))
@@ -437,8 +440,19 @@ class Pair:
             rdial_a, rdial_b = rla, rlb
         write_pair(self.dir, "a", "b", f"127.0.0.1:{la}", f"127.0.0.1:{lb}", "data",
                    loopback_ports=(self.loop_a, self.loop_b), profile=profile, force=True)
-        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), extra, extra_a)
-        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), extra, extra_b)
+        #: the operators' bearer tokens (``http=True``): {"admin": ..., "read": ...}
+        self.tokens: dict[str, str] = {}
+        self._http_urls: dict[str, str] = {}
+        http_a = http_b = None
+        if http:
+            ha, hb = free_port(), free_port()
+            self._http_urls = {"a": f"http://127.0.0.1:{ha}", "b": f"http://127.0.0.1:{hb}"}
+            http_a = {"http": {"listen": f"127.0.0.1:{ha}", "peer_url": self._http_urls["b"]}}
+            http_b = {"http": {"listen": f"127.0.0.1:{hb}", "peer_url": self._http_urls["a"]}}
+        self._patch(self.dir / "primary.toml", (la, dial_b), (rla, rdial_b), http_a, extra, extra_a)
+        self._patch(self.dir / "secondary.toml", (lb, dial_a), (rlb, rdial_a), http_b, extra, extra_b)
+        if http:
+            self._add_operators()
         (self.dir / "data" / "store").mkdir(parents=True, exist_ok=True)  # the shared Maildir store
         self.a = Node("a", self.dir / "primary.toml", self.dir / "a.log")
         self.b = Node("b", self.dir / "secondary.toml", self.dir / "b.log")
@@ -453,10 +467,37 @@ class Pair:
         data["link"]["listen"] = f"127.0.0.1:{link[0]}"
         data["link"]["peer"] = f"127.0.0.1:{link[1]}"
         data.setdefault("replication", {}).update(listen=f"127.0.0.1:{repl[0]}", peer=f"127.0.0.1:{repl[1]}")
+        data.pop("http", None)  # the wizard's [http] ports are not picked for tests: set below or none
         for extra in extras:
             for section, values in (extra or {}).items():
                 data.setdefault(section, {}).update(values)
         path.write_text(tomli_w.dumps(data))
+
+    def _add_operators(self) -> None:
+        """Operators ``admin`` and ``viewer`` with the same tokens in both nodes' files (the
+        files are written with mode 0600 by the product's own code)."""
+        from failover.config import load_config
+        from failover.web.operators import add_operator, new_token
+
+        self.tokens = {"admin": new_token(), "read": new_token()}
+        for node in (self.a_config, self.b_config):
+            path = load_config(node).http.operators_file
+            add_operator(path, "admin", "admin", self.tokens["admin"], replace=True)
+            add_operator(path, "viewer", "read", self.tokens["read"], replace=True)
+
+    @property
+    def a_config(self) -> Path:
+        return self.dir / "primary.toml"
+
+    @property
+    def b_config(self) -> Path:
+        return self.dir / "secondary.toml"
+
+    def http_url(self, name: str) -> str:
+        """Node ``name``'s API base URL, e.g. ``http://127.0.0.1:40123`` (``http=True`` only)."""
+        if name not in self._http_urls:
+            raise KeyError(f"node {name!r} has no HTTP API (Pair(..., http=True))")
+        return self._http_urls[name]
 
     def node(self, name: str) -> Node:
         return self.a if name == "a" else self.b

@@ -73,7 +73,8 @@ class HttpSettings:
 
 
 def build(values: dict[str, Any], data_dir: Path) -> HttpSettings:
-    return HttpSettings(**{**values, "operators_file": values["operators_file"] or data_dir / "operators.toml"})
+    operators = values["operators_file"] or data_dir / "operators.toml"
+    return HttpSettings(**{**values, "operators_file": operators})
 
 
 def is_loopback(host: str) -> bool:
