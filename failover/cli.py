@@ -143,6 +143,11 @@ def _format_replication(r: dict | None) -> list[str]:
 
 
 def cmd_status(args) -> int:
+    if args.remote:
+        return cmd_status_remote(args)
+    if args.token_file or args.cacert:
+        print("vmha status: --token-file and --cacert go with --remote URL", file=sys.stderr)
+        return EXIT_CONFIG
     cfg = _config(args)
     reply = _admin(cfg, {"op": "status"})
     if reply is None:
@@ -152,6 +157,24 @@ def cmd_status(args) -> int:
               f"{cfg.node.name}: node manager is not running (no admin socket at {cfg.admin.socket})")
         return EXIT_NOT_RUNNING
     print(json.dumps(reply["status"], indent=2) if args.json else format_status(reply["status"]))
+    return 0
+
+
+def cmd_status_remote(args) -> int:
+    """``vmha status --remote URL``: the same view through the node's HTTP API (no --config).
+    Exit codes: 0, 3 when the node does not answer, 1 when it refuses (token, TLS, an answer
+    that is not the status), 2 for a wrong command line or token file (nothing sent)."""
+    from failover.web.client import ApiClient, ApiClientError, read_token
+
+    try:
+        client = ApiClient(args.remote, read_token(args.token_file), cacert=args.cacert)
+        status = client.status()
+    except ApiClientError as e:
+        if args.json:
+            print(json.dumps({"url": args.remote, "error": e.message}, indent=2))
+        print(f"vmha status: {e.message}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 
@@ -318,6 +341,12 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     sub.add_parser("node", parents=[conf], help="run the node manager and its messaging service")
     p = sub.add_parser("status", parents=[conf], help="the Failover Monitor view of both nodes")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--remote", metavar="URL", help="ask a node's HTTP API at URL (e.g. "
+                   "https://vm1.example:8443) instead of the local admin socket; needs no --config")
+    p.add_argument("--token-file", metavar="FILE", help="with --remote: the bearer token (role read "
+                   "or admin) is the first line of FILE (default: $VMHA_TOKEN)")
+    p.add_argument("--cacert", metavar="FILE", help="with --remote: verify the node's TLS "
+                   "certificate with this CA file (default: the system's trust store)")
     for name, what in (("failover", "make the secondary active"), ("failback", "make the primary active")):
         p = sub.add_parser(name, parents=[conf], help=what)
         p.add_argument("--force", action="store_true", help="even if the peer cannot be reached")

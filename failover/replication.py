@@ -112,6 +112,9 @@ class Replication:
         self._checksum = 0
         self._conflicts = 0
         self._changed = trio.Event()  # our log grew or the peer acknowledged
+        #: (log head, when it was first seen) for our changes the peer has not acknowledged,
+        #: oldest first: the replication lag in seconds (``lag_s`` in stats)
+        self._unacked: deque[tuple[int, float]] = deque()
         self._writes_in, self._writes_out = trio.open_memory_channel(1024)
         self._last_log: dict[str, float] = {}
         self._barrier: tuple[int, int] | None = None  # (number, our head at the barrier)
@@ -233,6 +236,27 @@ class Replication:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        self._track_lag()
+
+    def _track_lag(self) -> None:
+        """Note when the log head grew and forget what the peer has acknowledged.  At most
+        1,024 steps are kept (more merge into the newest), so the oldest stays exact."""
+        now = trio.current_time()
+        if self._head > (self._unacked[-1][0] if self._unacked else self.peer.acked_seq):
+            if len(self._unacked) < 1024:
+                self._unacked.append((self._head, now))
+            else:
+                self._unacked[-1] = (self._head, self._unacked[-1][1])
+        while self._unacked and self._unacked[0][0] <= self.peer.acked_seq:
+            self._unacked.popleft()
+
+    def lag_seconds(self) -> float | None:
+        """Age of the oldest change in our log the peer has not acknowledged (0 when it has
+        them all; None: never heard from it)."""
+        if self.peer.state is None:
+            return None
+        self._track_lag()
+        return round(trio.current_time() - self._unacked[0][1], 3) if self._unacked else 0.0
 
     # ------------------------------------------------------------------ node manager view
 
@@ -300,7 +324,7 @@ class Replication:
             "unhealthy_reason": why,
             "tasks": {t: {**v, "failing": t in failing} for t, v in self.failures.stats().items()},
             "db": {"head_seq": self._head, "peer_acked_seq": self.peer.acked_seq if st else None,
-                   "lag_changes": self.db_pending(),
+                   "lag_changes": self.db_pending(), "lag_s": self.lag_seconds(),
                    "peer_head_seq": st.head_seq if st else None,
                    "applied_seq": self._applied,
                    "behind_changes": None if st is None else max(0, st.head_seq - self._applied),
