@@ -17,6 +17,10 @@ header, the caller speaking a WAV) at the active node's SIP port, and runs a scr
   move the node holds, so it refuses the calls (no call takeover) and the PBX would hunt on;
 * then calls keep coming until Ctrl-C or ``--duration``.
 
+Both nodes also serve the admin HTTP API and the web Failover Monitor on loopback
+(``Pair(http=True)``): the demo prints both pages' URLs and the operators' tokens at the
+start, and the pages follow the script's takeovers live (docs/monitor.md).
+
 Then, at ~21 s, an **analog site** (:class:`AnalogSite`): a second pair whose voice
 ports are the analog lines of a voice-board simulator (:mod:`lab.voiceboard`, a simulator:
 nobody has a voice board here) with the in-band DTMF integration (profile ``analog-dtmf``).
@@ -968,6 +972,17 @@ def write_caller_wav(path: Path) -> None:
         w.writeframes(bytes(frames))
 
 
+def monitor_lines(pair: Pair) -> str:
+    """Where the Failover Monitor pages are and the tokens to log in with (a lab demo: the
+    tokens are printed; a real node's operator gets them from ``vmha configure
+    --add-operator``)."""
+    return (f"Failover Monitor: a {pair.http_url('a')}/  b {pair.http_url('b')}/\n"
+            f"  log in with the admin token {pair.tokens['admin']}\n"
+            f"  (read-only: {pair.tokens['read']})\n"
+            "  a browser keeps one session per host and both pages are on 127.0.0.1: open the "
+            "second page in another browser or a private window")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -991,7 +1006,7 @@ def main_demo(args) -> int:
     sccp = SccpSite(workdir)
     extra = {f"extra_{n}": merge_sections(sip_section(phones.port) if sip else None, sccp.sections(n))
              for n in "ab"}
-    pair = Pair(workdir, relay=True, **extra)
+    pair = Pair(workdir, relay=True, http=True, **extra)
     try:
         analog: AnalogSite | None = AnalogSite(workdir)
     except ValueError as exc:  # a --dir too deep for the boards' Unix sockets
@@ -1001,6 +1016,7 @@ def main_demo(args) -> int:
     if sip:
         write_caller_wav(demo.wav)
     print(f"vmha demo: starting a pair on loopback in {workdir} (primary a first)", flush=True)
+    print(monitor_lines(pair), flush=True)
     # Ctrl-C (or SIGTERM) before the Trio signal receiver is in place: stop cleanly all the same
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -1,12 +1,15 @@
 """``vmha demo`` end to end: real node processes on loopback, run as the operator would."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -129,6 +132,32 @@ def gone(pid: int) -> bool:
         return True
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def check_monitor(out: str) -> None:
+    """The Failover Monitor pages the demo printed answer while it runs: without a session
+    the page sends the browser to the login form; with the printed admin token the API shows
+    each node's status, and the page itself is served."""
+    m = re.search(r"Failover Monitor: a (http://127\.0\.0\.1:\d+)/  b (http://127\.0\.0\.1:\d+)/\n"
+                  r"  log in with the admin token (vmha_\S+)\n  \(read-only: (vmha_\S+)\)", out)
+    assert m, out
+    opener = urllib.request.build_opener(NoRedirect)
+    for name, url in (("a", m.group(1)), ("b", m.group(2))):
+        try:
+            opener.open(url + "/", timeout=10)
+            raise AssertionError(f"{url}/ answered without a login")
+        except urllib.error.HTTPError as e:
+            assert e.code == 303 and e.headers["Location"] == "/login", (url, e.code)
+        auth = {"Authorization": f"Bearer {m.group(3)}"}
+        with opener.open(urllib.request.Request(url + "/api/v1/status", headers=auth), timeout=10) as r:
+            assert json.loads(r.read())["status"]["node"]["name"] == name
+        with opener.open(urllib.request.Request(url + "/", headers=auth), timeout=10) as r:
+            assert r.status == 200 and b'id="timeline"' in r.read()
+
+
 def test_demo_runs_its_script_and_cleans_up(tmp_path):
     work = tmp_path / "demo"
     # 45 s: the script (up to ~20 s), the SCCP call (from 20 s), then the analog site's pair
@@ -138,6 +167,7 @@ def test_demo_runs_its_script_and_cleans_up(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert workdir_of(out) == str(work)
+    assert re.search(r"Failover Monitor: a http://127\.0\.0\.1:\d+/  b http://127\.0\.0\.1:\d+/", out), out
     # the kill -9 part-way and the peer's takeover, with the measured time
     assert re.search(r"KILL -9 of a's messaging service \(pid \d+\)", out), out
     m = re.search(r"TAKEOVER: b is active in term \d+, failover event ([\d.]+) ms after the kill -9", out)
@@ -192,6 +222,7 @@ def test_demo_stops_cleanly_on_ctrl_c():
     try:
         assert seen.wait(timeout=90), "".join(lines)  # a hang guard only
         assert proc.poll() is None, "the demo ended before Ctrl-C"
+        check_monitor("".join(lines))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         reader.join(timeout=10)
