@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from failover.config import ConfigError
 from failover.core.fields import key_id
+from telephony.runtime.files import SecretFileError, read_private_file
 
 KEY_BYTES = 32
 MAX_KEY_FILE = 512  # a ring is at most 65 + 110 bytes; anything longer is not a key file
@@ -126,21 +126,9 @@ def load_keys(path: str | os.PathLike) -> KeyRing:
     file, gives group or others any access, or does not parse."""
     p = str(path)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", _SETTING) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(p, "the key file is not a regular file", _SETTING)
-        if st.st_mode & 0o077:
-            raise ConfigError(p, f"the key file has mode {stat.S_IMODE(st.st_mode):04o}: "
-                              f"group and others must have no access (chmod 600 {p})", _SETTING)
-        data = os.read(fd, MAX_KEY_FILE + 1)
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the key file: {e.strerror or e}", _SETTING) from None
-    finally:
-        os.close(fd)
+        data = read_private_file(p, MAX_KEY_FILE + 1)  # the parser says when it is too long
+    except SecretFileError as e:
+        raise ConfigError(p, f"key file: {str(e).removeprefix(p + ': ')}", _SETTING) from None
     return parse_key_file(data, p)
 
 

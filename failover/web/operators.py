@@ -27,7 +27,6 @@ import hmac
 import os
 import re
 import secrets
-import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 import tomli_w
 
 from telephony.core.settings import ConfigError
+from telephony.runtime.files import SecretFileError, read_private_file
 
 __all__ = ["MAX_FILE", "MAX_OPERATORS", "NAME_RULE", "ROLES", "OperatorEntry", "add_operator",
            "check_name", "check_token", "load_operators", "lookup", "new_token", "parse_operators",
@@ -156,30 +156,12 @@ def load_operators(path: str | os.PathLike) -> dict[str, OperatorEntry]:
     or others any access, or does not parse."""
     p = str(path)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {}
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the operators file: {e.strerror or e}", _SETTING) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(p, "the operators file is not a regular file", _SETTING)
-        if st.st_mode & 0o077:
-            raise ConfigError(p, f"the operators file has mode {stat.S_IMODE(st.st_mode):04o}: group "
-                              f"and others must have no access (chmod 600 {p})", _SETTING)
-        chunks, size = [], 0
-        while size <= MAX_FILE:
-            chunk = os.read(fd, MAX_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise ConfigError(p, f"cannot read the operators file: {e.strerror or e}", _SETTING) from None
-    finally:
-        os.close(fd)
-    return parse_operators(b"".join(chunks), p)
+        data = read_private_file(p, MAX_FILE + 1)  # the parser says when it is too long
+    except SecretFileError as e:
+        if e.missing:
+            return {}
+        raise ConfigError(p, f"operators file: {str(e).removeprefix(p + ': ')}", _SETTING) from None
+    return parse_operators(data, p)
 
 
 def lookup(entries: dict[str, OperatorEntry], token: str) -> OperatorEntry | None:

@@ -54,18 +54,23 @@ MAX_SECRET_FILE = 64 * 1024
 
 class SecretFileError(ValueError):
     """A secret file (a password file) that cannot be used; the message names the file and
-    what to do."""
+    what to do.  ``missing``: the file does not exist."""
+
+    missing = False
 
 
-def read_secret(path: str | os.PathLike) -> str:
-    """The text of a secret file (a password file): refused when it is not a regular file,
-    when group or others have any access (``chmod 600``), or when it is over 64 KiB.  The file
-    opened is the one checked (no follow of a symlink, ``fstat`` of the descriptor)."""
+def read_private_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a file only its owner may read (a password, key or operators file):
+    :class:`SecretFileError` when it is not a regular file, when group or others have any
+    access (``chmod 600``), or when it holds more than ``limit`` bytes.  The file opened is the
+    one checked (no follow of a symlink, ``fstat`` of the descriptor)."""
     p = Path(path)
     try:
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
-        raise SecretFileError(f"{p}: cannot read: {e.strerror or e}") from None
+        err = SecretFileError(f"{p}: cannot read: {e.strerror or e}")
+        err.missing = isinstance(e, FileNotFoundError)
+        raise err from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -73,15 +78,27 @@ def read_secret(path: str | os.PathLike) -> str:
         if st.st_mode & 0o077:
             raise SecretFileError(f"{p}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
                                   f"read a secret: chmod 600 {p}")
-        data = os.read(fd, MAX_SECRET_FILE + 1)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as e:
         raise SecretFileError(f"{p}: cannot read: {e.strerror or e}") from None
     finally:
         os.close(fd)
-    if len(data) > MAX_SECRET_FILE:
-        raise SecretFileError(f"{p}: over {MAX_SECRET_FILE} bytes: not a password file")
+    if size > limit:
+        raise SecretFileError(f"{p}: over {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_secret(path: str | os.PathLike) -> str:
+    """The text of a secret file (a password file), at most 64 KiB (:func:`read_private_file`)."""
+    data = read_private_file(path, MAX_SECRET_FILE)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise SecretFileError(f"{p}: not UTF-8 text") from None
+        raise SecretFileError(f"{path}: not UTF-8 text") from None
 

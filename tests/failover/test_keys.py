@@ -133,7 +133,7 @@ def test_load_keys_enforces_the_mode_and_save_keys_writes_0600_atomically(tmp_pa
     assert [x.name for x in tmp_path.iterdir()] == ["link.key"]  # no temporary file left
     for mode in (0o640, 0o604, 0o644):
         os.chmod(p, mode)
-        with pytest.raises(ConfigError, match="group and others"):
+        with pytest.raises(ConfigError, match="lets group or others read a secret: chmod 600"):
             load_keys(p)
     os.chmod(p, 0o600)
     os.symlink(p, tmp_path / "link.lnk")
