@@ -81,3 +81,16 @@ def _ram_media_dirs_left_by_test_nodes():
             d.rmdir()  # only an empty one: a node still running elsewhere keeps its files
         except OSError:
             pass
+
+
+@pytest.fixture
+def short_dir():
+    """A fresh directory under /tmp with a short path (a pair's Unix sockets live in it, and a
+    socket path is limited to 107 bytes), removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="vmha-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -2,22 +2,11 @@
 ``peer_url``, and the same two operators (tokens) on both; without ``http`` no ``[http]``."""
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from failover.config import load_config
 from lab.pair import Pair
 from tests.failover.web.http_util import call
-
-
-@pytest.fixture
-def short_dir():
-    d = Path(tempfile.mkdtemp(prefix="vmha-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_pair_http_serves_both_nodes_with_the_same_tokens(short_dir):

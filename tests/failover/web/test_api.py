@@ -11,15 +11,12 @@ import http.client
 import json
 import os
 import pwd
-import shutil
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -151,16 +148,8 @@ SUB = {"extension": "1001", "name": "Ann", "mailbox": "1001", "mwi_method": "non
 
 
 @pytest.fixture
-def pair_dir():
-    """A short directory (Unix socket paths are limited to 107 bytes); kept when a test fails."""
-    d = Path(tempfile.mkdtemp(prefix="vmha-api-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def pair(pair_dir):
-    with Pair(pair_dir, http=True) as p:
+def pair(short_dir):
+    with Pair(short_dir, http=True) as p:
         p.start()
         wait_roles(p, "a")
         yield p

@@ -6,8 +6,6 @@ fuzzing."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,13 +30,6 @@ from tests.failover.web.http_util import asgi, call
 from tests.util import EventLogRecorder
 
 SUB = {"extension": "1001", "name": "Ann", "mailbox": "1001", "mwi_method": "none", "notify": []}
-
-
-@pytest.fixture
-def short_dir():
-    d = Path(tempfile.mkdtemp(prefix="vmha-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -77,13 +77,6 @@ def api_status(pair: Pair, node: str) -> dict:
     return json.loads(body)["status"]
 
 
-@pytest.fixture
-def pair_dir():
-    d = Path(tempfile.mkdtemp(prefix="vmha-met-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def settled(pair: Pair, active: str) -> None:
     other = "b" if active == "a" else "a"
 
@@ -95,8 +88,8 @@ def settled(pair: Pair, active: str) -> None:
 
 
 @pytest.fixture
-def pair(pair_dir):
-    with Pair(pair_dir, http=True) as p:
+def pair(short_dir):
+    with Pair(short_dir, http=True) as p:
         p.start()
         settled(p, "a")
         yield p
