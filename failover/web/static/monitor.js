@@ -261,7 +261,8 @@
     const rows = [
       ["enabled", r.enabled ? "yes" : "no"],
       ["log / peer acked", `${show(d.head_seq)} / ${show(d.peer_acked_seq)}`],
-      ["lag (changes)", d.lag_changes],
+      ["lag", (d.lag_s === null || d.lag_s === undefined) ? `${show(d.lag_changes)} changes`
+        : `${Number(d.lag_s).toFixed(1)} s (${show(d.lag_changes)} changes)`],
       ["behind the peer", d.behind_changes],
     ];
     if (d.diverged) rows.push(["DIVERGED", d.checksum]);
@@ -275,8 +276,10 @@
   function renderCounters(groups) {
     const rows = [];
     for (const [group, counters] of Object.entries(groups)) {
-      // the lamps (MWI) still to be set, when the service reports them, come first
-      const lamps = Object.entries(counters).filter(([k]) => /lamp|mwi/i.test(k) && /pend|queue/i.test(k));
+      // the lamps (MWI) still to be set come first: the same counters as vmha_lamps_pending
+      // (messaging.lamps_waiting_for_a_sink, smdi.lamps_held_waiting)
+      const lamps = Object.entries(counters).filter(([k]) => k === "lamps_waiting_for_a_sink"
+        || k === "lamps_held_waiting");
       for (const [k, v] of lamps) rows.push([`lamps pending (${group} ${k})`, v]);
       rows.push([group, Object.entries(counters).map(([k, v]) => `${k} ${v}`).join(", ")]);
     }
