@@ -817,7 +817,7 @@ def test_load_key_rejects_open_modes_and_bad_contents(tmp_path):
     assert load_key(p) == bytes([0xAB]) * 32
     for mode in (0o644, 0o640, 0o604, 0o620):
         os.chmod(p, mode)
-        with pytest.raises(ConfigError, match="group and others") as ei:
+        with pytest.raises(ConfigError, match="lets group or others read a secret: chmod 600") as ei:
             load_key(p)
         assert str(p) in str(ei.value)
     os.chmod(p, 0o400)
