@@ -277,12 +277,21 @@ class PeerLink:
         if isinstance(e, Status):
             self.counters["heartbeats_in"] += 1
             self._peer_settings(e.settings)
-            await self.inbox.send(ev.heartbeat_from(e))
+            await self._to_inbox(ev.heartbeat_from(e))
         elif isinstance(e, Command):
             self.counters["commands_in"] += 1
-            await self.inbox.send(ev.PeerCommand(COMMAND_NAMES[e.kind], e.term, e.reason))
+            await self._to_inbox(ev.PeerCommand(COMMAND_NAMES[e.kind], e.term, e.reason))
         else:
             self._dropped(e)
+
+    async def _to_inbox(self, event) -> None:
+        """Into the node manager's inbox; waits only when it is full.  (``send`` always
+        yields to the scheduler, one more turn of the loop for every heartbeat; the reader
+        yields anyway at its next ``receive_some``.)"""
+        try:
+            self.inbox.send_nowait(event)
+        except trio.WouldBlock:
+            await self.inbox.send(event)
 
     def _dropped(self, e) -> None:
         if isinstance(e, Dropped):

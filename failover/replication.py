@@ -58,7 +58,7 @@ from failover.core.replwire import (
 )
 from failover.core.state import Mode, Role, State
 from failover.eventlog import EventLog
-from failover.filerepl import FileReplicator
+from failover.filerepl import FileReplicator, inotify
 from failover.replchan import ChannelClosed, ReplEndpoint, ReplTasks, events_log
 from integrations.base import node_mwi_drivers
 from telephony.configdb import (
@@ -77,6 +77,9 @@ WINDOW = 5000  # log entries sent ahead of the receiver's acknowledgements
 BATCH_ENTRIES = 500
 SNAPSHOT_MAX = 512 * 1024 * 1024  # bytes a receiver accepts for one snapshot
 RETRY_MIN, RETRY_MAX = 0.2, 10.0
+#: the other-writers watch (``Replication._watch_writers``): a look at least this often even
+#: with no file event, and how long after an event it keeps looking for the commit to show
+WRITERS_FALLBACK, WRITERS_SETTLE = 2.0, 1.0
 SENDING_STATES = (State.ACTIVATING, State.ACTIVE, State.DRAINING)
 
 
@@ -119,6 +122,8 @@ class Replication:
         self._last_log: dict[str, float] = {}
         self._barrier: tuple[int, int] | None = None  # (number, our head at the barrier)
         self._snapshot_requested = False
+        #: the DB receivers' waits for the peer's next message (``_db_receiver``)
+        self._receiver_waits: set[trio.CancelScope] = set()
         self._state = State.STARTING
         self._term = 0
         self._mode = cfg.failover.mode
@@ -183,15 +188,47 @@ class Replication:
                            self.failures, backoff=Backoff(RETRY_MIN, RETRY_MAX))
 
     async def _watch_writers(self, every: float) -> None:
+        """Event-driven: sleep until the database file or its ``-wal``/``-journal`` changes
+        (inotify), then read ``data_version`` at once and again after ``every``, doubling,
+        while a commit may still be landing (its WAL frames are written, and so the event
+        comes, before it is visible); and once every ``WRITERS_FALLBACK`` seconds whatever
+        happens, in case an event is lost.  Without inotify: a read every ``every``."""
         last = await self.call(ConfigDB.data_version)
         await self._refresh()  # what was written while this watch was failing
         self.failures.ok("db.watch_writers")
-        while True:
-            await trio.sleep(every)
+
+        async def look() -> None:
+            nonlocal last
             dv = await self.call(ConfigDB.data_version)
             if dv != last:
                 last = dv
                 await self._refresh()  # wakes the sender if the log grew
+
+        path = self.cfg.database.path
+        try:
+            watch = inotify.NameWatch(path.parent, {path.name + x for x in ("", "-wal", "-journal")}) \
+                if inotify.available() else None
+        except OSError as e:  # no inotify watch left (fs.inotify limits): poll as before
+            self._log_limited("warning", "db_watch_polling", f"polling the configuration "
+                              f"database for other writers every {every:g} s: {describe(e)}")
+            watch = None
+        if watch is None:
+            while True:
+                await trio.sleep(every)
+                await look()
+        with watch:
+            while True:
+                woke = False
+                with trio.move_on_after(WRITERS_FALLBACK):
+                    await watch.wait()
+                    woke = True
+                seen, wait, left = last, every, WRITERS_SETTLE if woke else 0.0
+                await look()
+                while last == seen and left > 0:
+                    await trio.sleep(wait)
+                    left -= wait
+                    wait *= 2
+                    await look()
 
     async def _write_loop(self) -> None:
         await keep_running("db.write_loop", self._write_batches, self.failures,
@@ -418,6 +455,9 @@ class Replication:
         ours = await self._refresh()
         if st.applied_seq == ours.head_seq and st.head_seq == ours.applied_seq:
             if st.checksum != ours.checksum:
+                if self.role is Role.SECONDARY and not self._snapshot_requested:
+                    for wait in list(self._receiver_waits):  # the receiver asks for a snapshot
+                        wait.cancel()
                 if not self.diverged:
                     self.diverged = True
                     self.counters["divergences"] += 1
@@ -568,8 +608,12 @@ class Replication:
                 await chan.send(DbSnapshotRequest(head_seq=self._head, reason="checksums differ "
                                                   "at equal positions (diverged)"))
             msg = None
-            with trio.move_on_after(0.5):
-                msg = await chan.receive()
+            with trio.CancelScope() as wait:  # cancelled by a divergence found (_peer_state)
+                self._receiver_waits.add(wait)
+                try:
+                    msg = await chan.receive()
+                finally:
+                    self._receiver_waits.discard(wait)
             if msg is None:
                 continue
             if not isinstance(msg, (DbChanges, DbSnapshotChunk)):

@@ -11,7 +11,7 @@ Modules
     (``FileReplicator``: role, index in memory, counters, scans), ``sender`` and ``receiver``
     (the Trio shells of one connection), ``install`` (the receiver's disk work), ``index``
     (``files.db``), ``hashing`` (reading and hashing files), ``scan`` (disk against index) and
-    ``watcher`` (``watchfiles``).
+    ``watcher`` (inotify through ``treewatch`` and ``inotify``; ``watchfiles`` when polling).
 
 Index
     ``<data_dir>/repl/files.db`` (SQLite through ``apsw``, not replicated) holds one row per
@@ -61,7 +61,7 @@ Receiver
 
 Sender
     On connect (and each time it becomes the sender) it asks for the receiver's manifest,
-    diffs it with the local index (``plan``), then streams; afterwards ``watchfiles`` events
+    diffs it with the local index (``plan``), then streams; afterwards the watcher's events
     and a sweep every ``sweep_interval`` feed it.  Transfers are pipelined (at most
     ``max_inflight_files`` / ``max_inflight_bytes`` un-acknowledged); the view of the peer's
     manifest is kept up to date from the acks.

@@ -1,7 +1,13 @@
-"""The file watcher: ``watchfiles`` events on the replicated directories, batched by
+"""The file watcher: kernel events on the replicated directories, batched by
 ``batch_delay``, turned into partial scans.  A directory that cannot be watched (a symlink
 loop, a share that went away) is retried with back-off while the others stay watched; after
-any gap the whole tree is scanned again, so nothing missed is lost.
+any gap (a watch restarted, the kernel's event queue overflowed) the whole tree is scanned
+again, so nothing missed is lost.
+
+On Linux the watcher sleeps on an inotify descriptor (``failover/filerepl/inotify.py``):
+an idle node does no work for it at all.  With ``force_polling`` (network shares, where
+inotify sees no changes made by other hosts; also when ``WATCHFILES_FORCE_POLLING`` is set)
+or without inotify it uses ``watchfiles``, which polls.
 """
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
 import trio
-import watchfiles
 
 from failover.core.manifest import ReplicatedPaths
+from failover.filerepl import inotify
 from failover.filerepl.hashing import error_text
+from failover.filerepl.treewatch import TreeWatch, WatchGap
 
 
 class Failures(Protocol):
@@ -33,6 +40,7 @@ class Turn:
 
     def __init__(self, stop: threading.Event):
         self._stop, self._own = stop, threading.Event()
+        self.scope = trio.CancelScope()  # around an inotify watch (``Watcher._watch_tree``)
 
     def is_set(self) -> bool:
         return self._own.is_set() or self._stop.is_set()
@@ -61,6 +69,7 @@ class Watcher:
         self.debounce_ms, self.step_ms = debounce_ms, step_ms
         self.force_polling, self.poll_delay_ms = force_polling, poll_delay_ms
         self.recheck: set[str] = set()
+        self._gap = False  # an inotify watch ended with events lost: rescan once watching again
 
     def rel_of(self, abspath: str) -> str | None:
         """The replicated path of a watch event, None if it is not one."""
@@ -69,6 +78,37 @@ class Watcher:
         except ValueError:
             return None
         return rel if self.paths.covers(rel) else None
+
+    def kernel_events(self) -> bool:
+        """True: watch with inotify (sleeping until something changes); False: watchfiles."""
+        if self.force_polling or (self.force_polling is None
+                                  and os.environ.get("WATCHFILES_FORCE_POLLING")):
+            return False
+        return inotify.available()
+
+    async def _watch_tree(self, good: list[str], send: trio.MemorySendChannel,
+                          bad: list[str], turn: Turn) -> bool:
+        """Watch ``good`` with inotify until ``turn`` ends (the bad directories' retry) or
+        events may have been lost (then everything is scanned again and this returns, for a
+        new watch).  True if events arrived while every directory was watched."""
+        reset = False
+        watch = TreeWatch(good, debounce_ms=self.debounce_ms, step_ms=self.step_ms)
+        try:
+            with turn.scope:
+                await watch.start()
+                if self._gap:  # scan what the last watch may have missed, now that this one runs
+                    self._gap = False
+                    send.send_nowait({(None, str(self.root / d)) for d in self.paths.directories})
+                while True:
+                    changed = await watch.changes()
+                    send.send_nowait({(None, p) for p in changed})
+                    reset = reset or not bad
+        except WatchGap as e:
+            self.on_error(f"file watcher restarts: {e}; everything is scanned again")
+            self._gap = True
+        finally:
+            watch.close()
+        return reset
 
     async def run(self) -> None:
         """Feed watch events (batched by ``batch_delay``) into partial scans."""
@@ -90,6 +130,7 @@ class Watcher:
         async def end_after(delay: float, turn: Turn) -> None:
             await trio.sleep(delay)
             turn.set()
+            turn.scope.cancel()  # an inotify watch waits in Trio: end it too
 
         async def pump() -> None:
             """Watch the directories that can be watched; one that cannot (or a watcher
@@ -108,7 +149,12 @@ class Watcher:
                     async with trio.open_nursery() as retry:
                         if bad:  # look at the bad ones again later
                             retry.start_soon(end_after, delay, turn)
-                        if good:
+                        if good and self.kernel_events():
+                            if await self._watch_tree(good, send, bad, turn):
+                                delay = self.retry_min
+                        elif good:
+                            import watchfiles  # only when polling: ~2 MB and anyio otherwise unused
+
                             async for changes in watchfiles.awatch(
                                     *good, watch_filter=None, debounce=self.debounce_ms,
                                     step=self.step_ms, stop_event=turn, rust_timeout=1000,
