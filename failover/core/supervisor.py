@@ -746,12 +746,25 @@ class Supervisor(Commands):
     # ------------------------------------------------------------------ timers
 
     def _timers(self, now: float, acts: list) -> None:
-        if self.state in ACTIVE_STATES and self._next_renew is not None and now >= self._next_renew:
+        # One wake-up per ping interval, not three: the heartbeat goes out early (up to half
+        # an interval) when the peer's has just arrived, so the two nodes fall into step and
+        # one of them sends in the turn that reads the peer's; the lease renewal rides on the
+        # heartbeat whenever it would fall due before the next one (early, never late: an
+        # early renewal only ends the lease sooner).
+        ping = self.cfg.ping_interval
+        beat = now >= self._next_heartbeat or (
+            self._peer_heard == now and now >= self._next_heartbeat - ping / 2)
+        if self.state in ACTIVE_STATES and self._next_renew is not None and (
+                now >= self._next_renew or (beat and self._next_renew < now + ping)):
             self._lease_expiry = now + self.cfg.lease_s
-            self._next_renew = now + self.cfg.ping_interval
+            self._next_renew = now + ping
             acts.append(ev.RenewLease(self.term, self.cfg.lease_s))
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.cfg.ping_interval
+        if beat:
+            # Sent in the turn that read the peer's: the next one waits for the peer's next
+            # (due one interval on), with a quarter interval to spare so that this node's own
+            # timer does not fire just before it arrives (two wake-ups again).  Only a missing
+            # peer heartbeat lets that timer fire: 1.25 intervals, far inside the peer timeout.
+            self._next_heartbeat = now + (ping * 1.25 if self._peer_heard == now else ping)
             if not any(isinstance(a, ev.SendStatus) for a in acts):
                 acts.append(ev.SendStatus())
         if self._quiet_until is not None and now >= self._quiet_until and self.state in ACTIVE_STATES:

@@ -648,3 +648,52 @@ def test_heartbeat_field_list_matches_the_event_and_the_wire_status():
     names = set(ev.HEARTBEAT_FIELDS)
     assert names == {f.name for f in dataclasses.fields(ev.PeerHeartbeat)}
     assert names <= {f.name for f in dataclasses.fields(Status)}
+
+
+def test_an_idle_pair_wakes_once_per_ping_interval_per_beat():
+    """The heartbeats fall into step: one node sends its heartbeat in the very instant it
+    reads the peer's, and the active node's lease renewal goes out with its heartbeat, never
+    on a timer of its own.  A renewal at most one ping interval after the previous one, a
+    heartbeat at most 1.25 (the answering node waits a quarter interval more for the peer's
+    next one), and never more often than two per interval."""
+    from tests.failover.sim import Sim
+
+    sim = Sim(start_b_at=0.033)  # b boots out of phase with a
+    sent: dict[str, list[float]] = {"a": [], "b": []}
+    renewed: list[float] = []
+    heard: dict[str, set[float]] = {"a": set(), "b": set()}
+    run_actions, feed = sim._run_actions, sim._feed
+
+    def record_actions(node, acts):
+        for a in acts:
+            if isinstance(a, ev.SendStatus):
+                sent[node].append(sim.now)
+            elif isinstance(a, ev.RenewLease) and node == "a":
+                renewed.append(sim.now)
+        run_actions(node, acts)
+
+    def record_feed(node, event):
+        if isinstance(event, ev.PeerHeartbeat):
+            heard[node].add(sim.now)
+        feed(node, event)
+
+    sim._run_actions, sim._feed = record_actions, record_feed
+    sim.run_until(2.0)
+    assert sim.actives() == ["a"]
+    for n in sent:
+        sent[n].clear()
+    renewed.clear()
+    sim.run_until(7.0)
+    ping = sim.nodes["a"].sup.cfg.ping_interval
+    for n, times in sent.items():
+        gaps = [t2 - t1 for t1, t2 in zip(times, times[1:], strict=False)]
+        assert max(gaps) <= 1.25 * ping + 1e-9, (n, max(gaps))
+        assert min(gaps) >= ping / 2 - 1e-9, (n, min(gaps))
+    lease = [t2 - t1 for t1, t2 in zip(renewed, renewed[1:], strict=False)]
+    assert max(lease) <= ping + 1e-9, max(lease)
+    # the renewal rides on a heartbeat: no instant of its own
+    assert renewed and set(renewed) <= set(sent["a"]), sorted(set(renewed) - set(sent["a"]))[:5]
+    # one node answers the other's heartbeat in the instant it reads it
+    answered = {n: sum(t in heard[n] for t in sent[n]) / len(sent[n]) for n in sent}
+    assert max(answered.values()) > 0.95, answered
+    assert not sim.logs("a", "deactivated") and not sim.logs("b", "activating")
