@@ -211,7 +211,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "service": {
         "health_interval": _T["service"]["health_interval"],
-        "health_timeout": Key(Num(0.01, 300), 1.0),
+        "health_timeout": _T["service"]["health_timeout"],
         "start_timeout": Key(Num(0.1, 3600), 10.0),
         "max_restarts": Key(Num(0, 1000, integer=True), 5),
         "restart_window": Key(Num(1, 86400), 60.0),
@@ -480,7 +480,8 @@ def _build(v: dict[str, dict[str, Any]], source: str) -> NodeConfig:
         }),
         failback=FailbackSection(**v["failback"]),
         licence=LicenceSection(**v["licence"]),
-        service=ServiceSection(**v["service"]),
+        service=ServiceSection(**{**v["service"], "health_interval": telephony.health_interval(
+            v["service"]["health_interval"], v["service"]["health_timeout"])}),
         health=HealthSettings(**v["health"]),
         admin=AdminSection(v["admin"]["socket"] or data_dir / "run" / "admin.sock"),
         http=web.build(v["http"], data_dir),
@@ -529,9 +530,9 @@ def _cross_checks(c: NodeConfig) -> list[Problem]:
                                 f"({f.peer_timeout:g} s), so the service fences itself before "
                                 "the peer takes over"))
     s = c.service
-    if s.health_timeout <= s.health_interval:
-        out.append(Problem("service.health_timeout", f"{s.health_timeout:g} s must be longer "
-                           f"than service.health_interval ({s.health_interval:g} s)"))
+    if s.health_interval > s.health_timeout / 2:  # room for one keep-alive that is late
+        out.append(Problem("service.health_timeout", f"{s.health_timeout:g} s must be at least "
+                           f"twice service.health_interval ({s.health_interval:g} s)"))
     fb = c.failback
     if fb.type is FailbackType.SCHEDULED:
         for k in ("window_start", "window_end"):

@@ -8,7 +8,7 @@ docs/failover-rules.md, "Driver health").
   which ports are down.
 * The message store's score is 100 when its last probe answered, 0 otherwise.  The probe is
   cheap and runs every ``health.store_probe`` seconds in a worker thread, off the health loop
-  (which must never block: it reports every 20 ms): for a Maildir store, the root is a
+  (which must never block: it reports a change at once): for a Maildir store, the root is a
   directory in which a small file can be created and removed; for an IMAP store, the server
   greets and answers NOOP.  A probe that takes longer than the store's timeout counts as
   failed (its thread is abandoned).
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import math
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ STORE_PROBE_RANGE = (0.1, 3600.0)
 MAX_DETAIL = 200
 DISK_MIN_FREE = 16 * 1024 * 1024  # bytes: below this the data_dir disk counts as full
 MAX_DRIVERS = 32
+DEFAULT_HEALTH_INTERVAL = 0.25  # seconds: service.health_timeout's default (1 s) / 4
+MIN_GAP = 0.02  # seconds: changes in a burst (calls under load) are reported at most this often
 
 
 def store_probe_interval(config: Path | None) -> float:
@@ -57,6 +60,61 @@ def store_probe_interval(config: Path | None) -> float:
         raise ValueError(f"{config}: health.store_probe: expected a number of seconds from "
                          f"{lo:g} to {hi:g}, got {v!r:.40}")
     return float(v)
+
+
+class HealthReporter:
+    """Health reports on change, with a keep-alive (docs/design.md, "Local control channel").
+
+    :meth:`run` sends a report at once when what it carries (``snapshot()``: state, term,
+    calls, ports, driver scores) differs from the last one sent, and else every ``interval``
+    seconds (the keep-alive by which the node manager sees that the service is not hung: it
+    counts the service as failed after ``service.health_timeout`` without one).  What changes
+    calls :meth:`changed`, which wakes it: nothing is polled.  Reports in a burst are at least
+    ``min_gap`` apart (the last state is what is sent).  ``send`` is given the very object it
+    was given last time when nothing changed (it may reuse what it made of it)."""
+
+    def __init__(self, interval: float = DEFAULT_HEALTH_INTERVAL, min_gap: float = MIN_GAP) -> None:
+        if not interval > 0:
+            raise ValueError(f"health interval must be > 0, got {interval!r}")
+        self.interval = interval
+        self.min_gap = min(min_gap, interval)
+        self.sent = 0
+        self.last_sent = -math.inf
+        self._now = False  # send a keep-alive at this wake-up even if nothing changed
+        self._changed = trio.Event()
+
+    def changed(self) -> None:
+        """Something a report carries may have changed: report it now.  A call from outside
+        the service's Trio thread is ignored (the next keep-alive carries the change)."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            return
+        self._changed.set()
+
+    def awake(self) -> None:
+        """The service woke for something else (a lease renewal): a keep-alive at least half
+        due goes now, riding on this wake-up, rather than waking the process on its own later
+        (an active service then sends its keep-alives without a wake-up of their own)."""
+        if trio.current_time() >= self.last_sent + self.interval / 2:
+            self._now = True
+            self.changed()
+
+    async def run(self, snapshot: Callable[[], dict], send: Callable[[dict], Awaitable[None]]) -> None:
+        last: dict | None = None
+        while True:
+            self._changed = trio.Event()  # before the snapshot: a change from here on wakes us
+            body = snapshot()
+            if body == last:
+                body = last  # the very object sent last time: a keep-alive
+            if body is not last or self._now or trio.current_time() >= self.last_sent + self.interval:
+                self._now = False
+                await send(body)
+                last, self.last_sent = body, trio.current_time()
+                self.sent += 1
+            with trio.move_on_at(self.last_sent + self.interval):
+                await self._changed.wait()
+                await trio.sleep_until(self.last_sent + self.min_gap)  # a burst: one per gap
 
 
 def driver_scores(ports: list[dict]) -> list[dict]:
@@ -98,6 +156,8 @@ class DriverHealth:
         self.disk: Path | None = None  # the data_dir whose file system is watched
         self.disk_score = FULL
         self.disk_detail = "not checked yet"
+        #: runs when a score changes (the service then reports health at once)
+        self.on_change: Callable[[], None] = lambda: None
 
     def watch(self, store: Any, config: Path | None, data_dir: Path | None = None) -> None:
         """Probe ``store`` (a MaildirStore or ImapStore), and the file system of ``data_dir``,
@@ -156,7 +216,10 @@ class DriverHealth:
         if score != self.disk_score:
             log.log(logging.INFO if score else logging.WARNING, "data_dir disk %s: %s",
                     "usable again" if score else "full or unusable", detail)
+        changed = score != self.disk_score
         self.disk_score, self.disk_detail = score, detail[:MAX_DETAIL]
+        if changed:
+            self.on_change()
 
     async def probe_once(self) -> None:
         """One probe in a worker thread.  A probe that does not return within the timeout is
@@ -191,8 +254,11 @@ class DriverHealth:
         if score != self.store_score:
             log.log(logging.INFO if ok else logging.WARNING, "message store %s: %s",
                     "answers again" if ok else "unreachable", detail)
+        changed = score != self.store_score
         self.store_score = score
         self.store_detail = "".join(c if c.isprintable() else "?" for c in detail)[:MAX_DETAIL]
+        if changed:
+            self.on_change()
 
 
 def disk_state(path: Path, min_free: int = DISK_MIN_FREE) -> tuple[int, str]:

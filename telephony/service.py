@@ -3,20 +3,21 @@
 ::
 
     python -m telephony.service --control PATH --node NAME --loopback-port N [--ports 4]
-                                [--health-interval 0.02] [--offer-hold 2.0]
+                                [--health-interval 0.25] [--offer-hold 2.0]
     python -m telephony.service --control PATH --config NODE.toml   (flags override the file)
 
-It connects to the node manager's control socket, says ``hello``, reports ``health`` every
-health interval, and answers calls only while activated with a live lease (docs/design.md,
-"Local control channel").  When the lease runs out it stops answering and reports ``fenced``.
-When the control socket closes, the node manager is gone: the service stops answering at once,
-hangs up its calls and exits 0.  ``shutdown`` and SIGTERM exit 0 the same way.
+It connects to the node manager's control socket, says ``hello``, reports ``health`` on each
+change and at least every health interval (the keep-alive), and answers calls only while
+activated with a live lease (docs/design.md, "Local control channel").  When the lease runs
+out it stops answering and reports ``fenced``.  When the control socket closes, the node
+manager is gone: the service stops answering at once, hangs up its calls and exits 0.
+``shutdown`` and SIGTERM exit 0 the same way.
 
 It exits only then, on a configuration error at start (a listening address that cannot be
 bound, a driver that cannot start: one log line naming the setting, exit 1) and when its
 control channel breaks.  Every long-lived task contains its own failures
 (:mod:`telephony.runtime.tasks`): a driver whose run fails after its start is recorded, its ports are
-``down`` and it is run again after a growing delay; so are the health and counters loops, the
+``down`` and it is run again after a growing delay; so are the health loop, the
 voice-messaging core and a command whose handling fails.  The failure counts per task go to
 the node manager as the ``tasks`` counters group.
 
@@ -45,7 +46,6 @@ from integrations.base import node_mwi_drivers
 from integrations.profiles import analog_integration, sccp_integration, smdi_integration
 from telephony.core.activation import Activation, ActivationError
 from telephony.core.control import (
-    MAX_COUNTERS,
     NEED_DATA,
     TO_SERVICE,
     Closed,
@@ -58,10 +58,19 @@ from telephony.core.control import (
 )
 from telephony.core.events import CallArrival
 from telephony.core.settings import ConfigError
-from telephony.health import DriverHealth
+from telephony.health import DEFAULT_HEALTH_INTERVAL, DriverHealth, HealthReporter
 from telephony.runtime.ports import ActiveCall, CallDesk, Decision, PortDriver, PortRegistry, PortState
-from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, keep_running, python_logger
-from telephony.settings import ServiceSettings, load_service_settings, read_keys
+from telephony.runtime.tasks import (
+    Backoff,
+    ListenError,
+    TaskFailures,
+    contained,
+    describe,
+    keep_running,
+    python_logger,
+    task_counters,
+)
+from telephony.settings import ServiceSettings, health_interval, load_service_settings, read_keys
 from telephony.wiring import connect_call_info, line_names, voice_ports  # also re-exported
 
 log = logging.getLogger("telephony.service")
@@ -69,7 +78,7 @@ log = logging.getLogger("telephony.service")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-#: seconds between looks at the drivers' counters (sent to the node manager when changed)
+#: least seconds between looks at the drivers' counters (sent to the node manager when changed)
 COUNTERS_INTERVAL = 1.0
 
 
@@ -83,22 +92,24 @@ class MessagingService:
     """
 
     def __init__(self, *, node: str, control: trio.abc.Stream, drivers: Sequence[PortDriver] = (),
-                 health_interval: float = 0.02, offer_hold: float = 2.0,
+                 health_interval: float = DEFAULT_HEALTH_INTERVAL, offer_hold: float = 2.0,
                  send_timeout: float = 5.0, hello_extra: dict[str, Any] | None = None,
                  pid: int | None = None, messaging: Any = None) -> None:
         self.node = node
         #: the voice-messaging core (telephony.messaging.Messaging) or None (calls only held)
         self.messaging = messaging
         self.health_interval = health_interval
+        #: health reports: on change (``reporter.changed()``) and a keep-alive
+        self.reporter = HealthReporter(health_interval)
         self.send_timeout = send_timeout
-        self.registry = PortRegistry()
+        self.registry = PortRegistry(on_change=self.reporter.changed)
         self.drivers = list(drivers)
         for d in self.drivers:
             d.register(self.registry)
         self.activation = Activation()
         self.desk = CallDesk(registry=self.registry, answering=self._answering,
                              notify=self._notify, offer_hold=offer_hold,
-                             on_idle=self.activation.drained)
+                             on_idle=self.activation.drained, on_change=self.reporter.changed)
         self._control = control
         self._conn = ControlConnection()
         self._send_lock = trio.StrictFIFOLock()
@@ -107,7 +118,10 @@ class MessagingService:
         self._hello_extra = dict(hello_extra or {})
         self._pid = os.getpid() if pid is None else pid
         self._seq = 0
+        self._counters_due, self._counters_sent = -math.inf, {}
+        self._health: tuple[dict | None, dict] = None, {}  # the last health body, its message
         self.health = DriverHealth(node)  # the drivers' and the store's scores (health reports)
+        self.health.on_change = self.reporter.changed
         self.stop_reason: str | None = None
         self.exit_code = EXIT_OK
         #: failures of the service's long-lived tasks (drivers and the messaging core that
@@ -168,11 +182,8 @@ class MessagingService:
                     why = exc.strerror if isinstance(exc, ListenError) else describe(exc)
                     outcome = f"cannot start: {why}", EXIT_FAILED
                 else:
-                    nursery.start_soon(keep_running, "health", self._health_loop,
-                                       self.task_failures)
+                    nursery.start_soon(keep_running, "health", self._health_loop, self.task_failures)
                     nursery.start_soon(keep_running, "store-probe", self.health.run, self.task_failures)
-                    nursery.start_soon(keep_running, "counters", self._counters_loop,
-                                       self.task_failures)
                     log.info("running with %d ports: %s", len(self.registry),
                              ", ".join(self.registry.names()) or "none")
                 task_status.started()
@@ -265,6 +276,10 @@ class MessagingService:
                 continue
             try:
                 stop = await self._handle(ev)
+                if ev.get("op") == "renew":
+                    self.reporter.awake()  # a keep-alive due soon rides on this wake-up
+                else:  # activate, deactivate...: the state may have changed
+                    self.reporter.changed()
             except Exception as exc:  # noqa: BLE001 - one command's failure is not the end
                 self.task_failures.failed("control", exc)
                 await self._error(f"{ev.get('op')} failed: {describe(exc)}", ev.get("op"))
@@ -324,19 +339,28 @@ class MessagingService:
     async def _check_timer(self) -> None:
         fenced = self.activation.on_timer(trio.current_time())
         if fenced is not None:
+            self.reporter.changed()
             if self.messaging is not None:
                 self.messaging.deactivated()
             log.error("fenced: %s; no new calls until activated again", fenced.reason)
             await self._notify(make("fenced", term=fenced.term, reason=fenced.reason[:200]))
 
-    async def _health_loop(self) -> None:
-        while True:
-            self._seq += 1
-            a, ports = self.activation, self.registry.status()
-            await self._notify(make("health", seq=self._seq, state=str(a.state), term=a.term,
-                                    calls=self.desk.calls_in_progress, ports=ports,
-                                    drivers=self.health.drivers(ports)))
-            await trio.sleep(self.health_interval)
+    async def _health_loop(self) -> None:  # on change, and a keep-alive (HealthReporter)
+        await self.reporter.run(self._health_body, self._send_health)
+
+    def _health_body(self) -> dict:
+        a, ports = self.activation, self.registry.status()
+        return {"state": str(a.state), "term": a.term, "calls": self.desk.calls_in_progress,
+                "ports": ports, "drivers": self.health.drivers(ports)}
+
+    async def _send_health(self, body: dict) -> None:
+        self._seq += 1
+        if body is not self._health[0]:  # a keep-alive (the same body) is not checked again
+            self._health = body, make("health", seq=0, **body)
+        await self._notify({**self._health[1], "seq": self._seq})
+        if trio.current_time() >= self._counters_due:  # counters ride on the health wake-ups
+            self._counters_due = trio.current_time() + COUNTERS_INTERVAL
+            await contained("counters", self.task_failures, self._send_counters)
 
     def counters(self) -> dict[str, dict[str, int]]:
         """The counters of every driver that keeps some (``counters``: a dict of name -> int),
@@ -353,21 +377,19 @@ class MessagingService:
             groups["tasks"] = tasks
         return groups
 
-    async def _counters_loop(self) -> None:
-        """Counters go to the node manager (``vmha status`` shows them) when they changed,
-        at most once per :data:`COUNTERS_INTERVAL`: not with every health report."""
-        last: dict[str, dict[str, int]] = {}
-        while True:
-            current = self.counters()
-            if current != last:
-                try:
-                    msg = make("counters", groups=current)
-                except FieldError as exc:  # a driver's counters out of bounds: say so, go on
-                    log.warning("counters not reported: %s", exc)
-                else:
-                    await self._notify(msg)
-                last = current
-            await trio.sleep(COUNTERS_INTERVAL)
+    async def _send_counters(self) -> None:
+        """Counters go to the node manager (``vmha status`` shows them) when they changed, at
+        most once per :data:`COUNTERS_INTERVAL`, after a health report (no timer of their own:
+        at the latest with the next keep-alive)."""
+        current, last = self.counters(), self._counters_sent
+        self._counters_sent = current
+        if current != last:
+            try:
+                msg = make("counters", groups=current)
+            except FieldError as exc:  # a driver's counters out of bounds: say so, go on
+                log.warning("counters not reported: %s", exc)
+            else:
+                await self._notify(msg)
 
     async def _error(self, message: str, ref: Any) -> None:
         await self._notify(make("error", message=_printable(message)[:1000], ref=_ref(ref)))
@@ -406,17 +428,6 @@ class _Started:
         if not self.done:
             self.done = True
             self.inner.started(value)
-
-
-def task_counters(counts: dict[str, int]) -> dict[str, int]:
-    """Failure counts by task name within one counters group's bounds (64 counters): beyond
-    63 tasks the least frequent are summed as ``other``."""
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    if len(items) <= MAX_COUNTERS:
-        return {name[:64]: n for name, n in items}
-    out = {name[:64]: n for name, n in items[:MAX_COUNTERS - 1]}
-    out["other"] = out.get("other", 0) + sum(n for _, n in items[MAX_COUNTERS - 1:])
-    return out
 
 
 def _lease_left(msg: dict) -> float:
@@ -464,7 +475,7 @@ class ServiceOptions:
     node: str
     loopback: tuple[str, int] | None  # None: no loopback trunk
     ports: int = 4
-    health_interval: float = 0.02
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
     offer_hold: float = 2.0
     log_level: str = "info"
     config: Path | None = None  # the node's TOML: enables the voice-messaging core
@@ -513,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ports", type=_number(1, 256, integer=True), metavar="N",
                    help="number of loopback ports (default 4)")
     p.add_argument("--health-interval", type=_number(0.001, 10), metavar="SECONDS",
-                   help="seconds between health messages (default 0.02)")
+                   help="the health keep-alive: the longest gap between health messages (a "
+                        "change is sent at once; default service.health_timeout / 4 = 0.25)")
     p.add_argument("--offer-hold", type=_number(0, 60), metavar="SECONDS",
                    help="how long a call offered while inactive waits for activation "
                         "(default 2.0)")
@@ -523,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: the keys ``--config`` gives the command line's defaults (a file may hold only these)
-CONFIG_KEYS = ("node.name", "service.health_interval", "service.offer_hold",
+CONFIG_KEYS = ("node.name", "service.health_interval", "service.health_timeout", "service.offer_hold",
                "ports.loopback.enabled", "ports.loopback.listen", "ports.loopback.count",
                "log.level")
 
@@ -539,7 +551,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     listen = got.get("ports.loopback.listen")
     return {
         "node": got.get("node.name"),
-        "health_interval": got.get("service.health_interval"),
+        "health_interval": health_interval(got.get("service.health_interval"),
+                                           got.get("service.health_timeout", 1.0)),
         "offer_hold": got.get("service.offer_hold"),
         "loopback_enabled": got.get("ports.loopback.enabled", True),
         "loopback": (listen.host, listen.port) if listen is not None else None,
@@ -585,8 +598,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServiceOptions:
     if level not in ("debug", "info", "warning", "error"):
         parser.error(f"{args.config}: log.level: expected debug, info, warning or error")
     return ServiceOptions(control=args.control, node=node, loopback=loopback,
-                          ports=pick("ports", 4), health_interval=pick("health_interval", 0.02),
-                          offer_hold=pick("offer_hold", 2.0), log_level=level,
+                          ports=pick("ports", 4), offer_hold=pick("offer_hold", 2.0), log_level=level,
+                          health_interval=pick("health_interval", DEFAULT_HEALTH_INTERVAL),
                           config=args.config)
 
 

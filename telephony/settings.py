@@ -63,7 +63,7 @@ __all__ = [
     "SECTIONS", "INTEGRATION", "SERVICE_KEYS", "PortsSection", "DatabaseSection",
     "StoreSection", "NotifySection", "MessagingSection", "Integration", "ServiceSettings",
     "build", "problems", "integration_problems", "files_root", "load_service_settings",
-    "read_keys",
+    "read_keys", "health_interval",
 ]
 
 email = Pattern(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}",
@@ -83,7 +83,8 @@ SERVICE_KEYS: dict[str, dict[str, Key]] = {
         "data_dir": Key(path),
     },
     "service": {
-        "health_interval": Key(Num(0.001, 10), 0.02),
+        "health_interval": Key(Num(0.001, 10), None),  # health_interval(None, health_timeout)
+        "health_timeout": Key(Num(0.01, 300), 1.0),
         "offer_hold": Key(Num(0, 60), 2.0),
     },
     "replication": {
@@ -377,9 +378,18 @@ class NodeView:
     data_dir: Path
 
 
+def health_interval(written: float | None, timeout: float) -> float:
+    """``service.health_interval``: the longest the service stays silent on its control
+    channel (a change is reported at once).  Left out, it is a quarter of
+    ``service.health_timeout``, at most 10 s, so three keep-alives in a row may be late before
+    the node manager counts the service as failed."""
+    return written if written is not None else min(timeout / 4, 10.0)
+
+
 @dataclass(frozen=True)
 class ServiceView:
     health_interval: float
+    health_timeout: float
     offer_hold: float
 
 
@@ -458,7 +468,9 @@ def load_service_settings(path: str | Path) -> ServiceSettings:
         raise ConfigError(p, found)
     r = v["replication"]
     return ServiceSettings(
-        source=str(p), node=NodeView(**v["node"]), service=ServiceView(**v["service"]),
+        source=str(p), node=NodeView(**v["node"]), service=ServiceView(**{
+            **v["service"], "health_interval": health_interval(v["service"]["health_interval"],
+                                                               v["service"]["health_timeout"])}),
         replication=ReplicationView(files_root(r["files_root"], data_dir), r["log_keep"], r["log_max"]),
         log_level=v["log"]["level"], **parts)
 

@@ -45,6 +45,16 @@ class Port:
     #: SCCP port's registration outcome), shown by ``vmha status``; "" for none
     detail: str = ""
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # a driver sets ``state``/``detail`` directly: a real change tells the registry's
+        # ``on_change`` (the service reports health on change, not by polling)
+        changed = name in _WATCHED and self.__dict__.get(name, value) != value
+        object.__setattr__(self, name, value)
+        if changed:
+            hook = self.__dict__.get("_on_change")
+            if hook is not None:
+                hook()
+
     def status(self) -> dict[str, str]:
         out = {"name": self.name, "kind": self.kind, "state": str(self.state)}
         if self.detail:
@@ -52,17 +62,28 @@ class Port:
         return out
 
 
-class PortRegistry:
-    """Every port of the service, in registration order."""
+_WATCHED = frozenset({"state", "detail"})
 
-    def __init__(self) -> None:
+
+class PortRegistry:
+    """Every port of the service, in registration order.  ``on_change()`` runs whenever a
+    port's state or detail changes (in the thread that changed it)."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._ports: dict[str, Port] = {}
+        self.on_change = on_change
 
     def register(self, name: str, kind: str, state: PortState = PortState.DOWN) -> Port:
         if name in self._ports:
             raise ValueError(f"port {name!r} is registered twice")
         port = self._ports[name] = Port(name, kind, state)
+        object.__setattr__(port, "_on_change", self._changed)
+        self._changed()
         return port
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def get(self, name: str) -> Port:
         return self._ports[name]
@@ -177,12 +198,14 @@ class CallDesk:
 
     ``answering()`` returns the term the service may answer in right now, or None.
     ``notify(msg)`` sends a control message to the node manager (it must not raise).
-    ``on_idle()`` runs when the last call in progress ends (the drain is over).
+    ``on_idle()`` runs when the last call in progress ends (the drain is over);
+    ``on_change()`` whenever a call starts or ends.
     """
 
     def __init__(self, *, registry: PortRegistry, answering: Callable[[], int | None],
                  notify: Notify, offer_hold: float = 2.0,
-                 on_idle: Callable[[], None] = lambda: None) -> None:
+                 on_idle: Callable[[], None] = lambda: None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         if not offer_hold >= 0:
             raise ValueError("offer_hold must be >= 0")
         self.registry = registry
@@ -190,6 +213,7 @@ class CallDesk:
         self._answering = answering
         self._notify = notify
         self._on_idle = on_idle
+        self._on_change = on_change  # the number of calls in progress changed
         self.pending: dict[str, _Pending] = {}
         self.calls: dict[str, ActiveCall] = {}
         self.closing = False
@@ -255,6 +279,7 @@ class CallDesk:
     async def _answer(self, call: CallArrival, term: int, port) -> Decision:
         active = ActiveCall(call, term)
         self.calls[call.call_id] = active
+        self._on_change()
         port.state = PortState.IN_CALL
         log.info("answered %s in term %d", call.summary(), term)
         await self._notify(make("call", event="answered", call=call.to_dict(), term=term))
@@ -292,6 +317,7 @@ class CallDesk:
             active.dropped.set()
         if self.calls.get(active.call_id) is active:
             del self.calls[active.call_id]
+            self._on_change()
         try:
             port = self.registry.get(active.arrival.port)
             if port.state is PortState.IN_CALL:

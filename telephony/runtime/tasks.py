@@ -24,6 +24,8 @@ from typing import Any
 
 import trio
 
+from telephony.core.control import MAX_COUNTERS
+
 #: (level, event, message) -> None: where failures are written (an event log, a logger)
 LogFn = Callable[[str, str, str], None]
 
@@ -199,3 +201,14 @@ async def report_event(report: Callable[[str, str, str], Awaitable[None]] | None
             await report(level, event, message)
         except Exception:  # noqa: BLE001 - the event log must never stop the ports
             logger.exception("cannot report %s", event)
+
+
+def task_counters(counts: dict[str, int]) -> dict[str, int]:
+    """Failure counts by task name within one counters group's bounds (64 counters): beyond
+    63 tasks the least frequent are summed as ``other``."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(items) <= MAX_COUNTERS:
+        return {name[:64]: n for name, n in items}
+    out = {name[:64]: n for name, n in items[:MAX_COUNTERS - 1]}
+    out["other"] = out.get("other", 0) + sum(n for _, n in items[MAX_COUNTERS - 1:])
+    return out

@@ -99,7 +99,7 @@ def test_minimal_config_takes_defaults(tmp_path):
     assert (c.licence.no_contact_limit, c.licence.after_contact_limit) == (14400, 5184000)
     s = c.service
     assert (s.health_interval, s.health_timeout, s.start_timeout, s.max_restarts,
-            s.restart_window, s.offer_hold, s.command) == (0.02, 1.0, 10.0, 5, 60.0, 2.0, None)
+            s.restart_window, s.offer_hold, s.command) == (0.25, 1.0, 10.0, 5, 60.0, 2.0, None)
     assert (s.restart_backoff, s.restart_backoff_max, s.restart_backoff_alone) == (0.5, 30.0, 2.0)
     lb = c.ports.loopback
     assert (lb.enabled, lb.listen, lb.count) == (True, Address("127.0.0.1", 3671), 4)
@@ -499,12 +499,25 @@ def test_loopback_listen_not_needed_when_disabled(tmp_path):
     ({"link": {"peer_name": "ums-a"}}, "link.peer_name", "must differ from node.name"),
     ({"link": {"reconnect_min": 3.0}}, "link.reconnect_min", "above link.reconnect_max"),
     ({"service": {"restart_backoff": 60}}, "service.restart_backoff", "above service.restart_backoff_max"),
-    ({"service": {"health_timeout": 0.02}}, "service.health_timeout", "longer than"),
+    ({"service": {"health_timeout": 0.5, "health_interval": 0.3}}, "service.health_timeout",
+     "at least twice service.health_interval (0.3 s)"),
     ({"node": {"data_dir": "/" + "d" * 100}}, "admin.socket", "107 bytes"),
 ])
 def test_cross_key_rules(tmp_path, changes, key, fragment):
     e = error_for(tmp_path, minimal(**changes))
     assert e.key == key and fragment in str(e), str(e)
+
+
+def test_the_health_keepalive_follows_the_health_timeout(tmp_path):
+    """Left out, service.health_interval (the keep-alive) is a quarter of health_timeout,
+    at most 10 s; written, it is taken as it is (up to half of health_timeout)."""
+    def service(**keys):
+        return load_config(write(tmp_path, minimal(service=keys))).service
+    assert service(health_timeout=2.0).health_interval == 0.5
+    assert service(health_timeout=0.02).health_interval == 0.005
+    assert service(health_timeout=300).health_interval == 10.0
+    assert service(health_timeout=1.0, health_interval=0.5).health_interval == 0.5
+    assert service(health_timeout=1.0, health_interval=0.02).health_interval == 0.02
 
 
 def test_all_problems_are_reported_together(tmp_path):

@@ -18,7 +18,7 @@ def test_flags():
 def test_defaults():
     opts = parse_args(["--control", "c", "--node", "a", "--loopback-port", "0"])
     assert (opts.ports, opts.health_interval, opts.offer_hold, opts.log_level) == \
-        (4, 0.02, 2.0, "info")
+        (4, 0.25, 2.0, "info")  # the keep-alive: service.health_timeout's default (1 s) / 4
 
 
 def write(tmp_path, text):
@@ -47,6 +47,13 @@ level = "debug"
                                   log_level="debug", config=Path(cfg))
     opts = parse_args(["--control", "c", "--config", cfg, "--offer-hold", "0.5", "--node", "x"])
     assert opts.offer_hold == 0.5 and opts.node == "x" and opts.ports == 6
+
+
+def test_the_keepalive_left_out_is_a_quarter_of_the_health_timeout(tmp_path):
+    cfg = write(tmp_path, '[node]\nname = "a"\n[service]\nhealth_timeout = 2.0\n')
+    assert parse_args(["--control", "c", "--config", cfg, "--loopback-port", "1"]).health_interval == 0.5
+    cfg = write(tmp_path, '[node]\nname = "a"\n[service]\nhealth_timeout = 2.0\nhealth_interval = 0.1\n')
+    assert parse_args(["--control", "c", "--config", cfg, "--loopback-port", "1"]).health_interval == 0.1
 
 
 def test_config_with_the_loopback_trunk_disabled(tmp_path):

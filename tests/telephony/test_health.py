@@ -34,6 +34,28 @@ def test_scores_by_driver_kind_from_the_registry():
     assert driver_scores([]) == []
 
 
+def test_the_registry_tells_of_real_port_changes_only():
+    """A driver sets ``port.state``/``port.detail`` directly: each real change calls the
+    registry's ``on_change`` (the service's health reporter), a write of the same value not."""
+    calls = []
+    reg = PortRegistry(on_change=lambda: calls.append("x"))
+    reg.register("sip-1", "sip", PortState.IDLE)
+    reg.register("sip-2", "sip", PortState.IDLE)
+    assert len(calls) == 2  # a new port is a change too
+    port = reg.get("sip-1")
+    port.state = PortState.IDLE
+    port.detail = ""
+    assert len(calls) == 2
+    port.state = PortState.DOWN
+    port.detail = "not registered"
+    port.detail = "not registered"
+    assert len(calls) == 4
+    reg.set_state("sip", PortState.IDLE)  # sip-1 changes, sip-2 does not
+    assert len(calls) == 5
+    assert reg.claim("sip") is port and len(calls) == 6
+    assert port == type(port)("sip-1", "sip", PortState.RINGING, "not registered")
+
+
 def test_store_probe_interval_from_the_file(tmp_path):
     f = tmp_path / "n.toml"
     f.write_text("[node]\nname = 'a'\n")
@@ -50,6 +72,8 @@ async def test_maildir_probe_follows_the_directory(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
     h = DriverHealth("a")
+    changes = []  # the service reports health at once when a score changes
+    h.on_change = lambda: changes.append(h.store_score)
     h.watch(MaildirStore(root), None)
     (before,) = h.drivers([])
     assert before == {"name": "store", "score": 100, "detail": "not probed yet"}
@@ -60,10 +84,12 @@ async def test_maildir_probe_follows_the_directory(tmp_path):
     root.write_text("not a directory\n")  # the mount replaced by a file
     await h.probe_once()
     assert h.drivers([])[-1]["score"] == 0 and "not a directory" in h.store_detail
+    await h.probe_once()
     root.unlink()
     root.mkdir()
     await h.probe_once()
-    assert h.store_score == 100 and h.probes == 3
+    assert h.store_score == 100 and h.probes == 4
+    assert changes == [0, 100]  # score changes only, not every probe
 
 
 async def test_a_hanging_probe_is_abandoned_and_never_stacked(tmp_path):
@@ -168,6 +194,8 @@ async def test_a_full_data_dir_disk_scores_0_and_recovers(tmp_path):
     assert r.returncode == 0, r.stderr
     try:
         h = DriverHealth("a")
+        changes = []
+        h.on_change = lambda: changes.append(h.disk_score)
         h.watch(None, None, mnt)
         await h.check_disk()
         assert [d for d in h.drivers([]) if d["name"] == "disk"][0]["score"] == 100
@@ -184,5 +212,6 @@ async def test_a_full_data_dir_disk_scores_0_and_recovers(tmp_path):
         filler.unlink()
         await h.check_disk()
         assert [d for d in h.drivers([]) if d["name"] == "disk"][0]["score"] == 100
+        assert changes == [0, 100]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

@@ -36,6 +36,100 @@ async def test_hello_then_health_reports(autojump_clock):
                                    {"name": "direct-2", "kind": "direct", "state": "idle"}]
 
 
+async def test_health_is_reported_on_change_at_once_and_else_as_a_keepalive(autojump_clock):
+    """Idle, the service sends one health report per keep-alive interval and nothing else; an
+    activation, a port going down and a call each reach the node manager at once (within the
+    burst gap), not at the next keep-alive."""
+    keepalive = 10.0
+    trunk = DirectTrunk(count=2)
+    with trio.fail_after(200):
+        async with running_service(drivers=[trunk], health_interval=keepalive) as (svc, mgr, _):
+            await mgr.expect("health")
+            t0 = trio.current_time()
+            sent = len(mgr.received)
+            while trio.current_time() < t0 + 10 * keepalive:
+                await mgr.next()
+            idle = mgr.received[sent:]
+            assert [m["op"] for m in idle] == ["health"] * 10, idle
+            assert {m["state"] for m in idle} == {"inactive"}
+            gap = svc.reporter.min_gap
+
+            async def reported(what, check) -> dict:
+                t = trio.current_time()
+                while True:
+                    m = await mgr.next()
+                    if m["op"] == "health" and check(m):
+                        assert trio.current_time() - t <= gap, (what, trio.current_time() - t)
+                        return m
+
+            await mgr.send("activate", term=3, lease=1000.0)
+            await reported("activation", lambda m: m["state"] == "active" and m["term"] == 3)
+            trunk.registry.get("direct-2").state = PortState.DOWN
+            h = await reported("port down", lambda m: m["ports"][1]["state"] == "down")
+            assert h["drivers"] == [{"name": "direct", "score": 50,
+                                     "detail": "1/2 ports usable; down: direct-2"}]
+            d = await trunk.offer("c1")
+            assert d.answered
+            await reported("call", lambda m: m["calls"] == 1 and m["ports"][0]["state"] == "in_call")
+            await svc.end_call(d.call)
+            await reported("call end", lambda m: m["calls"] == 0 and m["ports"][0]["state"] == "idle")
+            await mgr.send("deactivate", term=3, drain=True)
+            await reported("deactivation", lambda m: m["state"] == "inactive")
+
+
+async def test_an_active_service_sends_its_keepalives_when_a_renewal_wakes_it(autojump_clock):
+    """Renewals every 0.1 s wake an active service anyway: a keep-alive at least half due goes
+    then, so the keep-alives never wake the process on their own (none between renewals)."""
+    with trio.fail_after(60):
+        async with running_service(drivers=[DirectTrunk()], health_interval=0.25) as (svc, mgr, _):
+            await mgr.send("activate", term=2, lease=1.0)
+            await mgr.expect("activated")
+            renewed: set[float] = set()
+            seen: list[float] = []  # when each health report arrived
+
+            async def renew() -> None:
+                while True:
+                    await trio.sleep(0.1)
+                    renewed.add(trio.current_time())
+                    await mgr.send("renew", term=2, lease=1.0)
+
+            async def read() -> None:
+                while True:
+                    if (await mgr.next())["op"] == "health":
+                        seen.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                nursery.start_soon(renew)
+                await trio.sleep(1.0)  # settle
+                del seen[:]
+                await trio.sleep(5.0)
+                nursery.cancel_scope.cancel()
+            assert seen and set(seen) <= renewed, sorted(set(seen) - renewed)[:5]
+            gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+            assert max(gaps) <= svc.reporter.interval, gaps
+            assert len(seen) <= 5.0 / (svc.reporter.interval / 2) + 1
+
+
+async def test_a_burst_of_changes_is_reported_at_most_once_per_gap(autojump_clock):
+    trunk = DirectTrunk(count=4)
+    with trio.fail_after(60):
+        async with running_service(drivers=[trunk], health_interval=10.0) as (svc, mgr, _):
+            await mgr.expect("health")
+            t0 = trio.current_time()
+            for i in range(100):  # 100 changes within 0.1 s
+                trunk.registry.get(f"direct-{i % 4 + 1}").state = (
+                    PortState.DOWN if i % 2 == 0 else PortState.IDLE)
+                await trio.sleep(0.001)
+            while trio.current_time() < t0 + 5:
+                await mgr.next()
+            healths = [m for m in mgr.received if m["op"] == "health"]
+            assert 2 <= len(healths) <= 1 + 0.1 / svc.reporter.min_gap + 2, len(healths)
+            last = healths[-1]  # the last state was reported
+            assert [p["state"] for p in last["ports"]] == [
+                str(trunk.registry.get(f"direct-{i}").state) for i in range(1, 5)]
+
+
 async def test_active_service_answers_at_once(autojump_clock):
     trunk = DirectTrunk()
     with trio.fail_after(5):
