@@ -70,15 +70,34 @@ def _ram_media_dirs_left_by_test_nodes():
     """The SIP ports keep their prompt and recording files in ``/dev/shm/vmha-<node>-<hash>``
     (telephony.sip.driver.media_dir_for), one directory per node's data_dir, removed when the
     driver stops cleanly.  Test pairs are often stopped harder than that; the empty
-    directories they leave are removed at the end of the run (only those made during it)."""
+    directories they leave are removed at the end of the run (only those made during it, and
+    not one a running SIP driver holds open: a node of another test run on this machine keeps
+    its directory open, empty as it is between calls)."""
+    import os
     from pathlib import Path
 
     shm = Path("/dev/shm")
     before = set(shm.glob("vmha-*")) if shm.is_dir() else set()
     yield
-    for d in (set(shm.glob("vmha-*")) if shm.is_dir() else set()) - before:
+    made = (set(shm.glob("vmha-*")) if shm.is_dir() else set()) - before
+    if not made:
+        return
+    held = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
-            d.rmdir()  # only an empty one: a node still running elsewhere keeps its files
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
+    for d in made:
+        if str(d) in held:
+            continue
+        try:
+            d.rmdir()  # only an empty one
         except OSError:
             pass
 

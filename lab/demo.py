@@ -911,18 +911,30 @@ def _ancestors() -> set[int]:
 def stop_sip_workers(workdir: Path, wait: float = 8.0) -> list[str]:
     """SIP workers of the demo's nodes still running after the nodes stopped.  A worker ends
     by itself when its messaging service's control socket closes (it hangs up its calls
-    first); wait for that, then kill -9 by PID what is left and return those."""
+    first); wait for that, then kill -9 by PID what is left and return those.
+
+    Workers are forked by the SIP driver's fork server, so their command line is the fork
+    server's and names no directory: they are found by the PIDs the node logs give ("SIP
+    worker wN ready on ... (pid P)"), kept only while that PID still runs SIP code (a PID the
+    kernel gave to another process since is left alone)."""
+    logged = set()
+    for log in workdir.glob("*.log"):
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        logged.update(int(p) for p in re.findall(r"SIP worker w\d+ ready on \S+ \(pid (\d+)\)", text))
+
     def workers() -> list[int]:
-        out = subprocess.run(["pgrep", "-f", "telephony.sip.worker"], capture_output=True,
-                             text=True, check=False).stdout.split()
         pids = []
-        for p in out:
+        for p in sorted(logged):
             try:
-                cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+                state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
-            if str(workdir) in cmd:
-                pids.append(int(p))
+            if b"telephony.sip" in cmd and state != "Z":
+                pids.append(p)
         return pids
 
     end = time.monotonic() + wait

@@ -51,6 +51,7 @@ from pathlib import Path
 
 from lab.faultnet import ADDR, SUBNET, Cluster
 from lab.pair import kill_quietly, pid_alive
+from telephony.sip import forkserver
 
 __all__ = ["KINDS", "NETWORK_KINDS", "Fault", "Nemesis", "NemesisError"]
 
@@ -345,16 +346,6 @@ def _proc_state(pid: int) -> str | None:
 
 
 def worker_pids(service_pid: int) -> list[int]:
-    """The SIP worker processes of a messaging service (its children running the worker)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == service_pid and b"telephony.sip.worker" in cmd:
-            out.append(int(d.name))
-    return [p for p in out if pid_alive(p)]
+    """The SIP worker processes of a messaging service that are alive (forked by its SIP
+    driver's fork server, or started with exec while that was down)."""
+    return [p for p in forkserver.worker_pids(service_pid) if pid_alive(p)]

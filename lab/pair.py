@@ -95,8 +95,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_udp_block(n: int = 1, *, top: int = 64000) -> int:
     """The first of ``n`` consecutive UDP ports free on 127.0.0.1 now, none of them handed
     out before by this process, outside the kernel's ephemeral range (SIP callers' and SIPp's
-    own ports come from there) and below ``top`` (a SIP node's RTP start needs 1000 ports per
-    worker above it: ``top = 65536 - 1000 * workers``)."""
+    own ports come from there) and below ``top`` (a SIP node's RTP ports are one contiguous block
+    above its start: ``telephony.sip.settings.rtp_span``)."""
     lo, hi = _ephemeral_range()
     ranges = [r for r in ((10000, min(lo, top) - n), (hi + 1, top - n)) if r[0] < r[1]]
     with _given_lock:

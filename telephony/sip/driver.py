@@ -2,10 +2,12 @@
 the messaging service, and the calls and lamps driven over them.
 
 * :class:`SipPorts` (a :class:`telephony.runtime.ports.PortDriver`) registers ports ``sip-1..N`` and
-  runs one supervisor task per worker (:mod:`telephony.sip.worker`, a child process talking
-  JSON lines on a Unix socket, :class:`WorkerChannel`).  A worker that dies is restarted with
-  backoff; its ports are ``down`` meanwhile and the calls it held are logged and reported as
-  dropped.
+  runs one supervisor task per worker (:mod:`telephony.sip.worker`, a process of its own
+  talking JSON lines on a Unix socket, :class:`WorkerChannel`).  The workers are forked by the
+  fork server (:mod:`telephony.sip.forkserver`, started before any worker: they share its
+  loaded code and modules), or started with exec while it is not running.  A worker that dies
+  is restarted with backoff; its ports are ``down`` meanwhile and the calls it held are logged
+  and reported as dropped.
 * An ``incoming`` INVITE becomes a call-arrival event on one of that worker's ports: the reason
   and forwarding number come from Diversion / History-Info (:mod:`telephony.sip.core.headers`); on
   the inactive node the service holds the call and tells the node manager (immediate
@@ -55,6 +57,7 @@ from telephony.runtime.ports import ActiveCall, CallService, PortRegistry, PortS
 from telephony.runtime.tasks import Backoff, ListenError, TaskFailures, describe, python_logger, report_event
 from telephony.sip.call import SipCall, WorkerGone
 from telephony.sip.core.headers import call_reason, message_summary
+from telephony.sip.forkserver import ForkedProcess, ForkServer
 from telephony.sip.settings import SipProfile
 
 log = logging.getLogger("telephony.sip")
@@ -174,7 +177,7 @@ class Worker:
         self.ports = ports
         self.name = f"w{index + 1}"
         self.channel: WorkerChannel | None = None
-        self.proc: trio.Process | None = None
+        self.proc: trio.Process | ForkedProcess | None = None
         self.calls: dict[str, SipCall] = {}
         self.active: dict[str, ActiveCall] = {}
         self.notifies: dict[int, dict] = {}
@@ -204,7 +207,7 @@ class SipPorts:
     def __init__(self, *, profile: SipProfile, node: str, runtime_dir: Path, media_dir: Path,
                  flow: Flow | None = None, password: str = "",
                  restart_min: float = 0.2, restart_max: float = 10.0,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, fork_server: bool | None = None) -> None:
         self.profile = profile
         self.node = node
         self.runtime_dir = Path(runtime_dir)
@@ -214,6 +217,10 @@ class SipPorts:
         self.restart_min = restart_min
         self.restart_max = restart_max
         self.python = python
+        #: workers are forked by the fork server (:mod:`telephony.sip.forkserver`; default:
+        #: unless another program stands in for the worker's Python), else started with exec
+        use_fork = fork_server if fork_server is not None else python == sys.executable
+        self.forkserver = ForkServer(python) if use_fork else None
         self.workers = [Worker(i, profile.worker_ports(i)) for i in range(profile.workers)]
         #: the term the service may transmit in right now, or None (set by the service)
         self.gate: Callable[[], int | None] = lambda: None
@@ -270,9 +277,14 @@ class SipPorts:
                                   f"{e.strerror or e}") from e
             finally:
                 probe.unlink(missing_ok=True)
+        # held open while the ports run: it shows that the directory is in use, also while
+        # it is empty between calls, to anything that cleans /dev/shm (the test suite's
+        # clean-up looks for such a holder before it removes a directory)
+        holder = os.open(self.media_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             await self._run_workers(service, task_status)
         finally:  # an empty media directory on /dev/shm is not left behind (RAM)
+            os.close(holder)
             if self.media_dir.parent == RAM_DIR:
                 with contextlib.suppress(OSError):
                     self.media_dir.rmdir()
@@ -287,6 +299,8 @@ class SipPorts:
             # restarted).  The workers start one after the other: dozens starting at once
             # stalled the node manager.
             task_status.started()
+            if self.forkserver is not None and self.workers:  # before any worker starts
+                await nursery.start(self.forkserver.run)
             for w in self.workers:
                 nursery.start_soon(self._supervise, w, service)
                 with trio.move_on_after(10):
@@ -299,7 +313,7 @@ class SipPorts:
         p = self.profile
         argv = [self.python, "-m", "telephony.sip.worker", "--control", str(sock),
                 "--name", f"{self.node}-{w.name}", "--bind", p.bind,
-                "--sip-port", str(p.sip_port + w.index), "--rtp-port", str(p.rtp_port + 1000 * w.index),
+                "--sip-port", str(p.sip_port + w.index), "--rtp-port", str(p.worker_rtp(w.index)),
                 "--ports", str(len(w.ports)), "--media-dir", str(self.media_dir), "--mode", p.mode,
                 "--tsx-timeout", str(int(p.notify_timeout * 1000))]
         if p.mode == "register":
@@ -343,8 +357,7 @@ class SipPorts:
         listener = await _unix_listener(sock)
         try:
             try:
-                w.proc = await trio.lowlevel.open_process(self._argv(w, sock), stdin=None,
-                                                          start_new_session=True)
+                w.proc = await self._start_process(w, sock)
             except OSError as e:
                 return f"could not be started: {describe(e)}"
             why = "exited"
@@ -381,6 +394,16 @@ class SipPorts:
                 await listener.aclose()
                 sock.unlink(missing_ok=True)
 
+    async def _start_process(self, w: Worker, sock: Path) -> Any:
+        """Worker ``w``'s process: forked by the fork server while it runs, else exec-ed
+        (the same command line, in a session of its own either way)."""
+        argv = self._argv(w, sock)
+        if self.forkserver is not None:
+            proc = await self.forkserver.spawn(argv[3:])  # without "python -m <module>"
+            if proc is not None:
+                return proc
+        return await trio.lowlevel.open_process(argv, stdin=None, start_new_session=True)
+
     async def _stop(self, w: Worker, why: str) -> None:
         w.ready = trio.Event()
         channel, w.channel = w.channel, None
@@ -402,10 +425,13 @@ class SipPorts:
             with trio.move_on_after(5):
                 await proc.wait()
             if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                if isinstance(proc, ForkedProcess):
+                    proc.kill()            # through its pidfd
+                else:
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 await proc.wait()
 
     def _lost(self, w: Worker, why: str) -> None:

@@ -17,6 +17,23 @@ RIFF and data lengths 0 until the recorder is closed.  So a tail reader sees a s
 lengths.  Closing is asynchronous (the 2.14+ conference bridge removes ports on its clock
 thread, a frame later): ``recorded`` is sent once the file is closed and its header holds the
 final lengths, and ``bytes`` is then the whole file (44 + 2 * samples).
+
+Waiting (docs/sip.md): :meth:`Engine.poll` waits in ``libHandleEvents`` for up to
+:data:`IDLE_WAIT_MS` while nothing is to be checked (pjsip shortens the wait to its own next
+timer: retransmissions, re-REGISTER), up to the next 480 deadline while a call rings, and
+:data:`BUSY_WAIT_MS` only while a recorder's file is closing or the sound clock is waiting to
+stop.  :meth:`Engine.wake` (any thread) sends a 4-byte CRLF keep-alive datagram to the worker's
+own SIP UDP transport: pjsip's UDP transport drops any datagram of 32 bytes or less before
+parsing or logging it and answers nothing (``udp_on_read_complete``, pjsip 2.15.1), but the
+ioqueue wait returns, so a queued job runs at once.
+
+The sound clock: pjmedia's null sound device is a clock thread ticking the conference bridge
+every 20 ms.  The worker keeps it off (``setNoDev``) while there is no call, switches it on
+(``setNullDev``, ~0.1 ms) when an INVITE arrives (before the call can have media) and off again
+once no call, no closing recorder and no bridge port but the master's has been left for
+:data:`CLOCK_LINGER` (``mediaActivePorts() == 1``: the bridge removes ports on its clock, so it
+must tick until every removal is done; the linger keeps the ~20 ms stop away from busy times).
+pjsua's own auto-close (``sndAutoCloseTime``) stays off: it leaked a conference slot per call.
 """
 from __future__ import annotations
 
@@ -41,7 +58,7 @@ from telephony.sip.core.worker_protocol import (
 )
 from telephony.sip.pjcapi import PjsipCApi
 from telephony.sip.pjclasses import pj, pj_classes, pj_message
-from telephony.sip.pjthread import PjThread, endpoint_config
+from telephony.sip.pjthread import PjThread, Waker, endpoint_config
 
 __all__ = ["CallState", "Engine", "Options", "wav_complete"]
 
@@ -50,6 +67,9 @@ log = logging.getLogger(__name__)
 HANGUP_WAIT = 2.0            # s shutdown waits for calls to disconnect
 UNREGISTER_WAIT = 1.5        # s shutdown waits for un-REGISTER answers
 RECORDER_CLOSE_WAIT = 2.0    # s to wait for a destroyed recorder's file to be complete
+IDLE_WAIT_MS = 10_000        # longest wait in libHandleEvents (a job or a packet ends it)
+BUSY_WAIT_MS = 10            # while polling for a recorder's file or the bridge to empty
+CLOCK_LINGER = 2.0           # s the clock runs on once idle (stopping it blocks ~20 ms)
 
 
 def wav_complete(path: str) -> tuple[bool, int]:
@@ -136,6 +156,10 @@ class Engine:
         self.started = False
         self._log_writer: Any = None
         self._c_api: PjsipCApi | None = None
+        self.clock_on = False              # the null sound device (the bridge's clock) runs
+        self.clock_starts = 0
+        self.clock_idle_at: float | None = None   # when the bridge was last seen empty
+        self._waker: Waker | None = None
         self.rtp_range = (opts.rtp_port, opts.rtp_port + RTP_PORTS_PER_CALL * opts.ports - 1)
 
     # ------------------------------------------------------------------ plumbing
@@ -180,12 +204,13 @@ class Engine:
         ep.libInit(cfg)
         if o.tsx_timeout:
             self.c_api().set_tsx_timeout(o.tsx_timeout)
-        ep.audDevManager().setNullDev()
+        ep.audDevManager().setNoDev()          # the clock runs only while a call is up
         tcfg = pj.TransportConfig()
         tcfg.port = o.sip_port
         tcfg.boundAddress = o.bind
         tcfg.publicAddress = o.bind
         self.tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        self._waker = Waker(o.bind, o.sip_port)
         ep.libStart()
         for codec, prio in (("PCMU/8000", 255), ("PCMA/8000", 254)):
             try:
@@ -259,10 +284,59 @@ class Engine:
             acc.uri = uri
         return acc
 
+    def wake(self) -> None:
+        """End a waiting :meth:`poll` now (any thread; see the module docstring)."""
+        if self._waker is not None:
+            self._waker.wake()
+
+    def wait_ms(self) -> int:
+        """How long the next poll may wait (see the module docstring)."""
+        if self.finishing or self.ending or any(st.closing_recs for st in self.calls.values()):
+            return BUSY_WAIT_MS
+        wait = IDLE_WAIT_MS
+        now = time.monotonic()
+        if self.clock_on and not self.calls:
+            if self.clock_idle_at is None:
+                return BUSY_WAIT_MS      # until the bridge is empty
+            wait = max(0, int((self.clock_idle_at + CLOCK_LINGER - now) * 1000) + 1)
+        for st in self.calls.values():
+            if st.deadline is not None and not st.ended:
+                wait = min(wait, max(0, int((st.deadline - now) * 1000) + 1))
+        return wait
+
+    def _idle_clock(self) -> None:
+        """Stop the clock once the bridge has been empty for :data:`CLOCK_LINGER`: stopping
+        joins pjmedia's clock thread (measured 17 ms, up to a 20 ms tick), a wait an INVITE
+        of a busy worker must not meet; starting it again takes ~0.1 ms."""
+        if self.calls or self.ending or self.finishing or self.dead \
+                or self.ep.mediaActivePorts() > 1:
+            self.clock_idle_at = None
+            return
+        now = time.monotonic()
+        if self.clock_idle_at is None:
+            self.clock_idle_at = now
+        elif now - self.clock_idle_at >= CLOCK_LINGER:
+            self.set_clock(False)
+
+    def set_clock(self, on: bool) -> None:
+        """Switch the null sound device (the conference bridge's 20 ms clock) on or off."""
+        if on == self.clock_on:
+            return
+        adm = self.ep.audDevManager()
+        if on:
+            adm.setNullDev()
+            self.clock_starts += 1
+        else:
+            adm.setNoDev()
+        self.clock_on = on
+        self.clock_idle_at = None
+
     def poll(self) -> None:
         self.dead.clear()
-        self.ep.libHandleEvents(10)
+        self.ep.libHandleEvents(self.wait_ms())
         self._check_closing()
+        if self.clock_on:
+            self._idle_clock()
         if self.calls:
             now = time.monotonic()
             for st in list(self.calls.values()):
@@ -352,6 +426,9 @@ class Engine:
         self.ep.libDestroy()
         self.ep = None
         self.destroyed = True
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
 
     # ------------------------------------------------------------------ incoming calls
 
@@ -361,6 +438,7 @@ class Engine:
         if old is not None:  # never replace a live Call object (gotcha 3)
             log.error("pj call %d is still %s; ignoring the new INVITE", pj_id, old)
             return
+        self.set_clock(True)      # before the call can have media; off again in poll()
         raw = clean_text(prm.rdata.wholeMsg)
         remote = clean_text(prm.rdata.srcAddress)
         call = pj_classes().Call(self, acc, pj_id)
@@ -672,7 +750,8 @@ class Engine:
 
     def op_stats(self, f: dict) -> dict:
         return {"ev": "stats", "calls": len(self.calls), "media_ports": self.ep.mediaActivePorts(),
-                "pending_notifies": len(self.notifies)}
+                "pending_notifies": len(self.notifies), "clock": self.clock_on,
+                "clock_starts": self.clock_starts}
 
     def on_reg_state(self, acc: Any, prm: Any) -> None:
         code = prm.code

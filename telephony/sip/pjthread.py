@@ -3,7 +3,7 @@
 pjsua2 is not Trio-aware and its objects are not safe to touch from any thread: every pj object
 is created, used and destroyed on ONE dedicated OS thread, and Trio talks to that thread through
 a job queue (peers README 1.4).  The endpoint runs with ``threadCnt=0`` and
-``mainThreadOnly=True``, so SIP callbacks arrive on this thread while it polls.
+``mainThreadOnly=True``, so SIP callbacks arrive on this thread while it waits for events.
 
 An *engine* (duck-typed) holds the pj state and is driven only on the pj thread:
 
@@ -11,8 +11,12 @@ An *engine* (duck-typed) holds the pj state and is driven only on the pj thread:
     create the endpoint, transports and accounts (``libCreate`` ... ``libStart``).  An
     exception here fails :meth:`PjThread.__aenter__` with it.
 ``engine.poll()``
-    one loop step, normally ``ep.libHandleEvents(10)`` plus the engine's own housekeeping
-    (timeouts, objects dropped in callbacks).  Runs forever until a stop is asked.
+    one loop step: wait in ``ep.libHandleEvents(T)`` for SIP/RTP traffic, pj's own timers or
+    a wake-up, at most ``T`` ms (the engine picks ``T``: long while idle, short while it has
+    something to check), plus the engine's own housekeeping.  Runs until a stop is asked.
+``engine.wake()``
+    make a ``poll`` that is waiting return at once.  Called from any thread (Trio's, pjmedia's)
+    after a job was queued or a stop was asked; must not block and must not touch pj objects.
 ``engine.close()``
     graceful teardown (hang up, wait for transactions, ``libDestroy``).  Runs once, also
     after ``start`` or ``poll`` raised.
@@ -30,16 +34,20 @@ pjmedia's clock or event threads): ``token.run_sync_soon`` does not block and ke
 Callbacks that pjsua2 makes on some other thread must not touch pj objects: they
 :meth:`submit` a job instead, and the job runs on the pj thread at its next loop step.
 
-The loop is ``engine.poll()`` then every queued job, so a job never runs inside a pj callback
-and waits at most one poll (~10 ms).  The SWIG wheel releases the GIL inside
-``libHandleEvents`` (measured: another Python thread kept running during a 1 s call), so the
-Trio thread is not starved by the polling.
+The loop is ``engine.poll()`` then every queued job, so a job never runs inside a pj callback.
+A job queued from another thread wakes the waiting poll (one ``engine.wake()`` per batch: a
+flag says a wake-up is already on its way; the pj thread clears it before it takes the jobs,
+so a job queued after that sends a new one), so it runs at once, not after the wait.  The SWIG
+wheel releases the GIL inside ``libHandleEvents`` (measured: another Python thread kept running
+during a 1 s call), so the Trio thread is not held up by the wait.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +80,7 @@ class PjThread:
         self.crash: BaseException | None = None
         self.ident: int | None = None
         self._waiting: set[_Job] = set()
+        self._wake_sent = False      # a wake-up is on its way to the waiting poll
 
     # ------------------------------------------------------------------ Trio side
 
@@ -95,6 +104,7 @@ class PjThread:
         Shielded: a teardown half done would leave pj in a state that aborts the process.
         Idempotent."""
         self._stop.set()
+        self._wake()
         if self._thread is None:      # never started
             self._send.close()
             return
@@ -105,6 +115,7 @@ class PjThread:
     def request_stop(self) -> None:
         """Like :meth:`stop` without waiting; callable from any thread."""
         self._stop.set()
+        self._wake()
 
     @property
     def running(self) -> bool:
@@ -120,6 +131,7 @@ class PjThread:
         job = _Job(fn, args, trio.Event())
         self._waiting.add(job)
         self._jobs.put(job)
+        self._wake()
         try:
             await job.done.wait()  # type: ignore[union-attr]
         finally:
@@ -132,6 +144,8 @@ class PjThread:
         """Queue ``fn(*args)`` for the pj thread without waiting (any thread may call it).
         Exceptions are logged.  Dropped once the thread has ended."""
         self._jobs.put(_Job(fn, args, None))
+        if not self.on_pj_thread():    # the pj thread runs its jobs right after its poll
+            self._wake()
 
     def run_pending_jobs(self) -> None:
         """Run queued jobs now (pj thread only): for an engine whose close() polls itself."""
@@ -142,6 +156,19 @@ class PjThread:
         return threading.get_ident() == self.ident
 
     # ------------------------------------------------------------------ any thread
+
+    def _wake(self) -> None:
+        """Make the pj thread's waiting poll return (once per batch of jobs)."""
+        if self._wake_sent or self._thread is None:
+            return
+        self._wake_sent = True
+        wake = getattr(self.engine, "wake", None)
+        if wake is None:
+            return
+        try:
+            wake()
+        except Exception:  # the loop's own wait bounds the delay; never fail a caller here
+            log.exception("waking the pj thread failed")
 
     def emit(self, event: Any) -> None:
         """Hand ``event`` to Trio (``self.events``).  Thread-safe, never blocks, keeps order."""
@@ -183,7 +210,10 @@ class PjThread:
                 self._to_trio(self._started.set)
             while not self._stop.is_set():
                 engine.poll()
+                self._wake_sent = False    # before taking the jobs: a later job wakes again
                 self._run_jobs()
+                if not self._jobs.empty():  # more than one batch: do not wait before the rest
+                    self._wake()
         except BaseException as exc:  # the loop is broken: tear down and tell Trio
             log.exception("pj loop failed")
             self.crash = exc
@@ -234,6 +264,34 @@ class PjThread:
                 job.done.set()  # type: ignore[union-attr]
 
 
+class Waker:
+    """Wakes a pj thread waiting in ``libHandleEvents``: a 4-byte SIP keep-alive (CRLF CRLF)
+    sent to its own SIP UDP transport at ``host:port``.  pjsip's UDP transport drops any
+    datagram of 32 bytes or less before parsing or logging it and answers nothing
+    (``udp_on_read_complete``, pjsip 2.15.1), but the ioqueue's wait returns.  An unspecified
+    ``host`` (0.0.0.0, ::) is reached on the loopback.  :meth:`wake` may be called from any
+    thread and never blocks."""
+
+    DATAGRAM = b"\r\n\r\n"
+
+    def __init__(self, host: str, port: int) -> None:
+        family, _t, _p, _c, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        if ipaddress.ip_address(str(addr[0]).split("%", 1)[0]).is_unspecified:
+            addr = ("127.0.0.1" if family == socket.AF_INET else "::1", *addr[1:])
+        self.address = addr
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self.sock.sendto(self.DATAGRAM, self.address)
+        except OSError as exc:   # a full buffer: wake-ups are on their way already
+            log.debug("wake-up datagram: %s", exc)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Job:
     __slots__ = ("fn", "args", "done", "value", "error")
 
@@ -247,8 +305,10 @@ class _Job:
 
 def endpoint_config(pj: Any, *, max_calls: int, user_agent: str, log_level: int) -> Any:
     """The ``EpConfig`` every vmha pjsua2 process uses: no pj worker threads (one thread
-    polls with ``libHandleEvents``), the 8 kHz mono null-sound bridge, and the fixes of the
-    known traps (``sndAutoCloseTime = -1``: the conference-slot leak; no echo canceller)."""
+    waits in ``libHandleEvents`` for SIP and RTP), the 8 kHz mono bridge, and the fixes of the known traps
+    (``sndAutoCloseTime = -1``: pjsua's own auto-close of the sound device leaked a
+    conference slot per call, so the engine switches the null sound device on and off itself;
+    no echo canceller)."""
     cfg = pj.EpConfig()
     cfg.uaConfig.threadCnt = 0
     cfg.uaConfig.mainThreadOnly = True
@@ -263,4 +323,8 @@ def endpoint_config(pj: Any, *, max_calls: int, user_agent: str, log_level: int)
     cfg.medConfig.channelCount = 1
     cfg.medConfig.sndAutoCloseTime = -1
     cfg.medConfig.ecTailLen = 0
+    # RTP on the SIP endpoint's ioqueue, i.e. on the one pj thread while it waits: pjmedia's
+    # own ioqueue would add a "media" thread that wakes 100 times a second even with no call
+    cfg.medConfig.hasIoqueue = False
+    cfg.medConfig.threadCnt = 0
     return cfg

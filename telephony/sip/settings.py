@@ -30,13 +30,28 @@ from telephony.core.settings import (
 )
 
 __all__ = ["SECTION", "KIND", "KEYS", "RTP_PORTS_PER_PORT", "SipProfile", "SipSection",
-           "section", "problems", "binds"]
+           "section", "problems", "binds", "worker_rtp_port", "rtp_span"]
 
 SECTION = "ports.sip"
 #: the port driver's kind and its ports' names (``sip-1`` ...)
 KIND = "sip"
 #: RTP ports one SIP port takes: two RTP/RTCP pairs (``telephony.sip.worker``)
 RTP_PORTS_PER_PORT = 4
+
+
+def worker_rtp_port(rtp_port: int, per_worker: int, i: int) -> int:
+    """The first RTP port of worker ``i`` (0-based): the workers' ranges are contiguous,
+    ``RTP_PORTS_PER_PORT * per_worker`` ports each, from ``rtp_port`` up.  The one place the
+    layout is defined (the driver, the port-collision checks, the integration's limits)."""
+    return rtp_port + RTP_PORTS_PER_PORT * per_worker * i
+
+
+def rtp_span(rtp_port: int, per_worker: int, count: int) -> tuple[int, int]:
+    """``(lo, hi)``: every RTP port ``count`` SIP ports in workers of ``per_worker`` take."""
+    workers = -(-count // per_worker)
+    last = count - (workers - 1) * per_worker          # the last worker's ports
+    hi = worker_rtp_port(rtp_port, per_worker, workers - 1) + RTP_PORTS_PER_PORT * last - 1
+    return rtp_port, hi
 
 
 def _sip_uri(v, ctx=None) -> str:
@@ -79,8 +94,8 @@ class SipProfile:
     """One node's SIP ports, as the driver takes them.
 
     * ``count`` ports, in workers of at most ``per_worker`` (the pjsua2 wheel holds 4 calls
-      per process); worker *i* listens on ``bind:sip_port + i`` and takes RTP ports from
-      ``rtp_port + 1000 i``.
+      per process); worker *i* listens on ``bind:sip_port + i`` and takes the RTP ports from
+      :func:`worker_rtp_port` on (``rtp_port + 4 per_worker i``, four a port, contiguous).
     * ``mode``: ``trunk`` (the PBX or a proxy sends calls to the workers' addresses) or
       ``register`` (each port registers ``user-N`` with ``registrar``).
     * ``select``: which redirection picks the mailbox: ``last`` (the original called party,
@@ -125,12 +140,18 @@ class SipProfile:
         last = self.sip_port + self.workers - 1
         if last > 65535:
             raise ValueError(f"SIP ports {self.sip_port}..{last} do not fit 1..65535")
-        if self.rtp_port + 1000 * self.workers > 65536:
-            raise ValueError(f"RTP ports from {self.rtp_port} for {self.workers} workers do not fit")
+        lo, hi = rtp_span(self.rtp_port, self.per_worker, self.count)
+        if hi > 65535:
+            raise ValueError(f"RTP ports {lo}..{hi} for {self.count} SIP ports do not fit "
+                             f"1..65535 (setting ports.sip.rtp_port)")
 
     @property
     def workers(self) -> int:
         return -(-self.count // self.per_worker)
+
+    def worker_rtp(self, i: int) -> int:
+        """Worker ``i``'s first RTP port (:func:`worker_rtp_port`)."""
+        return worker_rtp_port(self.rtp_port, self.per_worker, i)
 
     def worker_ports(self, i: int) -> list[str]:
         """The port names of worker ``i`` (0-based): sip-1.. in order."""
@@ -186,13 +207,13 @@ def problems(s: SipSection) -> list[Problem]:
 
 def binds(s: SipSection) -> list[tuple[str, str, str, int, int]]:
     """The UDP ports the workers bind, ``(setting, proto, host, lo, hi)``: worker *i* on
-    ``sip_port + i``, its RTP ports from ``rtp_port + 1000 i`` (two RTP/RTCP pairs a port)."""
+    ``sip_port + i``, its RTP ports from :func:`worker_rtp_port` (two RTP/RTCP pairs a port)."""
     if not s.enabled:
         return []
     workers = -(-s.count // s.per_worker)
     out = [(f"{SECTION}.sip_port", "udp", s.bind, s.sip_port, s.sip_port + workers - 1)]
     for i in range(workers):
         n = min(s.per_worker, s.count - i * s.per_worker)
-        lo = s.rtp_port + 1000 * i
+        lo = worker_rtp_port(s.rtp_port, s.per_worker, i)
         out.append((f"{SECTION}.rtp_port", "udp", s.bind, lo, lo + RTP_PORTS_PER_PORT * n - 1))
     return out

@@ -174,8 +174,8 @@ def old_wizard_pair(out: Path, lp: int = 13653) -> tuple[Path, Path]:
 def test_check_names_both_settings_of_each_collision(tmp_path):
     a, b = old_wizard_pair(tmp_path)
     sip = {"enabled": True, "bind": "127.0.0.1", "count": 8, "per_worker": 4}  # 2 workers
-    patch(a, ports__sip={**sip, "sip_port": 5070, "rtp_port": 20000})  # RTP 20000-15, 21000-15
-    patch(b, ports__sip={**sip, "sip_port": 5071, "rtp_port": 21008},   # RTP 21008-23, 22008-23
+    patch(a, ports__sip={**sip, "sip_port": 5070, "rtp_port": 20000})  # RTP 20000-15, 20016-31
+    patch(b, ports__sip={**sip, "sip_port": 5071, "rtp_port": 20024},   # RTP 20024-39, 20040-55
           ports__loopback={"listen": "127.0.0.1:3671"})
     r = vmha("configure", "--check", str(a), str(b))
     assert r.returncode == 1
@@ -186,8 +186,8 @@ def test_check_names_both_settings_of_each_collision(tmp_path):
         f"{a} ports.loopback.listen 127.0.0.1:3671 collides with {b} ports.loopback.listen 127.0.0.1:3671",
         f"{a} ports.sip.sip_port 127.0.0.1:5070-5071 collides with "
         f"{b} ports.sip.sip_port 127.0.0.1:5071-5072 (UDP)",
-        f"{a} ports.sip.rtp_port 127.0.0.1:21000-21015 collides with "
-        f"{b} ports.sip.rtp_port 127.0.0.1:21008-21023 (UDP)",
+        f"{a} ports.sip.rtp_port 127.0.0.1:20016-20031 collides with "
+        f"{b} ports.sip.rtp_port 127.0.0.1:20024-20039 (UDP)",
     ], lines
 
 

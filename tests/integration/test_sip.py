@@ -7,6 +7,7 @@ Hang guards only (``GUARD``); no timing is judged here.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -15,11 +16,11 @@ import pytest
 import trio
 
 from failover.config import load_config
-from lab.nemesis import worker_pids
 from lab.pair import Pair, free_udp_block
 from lab.sip import free_udp_port, sipp, write_tone_ulaw
 from telephony.core import media
 from telephony.sip.driver import RAM_DIR, media_dir_for
+from telephony.sip.forkserver import worker_pids
 from telephony.store import parse_mime
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin
@@ -249,8 +250,13 @@ async def test_a_worker_killed_in_a_call_is_restarted_and_its_ports_come_back(pa
                     and set(port_states(pair.a).values()) == {"idle"}, "6 SIP ports idle")
         pids = await until(lambda: len(p := worker_pids(pair.a.service_pid())) == 2 and p,
                            "two workers (4 + 2 ports)")
-        first = next(p for p in pids if f"{sip_port(pair, 'a')}" in
-                     Path(f"/proc/{p}/cmdline").read_bytes().decode().replace("\0", " ").split())
+        # w1 (the worker on the first SIP port), by the pid its "ready" gave (a forked worker's
+        # command line is its fork server's)
+        first = int(re.findall(r"SIP worker w1 ready on \S+ \(pid (\d+)\)",
+                               (pair_dir / "a.log").read_text())[-1])
+        assert first in pids
+        forker = int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert b"telephony.sip.forkserver" in Path(f"/proc/{forker}/cmdline").read_bytes()
         media_dir = media_dir_for(load_config(pair.a.config).node.data_dir, "a")  # on /dev/shm
 
         def tone_recorded():  # lead 2 s + tone 1.5 s from the call's start; greeting ~1.2 s

@@ -131,7 +131,7 @@ def test_the_drivers_binds():
                      "count": 6, "per_worker": 4, "password_file": None})
     assert sip.binds(s) == [("ports.sip.sip_port", "udp", "127.0.0.1", 5070, 5071),
                             ("ports.sip.rtp_port", "udp", "127.0.0.1", 20000, 20015),
-                            ("ports.sip.rtp_port", "udp", "127.0.0.1", 21000, 21007)]
+                            ("ports.sip.rtp_port", "udp", "127.0.0.1", 20016, 20023)]
     assert s.port_names() == [f"sip-{i}" for i in range(1, 7)]
     c = sccp.SccpSettings(enabled=True, servers=(Address("10.0.0.5", 2000),), count=6)
     assert sccp.binds(c) == [("ports.sccp.rtp_ports", "udp", "0.0.0.0", 20000, 20999)]

@@ -25,7 +25,7 @@ Worker -> service, every line has ``"ev"``::
     {"ev":"disconnected","call":..,"code":..,"reason":..,"by":"remote"|"local"}
     {"ev":"notify_result","id":N,"code":200,"reason":"OK"}
     {"ev":"transfer_result","call":..,"id":N,"code":200,"reason":"OK"}
-    {"ev":"stats","calls":n,"media_ports":m,"pending_notifies":p}
+    {"ev":"stats","calls":n,"media_ports":m,"pending_notifies":p,"clock":bool,"clock_starts":k}
     {"ev":"error","message":..,"ref":<the op's id, if it had one>,"op":..,"call":..}
 
 Service -> worker, every line has ``"op"``::

@@ -277,3 +277,26 @@ def test_media_files_go_to_a_private_directory_on_the_ram_file_system(tmp_path):
     assert media_dir_for(data, "a", ram=ram) == data / "sip-media"
     # no RAM file system at all
     assert media_dir_for(data, "a", ram=tmp_path / "none") == data / "sip-media"
+
+
+def test_workers_take_contiguous_rtp_ranges():
+    """Worker i's RTP ports start at rtp_port + 4 * per_worker * i (no gap): the driver's
+    command lines, the port-collision check's binds and the fit check agree."""
+    from telephony.sip import settings as sip_settings
+
+    p = SipProfile(count=10, per_worker=4, rtp_port=30000)
+    sip = SipPorts(profile=p, node="a", runtime_dir=Path("/"), media_dir=Path("/"))
+    starts = [int(sip._argv(w, Path("s"))[sip._argv(w, Path("s")).index("--rtp-port") + 1])
+              for w in sip.workers]
+    assert starts == [30000, 30016, 30032] == [p.worker_rtp(i) for i in range(3)]
+    assert sip_settings.rtp_span(30000, 4, 10) == (30000, 30039)     # the last worker has 2
+    section = sip_settings.section({**{k: sip_settings.KEYS[k].default for k in sip_settings.KEYS},
+                                    "enabled": True, "count": 10, "rtp_port": 30000,
+                                    "password_file": None})
+    assert [(lo, hi) for s, _p, _h, lo, hi in sip_settings.binds(section)
+            if s.endswith("rtp_port")] == [(30000, 30015), (30016, 30031), (30032, 30039)]
+    # 144 ports now fit from the default rtp_port (the old layout allowed 55 workers)
+    assert SipProfile(count=144).workers == 36
+    SipProfile(count=1024, rtp_port=60000)  # 4096 ports: 60000..64095
+    with pytest.raises(ValueError, match=r"RTP ports 62000\.\.66095 for 1024 SIP ports"):
+        SipProfile(count=1024, rtp_port=62000)

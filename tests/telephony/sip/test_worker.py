@@ -698,7 +698,8 @@ async def test_bad_lines_change_nothing_and_socket_close_exits():
         await w.send(op="stats")                  # still alive and unchanged
         with trio.fail_after(GUARD):
             stats = await w.expect("stats")
-        assert stats == {"ev": "stats", "calls": 0, "media_ports": 1, "pending_notifies": 0}
+        assert stats == {"ev": "stats", "calls": 0, "media_ports": 1, "pending_notifies": 0,
+                         "clock": False, "clock_starts": 0}
         pid = w.proc.pid
         await w.stream.aclose()                   # the service is gone
         assert await wait_exit(w.proc) == 0
@@ -771,6 +772,85 @@ async def test_fifty_sequential_calls():
                 if stats["media_ports"] == 1:
                     break
                 await trio.sleep(0.05)
-        assert stats == {"ev": "stats", "calls": 0, "media_ports": 1, "pending_notifies": 0}
+        assert stats == {"ev": "stats", "calls": 0, "media_ports": 1, "pending_notifies": 0,
+                         "clock": stats["clock"], "clock_starts": stats["clock_starts"]}
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
+def thread_names(pid: int) -> list[str]:
+    return [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+            for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` (each is one sleep ended)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{t}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                n += int(line.split()[1])
+    return n
+
+
+async def test_an_idle_worker_sleeps_until_an_op_or_a_packet_comes():
+    """Idle, the pj thread waits in libHandleEvents with a long timeout and no pjmedia thread
+    ticks (no sound clock, no media ioqueue thread): a few wake-ups in 2 s where the polling
+    loop had ~500 (pj thread every 10 ms, clock every 20 ms, media thread every 10 ms).  An op
+    still wakes it at once (the CRLF datagram): 20 ops in a row are all answered (without the
+    wake-up each would wait out the 10 s idle wait, far past the hang guard)."""
+    async with worker() as w:
+        pid = w.proc.pid
+        with trio.fail_after(GUARD):
+            await w.send(op="stats")
+            await w.expect("stats")
+        names = thread_names(pid)
+        assert "clock" not in names and "media" not in names, names
+        before = wakeups(pid)
+        await trio.sleep(2)
+        woke = wakeups(pid) - before
+        assert woke <= 20, f"{woke} wake-ups of an idle worker in 2 s"
+        with trio.fail_after(GUARD):
+            for _ in range(20):
+                await w.send(op="stats")
+                assert (await w.expect("stats"))["calls"] == 0
+        await w.send(op="shutdown")
+        assert await wait_exit(w.proc) == 0
+
+
+@needs_sipp
+async def test_the_sound_clock_runs_only_while_a_call_is_up_and_leaks_no_slot():
+    """Each call switches the null sound device (the bridge's clock) on at its INVITE and off
+    once the call and its recorder are gone (and CLOCK_LINGER has passed); the recording is
+    whole (its header final, so the clock ran until the recorder's removal), the bridge is
+    back to its one port every time,
+    and the next call works: the slot leak of pjsua's own auto-close does not come back."""
+    async with worker() as w:
+        pid = w.proc.pid
+        for i in range(4):
+            async with sipp(w.tmp, "sn:uac", *uac_args(w, "-m", "1", "-d", "300")) as uac:
+                with trio.fail_after(GUARD):
+                    call = (await w.expect("incoming"))["call"]
+                    await w.send(op="stats")
+                    assert (await w.expect("stats"))["clock"] is True   # before any media
+                    await w.send(op="answer", call=call)
+                    await w.expect("media", call=call)
+                    await w.send(op="record", call=call, id=1, path=f"r{i}.wav")
+                    rec = await w.expect("recorded", call=call, id=1)
+                    await w.expect("disconnected", call=call)
+                assert await uac.exit_code() == 0
+            with wave.open(rec["path"], "rb") as wf:      # complete: the lengths are final
+                assert rec["bytes"] == os.path.getsize(rec["path"]) == 44 + wf.getnframes() * 2
+                assert wf.getnframes() > 0
+            with trio.fail_after(GUARD):
+                while True:
+                    await w.send(op="stats")
+                    stats = await w.expect("stats")
+                    if not stats["clock"]:
+                        break
+                    await trio.sleep(0.01)
+            assert stats == {"ev": "stats", "calls": 0, "media_ports": 1, "pending_notifies": 0,
+                             "clock": False, "clock_starts": i + 1}
+            assert "clock" not in thread_names(pid)
         await w.send(op="shutdown")
         assert await wait_exit(w.proc) == 0
