@@ -11,8 +11,8 @@ processes) on 127.0.0.1; the callers are SIPp processes (scenarios in ``bench/si
 call is a forwarded call (Diversion) that gets the greeting, the beep and a recording, and
 leaves a message in the Maildir store.
 
-concurrent  a capacity search: steps of ``--steps`` concurrent calls (default 48, 96, 144,
-            192, 216, each at most ``--max``), tried in increasing order.  A step sets up
+concurrent  a capacity search: steps of ``--steps`` concurrent calls (default 64, 128, 144,
+            192, 256, each at most ``--max``, default 256), tried in increasing order.  A step sets up
             its calls at ``--ramp`` calls/s, spread round-robin over the node's worker ports
             (SIPp ``setdest``, one line of the injection file per call), each held
             ``ramp time + --hold`` seconds while streaming a looping tone, so all of them are
@@ -22,19 +22,44 @@ concurrent  a capacity search: steps of ``--steps`` concurrent calls (default 48
             step that fails (or after the last step).  **``max_concurrent_calls``** = the
             largest step that passed before the first failing one (0 if the first failed);
             ``max_concurrent_limited_by`` says why the search stopped (``failure`` or
-            ``max``).  Node a has ``--max`` SIP ports (rounded up to whole workers).
+            ``max``).  Node a has ``--max`` SIP ports (rounded up to whole workers), their
+            RTP ports contiguous (``telephony.sip.settings.rtp_span``: 4 a port).  Result
+            files before this definition searched ``--max`` 216 with steps 48, 96, 144,
+            192, 216 (the layout of 1000 RTP ports a worker allowed 55 workers).
+            Each step (and each cps rate) also lists ``node_events``: node a's events from
+            the step's start to its end that end calls without the caller (``service_kill``,
+            ``service_down``, ``service_start``, ``sip_worker_restart``, ``stall``,
+            ``deactivated``), as "+S.SSS s event: message" from the step's start, so a
+            failing step says whether the node killed its own messaging service (a service
+            that sent no health report for ``service.health_timeout``: its workers then hang
+            up every call they hold) or the calls ended otherwise.
             Result files before this definition have ``concurrent_calls`` instead: the
             largest of steps tried in *decreasing* order from 144 until one passed (a
             pass/fail at the target, not a search); they keep that key and meaning.
-cps         short calls (``--cps-call`` s, default 2) at ``--cps-rates`` calls/s for
-            ``--cps-period`` s each, spread round-robin over the workers; ``cps`` = the
-            highest rate with 0 failed calls (stops at the first rate that fails).
-resources   VmRSS and utime+stime (/proc) of the worker processes (children of the active
-            node's messaging service) and of the service: idle, and in the middle of each
+cps         short calls (``--cps-call`` s, default 2) at ``--cps-rates`` calls/s (default
+            10, 20, ... 70) for ``--cps-period`` s each, spread round-robin over the
+            workers; ``cps`` = the highest rate with 0 failed calls (stops at the first
+            rate that fails).
+resources   VmRSS and utime+stime (/proc) of the worker processes (the SIP workers of the
+            active node's messaging service) and of the service: idle, and in the middle of each
             step's hold (the CPU over a ``--sample`` s window); reported for the step with
             ``--calls`` calls (default 144), or the largest step that passed if the search
             did not reach it (``resources_step``; ``resources_calls_up`` says how many calls
             SIPp had up during the sample).
+memory      of the idle workers (right after the pair is up, before any call), from
+            /proc/PID/smaps_rollup: **``pss_per_worker_mb``** = the median over the workers
+            of Pss (the proportional set size: each page shared by k processes counts 1/k
+            in each, so the workers' sum is what they take together),
+            **``uss_per_worker_mb``** = the median of Private_Clean + Private_Dirty (the
+            unique set size: what stopping that one worker would free),
+            ``pss_workers_idle_total_mb`` = the sum of the workers' Pss,
+            ``pss_forkserver_mb`` = the Pss of the service's other children (the SIP
+            fork server the workers are forked from, which shares its pages with them;
+            null without one); workers are found with
+            ``telephony.sip.forkserver.worker_pids``; next to
+            ``rss_per_worker_mb`` (the median VmRSS, every shared page counted in full in
+            each worker: its meaning unchanged).  MB = 2**20 bytes.  Defined before any run
+            that reports them; a file without them was made before.
 failover    a fresh pair with ``--failover-ports`` ports on each node behind kamailio
             (``lab.sip.KamailioPbx``: a's workers first, b's when a does not answer);
             calls of ``--failover-hold`` s at ``--failover-rate`` calls/s; once the calls are
@@ -70,6 +95,8 @@ ROOT = Path(__file__).resolve().parents[1]
 from failover.config import load_config  # noqa: E402
 from lab.pair import Pair, free_udp_block, kill_quietly, pid_alive, udp_block_free  # noqa: E402
 from lab.sip import write_tone_ulaw  # noqa: E402
+from telephony.sip.forkserver import worker_pids  # noqa: E402
+from telephony.sip.settings import rtp_span  # noqa: E402
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -112,18 +139,22 @@ def _sigterm(signum, frame):  # noqa: ARG001
 
 # ============================================================================ ports and files
 
-def rtp_bases(workers: int) -> tuple[int, int]:
-    """RTP bases for a and b: worker i of a node uses base + 1000 i .. + 16 (4 calls x 4
-    ports); b's blocks sit 500 above a's, so the two never overlap.  Every block is checked
-    free now (they lie partly in the kernel's ephemeral range; nothing else runs here)."""
+def rtp_bases(count_a: int, count_b: int) -> tuple[int, int]:
+    """RTP bases for a and b: each node's RTP ports are one contiguous block
+    (``telephony.sip.settings.rtp_span``, 4 a SIP port), b's right above a's, both even and
+    below the kernel's ephemeral range; the whole block is checked free now."""
     import random
 
-    top = 65536 - 1000 * workers
+    span_a = rtp_span(0, PER_WORKER, count_a)[1] + 1
+    span_b = rtp_span(0, PER_WORKER, count_b)[1] + 1
+    need = span_a + span_b
+    lo = min(int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]), 65536)
+    top = lo - need if lo - need > 10000 else 65536 - need
     for _ in range(200):
-        base = random.randrange(10000, top - 600, 2)
-        if all(udp_block_free(b + 1000 * i, 16) for b in (base, base + 500) for i in range(workers)):
-            return base, base + 500
-    raise RuntimeError("no free RTP blocks")
+        base = random.randrange(10000, top, 2)
+        if udp_block_free(base, need):
+            return base, base + span_a
+    raise RuntimeError(f"no free block of {need} UDP ports for RTP")
 
 
 def scenario(cwd: Path, name: str, hold_s: float) -> Path:
@@ -276,6 +307,18 @@ def sipp_version() -> str:
 
 # ============================================================================ /proc
 
+def workers_of(service: int | None) -> list[int]:
+    """The SIP worker processes of messaging service ``service`` (forked by its fork server,
+    or started by it directly): ``telephony.sip.forkserver.worker_pids``."""
+    return worker_pids(service) if service else []
+
+
+def service_procs(service: int | None) -> list[int]:
+    """Every process under ``service`` to stop at the end: its children (the fork server,
+    workers it started itself) and the workers."""
+    return sorted(set(children(service)) | set(workers_of(service))) if service else []
+
+
 def children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -287,6 +330,23 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(d.name))
     return sorted(out)
+
+
+def smaps_mb(pid: int) -> tuple[float, float] | None:
+    """(Pss, Uss) of ``pid`` in MB from /proc/PID/smaps_rollup (Uss = Private_Clean +
+    Private_Dirty); None when the process is gone or the file unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {}
+    for ln in text.splitlines()[1:]:
+        parts = ln.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            kb[parts[0].rstrip(":")] = int(parts[1])
+    if "Pss" not in kb:
+        return None
+    return kb["Pss"] / 1024, (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024
 
 
 def rss_mb(pid: int) -> float | None:
@@ -319,7 +379,9 @@ def sample(service: int, workers: list[int], seconds: float) -> dict:
     rss = {p: rss_mb(p) for p in pids}
     wr = [rss[p] for p in workers if rss[p] is not None]
     wc = [cpu[p] for p in workers if p in cpu]
+    sm = [m for m in (smaps_mb(p) for p in workers) if m is not None]
     return {"workers": len(workers), "worker_rss_mb": wr, "worker_cpu_ms_per_s": wc,
+            "worker_pss_mb": [m[0] for m in sm], "worker_uss_mb": [m[1] for m in sm],
             "service_rss_mb": rss[service], "service_cpu_ms_per_s": cpu.get(service),
             "loadavg": os.getloadavg()[0]}
 
@@ -340,11 +402,19 @@ def messaging_section(max_message: float) -> dict:
 
 def start_pair(workdir: Path, count_a: int, count_b: int, max_message: float) -> Pair:
     wa, wb = -(-count_a // PER_WORKER), -(-count_b // PER_WORKER)
-    ra, rb = rtp_bases(max(wa, wb))
-    sa = free_udp_block(wa)
-    sb = free_udp_block(wb)
+    ra, rb = rtp_bases(count_a, count_b)
+    rtp = range(ra, rb + rtp_span(0, PER_WORKER, count_b)[1] + 1)
+
+    def sip_block(n: int) -> int:  # the SIP ports of n workers, clear of both RTP blocks
+        while True:
+            base = free_udp_block(n)
+            if base + n <= rtp.start or base >= rtp.stop:
+                return base
+
+    sa = sip_block(wa)
+    sb = sip_block(wb)
     while sa <= sb < sa + wa or sb <= sa < sb + wb:
-        sb = free_udp_block(wb)
+        sb = sip_block(wb)
     pair = Pair(workdir, extra=messaging_section(max_message),
                 extra_a=sip_section(count_a, sa, ra), extra_b=sip_section(count_b, sb, rb))
     _PAIRS.append(pair)
@@ -355,7 +425,7 @@ def start_pair(workdir: Path, count_a: int, count_b: int, max_message: float) ->
     for name, workers in (("a", wa), ("b", wb)):  # every worker up (status: SIP ports idle)
         node = pair.node(name)
         pair.wait_for(lambda node=node, workers=workers, name=name:
-                      len(children(node.service_pid() or -1)) >= workers
+                      len(workers_of(node.service_pid())) >= workers
                       and _workers_ready(pair, name), timeout=120, poll=0.2)
     pair.startup_s = time.monotonic() - t0  # type: ignore[attr-defined]
     return pair
@@ -423,6 +493,16 @@ def rr_lines(ports: list[int], n: int, exts: int) -> list[str]:
 
 # ============================================================================ parts
 
+NODE_EVENTS = ("service_kill", "service_down", "service_start", "sip_worker_restart", "stall",
+               "deactivated")
+
+
+def node_events(pair: Pair, since: float) -> list[str]:
+    """Node a's events since ``since`` (wall clock) that end calls without the caller."""
+    return [f"{e['ts'] - since:+.3f} s {e.get('event')}: {str(e.get('message', ''))[:160]}"
+            for e in pair.a.events() if e.get("ts", 0) >= since and e.get("event") in NODE_EVENTS]
+
+
 def concurrent_step(pair: Pair, tmp: Path, n: int, args, res_out: dict | None) -> dict:
     ramp_s = n / args.ramp
     hold_call = ramp_s + args.hold
@@ -434,12 +514,13 @@ def concurrent_step(pair: Pair, tmp: Path, n: int, args, res_out: dict | None) -
                   timeout=hold_call + ramp_s + 120)
     print(f"concurrent {n}: ramp {ramp_s:.1f} s at {args.ramp:g}/s, each call {hold_call:.1f} s",
           file=sys.stderr, flush=True)
+    since = time.time()
     run.start()
     mid = None
     if res_out is not None:  # resources in the middle of the hold, all calls up
         time.sleep(max(0.0, ramp_s + args.hold / 2 - args.sample / 2))
         svc = pair.a.service_pid()
-        mid = sample(svc, children(svc), args.sample)
+        mid = sample(svc, workers_of(svc), args.sample)
         mid["sipp_current_calls"] = run.current_calls()
         res_out.update(mid)
     rc = run.wait()
@@ -456,7 +537,8 @@ def concurrent_step(pair: Pair, tmp: Path, n: int, args, res_out: dict | None) -
            "message_s_min": _r(min((m["duration_s"] for m in msgs), default=None), 2),
            "message_s_expected_min": round(expect, 2), "call_s": round(hold_call, 2),
            "retransmissions": st["retransmissions"], **dist("setup", st["setup_ms"]),
-           "failure_replies": st["failure_replies"], "errors": st["error_lines"]}
+           "failure_replies": st["failure_replies"], "errors": st["error_lines"],
+           "node_events": node_events(pair, since)}
     print(f"  -> {json.dumps({k: v for k, v in out.items() if k != 'errors'})}", file=sys.stderr,
           flush=True)
     return out
@@ -496,7 +578,7 @@ def cps_rate(pair: Pair, tmp: Path, rate: float, args) -> dict:
     run = SippRun(tmp / f"cps-{rate:g}", xml, f"127.0.0.1:{ports[0]}", calls=n, rate=rate,
                   limit=100000, csv_lines=rr_lines(ports, n, len(ports) * PER_WORKER),
                   timeout=args.cps_period * 3 + args.cps_call + 120)
-    t0 = time.monotonic()
+    t0, since = time.monotonic(), time.time()
     run.start()
     rc = run.wait()
     took = time.monotonic() - t0
@@ -510,7 +592,7 @@ def cps_rate(pair: Pair, tmp: Path, rate: float, args) -> dict:
            "messages": len(msgs), "sipp_s": round(took, 1),
            "retransmissions": st["retransmissions"], **dist("setup", st["setup_ms"]),
            "loadavg": os.getloadavg()[0], "failure_replies": st["failure_replies"],
-           "errors": st["error_lines"]}
+           "errors": st["error_lines"], "node_events": node_events(pair, since)}
     print(f"cps {rate:g}: {json.dumps({k: v for k, v in out.items() if k != 'errors'})}",
           file=sys.stderr, flush=True)
     return out
@@ -556,9 +638,9 @@ def failover_part(tmp: Path, args) -> dict:
         run = SippRun(tmp / "failover", xml, target, calls=total_calls, rate=args.failover_rate,
                       limit=100000, csv_lines=lines, timeout=args.failover_run + per_call + 180)
         svc_a = pair.a.service_pid()
-        workers_a = children(svc_a)
-        _EXTRA_PIDS.update(workers_a)
-        _EXTRA_PIDS.update(children(pair.b.service_pid()))
+        workers_a = workers_of(svc_a)
+        _EXTRA_PIDS.update(service_procs(svc_a))
+        _EXTRA_PIDS.update(service_procs(pair.b.service_pid()))
         run.start()
         time.sleep(args.failover_kill_at)
         states = pair.states()  # must be a active, b inactive: else a's ports were full
@@ -635,7 +717,7 @@ def failover_part(tmp: Path, args) -> dict:
             kpid = pbx.pid
             pbx.stop()
             _PROCS.pop(kpid, None)
-        for p in children(pair.a.service_pid() or -1) + children(pair.b.service_pid() or -1):
+        for p in service_procs(pair.a.service_pid()) + service_procs(pair.b.service_pid()):
             _EXTRA_PIDS.add(p)
     return out
 
@@ -669,18 +751,24 @@ def run(args, tmp: Path) -> dict:
         add_subscribers(pair, args.max)
         time.sleep(2.5)
         svc = pair.a.service_pid()
-        workers = children(svc)
-        _EXTRA_PIDS.update(workers)
-        _EXTRA_PIDS.update(children(pair.b.service_pid()))
+        workers = workers_of(svc)
+        _EXTRA_PIDS.update(service_procs(svc))
+        _EXTRA_PIDS.update(service_procs(pair.b.service_pid()))
         idle = sample(svc, workers, args.sample)
         out["workers_started"] = len(workers)
         out["rss_per_worker_mb"] = _r(pct(idle["worker_rss_mb"], 50), 1)
         out["rss_workers_idle_total_mb"] = _r(sum(idle["worker_rss_mb"]), 1)
+        out["pss_per_worker_mb"] = _r(pct(idle["worker_pss_mb"], 50), 1)
+        out["uss_per_worker_mb"] = _r(pct(idle["worker_uss_mb"], 50), 1)
+        out["pss_workers_idle_total_mb"] = _r(sum(idle["worker_pss_mb"]), 1)
+        others = [m for m in (smaps_mb(p) for p in set(children(svc)) - set(workers)) if m]
+        out["pss_forkserver_mb"] = _r(sum(m[0] for m in others), 1) if others else None
         out["rss_service_idle_mb"] = _r(idle["service_rss_mb"], 1)
         out["cpu_idle_per_worker_ms_per_s"] = _r(pct(idle["worker_cpu_ms_per_s"], 50), 2)
         out["cpu_idle_workers_total_ms_per_s"] = _r(sum(idle["worker_cpu_ms_per_s"]), 1)
         out["cpu_idle_service_ms_per_s"] = _r(idle["service_cpu_ms_per_s"], 1)
-        print(f"idle: {out['rss_per_worker_mb']} MB/worker, "
+        print(f"idle: {out['rss_per_worker_mb']} MB RSS, {out['pss_per_worker_mb']} MB PSS, "
+              f"{out['uss_per_worker_mb']} MB USS per worker, "
               f"{out['cpu_idle_workers_total_ms_per_s']} ms/s CPU for {len(workers)} workers",
               file=sys.stderr, flush=True)
         if only & {"concurrent", "resources"}:
@@ -733,7 +821,7 @@ def run(args, tmp: Path) -> dict:
                                                           "setup_max_ms", "peak_calls")})
         svc2 = pair.a.service_pid()
         out["worker_restarts_a"] = _restarts(pair)
-        _EXTRA_PIDS.update(children(svc2 or -1))
+        _EXTRA_PIDS.update(service_procs(svc2))
         pair.stop()
         _PAIRS.remove(pair)
     if "failover" in only:
@@ -765,17 +853,16 @@ def main() -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: --calls 16 --hold 10, two cps rates, a small failover")
-    ap.add_argument("--max", type=int, default=216,
-                    help="SIP ports on a, and the largest step of the capacity search (the RTP "
-                         "layout, 1000 ports a worker from 10000, allows at most 55 workers)")
-    ap.add_argument("--steps", default="48,96,144,192,216",
+    ap.add_argument("--max", type=int, default=256,
+                    help="SIP ports on a, and the largest step of the capacity search")
+    ap.add_argument("--steps", default="64,128,144,192,256",
                     help="capacity search: steps tried in increasing order until one fails")
     ap.add_argument("--calls", type=int, default=144,
                     help="the step whose hold is sampled for the resources figures")
     ap.add_argument("--hold", type=float, default=30.0, help="seconds all calls are up together")
     ap.add_argument("--ramp", type=float, default=10.0, help="calls/s while ramping up")
     ap.add_argument("--sample", type=float, default=10.0, help="CPU sampling window, seconds")
-    ap.add_argument("--cps-rates", default="10,20,30,40,50,60")
+    ap.add_argument("--cps-rates", default="10,20,30,40,50,60,70")
     ap.add_argument("--cps-period", type=float, default=20.0)
     ap.add_argument("--cps-call", type=float, default=2.0, help="seconds a cps call lasts")
     ap.add_argument("--b-ports", type=int, default=4,
@@ -821,7 +908,8 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     summary = {k: out.get(k) for k in ("max_concurrent_calls", "max_concurrent_limited_by",
                                        "failed_calls", "cps",
-                                       "rss_per_worker_mb", "rss_per_call_mb",
+                                       "rss_per_worker_mb", "pss_per_worker_mb",
+                                       "uss_per_worker_mb", "rss_per_call_mb",
                                        "cpu_per_call_ms_per_s", "failover_failed_calls",
                                        "failover_answer_s", "loadavg_start", "loadavg_end",
                                        "bench_wall_s")}

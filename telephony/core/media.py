@@ -10,7 +10,8 @@ and prompts travel as WAV files (RIFF) holding exactly that format.
 * :func:`tone`, :func:`silence`, :func:`rms`, :func:`duration`, :func:`frames` are small
   helpers over PCM.  Levels are computed with numpy: the sum of squares exactly in 64-bit
   integers, then one division and one square root, so :func:`rms` gives the very float the
-  pure-Python sum gave; the recorder computes the levels of every whole frame of a chunk at once.
+  pure-Python sum gave; the recorder computes the levels of every whole frame of a chunk at once
+  (a chunk of one frame, a port's 20 ms, gets its one level without the array pass).
 * :class:`SilenceDetector` (frames in, "the caller has stopped talking" out) and
   :class:`Recorder` (audio in, "the recording is over: silence | max" out) are sans-IO.
 * The prompts: a voice-mail system without recorded prompts still needs something to play.
@@ -169,10 +170,13 @@ def _to_bytes(a: array) -> bytes:
 def rms(frame: bytes) -> float:
     """Root mean square of the samples in ``frame`` (0.0 for no samples)."""
     frame = _check_pcm(frame, "a frame")
-    if not frame:
-        return 0.0
+    return _level(frame) if frame else 0.0  # the sum of squares is exact in int64
+
+
+def _level(frame: bytes) -> float:
+    """:func:`rms` of a checked, non-empty frame."""
     x = np.frombuffer(frame, dtype=_INT16_LE).astype(np.int64)
-    return math.sqrt(int(x @ x) / len(x))  # the sum of squares is exact in int64
+    return math.sqrt(int(x @ x) / len(x))
 
 
 def _frame_levels(pcm: bytes) -> list[float]:
@@ -286,18 +290,22 @@ class Recorder:
         pcm = _check_pcm(pcm)
         if self.reason is not None:
             return self.reason
-        self._pending += pcm
-        whole = len(self._pending) - len(self._pending) % FRAME_BYTES
-        if not whole:
-            return None
-        block = bytes(self._pending[:whole])
+        if self._pending:  # a partial frame from before goes first
+            self._pending += pcm
+            pcm = bytes(self._pending)
+            self._pending.clear()
+        n = len(pcm) // FRAME_BYTES
+        if n == 1:  # one frame (a port's 20 ms): its level alone is cheaper than the array pass
+            levels = [_level(pcm[:FRAME_BYTES])]
+        else:       # every whole frame's level in one numpy pass
+            levels = _frame_levels(pcm) if n else []
         used = 0
-        for level in _frame_levels(block):  # every whole frame's level in one numpy pass
-            self._take(block[used:used + FRAME_BYTES], level)
+        for level in levels:
+            self._take(pcm[used:used + FRAME_BYTES], level)
             used += FRAME_BYTES
             if self.reason is not None:
                 break
-        del self._pending[:used]
+        self._pending += pcm[used:]
         return self.reason
 
     def _take(self, frame: bytes, level: float) -> None:

@@ -3,7 +3,14 @@
 
 * Prompts are WAV files the worker plays; a recording is a WAV file the worker writes while
   this side reads it as it grows and ends it on silence, the maximum, a digit or hang-up
-  (:class:`telephony.core.media.Recorder`, the same rules as every port).
+  (:class:`telephony.core.media.Recorder`, the same rules as every port).  Only the audio in
+  the file decides silence and the maximum, never how late it is read: a loaded machine may
+  write the file late or read it late, the outcome is the same.  The wall clock ends a
+  recording (as ``max``) only once ``max_seconds + RECORD_STALL`` s have passed *and* its file
+  has brought no audio for :data:`RECORD_STALL` s: a worker that writes slower than real time
+  is never cut short.  The file is followed with ``pread`` on one descriptor in the event loop
+  (a few KB a look, four looks a second, from the media directory on the RAM file system that
+  the worker has just written), not with a thread round trip per look.
 * :meth:`SipCall.transfer` is a blind transfer (REFER) of the call to
   ``sip:<digits>@<the PBX's signalling address>`` (where the INVITE came from); success is a
   2xx final status from the PBX within the profile's ``transfer_timeout``, after which the
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +46,9 @@ BYE_WAIT = 5.0  # s a transferred call waits for the worker's "disconnected"
 #: audio), so looking more often finds nothing new (bench: 3.7 ms/s of the service's CPU per
 #: call with 0.05 s)
 RECORD_POLL = 0.25
+#: s a recording's file may stand still past ``max_seconds + RECORD_STALL`` before the wall clock
+#: ends it as ``max`` (a worker gone quiet); while the file grows, only its audio ends it
+RECORD_STALL = 5.0
 
 
 class WorkerGone(ConnectionError):
@@ -175,35 +186,35 @@ class SipCall:
         path = self.media_dir / f"{self.id}-rec-{n}.wav"
         if not await self._op(op="record", id=n, path=str(path)):
             return media.wav_bytes(rec.finish()), "hangup"
-        offset = WAV_HEADER
+        tail = _Tail(path, WAV_HEADER)
         reason: str | None = None
-        deadline = trio.current_time() + max_seconds + 5  # the worker's file may lag
+        deadline = trio.current_time() + max_seconds + RECORD_STALL  # the file may lag
+        grew = trio.current_time()  # when the file last brought audio
         try:
             while reason is None:
                 with trio.move_on_after(self.record_poll):
                     await self.changed.wait()
-                data = await trio.to_thread.run_sync(_read_from, path, offset)
-                data = data[:len(data) & ~1]
+                data = tail.read()
                 if data:
-                    offset += len(data)
+                    grew = trio.current_time()
                     reason = rec.feed(data)
                 if reason is None:
                     if self.digits:
                         reason = "dtmf"
                     elif self.hung_up:
                         reason = "hangup"
-                    elif trio.current_time() > deadline:
-                        reason = "max"
+                    elif trio.current_time() > max(deadline, grew + RECORD_STALL):
+                        reason = "max"  # the file stopped growing: the worker went quiet
             if reason != "hangup":
                 await self._op(op="stop_record", id=n)
                 await self._wait(lambda: ("recorded", n) in self.done or self.hung_up, 5)
             if reason in ("dtmf", "hangup"):  # what reached the file before the end counts
-                tail = await trio.to_thread.run_sync(_read_from, path, offset)
-                rec.feed(tail[:len(tail) & ~1])
+                rec.feed(tail.read())
             self.done.pop(("recorded", n), None)
             self.digits.clear()
             return media.wav_bytes(rec.finish()), reason
         finally:
+            tail.close()
             path.unlink(missing_ok=True)
 
     async def collect_digits(self, *, max_digits: int, timeout: float, terminator: str = "#") -> str:
@@ -272,10 +283,32 @@ class SipCall:
         return True
 
 
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(1 << 20)
-    except FileNotFoundError:
-        return b""
+class _Tail:
+    """Follows a growing recording from ``offset`` on: :meth:`read` returns the whole 16-bit
+    samples added since the last read (b"" while the file does not exist yet).  One descriptor,
+    opened at the first look that finds the file, read with ``pread``: no thread hop per look
+    (the worker has just written these pages, normally on the RAM file system; at most
+    ``READ_MAX`` bytes a look)."""
+
+    READ_MAX = 1 << 20
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.path = path
+        self.offset = offset
+        self._fd: int | None = None
+
+    def read(self) -> bytes:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b""
+        data = os.pread(self._fd, self.READ_MAX, self.offset)
+        data = data[:len(data) & ~1]  # an odd byte waits for its other half
+        self.offset += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -169,3 +169,22 @@ def test_smdi_calls_are_labelled_with_the_integration_that_serves_them():
     assert smdi_integration(None, ("loopback",)).name == "serial-smdi"
     assert smdi_integration("serial-smdi", ("loopback",)).name == "serial-smdi"
     assert smdi_integration("gateway-smdi", ("sip",)).name == "gateway-smdi"
+
+
+def test_the_sip_ports_a_node_may_have_are_bounded_by_the_rtp_layout():
+    """The CUCM SIP profile's ports (``SipProfile``, based on it): 4 contiguous RTP ports a SIP
+    port, so 256 ports (64 workers) take 1024 RTP ports, and the limit is where the last RTP
+    port passes 65535, whatever the number of workers."""
+    from telephony.sip.settings import SipProfile, rtp_span, worker_rtp_port
+
+    p = SipProfile(count=256, rtp_port=20000)
+    assert p.base is CUCM_SIP and p.workers == 64
+    assert rtp_span(20000, 4, 256) == (20000, 21023)
+    assert [worker_rtp_port(20000, 4, i) for i in (0, 1, 63)] == [20000, 20016, 21008]
+    assert SipProfile(count=1024).workers == 256            # the key's largest count fits
+    assert SipProfile(count=130, per_worker=1, rtp_port=65000).workers == 130  # 65000..65519
+    assert rtp_span(65000, 4, 134) == (65000, 65535)
+    SipProfile(count=134, rtp_port=65000)                   # the last RTP port is 65535
+    with pytest.raises(ValueError, match=r"RTP ports 65000\.\.65539 for 135 SIP ports"):
+        SipProfile(count=135, rtp_port=65000)
+    assert rtp_span(64000, 3, 7) == (64000, 64000 + 4 * 7 - 1)  # a last worker not full

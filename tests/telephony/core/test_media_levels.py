@@ -133,3 +133,23 @@ def test_detector_is_the_old_detector(frames, seconds):
     for frame in frames:
         assert new.feed(frame) == old.feed(frame)
         assert (new.speech_started, new.silent_bytes) == (old.speech_started, old.silent_bytes)
+
+
+@FAST
+@given(st.lists(frame_st, max_size=40), st.sampled_from([320, 322, 480, 640, 638]),
+       st.integers(1, 12), st.integers(1, 40), st.sampled_from([0.0, 200.0, 200.5]))
+def test_recorder_fed_a_frame_at_a_time_is_the_old_recorder(frames, size, silence_frames,
+                                                            max_frames, threshold):
+    """A port's 20 ms frames (one frame per feed, the single-frame path), and chunks of about a
+    frame that leave a partial frame pending: the same as the old recorder."""
+    pcm = b"".join(frames)
+    silence_s, max_s = silence_frames * 0.02, max_frames * 0.0137
+    new = media.Recorder(max_seconds=max_s, silence_seconds=silence_s, threshold=threshold)
+    old = OldRecorder(max_seconds=max_s, silence_seconds=silence_s, threshold=threshold)
+    for pos in range(0, len(pcm), size):
+        chunk = pcm[pos:pos + size]
+        assert new.feed(chunk) == old.feed(chunk)
+        assert (new.speech_started, new.detector.silent_bytes, new.detector.done) == \
+            (old.detector.speech_started, old.detector.silent_bytes, old.detector.done)
+    assert new.reason == old.reason
+    assert new.finish() == old.finish()

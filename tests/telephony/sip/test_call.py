@@ -1,5 +1,6 @@
 """The service side of a SIP call (:class:`telephony.sip.call.SipCall`) without a worker
-process: a fake worker records the ops, the test plays the worker's events.  Here: blind
+process: a fake worker records the ops, the test plays the worker's events (and writes its
+recording file).  Here: recordings followed under load, and blind
 transfer (the REFER itself is tested against SIPp in test_worker.py and, through the call
 flow, in tests/integration/test_sip.py)."""
 from __future__ import annotations
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from telephony.core import media
 from telephony.core.callflow import CallPort, check_destination
-from telephony.sip.call import SipCall, transfer_target
+from telephony.sip.call import RECORD_STALL, WAV_HEADER, SipCall, transfer_target
 
 GUARD = 10  # seconds: a hang guard only
 
@@ -151,3 +153,70 @@ async def test_a_worker_gone_during_the_wait(tmp_path):
     _, call3 = make_call(tmp_path)
     call3.worker = w                                  # the op cannot be sent at all
     assert await call3.transfer("0") is False and call3.hung_up
+
+
+# ---------------------------------------------------------------- recording under load
+# The worker's file is played by the test on Trio's virtual clock: a worker starved of CPU
+# writes the caller's audio slower than real time, and the service reads it late.  Only the
+# audio may end the recording; the wall clock only a file that stopped growing.
+
+TONE = media.tone(1250, 10.0)  # the caller's audio: never silent
+
+
+async def record_with_worker(tmp_path, write, *, max_seconds: float, record_poll: float = 0.25):
+    """``call.record(...)`` while ``write(f)`` plays the worker's file (its 44-byte header
+    first); the worker confirms the stop.  Returns (pcm, reason, virtual seconds taken)."""
+    w = FakeWorker()
+    call = SipCall(w, "w1-1", tmp_path, record_poll=record_poll, label="call-x")  # type: ignore[arg-type]
+    out: dict = {}
+    async with trio.open_nursery() as n:
+        async def run():
+            t0 = trio.current_time()
+            wav, out["reason"] = await call.record(max_seconds=max_seconds, silence_seconds=3.0)
+            out["pcm"], out["took"] = media.pcm_of(wav), trio.current_time() - t0
+        n.start_soon(run)
+        op = await next_op(w)
+        assert op["op"] == "record"
+        with open(op["path"], "wb", buffering=0) as f:
+            f.write(b"\0" * WAV_HEADER)
+            async with trio.open_nursery() as wn:
+                wn.start_soon(write, f)
+                stop = await next_op(w)
+                wn.cancel_scope.cancel()
+        assert stop == {"call": "w1-1", "op": "stop_record", "id": op["id"]}
+        call.event({"ev": "recorded", "call": "w1-1", "id": op["id"]})
+    return out["pcm"], out["reason"], out["took"]
+
+
+async def test_a_worker_writing_slower_than_real_time_is_not_cut_short(tmp_path, autojump_clock):
+    async def quarter_speed(f):  # 512 bytes (32 ms of audio) every 128 ms
+        for i in range(0, len(TONE), 512):
+            f.write(TONE[i:i + 512])
+            await trio.sleep(0.128)
+
+    pcm, reason, took = await record_with_worker(tmp_path, quarter_speed, max_seconds=2.0)
+    # 2 s of audio take 8 s to arrive, past max_seconds + RECORD_STALL: the file kept growing,
+    # so the recording ends on its audio, whole (the old wall-clock cut kept 1.75 s of it)
+    assert reason == "max" and took > 2.0 + RECORD_STALL
+    assert pcm == TONE[:media.byte_count(2.0)]
+
+
+async def test_a_reader_late_by_more_than_the_silence_reads_the_same(tmp_path, autojump_clock):
+    async def bursts(f):  # a starved worker: 1 s of audio at once, then nothing for 4 s
+        for i in range(0, media.byte_count(4.0), media.byte_count(1.0)):
+            f.write(TONE[i:i + media.byte_count(1.0)])
+            await trio.sleep(4.0)
+
+    pcm, reason, took = await record_with_worker(tmp_path, bursts, max_seconds=4.0,
+                                                 record_poll=3.5)  # the service looks late too
+    assert reason == "max" and pcm == TONE[:media.byte_count(4.0)]
+
+
+async def test_a_file_that_stops_growing_ends_at_the_wall_clock_limit(tmp_path, autojump_clock):
+    async def then_quiet(f):  # 0.5 s of audio, then the worker writes nothing more
+        f.write(TONE[:media.byte_count(0.5)])
+        await trio.sleep_forever()
+
+    pcm, reason, took = await record_with_worker(tmp_path, then_quiet, max_seconds=2.0)
+    assert reason == "max" and pcm == TONE[:media.byte_count(0.5)]
+    assert 2.0 + RECORD_STALL < took <= 2.0 + RECORD_STALL + 0.25 + 0.01  # one look late at most
