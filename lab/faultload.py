@@ -111,7 +111,7 @@ def caller_number(n: int, prefix: str = "55") -> str:
 def node_sections(*, bind: str, sip_port: int, rtp_port: int, smdi_device: str | Path,
                   terminals: list[int], mwi_prefix: str = "555", count: int = 4) -> dict:
     """One node's TOML sections for these calls: ``count`` SIP ports on ``bind`` (worker SIP
-    ports from ``sip_port``, RTP from ``rtp_port``: 1000 ports per worker of 4 lines above
+    ports from ``sip_port``, RTP from ``rtp_port``: 4 ports per SIP port, contiguous, above
     it), the call's information from the SIP headers (the Diversion), lamps on the shared
     SMDI line at ``smdi_device`` (its ``terminals``, lamp number ``mwi_prefix`` +
     extension), the loopback trunk off.  Merge with the run's own sections (``[messaging]

@@ -21,6 +21,7 @@ from lab.sip import free_udp_port, sipp, write_tone_ulaw
 from telephony.core import media
 from telephony.sip.driver import RAM_DIR, media_dir_for
 from telephony.sip.forkserver import worker_pids
+from telephony.sip.settings import RTP_PORTS_PER_PORT
 from telephony.store import parse_mime
 from tests.integration.conftest import until, wait_active
 from tests.integration.test_messaging import FAST, admin
@@ -40,7 +41,8 @@ def sip(node: str, *, mwi_port: int, count: int = 4, **more) -> dict:
     workers = -(-count // 4)
     return {"ports": {"sip": {"enabled": True, "bind": "127.0.0.1",
                               "sip_port": free_udp_block(workers),
-                              "rtp_port": free_udp_block(16, top=65536 - 1000 * workers),
+                              # the node's whole RTP block: 4 ports a SIP port, contiguous
+                              "rtp_port": free_udp_block(RTP_PORTS_PER_PORT * count),
                               "count": count,
                               "mwi_target": f"sip:{{extension}}@127.0.0.1:{mwi_port}",
                               "mwi_account": "sip:{extension}@vm.example",
