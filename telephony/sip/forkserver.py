@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["ForkServer", "ForkedProcess", "serve", "worker_pids"]
+__all__ = ["ForkServer", "ForkedProcess", "parse_event", "serve", "worker_pids"]
 
 log = logging.getLogger("telephony.sip")
 
@@ -103,8 +103,8 @@ def _spawn(sock: socket.socket, data: bytes, close: Any, main: Any) -> None:
         argv = msg["argv"]
         if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
             raise ValueError("argv must be a list of strings")
-    except (ValueError, KeyError, TypeError) as exc:
-        _send(sock, {"ev": "spawn_failed", "id": None, "error": f"bad request: {exc}"})
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        _send(sock, {"ev": "spawn_failed", "id": None, "error": f"bad request: {exc}"[:500]})
         return
     try:
         pid = os.fork()
@@ -160,6 +160,30 @@ def _reap(sock: socket.socket) -> None:
 
 
 # ============================================================================ the driver's end
+
+def parse_event(data: bytes) -> dict | None:
+    """One message of the fork server (``spawned``, ``spawn_failed`` or ``exited``) with its
+    fields checked, or None for anything else (it is then ignored: the fork server is ours,
+    but what crosses a socket is checked)."""
+    try:
+        msg = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(msg, dict):
+        return None
+    ev = msg.get("ev")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if ev == "exited" and is_int(msg.get("pid")) and is_int(msg.get("code")):
+        return {"ev": ev, "pid": msg["pid"], "code": msg["code"]}
+    if ev == "spawned" and is_int(msg.get("id")) and is_int(msg.get("pid")):
+        return {"ev": ev, "id": msg["id"], "pid": msg["pid"]}
+    if ev == "spawn_failed" and (msg.get("id") is None or is_int(msg.get("id"))):
+        return {"ev": ev, "id": msg.get("id"), "error": str(msg.get("error", ""))[:500]}
+    return None
+
 
 def worker_pids(service_pid: int) -> list[int]:
     """The SIP worker processes of the messaging service ``service_pid`` (from /proc): the
@@ -326,12 +350,9 @@ class ForkServer:
                 for fd in fds:
                     os.close(fd)
                 return
-            try:
-                msg = json.loads(data)
-            except ValueError:
-                msg = {}
+            msg = parse_event(data) or {}
             if msg.get("ev") == "exited":
-                self.codes[int(msg["pid"])] = int(msg["code"])
+                self.codes[msg["pid"]] = msg["code"]
             self._changed.set()          # wakes spawn() and exit_code() to look again
             self._changed = trio.Event()
             box = self._waiting.get(msg.get("id")) if msg.get("ev") != "exited" else None
